@@ -1,0 +1,84 @@
+//! The fused attention op of domain `pixeldit`, version 1.
+//!
+//! `pixeldit.RotaryAttention(qkv, q_norm_weight, k_norm_weight, cos, sin) -> out` computes, for the patch
+//! blocks and the PiT blocks alike, everything between the qkv projection and the output projection of
+//! `RotaryAttention` in the official code (QK-RMSNorm, 2D RoPE, SDPA, head merge).
+//!
+//! Inputs (all `float32`):
+//! * `qkv` `[B, S, 3*H*Dh]`: the output of the qkv Linear; features are `[q | k | v]`, each head-contiguous
+//!   (feature `part*H*Dh + h*Dh + d`).
+//! * `q_norm_weight`, `k_norm_weight` `[Dh]`: RMSNorm weights over the head dim.
+//! * `cos`, `sin` `[S, Dh/2]`: rotation tables, one angle per token and complex pair.
+//!
+//! Attributes: `num_heads` (int, H), `epsilon` (float, RMSNorm eps, 1e-6), `scale` (float, softmax scale,
+//! `1/sqrt(Dh)`).
+//!
+//! Output `[B, S, H*Dh]` (feature `h*Dh + d`), `float32`.
+//!
+//! Semantics, per batch `b`, head `h`, token `s`:
+//! ```text
+//! q = qkv[b, s, 0*H*Dh + h*Dh .. +Dh];  k = qkv[b, s, 1*H*Dh + ..];  v = qkv[b, s, 2*H*Dh + ..]
+//! q = q / sqrt(mean(q^2) + epsilon) * q_norm_weight        (same for k with k_norm_weight)
+//! for j in 0..Dh/2:                                       (adjacent pairs, GPT-J style)
+//!     (a, c) = (q[2j], q[2j+1])
+//!     q[2j]   = a*cos[s,j] - c*sin[s,j]
+//!     q[2j+1] = a*sin[s,j] + c*cos[s,j]                    (same for k)
+//! p[s, s'] = softmax_s'( scale * dot(q_s, k_s') )          (no mask)
+//! out[b, s, h*Dh + d] = sum_s' p[s, s'] * v_s'[d]
+//! ```
+//! The 2D RoPE tables of PixelDiT: pair `j` uses `angle = x_pos*freq[j/2]` for even `j` and
+//! `y_pos*freq[(j-1)/2]` for odd `j`, `freq[k] = theta^(-4k/Dh)`, with `x_pos = linspace(0,16,Ws)[col]`
+//! and `y_pos = linspace(0,16,Hs)[row]` for token `row*Ws + col` (see [`rope_2d_tables`]).
+
+/// Domain of the op.
+pub const DOMAIN: &str = crate::CUSTOM_DOMAIN;
+/// Op type.
+pub const OP_TYPE: &str = "RotaryAttention";
+/// Version of the domain.
+pub const VERSION: i64 = 1;
+
+/// Computes the 2D RoPE tables `(cos, sin)`, each `[Hs*Ws, dim/2]` row-major, in f64 then cast to f32.
+pub fn rope_2d_tables(hs: usize, ws: usize, dim: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
+    let lin = |n: usize| -> Vec<f64> {
+        if n == 1 {
+            vec![0.0]
+        } else {
+            (0..n).map(|i| 16.0 * i as f64 / (n - 1) as f64).collect()
+        }
+    };
+    let (xs, ys) = (lin(ws), lin(hs));
+    let half = dim / 2;
+    let freqs: Vec<f64> = (0..dim / 4).map(|k| theta.powf(-(4.0 * k as f64) / dim as f64)).collect();
+    let mut cos = Vec::with_capacity(hs * ws * half);
+    let mut sin = Vec::with_capacity(hs * ws * half);
+    for y in &ys {
+        for x in &xs {
+            for j in 0..half {
+                let angle = if j % 2 == 0 { x * freqs[j / 2] } else { y * freqs[(j - 1) / 2] };
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+    }
+    (cos, sin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_tables_follow_spec() {
+        // 2x3 tokens, dim 8: freqs = [1, 10000^-0.5]
+        let (cos, sin) = rope_2d_tables(2, 3, 8, 10000.0);
+        assert_eq!(cos.len(), 6 * 4);
+        // token (row 1, col 2): x = 16, y = 16
+        let t = 5 * 4;
+        assert!((cos[t] - (16f64).cos() as f32).abs() < 1e-7); // pair 0: x*freq0
+        assert!((sin[t + 1] - (16f64).sin() as f32).abs() < 1e-7); // pair 1: y*freq0
+        assert!((cos[t + 2] - (16.0 * 0.01f64).cos() as f32).abs() < 1e-7); // pair 2: x*freq1
+        // token (row 0, col 1): x = 8, y = 0
+        assert_eq!(sin[4 + 1], 0.0);
+        assert!((sin[4] - (8f64).sin() as f32).abs() < 1e-7);
+    }
+}

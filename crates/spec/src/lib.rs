@@ -1,0 +1,413 @@
+//! Shared description of a PixelDiT model, used by the exporter, the quantizer and the runtime.
+//!
+//! * [`ModelConfig`]: every hyper-parameter of one model (the JSON presets in `graphs/`, embedded with
+//!   `include_str!`), see `shared/docs/pixeldit-architecture.md` section 1.
+//! * [`ModelMetadata`]: what the exporter writes into the ONNX `metadata_props` (key [`META_KEY`]) so that
+//!   `pixeldit-run model.onnx` needs nothing else.
+//! * [`io`]: the input/output contract of the exported graph (`x`, `t`, `y` -> `v`).
+//! * [`custom_op`]: the exact semantics of the fused attention op in domain `pixeldit`.
+//!
+//! The runtime never depends on the exporter; both depend on this crate.
+
+pub mod custom_op;
+pub mod io;
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Errors of the shared model description.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// A preset name that is not one of [`PRESET_NAMES`].
+    #[error("unknown preset '{name}': expected one of {known}")]
+    UnknownPreset { name: String, known: String },
+    /// A JSON document (preset or metadata) that does not parse.
+    #[error("invalid {what} JSON: {source}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A configuration whose values are inconsistent.
+    #[error("invalid model configuration '{name}': {reason}")]
+    InvalidConfig { name: String, reason: String },
+    /// A value of an enumerated option that is not known.
+    #[error("unknown {what} '{value}': expected one of {expected}")]
+    UnknownValue { what: &'static str, value: String, expected: &'static str },
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, SpecError>;
+
+/// ONNX `metadata_props` key holding the JSON of [`ModelMetadata`].
+pub const META_KEY: &str = "pixeldit.metadata";
+/// Version of the metadata layout; bumped on incompatible changes.
+pub const META_FORMAT_VERSION: u32 = 1;
+/// ONNX domain of the custom ops.
+pub const CUSTOM_DOMAIN: &str = "pixeldit";
+
+/// Sampler defaults stored with a model (spec section 4.1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplerDefaults {
+    /// Sampler name: `flow_dpm` (official: Euler then 2-step Adams-Bashforth), `euler` or `heun`.
+    pub name: String,
+    /// Number of steps.
+    pub steps: usize,
+    /// Classifier-free guidance weight.
+    pub cfg_scale: f32,
+    /// CFG is applied only for `lo < t < hi` (strict, data-time t in [0,1]).
+    pub guidance_interval: [f32; 2],
+    /// Time shift s of the grid t/(t+(1-t)s).
+    pub time_shift: f32,
+}
+
+/// Model kind: class-conditional (ImageNet) or text-to-image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Class-conditional model, inputs `x`, `t`, `y`.
+    C2i,
+    /// Text-to-image model (MM-DiT patch blocks).
+    T2i,
+}
+
+/// Every hyper-parameter of one PixelDiT model. Field names follow the official configs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Preset name (`tiny`, `B`, `L`, `XL-256`, `XL-512`, ...).
+    pub name: String,
+    /// One line for humans.
+    #[serde(default)]
+    pub description: String,
+    /// Model kind.
+    pub kind: ModelKind,
+    /// Patch-level hidden size D.
+    pub hidden_size: usize,
+    /// Patch-level attention heads (`num_groups` in the official yaml).
+    pub num_heads: usize,
+    /// Number of patch-level blocks N.
+    pub patch_depth: usize,
+    /// Number of pixel-level (PiT) blocks M.
+    pub pixel_depth: usize,
+    /// Pixel hidden size D_pix (16 in every released model).
+    pub pixel_hidden_size: usize,
+    /// Width A of the PiT attention (equal to D for the C2I models).
+    pub pixel_attn_hidden_size: usize,
+    /// Heads of the PiT attention.
+    pub pixel_num_heads: usize,
+    /// Pixel MLP expansion (16 -> 64 -> 16).
+    pub pixel_mlp_ratio: usize,
+    /// Patch size p (16).
+    pub patch_size: usize,
+    /// Image channels (3).
+    pub in_channels: usize,
+    /// Number of classes; the null class for CFG is `num_classes` itself.
+    pub num_classes: usize,
+    /// Sinusoidal timestep embedding width (256).
+    pub timestep_freq_dim: usize,
+    /// max_period of the timestep embedding (10, not 10000).
+    pub timestep_max_period: f64,
+    /// RoPE base theta.
+    pub rope_theta: f64,
+    /// RMSNorm epsilon.
+    pub norm_eps: f64,
+    /// Default export height.
+    pub default_height: usize,
+    /// Default export width.
+    pub default_width: usize,
+    /// Sampler defaults.
+    pub sampler: SamplerDefaults,
+}
+
+/// Names of the presets embedded from `graphs/`.
+pub const PRESET_NAMES: &[&str] = &["tiny", "digits", "B", "L", "XL-256", "XL-512"];
+
+fn preset_json(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "tiny" => include_str!("../../../graphs/tiny.json"),
+        "digits" => include_str!("../../../graphs/digits.json"),
+        "B" => include_str!("../../../graphs/B.json"),
+        "L" => include_str!("../../../graphs/L.json"),
+        "XL" | "XL-256" => include_str!("../../../graphs/XL-256.json"),
+        "XL-512" => include_str!("../../../graphs/XL-512.json"),
+        _ => return None,
+    })
+}
+
+impl ModelConfig {
+    /// Loads an embedded preset by name (`XL` is an alias of `XL-256`).
+    pub fn preset(name: &str) -> Result<Self> {
+        let json = preset_json(name).ok_or_else(|| SpecError::UnknownPreset {
+            name: name.to_string(),
+            known: format!("{} (XL = XL-256)", PRESET_NAMES.join(", ")),
+        })?;
+        Self::from_json(json)
+    }
+
+    /// Parses and validates a configuration from JSON.
+    pub fn from_json(json: &str) -> Result<Self> {
+        let cfg: Self =
+            serde_json::from_str(json).map_err(|source| SpecError::Json { what: "model config", source })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the structural constraints (divisibility of heads, RoPE pairs, ...).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |reason: String| Err(SpecError::InvalidConfig { name: self.name.clone(), reason });
+        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+            return bad(format!("hidden_size {} not divisible by num_heads {}", self.hidden_size, self.num_heads));
+        }
+        if self.pixel_num_heads == 0 || self.pixel_attn_hidden_size % self.pixel_num_heads != 0 {
+            return bad(format!(
+                "pixel_attn_hidden_size {} not divisible by pixel_num_heads {}",
+                self.pixel_attn_hidden_size, self.pixel_num_heads
+            ));
+        }
+        if self.head_dim() % 4 != 0 || self.pixel_head_dim() % 4 != 0 {
+            return bad("2D RoPE needs head dims divisible by 4".into());
+        }
+        if self.timestep_freq_dim % 2 != 0 || self.patch_size == 0 {
+            return bad("timestep_freq_dim must be even and patch_size non-zero".into());
+        }
+        if self.default_height % self.patch_size != 0 || self.default_width % self.patch_size != 0 {
+            return bad("default size must be a multiple of the patch size".into());
+        }
+        Ok(())
+    }
+
+    /// Patch-level head dim D / heads.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads
+    }
+    /// PiT attention head dim A / heads.
+    pub fn pixel_head_dim(&self) -> usize {
+        self.pixel_attn_hidden_size / self.pixel_num_heads
+    }
+    /// SwiGLU hidden F = int(2 * 4D / 3).
+    pub fn mlp_hidden(&self) -> usize {
+        2 * (4 * self.hidden_size) / 3
+    }
+    /// Pixels per patch p^2.
+    pub fn patch_pixels(&self) -> usize {
+        self.patch_size * self.patch_size
+    }
+    /// Null class label used for CFG.
+    pub fn null_class(&self) -> i64 {
+        self.num_classes as i64
+    }
+    /// Checks that an image size can be exported (multiples of the patch size, non-zero).
+    pub fn check_size(&self, height: usize, width: usize) -> Result<()> {
+        let p = self.patch_size;
+        if height == 0 || width == 0 || height % p != 0 || width % p != 0 {
+            return Err(SpecError::InvalidConfig {
+                name: self.name.clone(),
+                reason: format!("image size {height}x{width} must be non-zero multiples of the patch size {p}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checkpoint keys and shapes of every parameter, in a stable order (spec section 3.2).
+    pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let d = self.hidden_size;
+        let c = self.in_channels;
+        let p2 = self.patch_pixels();
+        let dp = self.pixel_hidden_size;
+        let a = self.pixel_attn_hidden_size;
+        let f = self.mlp_hidden();
+        let mut v: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut add = |k: String, s: &[usize]| v.push((k, s.to_vec()));
+        add("s_embedder.proj.weight".into(), &[d, c * p2]);
+        add("s_embedder.proj.bias".into(), &[d]);
+        add("pixel_embedder.proj.weight".into(), &[dp, c]);
+        add("pixel_embedder.proj.bias".into(), &[dp]);
+        add("t_embedder.mlp.0.weight".into(), &[d, self.timestep_freq_dim]);
+        add("t_embedder.mlp.0.bias".into(), &[d]);
+        add("t_embedder.mlp.2.weight".into(), &[d, d]);
+        add("t_embedder.mlp.2.bias".into(), &[d]);
+        add("y_embedder.embedding_table.weight".into(), &[self.num_classes + 1, d]);
+        for i in 0..self.patch_depth {
+            let b = format!("patch_blocks.{i}.");
+            add(format!("{b}norm1.weight"), &[d]);
+            add(format!("{b}norm2.weight"), &[d]);
+            add(format!("{b}attn.qkv.weight"), &[3 * d, d]);
+            add(format!("{b}attn.q_norm.weight"), &[self.head_dim()]);
+            add(format!("{b}attn.k_norm.weight"), &[self.head_dim()]);
+            add(format!("{b}attn.proj.weight"), &[d, d]);
+            add(format!("{b}attn.proj.bias"), &[d]);
+            add(format!("{b}mlp.w1.weight"), &[f, d]);
+            add(format!("{b}mlp.w3.weight"), &[f, d]);
+            add(format!("{b}mlp.w2.weight"), &[d, f]);
+            add(format!("{b}adaLN_modulation.0.weight"), &[6 * d, d]);
+            add(format!("{b}adaLN_modulation.0.bias"), &[6 * d]);
+        }
+        let hm = dp * self.pixel_mlp_ratio;
+        for i in 0..self.pixel_depth {
+            let b = format!("pixel_blocks.{i}.");
+            add(format!("{b}compress_to_attn.weight"), &[a, p2 * dp]);
+            add(format!("{b}compress_to_attn.bias"), &[a]);
+            add(format!("{b}expand_from_attn.weight"), &[p2 * dp, a]);
+            add(format!("{b}expand_from_attn.bias"), &[p2 * dp]);
+            add(format!("{b}norm1.weight"), &[dp]);
+            add(format!("{b}norm2.weight"), &[dp]);
+            add(format!("{b}attn.qkv.weight"), &[3 * a, a]);
+            add(format!("{b}attn.q_norm.weight"), &[self.pixel_head_dim()]);
+            add(format!("{b}attn.k_norm.weight"), &[self.pixel_head_dim()]);
+            add(format!("{b}attn.proj.weight"), &[a, a]);
+            add(format!("{b}attn.proj.bias"), &[a]);
+            add(format!("{b}mlp.fc1.weight"), &[hm, dp]);
+            add(format!("{b}mlp.fc1.bias"), &[hm]);
+            add(format!("{b}mlp.fc2.weight"), &[dp, hm]);
+            add(format!("{b}mlp.fc2.bias"), &[dp]);
+            add(format!("{b}adaLN_modulation.0.weight"), &[6 * dp * p2, d]);
+            add(format!("{b}adaLN_modulation.0.bias"), &[6 * dp * p2]);
+        }
+        add("final_layer.norm.weight".into(), &[dp]);
+        add("final_layer.linear.weight".into(), &[c, dp]);
+        add("final_layer.linear.bias".into(), &[c]);
+        v
+    }
+
+    /// Total parameter count (sum over [`Self::parameter_shapes`]).
+    pub fn parameter_count(&self) -> usize {
+        self.parameter_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+    }
+}
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident, $what:literal, { $($(#[$vm:meta])* $var:ident => $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name { $($(#[$vm])* #[serde(rename = $s)] $var),+ }
+        impl $name {
+            /// All values, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+            /// The canonical spelling.
+            pub fn as_str(&self) -> &'static str { match self { $($name::$var => $s),+ } }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+        impl FromStr for $name {
+            type Err = SpecError;
+            fn from_str(s: &str) -> Result<Self> {
+                match s {
+                    $($s => Ok($name::$var),)+
+                    _ => Err(SpecError::UnknownValue {
+                        what: $what, value: s.to_string(), expected: concat!($($s, " "),+)
+                    }),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// Numeric precision of an exported variant.
+    Precision, "precision", {
+        /// Full fp32.
+        Fp32 => "fp32",
+        /// fp16 weights and matmuls; norms, softmax, RoPE and the timestep embedding in fp32.
+        Fp16 => "fp16",
+        /// bf16 weights and matmuls, same fp32 islands as fp16.
+        Bf16 => "bf16",
+        /// INT8 Q/DQ on the big linears (weights per channel, activations per tensor).
+        Int8 => "int8",
+        /// FP8 E4M3 Q/DQ on the big linears.
+        Fp8 => "fp8",
+        /// INT8 weights with DequantizeLinear, fp32 math.
+        Int8Weights => "int8-weights",
+        /// FP8 E4M3 weights with DequantizeLinear, fp32 math.
+        Fp8Weights => "fp8-weights",
+    }
+);
+
+string_enum!(
+    /// How attention (QK-RMSNorm + 2D RoPE + SDPA) is written in the graph.
+    AttentionMode, "attention mode", {
+        /// One `pixeldit.RotaryAttention` node per attention (see [`custom_op`]).
+        Custom => "custom",
+        /// Standard opset-23 `RMSNormalization`, `RotaryEmbedding` and `Attention`.
+        Onnx23 => "onnx23",
+        /// Opset-17 primitives (MatMul, Softmax, ...), for TensorRT and older runtimes.
+        Decomposed => "decomposed",
+    }
+);
+
+/// Everything `pixeldit-run` needs to know about an exported model, stored as JSON under [`META_KEY`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMetadata {
+    /// [`META_FORMAT_VERSION`] at export time.
+    pub format_version: u32,
+    /// The full model configuration.
+    pub config: ModelConfig,
+    /// Exported image height (fixed per export).
+    pub height: usize,
+    /// Exported image width (fixed per export).
+    pub width: usize,
+    /// Numeric precision of this variant.
+    pub precision: Precision,
+    /// Attention lowering.
+    pub attention: AttentionMode,
+    /// Sampler defaults (copied from the config, may be overridden at export).
+    pub sampler: SamplerDefaults,
+    /// SHA-256 of the fp32 weights (key, shape and bytes in key order), hex.
+    pub weights_sha256: String,
+    /// Where the weights came from (`checkpoint:<file name>` or `random-init:seed=<n>`).
+    pub weights_source: String,
+    /// Version of the exporter that wrote the file.
+    pub exporter_version: String,
+    /// Quantization settings and scales, when the variant is quantized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<serde_json::Value>,
+}
+
+impl ModelMetadata {
+    /// Parses the metadata JSON.
+    pub fn from_json(json: &str) -> Result<Self> {
+        serde_json::from_str(json).map_err(|source| SpecError::Json { what: "pixeldit metadata", source })
+    }
+    /// Serializes to compact, deterministic JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("metadata serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_parse_and_validate() {
+        for name in PRESET_NAMES {
+            let cfg = ModelConfig::preset(name).unwrap();
+            assert_eq!(&cfg.name, name);
+        }
+        assert_eq!(ModelConfig::preset("XL").unwrap().name, "XL-256");
+        assert!(matches!(ModelConfig::preset("XXL"), Err(SpecError::UnknownPreset { .. })));
+    }
+
+    #[test]
+    fn parameter_counts_match_spec_section_1() {
+        // Recomputed counts from the architecture notes: 184.75M / 569.65M / 797.38M.
+        let m = |n: &str| ModelConfig::preset(n).unwrap().parameter_count() as f64 / 1e6;
+        assert!((m("B") - 184.75).abs() < 0.005, "B {}", m("B"));
+        assert!((m("L") - 569.65).abs() < 0.005, "L {}", m("L"));
+        assert!((m("XL") - 797.38).abs() < 0.005, "XL {}", m("XL"));
+        // 12 non-block + 26 x 12 patch-block + 4 x 17 PiT-block tensors, as listed key by key in spec
+        // section 3.2 (its "13 per patch block / 418" totals do not match its own key list; any extra
+        // checkpoint key is reported as unused by the loader, not silently dropped).
+        assert_eq!(ModelConfig::preset("XL").unwrap().parameter_shapes().len(), 392);
+    }
+
+    #[test]
+    fn enums_round_trip() {
+        for p in Precision::ALL {
+            assert_eq!(p.as_str().parse::<Precision>().unwrap(), *p);
+        }
+        assert!("fp4".parse::<Precision>().is_err());
+        assert_eq!("decomposed".parse::<AttentionMode>().unwrap(), AttentionMode::Decomposed);
+    }
+}
