@@ -5,6 +5,9 @@ Files:
 * ``cases.safetensors``: per case ``case_<n>.x`` [B,3,H,W] f32, ``case_<n>.t`` [B] f32,
   ``case_<n>.y`` [B] i64 and ``case_<n>.v`` [B,3,H,W] f32, the reference output computed in
   float64 from the float32 inputs and weights, then cast to float32.
+* ``sample_tiny.safetensors``: ``noise`` [2,3,32,32] f32, ``classes`` [2] i64, the time grid
+  ``timesteps`` [N+1] f64, per-step CFG flags ``guided`` [N] i64 and the final image ``x``
+  [2,3,32,32] f32 of a reference sample (SAMPLE settings below, computed in float64).
 
 Usage: ``.venv/bin/python reference/gen_forward_golden.py [OUT_DIR]``
 (default OUT_DIR is tests/golden/forward).
@@ -19,11 +22,13 @@ from safetensors.numpy import save_file
 
 from checkpoint import make_random_checkpoint, save_checkpoint
 from pixeldit_ref import forward
+from samplers import is_guided, make_forward_fn, sample, time_grid
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "tests" / "golden" / "forward"
 CHECKPOINT_SEED = 0
 INPUT_SEED = 1234
+NOISE_SEED = 4321
 
 #: name -> (height, width, t, y); y = 10 is the null class of the tiny preset.
 CASES = {
@@ -31,6 +36,9 @@ CASES = {
     "case_b": (32, 32, [0.0, 1.0], [0, 9]),
     "case_c": (48, 32, [0.5], [10]),
 }
+
+#: Sampler settings of sample_tiny.safetensors (32x32, two images).
+SAMPLE = {"sampler": "flow_dpm", "steps": 10, "cfg": 2.0, "interval": (0.1, 0.9), "shift": 1.0, "classes": [1, 7]}
 
 
 def load_preset(name):
@@ -51,6 +59,18 @@ def forward_cases(params, cfg):
     return tensors
 
 
+def sample_case(params, cfg):
+    """Noise, labels, time grid, CFG flags and the float64 reference sample, as a flat tensor dict."""
+    classes = np.asarray(SAMPLE["classes"], dtype=np.int64)
+    noise = np.random.default_rng(NOISE_SEED).standard_normal((len(classes), cfg["in_channels"], 32, 32))
+    noise = noise.astype(np.float32)
+    grid = time_grid(SAMPLE["steps"], SAMPLE["shift"])
+    x = sample(make_forward_fn(params, cfg), noise.astype(np.float64), classes, SAMPLE["steps"], SAMPLE["cfg"],
+               SAMPLE["interval"], SAMPLE["shift"], SAMPLE["sampler"], cfg["num_classes"])
+    guided = np.array([is_guided(t, SAMPLE["interval"]) for t in grid[:-1]], dtype=np.int64)
+    return {"noise": noise, "classes": classes, "timesteps": grid, "guided": guided, "x": x.astype(np.float32)}
+
+
 def main(out_dir=DEFAULT_OUT):
     """Generate all forward golden files into ``out_dir``."""
     out_dir = pathlib.Path(out_dir)
@@ -60,6 +80,9 @@ def main(out_dir=DEFAULT_OUT):
     save_checkpoint(params, out_dir / "tiny.safetensors")
     save_file(forward_cases(params, cfg), str(out_dir / "cases.safetensors"),
               metadata={"generator": "reference/gen_forward_golden.py", "preset": "tiny"})
+    save_file(sample_case(params, cfg), str(out_dir / "sample_tiny.safetensors"),
+              metadata={"generator": "reference/gen_forward_golden.py", "preset": "tiny",
+                        **{k: str(v) for k, v in SAMPLE.items()}})
 
 
 if __name__ == "__main__":
