@@ -1,0 +1,367 @@
+//! Backends behind one trait, and the `auto` selection order TensorRT -> CUDA -> ORT CPU -> tract.
+
+#[cfg(feature = "ort")]
+pub mod ort;
+#[cfg(feature = "tract")]
+pub mod tract;
+
+use crate::error::{Result, RuntimeError};
+use crate::model::ModelInfo;
+use ndarray::{Array4, ArrayView1, ArrayView4};
+use pixeldit_spec::Precision;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// A loaded model that maps `(x [B,3,H,W] f32, t [B] f32, y [B] i64)` to `v [B,3,H,W] f32`.
+pub trait Backend {
+    /// `ort` or `tract`.
+    fn name(&self) -> &'static str;
+    /// Execution provider / device, e.g. `CPUExecutionProvider` or `tract-cpu`.
+    fn provider(&self) -> String;
+    /// One forward pass.
+    fn run(&mut self, x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>) -> Result<Array4<f32>>;
+    /// What the loader changed in the model (e.g. tract's FLOAT8/BF16 rewrite), one line each.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// Best available: ONNX Runtime (TensorRT, CUDA, CPU), then tract.
+    #[default]
+    Auto,
+    /// ONNX Runtime only.
+    Ort,
+    /// tract only.
+    Tract,
+}
+
+/// `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// Best available.
+    #[default]
+    Auto,
+    /// ONNX Runtime TensorRT execution provider (explicit: failing is an error).
+    TensorRt,
+    /// ONNX Runtime CUDA execution provider (explicit: failing is an error).
+    Cuda,
+    /// CPU (ONNX Runtime CPU or tract).
+    Cpu,
+}
+
+macro_rules! names {
+    ($t:ty, $what:literal, { $($v:path => $s:literal),+ }) => {
+        impl $t {
+            /// Accepted spellings.
+            pub const NAMES: &'static [&'static str] = &[$($s),+];
+            /// Canonical spelling.
+            pub fn as_str(&self) -> &'static str { match self { $($v => $s),+ } }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+        impl FromStr for $t {
+            type Err = RuntimeError;
+            fn from_str(s: &str) -> Result<Self> {
+                match s { $($s => Ok($v),)+ _ => Err(RuntimeError::InvalidArgument(format!(
+                    "unknown {} '{s}': expected one of {}", $what, Self::NAMES.join(", ")))) }
+            }
+        }
+    };
+}
+names!(BackendKind, "backend", { BackendKind::Auto => "auto", BackendKind::Ort => "ort", BackendKind::Tract => "tract" });
+names!(Device, "device", { Device::Auto => "auto", Device::TensorRt => "tensorrt", Device::Cuda => "cuda", Device::Cpu => "cpu" });
+
+/// One concrete way of running a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Candidate {
+    /// ONNX Runtime with an execution provider.
+    #[cfg(feature = "ort")]
+    Ort(ort::OrtProvider),
+    /// tract.
+    Tract,
+}
+
+impl fmt::Display for Candidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            #[cfg(feature = "ort")]
+            Candidate::Ort(p) => write!(f, "ort/{}", p.ep_name()),
+            Candidate::Tract => f.write_str("tract"),
+        }
+    }
+}
+
+/// Options of [`load`] (by-value `with_*` builders).
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Backend choice.
+    pub backend: BackendKind,
+    /// Device choice.
+    pub device: Device,
+    /// ONNX Runtime library (`--ort-lib`).
+    pub ort_lib: Option<PathBuf>,
+    /// TensorRT engine cache directory.
+    pub trt_cache_dir: Option<PathBuf>,
+    /// Model precision (TensorRT builder flags).
+    pub precision: Option<Precision>,
+    /// ONNX Runtime intra-op threads.
+    pub threads: Option<usize>,
+}
+
+impl LoadOptions {
+    /// Sets the backend.
+    pub fn with_backend(mut self, b: BackendKind) -> Self {
+        self.backend = b;
+        self
+    }
+    /// Sets the device.
+    pub fn with_device(mut self, d: Device) -> Self {
+        self.device = d;
+        self
+    }
+    /// Sets the ONNX Runtime library path.
+    pub fn with_ort_lib(mut self, p: Option<PathBuf>) -> Self {
+        self.ort_lib = p;
+        self
+    }
+    /// Sets the model precision.
+    pub fn with_precision(mut self, p: Option<Precision>) -> Self {
+        self.precision = p;
+        self
+    }
+    /// Sets the TensorRT engine cache directory.
+    pub fn with_trt_cache_dir(mut self, p: Option<PathBuf>) -> Self {
+        self.trt_cache_dir = p;
+        self
+    }
+
+    /// The candidates to try, in order, and whether the choice was explicit (a failing explicit candidate is an
+    /// error; in a fallback chain it is skipped with its reason).
+    pub fn plan(&self) -> Result<(Vec<Candidate>, bool)> {
+        #[cfg(feature = "ort")]
+        use ort::OrtProvider as P;
+        let tract_gpu = || {
+            Err(RuntimeError::InvalidArgument(format!(
+                "--backend tract runs on the CPU only; --device {} needs --backend ort (or auto)",
+                self.device
+            )))
+        };
+        #[allow(unreachable_code)]
+        let plan = match (self.backend, self.device) {
+            (BackendKind::Tract, Device::Auto | Device::Cpu) => (vec![Candidate::Tract], true),
+            (BackendKind::Tract, _) => return tract_gpu(),
+            #[cfg(feature = "ort")]
+            (BackendKind::Ort | BackendKind::Auto, Device::TensorRt) => {
+                (vec![Candidate::Ort(P::TensorRt)], true)
+            }
+            #[cfg(feature = "ort")]
+            (BackendKind::Ort | BackendKind::Auto, Device::Cuda) => (vec![Candidate::Ort(P::Cuda)], true),
+            #[cfg(feature = "ort")]
+            (BackendKind::Ort, Device::Cpu) => (vec![Candidate::Ort(P::Cpu)], true),
+            #[cfg(feature = "ort")]
+            (BackendKind::Ort, Device::Auto) => (
+                vec![
+                    Candidate::Ort(P::TensorRt),
+                    Candidate::Ort(P::Cuda),
+                    Candidate::Ort(P::Cpu),
+                ],
+                false,
+            ),
+            #[cfg(feature = "ort")]
+            (BackendKind::Auto, Device::Cpu) => (vec![Candidate::Ort(P::Cpu), Candidate::Tract], false),
+            #[cfg(feature = "ort")]
+            (BackendKind::Auto, Device::Auto) => (
+                vec![
+                    Candidate::Ort(P::TensorRt),
+                    Candidate::Ort(P::Cuda),
+                    Candidate::Ort(P::Cpu),
+                    Candidate::Tract,
+                ],
+                false,
+            ),
+            #[cfg(not(feature = "ort"))]
+            (BackendKind::Ort, _) => return Err(RuntimeError::FeatureDisabled("ort")),
+            #[cfg(not(feature = "ort"))]
+            (BackendKind::Auto, Device::Auto | Device::Cpu) => (vec![Candidate::Tract], false),
+            #[cfg(not(feature = "ort"))]
+            (BackendKind::Auto, _) => return Err(RuntimeError::FeatureDisabled("ort")),
+        };
+        Ok(plan)
+    }
+}
+
+/// A candidate that was passed over, and why.
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    /// What was tried.
+    pub candidate: Candidate,
+    /// Why it was not used.
+    pub reason: String,
+}
+
+/// The outcome of [`load`].
+pub struct Selection {
+    /// The loaded backend.
+    pub backend: Box<dyn Backend>,
+    /// The candidate that loaded.
+    pub candidate: Candidate,
+    /// Candidates passed over before it, with reasons.
+    pub skipped: Vec<Skipped>,
+}
+
+/// Whether an NVIDIA GPU is visible to this process (device nodes or the driver's proc file).
+pub fn nvidia_gpu_present() -> bool {
+    Path::new("/dev/nvidia0").exists() || Path::new("/proc/driver/nvidia/version").exists()
+}
+
+/// Loads one candidate. In `probe` mode (fallback chains) GPU providers are skipped without trying when the
+/// library lacks them or no GPU is visible.
+pub fn load_candidate(
+    path: &Path,
+    c: Candidate,
+    opts: &LoadOptions,
+    probe: bool,
+) -> Result<Box<dyn Backend>> {
+    match c {
+        #[cfg(feature = "ort")]
+        Candidate::Ort(provider) => {
+            if provider != ort::OrtProvider::Cpu {
+                // An explicit GPU request without a usable library names the provider in its error.
+                if let Err(e) = ort::environment(opts.ort_lib.as_deref()) {
+                    return Err(match e {
+                        RuntimeError::OrtLibraryNotFound { .. } | RuntimeError::OrtLoad { .. } if !probe => {
+                            RuntimeError::ProviderUnavailable {
+                                provider: provider.ep_name().into(),
+                                reason: e.to_string(),
+                            }
+                        }
+                        e => e,
+                    });
+                }
+            }
+            if provider != ort::OrtProvider::Cpu && probe {
+                if !ort::provider_compiled_in(provider)? {
+                    return Err(RuntimeError::ProviderUnavailable {
+                        provider: provider.ep_name().into(),
+                        reason: "the ONNX Runtime library was built without it".into(),
+                    });
+                }
+                if !nvidia_gpu_present() {
+                    return Err(RuntimeError::ProviderUnavailable {
+                        provider: provider.ep_name().into(),
+                        reason: "no NVIDIA GPU found (/dev/nvidia0 missing)".into(),
+                    });
+                }
+            }
+            let o = ort::OrtOptions {
+                provider,
+                library: opts.ort_lib.clone(),
+                trt_cache_dir: opts.trt_cache_dir.clone(),
+                precision: opts.precision,
+                threads: opts.threads,
+                device_id: 0,
+            };
+            Ok(Box::new(ort::OrtBackend::load(path, &o)?))
+        }
+        Candidate::Tract => {
+            #[cfg(feature = "tract")]
+            {
+                Ok(Box::new(tract::TractBackend::load(path)?))
+            }
+            #[cfg(not(feature = "tract"))]
+            {
+                Err(RuntimeError::FeatureDisabled("tract"))
+            }
+        }
+    }
+}
+
+/// Loads `path` with the first candidate of `opts.plan()` that works. With an explicit choice its error is
+/// returned as is; in a fallback chain each failure is recorded in [`Selection::skipped`].
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<Selection> {
+    // File-level problems are errors whatever the backend.
+    ModelInfo::read(path)?;
+    let (candidates, explicit) = opts.plan()?;
+    let mut skipped = Vec::new();
+    for c in candidates {
+        match load_candidate(path, c, opts, !explicit) {
+            Ok(backend) => {
+                return Ok(Selection {
+                    backend,
+                    candidate: c,
+                    skipped,
+                })
+            }
+            Err(e) if explicit => return Err(e),
+            Err(e) => skipped.push(Skipped {
+                candidate: c,
+                reason: short_reason(&e),
+            }),
+        }
+    }
+    Err(RuntimeError::NoBackend {
+        path: path.to_path_buf(),
+        attempts: skipped
+            .iter()
+            .map(|s| format!("  {}: {}", s.candidate, s.reason))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    })
+}
+
+/// A one-line reason for a skipped candidate.
+pub fn short_reason(e: &RuntimeError) -> String {
+    let s = match e {
+        RuntimeError::ProviderUnavailable { reason, .. } => reason.clone(),
+        e => e.to_string(),
+    };
+    s.lines().next().unwrap_or_default().to_string()
+}
+
+/// Groups consecutive skips with the same reason: `("ort/A, ort/B", reason)`.
+pub fn grouped_skips(skipped: &[Skipped]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for s in skipped {
+        match out.last_mut() {
+            Some((names, reason)) if *reason == s.reason => {
+                names.push_str(", ");
+                names.push_str(&s.candidate.to_string());
+            }
+            _ => out.push((s.candidate.to_string(), s.reason.clone())),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans() {
+        let o = |b: BackendKind, d: Device| LoadOptions::default().with_backend(b).with_device(d);
+        let (c, explicit) = o(BackendKind::Auto, Device::Auto).plan().unwrap();
+        assert!(!explicit);
+        assert_eq!(c.last(), Some(&Candidate::Tract));
+        #[cfg(feature = "ort")]
+        {
+            assert_eq!(c.len(), 4);
+            assert_eq!(c[0].to_string(), "ort/TensorrtExecutionProvider");
+            let (c, explicit) = o(BackendKind::Auto, Device::Cuda).plan().unwrap();
+            assert!(explicit);
+            assert_eq!(c, vec![Candidate::Ort(ort::OrtProvider::Cuda)]);
+        }
+        assert!(o(BackendKind::Tract, Device::Cuda).plan().is_err());
+        assert_eq!(
+            o(BackendKind::Tract, Device::Cpu).plan().unwrap(),
+            (vec![Candidate::Tract], true)
+        );
+        assert_eq!("tensorrt".parse::<Device>().unwrap(), Device::TensorRt);
+        assert!("gpu".parse::<Device>().is_err());
+    }
+}

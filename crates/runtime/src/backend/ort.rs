@@ -1,0 +1,472 @@
+//! ONNX Runtime backend (`ort` 2.0.0-rc.15, `load-dynamic`): CPU, CUDA and TensorRT execution providers, plus the
+//! `pixeldit.RotaryAttention` custom op.
+//!
+//! The shared library is never loaded implicitly (that would panic when it is missing): [`locate_library`] finds
+//! it, [`environment`] loads it once per process with `ort::init_from`, and every other `ort` call happens only
+//! after that succeeded.
+
+use super::Backend;
+use crate::error::{Result, RuntimeError};
+use crate::kernel::{rotary_attention, RotaryAttentionInputs, RotaryAttentionParams};
+use crate::model::ModelInfo;
+use ndarray::{Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewD, IxDyn};
+use ort::environment::Environment;
+use ort::ep::{self, ExecutionProvider};
+use ort::operator::{
+    BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
+    ShapeInferenceContext,
+};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::{Shape, SymbolicDimensions, TensorElementType, TensorRef, ValueType};
+use pixeldit_spec::Precision;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// File name of the ONNX Runtime library this crate is built against (`api-31`).
+pub const LIBRARY_FILE: &str = "libonnxruntime.so.1.31.1";
+
+/// Which execution provider a session uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OrtProvider {
+    /// `CPUExecutionProvider`.
+    Cpu,
+    /// `CUDAExecutionProvider` (CPU fallback for nodes it cannot run, e.g. the custom op).
+    Cuda,
+    /// `TensorrtExecutionProvider`, then CUDA, then CPU for what TensorRT cannot take.
+    TensorRt,
+}
+
+impl OrtProvider {
+    /// ONNX Runtime's name of the provider.
+    pub fn ep_name(&self) -> &'static str {
+        match self {
+            OrtProvider::Cpu => "CPUExecutionProvider",
+            OrtProvider::Cuda => "CUDAExecutionProvider",
+            OrtProvider::TensorRt => "TensorrtExecutionProvider",
+        }
+    }
+}
+
+/// Options of [`OrtBackend::load`].
+#[derive(Debug, Clone)]
+pub struct OrtOptions {
+    /// Provider to use; an explicit provider that fails to register is an error (`error_on_failure`).
+    pub provider: OrtProvider,
+    /// Explicit library path (overrides `ORT_DYLIB_PATH` and the default locations).
+    pub library: Option<PathBuf>,
+    /// TensorRT engine cache directory (default: `<model dir>/.trt-cache`).
+    pub trt_cache_dir: Option<PathBuf>,
+    /// Precision of the model (from its metadata): sets the TensorRT fp16 / bf16 / int8 builder flags.
+    pub precision: Option<Precision>,
+    /// Intra-op threads (default: ONNX Runtime's choice).
+    pub threads: Option<usize>,
+    /// CUDA device index.
+    pub device_id: i32,
+}
+
+impl Default for OrtOptions {
+    fn default() -> Self {
+        OrtOptions {
+            provider: OrtProvider::Cpu,
+            library: None,
+            trt_cache_dir: None,
+            precision: None,
+            threads: None,
+            device_id: 0,
+        }
+    }
+}
+
+/// Finds the ONNX Runtime library: `explicit` (the `--ort-lib` flag), then `ORT_DYLIB_PATH`, then
+/// `.cache/onnxruntime/libonnxruntime.so.1.31.1` under the current directory and under the workspace root. An
+/// explicit path or `ORT_DYLIB_PATH` that does not exist is an error (no search continues past it).
+pub fn locate_library(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(RuntimeError::OrtLibraryNotFound {
+                tried: format!("--ort-lib {} does not exist", p.display()),
+            })
+        };
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(RuntimeError::OrtLibraryNotFound {
+                tried: format!("ORT_DYLIB_PATH={} does not exist", p.display()),
+            })
+        };
+    }
+    let rel = Path::new(".cache").join("onnxruntime").join(LIBRARY_FILE);
+    let mut tried = Vec::new();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let workspace = manifest
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(manifest)
+        .to_path_buf();
+    for base in [std::env::current_dir().ok(), Some(workspace)]
+        .into_iter()
+        .flatten()
+    {
+        let p = base.join(&rel);
+        if p.is_file() {
+            return Ok(p.canonicalize().unwrap_or(p));
+        }
+        tried.push(p.display().to_string());
+    }
+    Err(RuntimeError::OrtLibraryNotFound {
+        tried: format!(
+            "no --ort-lib, ORT_DYLIB_PATH unset, not at {}",
+            tried.join(" or ")
+        ),
+    })
+}
+
+struct LoadedEnv {
+    env: Environment,
+    library: PathBuf,
+}
+
+static ENV: Mutex<Option<LoadedEnv>> = Mutex::new(None);
+
+/// Loads the library (once per process) and returns the environment and the path it was loaded from. A second
+/// call with another path reuses the first library: a process can hold only one.
+pub fn environment(library: Option<&Path>) -> Result<(Environment, PathBuf)> {
+    let mut guard = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(l) = guard.as_ref() {
+        return Ok((l.env.clone(), l.library.clone()));
+    }
+    let path = locate_library(library)?;
+    // Keep the LoadDynamicError as is: turning it into an ort::Error would call into the missing library.
+    let builder = ort::init_from(&path).map_err(|e| RuntimeError::OrtLoad {
+        message: e.to_string(),
+    })?;
+    let env = builder
+        .with_name("pixeldit")
+        .build()
+        .map_err(|e| RuntimeError::Ort {
+            provider: "environment".into(),
+            message: e.to_string(),
+        })?;
+    *guard = Some(LoadedEnv {
+        env: env.clone(),
+        library: path.clone(),
+    });
+    Ok((env, path))
+}
+
+/// Whether the loaded library was compiled with the provider (`Ok(false)` for the CPU-only wheel). Needs a
+/// successful [`environment`] first.
+pub fn provider_compiled_in(provider: OrtProvider) -> Result<bool> {
+    let r = match provider {
+        OrtProvider::Cpu => return Ok(true),
+        OrtProvider::Cuda => <ep::CUDA as ExecutionProvider>::is_available(),
+        OrtProvider::TensorRt => <ep::TensorRT as ExecutionProvider>::is_available(),
+    };
+    r.map_err(|e| RuntimeError::Ort {
+        provider: provider.ep_name().into(),
+        message: e.to_string(),
+    })
+}
+
+/// A loaded ONNX Runtime session.
+pub struct OrtBackend {
+    session: Session,
+    provider: OrtProvider,
+    library: PathBuf,
+}
+
+fn ort_err(
+    provider: OrtProvider,
+) -> impl Fn(ort::Error<ort::session::builder::SessionBuilder>) -> RuntimeError {
+    move |e| RuntimeError::Ort {
+        provider: provider.ep_name().into(),
+        message: e.to_string(),
+    }
+}
+
+impl OrtBackend {
+    /// Loads `path` with the provider of `opts`. Custom ops of domain `pixeldit` other than `RotaryAttention`
+    /// are reported as [`RuntimeError::UnsupportedOp`] before ONNX Runtime sees the model.
+    pub fn load(path: &Path, opts: &OrtOptions) -> Result<Self> {
+        let info = ModelInfo::read(path)?;
+        check_ops(&info)?;
+        let (env, library) = environment(opts.library.as_deref())?;
+        let provider = opts.provider;
+        let e = ort_err(provider);
+        let simple = |e: ort::Error| RuntimeError::Ort {
+            provider: provider.ep_name().into(),
+            message: e.to_string(),
+        };
+        if !provider_compiled_in(provider)? {
+            return Err(RuntimeError::ProviderUnavailable {
+                provider: provider.ep_name().into(),
+                reason: format!(
+                    "the ONNX Runtime library {} was built without it (use the onnxruntime-gpu 1.31.1 library)",
+                    library.display()
+                ),
+            });
+        }
+        let domain = OperatorDomain::new(pixeldit_spec::CUSTOM_DOMAIN)
+            .and_then(|d| d.add(RotaryAttentionOp))
+            .map_err(simple)?;
+        let mut builder = Session::builder(&env)
+            .map_err(simple)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(&e)?
+            .with_operators(domain)
+            .map_err(&e)?;
+        if let Some(n) = opts.threads {
+            builder = builder.with_intra_threads(n).map_err(&e)?;
+        }
+        let eps = match provider {
+            OrtProvider::Cpu => vec![],
+            OrtProvider::Cuda => vec![cuda(opts).error_on_failure()],
+            OrtProvider::TensorRt => vec![
+                tensorrt(path, opts).error_on_failure(),
+                cuda(opts).error_on_failure(),
+            ],
+        };
+        if !eps.is_empty() {
+            builder =
+                builder
+                    .with_execution_providers(eps)
+                    .map_err(|err| RuntimeError::ProviderUnavailable {
+                        provider: provider.ep_name().into(),
+                        reason: err.to_string(),
+                    })?;
+        }
+        let session = builder.commit_from_file(path).map_err(simple)?;
+        Ok(OrtBackend {
+            session,
+            provider,
+            library,
+        })
+    }
+
+    /// The library the session runs on.
+    pub fn library(&self) -> &Path {
+        &self.library
+    }
+
+    /// Runs a graph whose inputs are all f32, feeding them in graph-input order; returns every output as f32.
+    /// For tests and tools (the sampler uses [`Backend::run`]).
+    pub fn run_f32(&mut self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>> {
+        let provider = self.provider;
+        let err = move |e: ort::Error| RuntimeError::Ort {
+            provider: provider.ep_name().into(),
+            message: e.to_string(),
+        };
+        let contiguous: Vec<_> = inputs.iter().map(|a| a.as_standard_layout()).collect();
+        let values = contiguous
+            .iter()
+            .map(|a| tensor_ref(a.shape(), a.as_slice().expect("standard layout")).map(Into::into))
+            .collect::<std::result::Result<Vec<ort::session::SessionInputValue>, _>>()
+            .map_err(err)?;
+        let outputs = self.session.run(values.as_slice()).map_err(err)?;
+        let mut result = Vec::new();
+        for (_, v) in outputs.iter() {
+            let (shape, data) = v.try_extract_tensor::<f32>().map_err(err)?;
+            let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+            result.push(
+                ArrayD::from_shape_vec(IxDyn(&dims), data.to_vec())
+                    .map_err(|e| RuntimeError::Shape(e.to_string()))?,
+            );
+        }
+        Ok(result)
+    }
+}
+
+/// A borrowed ONNX Runtime tensor over a contiguous slice (independent of the ndarray version `ort` uses).
+fn tensor_ref<'a, T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
+    shape: &[usize],
+    data: &'a [T],
+) -> ort::Result<TensorRef<'a, T>> {
+    TensorRef::from_array_view((shape.iter().map(|&d| d as i64).collect::<Vec<i64>>(), data))
+}
+
+fn cuda(opts: &OrtOptions) -> ort::ep::ExecutionProviderDispatch {
+    ep::CUDA::default().with_device_id(opts.device_id).build()
+}
+
+fn tensorrt(model: &Path, opts: &OrtOptions) -> ort::ep::ExecutionProviderDispatch {
+    let cache = opts.trt_cache_dir.clone().unwrap_or_else(|| {
+        model
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .join(".trt-cache")
+    });
+    let p = opts.precision;
+    let low = matches!(
+        p,
+        Some(Precision::Fp16 | Precision::Int8 | Precision::Fp8 | Precision::Fp8Weights)
+    );
+    // TensorRT reads Q/DQ nodes as explicit quantization; int8 Q/DQ still needs the INT8 builder flag. FP8 Q/DQ
+    // has no ONNX Runtime provider option (1.31): TensorRT builds it from the FLOAT8 Q/DQ types, with fp16 allowed
+    // for the layers around it.
+    ep::TensorRT::default()
+        .with_device_id(opts.device_id)
+        .with_engine_cache(true)
+        .with_engine_cache_path(cache.display().to_string())
+        .with_timing_cache(true)
+        .with_timing_cache_path(cache.display().to_string())
+        .with_fp16(low)
+        .with_bf16(p == Some(Precision::Bf16))
+        .with_int8(matches!(p, Some(Precision::Int8 | Precision::Int8Weights)))
+        .build()
+}
+
+/// Rejects nodes of the `pixeldit` domain that have no kernel here.
+fn check_ops(info: &ModelInfo) -> Result<()> {
+    for n in info.custom_nodes() {
+        if n.domain == pixeldit_spec::CUSTOM_DOMAIN && n.op_type == pixeldit_spec::custom_op::OP_TYPE {
+            continue;
+        }
+        return Err(RuntimeError::UnsupportedOp {
+            backend: "ort",
+            op: n.op_type.clone(),
+            domain: n.domain.clone(),
+            node: n.name.clone(),
+        });
+    }
+    Ok(())
+}
+
+impl Backend for OrtBackend {
+    fn name(&self) -> &'static str {
+        "ort"
+    }
+
+    fn provider(&self) -> String {
+        self.provider.ep_name().to_string()
+    }
+
+    fn run(&mut self, x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>) -> Result<Array4<f32>> {
+        let provider = self.provider;
+        let err = move |e: ort::Error| RuntimeError::Ort {
+            provider: provider.ep_name().into(),
+            message: e.to_string(),
+        };
+        let (x, t, y) = (
+            x.as_standard_layout(),
+            t.as_standard_layout(),
+            y.as_standard_layout(),
+        );
+        let inputs = ort::inputs![
+            "x" => tensor_ref(x.shape(), x.as_slice().expect("standard layout")).map_err(err)?,
+            "t" => tensor_ref(t.shape(), t.as_slice().expect("standard layout")).map_err(err)?,
+            "y" => tensor_ref(y.shape(), y.as_slice().expect("standard layout")).map_err(err)?,
+        ];
+        let outputs = self.session.run(inputs).map_err(err)?;
+        let (shape, data) = outputs
+            .get("v")
+            .ok_or_else(|| RuntimeError::Shape("the model has no output named 'v'".into()))?
+            .try_extract_tensor::<f32>()
+            .map_err(err)?;
+        let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        if dims.len() != 4 {
+            return Err(RuntimeError::Shape(format!(
+                "output 'v' has shape {dims:?}, expected 4-D"
+            )));
+        }
+        Array4::from_shape_vec([dims[0], dims[1], dims[2], dims[3]], data.to_vec())
+            .map_err(|e| RuntimeError::Shape(e.to_string()))
+    }
+}
+
+/// `pixeldit.RotaryAttention` for ONNX Runtime (CPU kernel; with CUDA/TensorRT it runs on the host).
+struct RotaryAttentionOp;
+
+impl Operator for RotaryAttentionOp {
+    type Kernel<'a> = BoxedKernel<'a>;
+
+    fn name(&self) -> &str {
+        pixeldit_spec::custom_op::OP_TYPE
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        [const { OperatorInput::required(TensorElementType::Float32) }; 5]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(TensorElementType::Float32)]
+    }
+
+    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
+        let inputs = ctx.inputs();
+        if let Some(ValueType::Tensor {
+            shape,
+            dimension_symbols,
+            ..
+        }) = inputs.first()
+        {
+            if shape.len() == 3 {
+                let w = if shape[2] > 0 { shape[2] / 3 } else { -1 };
+                let out = ValueType::Tensor {
+                    ty: TensorElementType::Float32,
+                    shape: Shape::new([shape[0], shape[1], w]),
+                    dimension_symbols: SymbolicDimensions::new(
+                        dimension_symbols.iter().take(2).cloned().chain([String::new()]),
+                    ),
+                };
+                return ctx.set_output(0, &out);
+            }
+        }
+        Ok(())
+    }
+
+    fn create_kernel<'a>(&self, k: &KernelContext<'a>) -> ort::Result<Self::Kernel<'a>> {
+        let node = k.node_name().unwrap_or_default();
+        let num_heads = k.get::<i64>("num_heads").filter(|&h| h > 0).ok_or_else(|| {
+            ort::Error::new(format!(
+                "pixeldit.RotaryAttention node '{node}': missing or invalid 'num_heads'"
+            ))
+        })? as usize;
+        let epsilon = k.get::<f32>("epsilon").unwrap_or(1e-6);
+        let scale = k.get::<f32>("scale");
+        Ok(Box::new(move |ctx: &ComputeContext| {
+            let input = |i: usize| {
+                ctx.input(i)?
+                    .ok_or_else(|| ort::Error::new(format!("RotaryAttention: input {i} is missing")))
+            };
+            let (qkv, qw, kw, cos, sin) = (input(0)?, input(1)?, input(2)?, input(3)?, input(4)?);
+            let (qkv_shape, qkv) = qkv.try_extract_tensor::<f32>()?;
+            if qkv_shape.len() != 3 {
+                return Err(ort::Error::new(format!(
+                    "RotaryAttention '{node}': qkv must be 3-D, got {qkv_shape}"
+                )));
+            }
+            let (b, s, w) = (
+                qkv_shape[0] as usize,
+                qkv_shape[1] as usize,
+                qkv_shape[2] as usize,
+            );
+            let qw = qw.try_extract_tensor::<f32>()?.1;
+            let inp = RotaryAttentionInputs {
+                qkv,
+                batch: b,
+                seq: s,
+                q_norm_weight: qw,
+                k_norm_weight: kw.try_extract_tensor::<f32>()?.1,
+                cos: cos.try_extract_tensor::<f32>()?.1,
+                sin: sin.try_extract_tensor::<f32>()?.1,
+            };
+            let p = RotaryAttentionParams {
+                num_heads,
+                epsilon,
+                scale: scale.unwrap_or_else(|| 1.0 / (qw.len().max(1) as f32).sqrt()),
+            };
+            let mut out = ctx
+                .output(0, vec![b as i64, s as i64, (w / 3) as i64])?
+                .ok_or_else(|| ort::Error::new("RotaryAttention: no output buffer"))?;
+            let (_, o) = out.try_extract_tensor_mut::<f32>()?;
+            rotary_attention(&inp, &p, o).map_err(|e| ort::Error::new(format!("node '{node}': {e}")))
+        }))
+    }
+}

@@ -1,0 +1,215 @@
+//! Per-forward latency measurement and the `BENCHMARKS.md` table.
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::io::{seeded_noise, write_atomic};
+use ndarray::Array1;
+use pixeldit_spec::ModelMetadata;
+use std::path::Path;
+use std::time::Instant;
+
+/// Latency statistics of one backend, in milliseconds.
+#[derive(Debug, Clone)]
+pub struct BenchStats {
+    /// Timed runs.
+    pub runs: usize,
+    /// Median.
+    pub median_ms: f64,
+    /// Fastest run.
+    pub min_ms: f64,
+    /// Slowest run.
+    pub max_ms: f64,
+}
+
+/// Times `runs` forwards of batch `batch` after `warmup` untimed ones (x: seeded noise, t = 0.5, classes 0, 1, ..).
+pub fn bench_forward(
+    backend: &mut dyn Backend,
+    meta: &ModelMetadata,
+    batch: usize,
+    warmup: usize,
+    runs: usize,
+) -> Result<BenchStats> {
+    let c = meta.config.in_channels;
+    let x = seeded_noise(0, [batch, c, meta.height, meta.width]);
+    let t = Array1::from_elem(batch, 0.5f32);
+    let y: Array1<i64> = (0..batch).map(|i| (i % meta.config.num_classes) as i64).collect();
+    for _ in 0..warmup {
+        backend.run(x.view(), t.view(), y.view())?;
+    }
+    let mut ms = Vec::with_capacity(runs.max(1));
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        backend.run(x.view(), t.view(), y.view())?;
+        ms.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(stats(ms))
+}
+
+/// Median (mean of the two middle values for even counts), min and max.
+pub fn stats(mut ms: Vec<f64>) -> BenchStats {
+    ms.sort_by(f64::total_cmp);
+    let n = ms.len();
+    let median = if n % 2 == 1 {
+        ms[n / 2]
+    } else {
+        (ms[n / 2 - 1] + ms[n / 2]) / 2.0
+    };
+    BenchStats {
+        runs: n,
+        median_ms: median,
+        min_ms: ms[0],
+        max_ms: ms[n - 1],
+    }
+}
+
+/// `model name (N cores)` from `/proc/cpuinfo`.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count()
+        .max(1);
+    format!("{model} ({cores} cores)")
+}
+
+/// Today's UTC date, `YYYY-MM-DD`.
+pub fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86400);
+    civil_date(days as i64)
+}
+
+/// Days since 1970-01-01 to `YYYY-MM-DD` (proleptic Gregorian).
+pub fn civil_date(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// One row of `BENCHMARKS.md`.
+#[derive(Debug, Clone)]
+pub struct BenchRow {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    /// CPU / GPU description.
+    pub machine: String,
+    /// The command line.
+    pub command: String,
+    /// Model file and shape, e.g. `tiny.onnx (tiny, 32x32)`.
+    pub model: String,
+    /// Precision from the metadata.
+    pub precision: String,
+    /// `ort/CPUExecutionProvider`, `tract/tract-cpu`, ...
+    pub backend: String,
+    /// Batch size.
+    pub batch: usize,
+    /// Latencies.
+    pub stats: BenchStats,
+}
+
+/// Header written when `BENCHMARKS.md` does not exist.
+pub const HEADER: &str = "# Benchmarks\n\n\
+Per-forward latency of exported PixelDiT models, one row per backend, appended by `pixeldit-run bench` \
+(warm-up runs first, then median / min / max over the timed runs).\n\n\
+| date | machine | command | model | precision | backend | batch | median ms | min ms | max ms |\n\
+|---|---|---|---|---|---|---|---|---|---|\n";
+
+impl BenchRow {
+    /// The Markdown table line (with `|` in cells escaped).
+    pub fn markdown(&self) -> String {
+        let e = |s: &str| s.replace('|', "\\|");
+        format!(
+            "| {} | {} | `{}` | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+            e(&self.date),
+            e(&self.machine),
+            e(&self.command),
+            e(&self.model),
+            e(&self.precision),
+            e(&self.backend),
+            self.batch,
+            self.stats.median_ms,
+            self.stats.min_ms,
+            self.stats.max_ms
+        )
+    }
+}
+
+/// Appends rows to the table at `path`, creating it with [`HEADER`] if missing.
+pub fn append_rows(path: &Path, rows: &[BenchRow]) -> Result<()> {
+    let mut text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => HEADER.to_string(),
+        Err(e) => {
+            return Err(crate::RuntimeError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        }
+    };
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    for r in rows {
+        text.push_str(&r.markdown());
+        text.push('\n');
+    }
+    write_atomic(path, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_min_max() {
+        let s = stats(vec![5.0, 1.0, 3.0]);
+        assert_eq!((s.median_ms, s.min_ms, s.max_ms), (3.0, 1.0, 5.0));
+        assert_eq!(stats(vec![4.0, 1.0, 3.0, 2.0]).median_ms, 2.5);
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(19_723), "2024-01-01");
+        assert_eq!(civil_date(20_513), "2026-03-01");
+    }
+
+    #[test]
+    fn table_is_created_then_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("BENCHMARKS.md");
+        let row = BenchRow {
+            date: "2026-01-01".into(),
+            machine: "cpu (2 cores)".into(),
+            command: "pixeldit-run bench a|b".into(),
+            model: "m".into(),
+            precision: "fp32".into(),
+            backend: "tract".into(),
+            batch: 1,
+            stats: stats(vec![1.0]),
+        };
+        append_rows(&p, std::slice::from_ref(&row)).unwrap();
+        append_rows(&p, &[row]).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with("# Benchmarks"));
+        assert_eq!(text.matches("| 2026-01-01 |").count(), 2);
+        assert!(text.contains("a\\|b"));
+    }
+}

@@ -1,0 +1,419 @@
+//! `pixeldit-run`: sample images from an exported PixelDiT ONNX model, or benchmark its forward pass.
+//!
+//! ```text
+//! pixeldit-run model.onnx --class 207 --seed 0 --steps 100 --cfg 2.75 -o out.png
+//! pixeldit-run model.onnx --classes 1,2,3 -o out.png          # out_000.png, out_001.png, out_002.png
+//! pixeldit-run model.onnx --class 7 --batch 4 --grid -o g.png # one 2x2 grid image
+//! pixeldit-run bench model.onnx --runs 20 --warmup 3 --batch 1
+//! ```
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::{Array4, Axis};
+use pixeldit_runtime::backend::{self, BackendKind, Device, LoadOptions, Selection};
+use pixeldit_runtime::model::ModelInfo;
+use pixeldit_runtime::{bench, io, sampler, RuntimeError};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "pixeldit-run",
+    version,
+    about = "Sample images from an exported PixelDiT ONNX model (ONNX Runtime or tract)",
+    long_about = "Sample images from an exported PixelDiT ONNX model.\n\n\
+Sampler defaults (sampler, steps, cfg, interval, shift) come from the model's pixeldit.metadata.\n\
+Noise: ChaCha8Rng::seed_from_u64(--seed) drawing StandardNormal f32, one stream for all images in order \
+image, channel, row, column; --noise FILE.npy (f32 [K,3,H,W]) replaces it.\n\
+Output: with one image, -o is written as is; with K > 1 images, -o out.png writes out_000.png .. \
+out_{K-1}.png, or one grid image (ceil(sqrt(K)) columns) at -o with --grid. Files are written to a temporary \
+name and renamed, so an error leaves no partial output.\n\n\
+ONNX Runtime library lookup: --ort-lib, then ORT_DYLIB_PATH, then .cache/onnxruntime/libonnxruntime.so.1.31.1 \
+under the current directory and under the source workspace.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    sample: SampleArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure per-forward latency on every available backend and append rows to BENCHMARKS.md.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Clone)]
+struct BackendArgs {
+    /// Backend: auto (TensorRT, CUDA, ORT CPU, tract, first that loads), ort or tract.
+    #[arg(long, default_value = "auto")]
+    backend: String,
+    /// Device: auto, tensorrt, cuda or cpu. An explicit GPU device that fails is an error, never a fallback.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Path of libonnxruntime.so.1.31.1 (overrides ORT_DYLIB_PATH).
+    #[arg(long, value_name = "FILE")]
+    ort_lib: Option<PathBuf>,
+    /// TensorRT engine cache directory (default: .trt-cache next to the model).
+    #[arg(long, value_name = "DIR")]
+    trt_cache: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl BackendArgs {
+    fn options(&self, precision: pixeldit_spec::Precision) -> Result<LoadOptions> {
+        let mut o = LoadOptions::default()
+            .with_backend(self.backend.parse::<BackendKind>()?)
+            .with_device(self.device.parse::<Device>()?)
+            .with_ort_lib(self.ort_lib.clone())
+            .with_trt_cache_dir(self.trt_cache.clone())
+            .with_precision(Some(precision));
+        o.threads = self.threads;
+        Ok(o)
+    }
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    /// Exported model (.onnx with pixeldit.metadata).
+    #[arg(required = true)]
+    model: Option<PathBuf>,
+    /// Class label of every image.
+    #[arg(long, conflicts_with = "classes")]
+    class: Option<i64>,
+    /// Comma-separated class labels, one image each.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    classes: Option<Vec<i64>>,
+    /// Images per run with --class (default 1).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Noise seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Steps (default from metadata).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// CFG weight (default from metadata; 1 disables guidance and the uncond half of the batch).
+    #[arg(long)]
+    cfg: Option<f32>,
+    /// Sampler: flow_dpm, euler or heun (default from metadata).
+    #[arg(long)]
+    sampler: Option<String>,
+    /// Time shift (default from metadata).
+    #[arg(long)]
+    shift: Option<f64>,
+    /// Guidance interval lo,hi (strict lo < t < hi; default from metadata).
+    #[arg(long, value_name = "LO,HI")]
+    interval: Option<String>,
+    /// Output PNG (see --grid for several images).
+    #[arg(short, long, default_value = "out.png")]
+    output: PathBuf,
+    /// With several images, write one grid PNG at -o instead of numbered files.
+    #[arg(long)]
+    grid: bool,
+    /// Initial noise, .npy f32 [K,3,H,W] (replaces --seed).
+    #[arg(long, value_name = "FILE.npy")]
+    noise: Option<PathBuf>,
+    /// Also save the final float x (before quantization to u8) as .npy f32 [K,3,H,W].
+    #[arg(long, value_name = "FILE.npy")]
+    save_raw: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Exported model.
+    model: PathBuf,
+    /// Timed runs per backend.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Untimed warm-up runs per backend.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Batch size of each forward.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Table to append to.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    table: PathBuf,
+    /// Do not write the table.
+    #[arg(long)]
+    no_table: bool,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Bench(b)) => run_bench(&b),
+        None => run_sample(&cli.sample),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pixeldit-run: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn report_selection(sel: &Selection) {
+    for (names, reason) in backend::grouped_skips(&sel.skipped) {
+        eprintln!("pixeldit-run: skipped {names}: {reason}");
+    }
+    eprintln!(
+        "pixeldit-run: using {} ({})",
+        sel.candidate,
+        sel.backend.provider()
+    );
+    for n in sel.backend.notes() {
+        eprintln!("pixeldit-run: {}: {n}", sel.backend.name());
+    }
+}
+
+fn parse_interval(s: &str) -> Result<(f64, f64)> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    if parts.len() != 2 {
+        bail!("--interval must be LO,HI, got '{s}'");
+    }
+    let p = |v: &str| {
+        v.parse::<f64>()
+            .with_context(|| format!("--interval: '{v}' is not a number"))
+    };
+    Ok((p(parts[0])?, p(parts[1])?))
+}
+
+fn run_sample(a: &SampleArgs) -> Result<()> {
+    let model = a.model.as_deref().context("a model file is required")?;
+    let info = ModelInfo::read(model)?;
+    let meta = info.pixeldit_metadata()?;
+    let cfg_m = &meta.config;
+
+    // Labels.
+    let labels: Vec<i64> = match (&a.classes, a.class) {
+        (Some(list), _) => {
+            if a.batch.is_some_and(|b| b != list.len()) {
+                bail!(
+                    "--batch {} does not match the {} labels of --classes",
+                    a.batch.unwrap_or(0),
+                    list.len()
+                );
+            }
+            list.clone()
+        }
+        (None, c) => vec![c.unwrap_or(0); a.batch.unwrap_or(1)],
+    };
+    if labels.is_empty() {
+        bail!("no images requested (--batch 0)");
+    }
+    for &c in &labels {
+        if c < 0 || c >= cfg_m.num_classes as i64 {
+            return Err(RuntimeError::ClassOutOfRange {
+                class: c,
+                num_classes: cfg_m.num_classes,
+            }
+            .into());
+        }
+    }
+    let k = labels.len();
+
+    // Sampler settings.
+    let mut scfg = sampler::SamplerConfig::from_defaults(&meta.sampler)?;
+    if let Some(s) = &a.sampler {
+        scfg.kind = s.parse()?;
+    }
+    if let Some(n) = a.steps {
+        scfg.steps = n;
+    }
+    if let Some(w) = a.cfg {
+        scfg.cfg_scale = w;
+    }
+    if let Some(s) = a.shift {
+        scfg.shift = s;
+    }
+    if let Some(iv) = &a.interval {
+        scfg.interval = parse_interval(iv)?;
+    }
+    scfg.validate()?;
+
+    // Noise.
+    let shape = [k, cfg_m.in_channels, meta.height, meta.width];
+    let noise: Array4<f32> = match &a.noise {
+        Some(p) => {
+            let arr = io::read_npy(p)?;
+            if arr.shape() != shape {
+                return Err(RuntimeError::NoiseShape {
+                    path: p.clone(),
+                    found: arr.shape().to_vec(),
+                    expected: shape.to_vec(),
+                }
+                .into());
+            }
+            arr.into_dimensionality().expect("checked shape")
+        }
+        None => io::seeded_noise(a.seed, shape),
+    };
+
+    // Output paths (checked before the expensive part).
+    let out_paths: Vec<PathBuf> = if k == 1 || a.grid {
+        vec![a.output.clone()]
+    } else {
+        io::numbered_paths(&a.output, k)
+    };
+    for p in out_paths.iter().chain(a.save_raw.iter()) {
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            bail!("output directory {} does not exist", dir.display());
+        }
+    }
+
+    let opts = a.backend.options(meta.precision)?;
+    let mut sel = backend::load(model, &opts)?;
+    report_selection(&sel);
+
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(scfg.steps as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {per_sec} ETA {eta} ({elapsed})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let start = Instant::now();
+    let backend = &mut sel.backend;
+    let x = sampler::sample(
+        &mut |x, t, y| backend.run(x, t, y),
+        noise,
+        &labels,
+        cfg_m.null_class(),
+        &scfg,
+        &mut |_| bar.inc(1),
+    )?;
+    bar.finish_and_clear();
+    let elapsed = start.elapsed().as_secs_f64();
+
+    // Outputs: everything encoded first, then written atomically.
+    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    if k == 1 || a.grid {
+        let (rgb, w, h) = if k == 1 {
+            (io::image_rgb8(x.index_axis(Axis(0), 0)), meta.width, meta.height)
+        } else {
+            io::grid_rgb8(x.view())
+        };
+        files.push((a.output.clone(), io::png_bytes(&a.output, &rgb, w, h)?));
+    } else {
+        for (p, img) in out_paths.iter().zip(x.outer_iter()) {
+            files.push((
+                p.clone(),
+                io::png_bytes(p, &io::image_rgb8(img), meta.width, meta.height)?,
+            ));
+        }
+    }
+    if let Some(raw) = &a.save_raw {
+        files.push((raw.clone(), io::npy_bytes(x.shape(), x.iter().copied())));
+    }
+    io::write_all_atomic(&files)?;
+    for (p, _) in &files {
+        eprintln!("pixeldit-run: wrote {}", p.display());
+    }
+    let calls = scfg.network_calls();
+    let fwd_batch = if scfg.cfg_scale == 1.0 { k } else { 2 * k };
+    println!(
+        "backend {} | provider {} | precision {} | {} {} steps, cfg {} | {:.1} ms/step ({} forwards of batch {}, {:.2} s total)",
+        sel.backend.name(),
+        sel.backend.provider(),
+        meta.precision,
+        scfg.kind,
+        scfg.steps,
+        scfg.cfg_scale,
+        elapsed * 1e3 / scfg.steps as f64,
+        calls,
+        fwd_batch,
+        elapsed
+    );
+    Ok(())
+}
+
+fn run_bench(a: &BenchArgs) -> Result<()> {
+    let info = ModelInfo::read(&a.model)?;
+    let meta = info.pixeldit_metadata()?;
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let opts = a.backend.options(meta.precision)?;
+    let (candidates, explicit) = opts.plan()?;
+    let command = std::iter::once("pixeldit-run".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let model_desc = format!(
+        "{} ({}, {}x{})",
+        a.model
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        meta.config.name,
+        meta.height,
+        meta.width
+    );
+    let (date, machine) = (bench::today(), bench::machine());
+    let mut rows = Vec::new();
+    for c in candidates {
+        let mut b = match backend::load_candidate(&a.model, c, &opts, !explicit) {
+            Ok(b) => b,
+            Err(e) if explicit => return Err(e.into()),
+            Err(e) => {
+                eprintln!("pixeldit-run: skipped {c}: {}", backend::short_reason(&e));
+                continue;
+            }
+        };
+        for n in b.notes() {
+            eprintln!("pixeldit-run: {}: {n}", b.name());
+        }
+        let s = bench::bench_forward(b.as_mut(), &meta, a.batch, a.warmup, a.runs)?;
+        let name = format!("{}/{}", b.name(), b.provider());
+        println!(
+            "{name}: batch {} median {:.2} ms, min {:.2} ms, max {:.2} ms over {} runs",
+            a.batch, s.median_ms, s.min_ms, s.max_ms, s.runs
+        );
+        rows.push(bench::BenchRow {
+            date: date.clone(),
+            machine: machine.clone(),
+            command: command.clone(),
+            model: model_desc.clone(),
+            precision: meta.precision.to_string(),
+            backend: name,
+            batch: a.batch,
+            stats: s,
+        });
+    }
+    if rows.is_empty() {
+        bail!("no backend could run {}", a.model.display());
+    }
+    if !a.no_table {
+        bench::append_rows(&a.table, &rows)?;
+        eprintln!(
+            "pixeldit-run: appended {} row(s) to {}",
+            rows.len(),
+            a.table.display()
+        );
+    }
+    Ok(())
+}
