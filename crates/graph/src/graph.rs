@@ -1,0 +1,368 @@
+//! The graph: values, nodes, initializers, scopes.
+
+use crate::tensor::{Initializer, TensorData};
+use crate::{DType, GraphError, Result};
+use std::collections::{BTreeMap, HashMap};
+
+/// One dimension of a value: fixed, or a multiple of the dynamic batch size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dim {
+    /// A fixed size.
+    Fixed(usize),
+    /// `batch * k`.
+    Batch(usize),
+}
+
+impl Dim {
+    /// The fixed size, if fixed.
+    pub fn fixed(self) -> Option<usize> {
+        match self {
+            Dim::Fixed(n) => Some(n),
+            Dim::Batch(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Dim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Batch(1) => write!(f, "B"),
+            Dim::Batch(k) => write!(f, "B*{k}"),
+        }
+    }
+}
+
+/// Handle of a value (graph input, initializer or node output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Value(pub(crate) usize);
+
+/// Name, dtype and shape of a value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueInfo {
+    /// Unique name in the graph.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: Vec<Dim>,
+}
+
+/// A node attribute.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attr {
+    /// int
+    Int(i64),
+    /// float
+    Float(f32),
+    /// ints
+    Ints(Vec<i64>),
+    /// string
+    Str(String),
+}
+
+/// One node.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Unique scoped name (`scope/Op_n`).
+    pub name: String,
+    /// Op type.
+    pub op_type: String,
+    /// Domain ("" for the default ONNX domain).
+    pub domain: String,
+    /// Inputs; `None` is an omitted optional input.
+    pub inputs: Vec<Option<Value>>,
+    /// Outputs.
+    pub outputs: Vec<Value>,
+    /// Attributes, sorted by name.
+    pub attrs: BTreeMap<String, Attr>,
+    /// Scope stack at creation, joined by '/'.
+    pub scope: String,
+}
+
+/// A typed ONNX graph under construction.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    pub(crate) opset: i64,
+    pub(crate) values: Vec<ValueInfo>,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) inputs: Vec<Value>,
+    pub(crate) outputs: Vec<Value>,
+    pub(crate) initializers: Vec<(Value, Initializer)>,
+    pub(crate) custom_domains: BTreeMap<String, i64>,
+    pub(crate) metadata: Vec<(String, String)>,
+    pub(crate) doc: String,
+    pub(crate) name: String,
+    scope: Vec<String>,
+    names: HashMap<String, Value>,
+    node_counters: HashMap<(String, String), usize>,
+    const_cache: HashMap<(DType, Vec<usize>, Vec<u8>), Value>,
+    const_counter: usize,
+}
+
+impl Graph {
+    /// An empty graph targeting `opset` of the default domain.
+    pub fn new(opset: i64) -> Self {
+        Graph {
+            opset,
+            values: Vec::new(),
+            nodes: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            initializers: Vec::new(),
+            custom_domains: BTreeMap::new(),
+            metadata: Vec::new(),
+            doc: String::new(),
+            name: "graph".into(),
+            scope: Vec::new(),
+            names: HashMap::new(),
+            node_counters: HashMap::new(),
+            const_cache: HashMap::new(),
+            const_counter: 0,
+        }
+    }
+
+    /// The default-domain opset.
+    pub fn opset(&self) -> i64 {
+        self.opset
+    }
+    /// Raises the default-domain opset (never lowers it).
+    pub fn require_opset(&mut self, opset: i64) {
+        self.opset = self.opset.max(opset);
+    }
+    /// Sets the graph name.
+    pub fn set_name(&mut self, name: &str) {
+        self.name = name.to_string();
+    }
+    /// Sets the model doc string.
+    pub fn set_doc(&mut self, doc: &str) {
+        self.doc = doc.to_string();
+    }
+    /// Adds (or replaces) a `metadata_props` entry.
+    pub fn set_metadata(&mut self, key: &str, value: &str) {
+        if let Some(e) = self.metadata.iter_mut().find(|(k, _)| k == key) {
+            e.1 = value.to_string();
+        } else {
+            self.metadata.push((key.to_string(), value.to_string()));
+        }
+    }
+    /// The `metadata_props` entries.
+    pub fn metadata(&self) -> &[(String, String)] {
+        &self.metadata
+    }
+
+    /// Information about a value.
+    pub fn info(&self, v: Value) -> &ValueInfo {
+        &self.values[v.0]
+    }
+    /// Shape of a value.
+    pub fn shape(&self, v: Value) -> &[Dim] {
+        &self.values[v.0].shape
+    }
+    /// Element type of a value.
+    pub fn dtype(&self, v: Value) -> DType {
+        self.values[v.0].dtype
+    }
+    /// Looks a value up by name.
+    pub fn value_by_name(&self, name: &str) -> Option<Value> {
+        self.names.get(name).copied()
+    }
+    /// All nodes, in topological (insertion) order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+    /// Mutable nodes, for rewrite passes.
+    pub fn nodes_mut(&mut self) -> &mut Vec<Node> {
+        &mut self.nodes
+    }
+    /// All initializers, in insertion order.
+    pub fn initializers(&self) -> impl Iterator<Item = (Value, &Initializer)> {
+        self.initializers.iter().map(|(v, i)| (*v, i))
+    }
+    /// Mutable access to one initializer by name.
+    pub fn initializer_mut(&mut self, name: &str) -> Option<&mut Initializer> {
+        self.initializers.iter_mut().find(|(_, i)| i.name == name).map(|(_, i)| i)
+    }
+    /// Graph inputs.
+    pub fn inputs(&self) -> &[Value] {
+        &self.inputs
+    }
+    /// Graph outputs.
+    pub fn outputs(&self) -> &[Value] {
+        &self.outputs
+    }
+
+    /// Runs `f` inside a named scope: node names created inside are prefixed with `name/`.
+    pub fn scoped<T>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.scope.push(name.to_string());
+        let r = f(self);
+        self.scope.pop();
+        r
+    }
+
+    /// The current scope path.
+    pub fn scope_path(&self) -> String {
+        self.scope.join("/")
+    }
+
+    pub(crate) fn new_value(&mut self, name: String, dtype: DType, shape: Vec<Dim>) -> Result<Value> {
+        if self.names.contains_key(&name) {
+            return Err(GraphError::DuplicateName { what: "value", name });
+        }
+        let v = Value(self.values.len());
+        self.names.insert(name.clone(), v);
+        self.values.push(ValueInfo { name, dtype, shape });
+        Ok(v)
+    }
+
+    /// Declares a graph input.
+    pub fn input(&mut self, name: &str, dtype: DType, shape: Vec<Dim>) -> Result<Value> {
+        let v = self.new_value(name.to_string(), dtype, shape)?;
+        self.inputs.push(v);
+        Ok(v)
+    }
+
+    /// Declares a graph output under `name`, inserting an Identity if the value has another name.
+    pub fn output(&mut self, name: &str, v: Value) -> Result<Value> {
+        let out = if self.values[v.0].name == name {
+            v
+        } else {
+            let info = self.values[v.0].clone();
+            let node_name = self.unique_node_name("Identity");
+            let o = self.new_value(name.to_string(), info.dtype, info.shape)?;
+            self.push_node(node_name, "Identity", "", vec![Some(v)], vec![o], BTreeMap::new());
+            o
+        };
+        self.outputs.push(out);
+        Ok(out)
+    }
+
+    /// Adds a named initializer (a weight or table). The name is used verbatim.
+    pub fn initializer(&mut self, name: &str, dtype: DType, shape: Vec<usize>, data: TensorData) -> Result<Value> {
+        if let TensorData::Bytes(b) = &data {
+            let want = shape.iter().product::<usize>() * dtype.size();
+            if b.len() != want {
+                return Err(GraphError::Tensor {
+                    name: name.into(),
+                    reason: format!("{} bytes given, shape {shape:?} of {} needs {want}", b.len(), dtype.name()),
+                });
+            }
+        }
+        let v = self.new_value(name.to_string(), dtype, shape.iter().map(|d| Dim::Fixed(*d)).collect())?;
+        self.initializers.push((v, Initializer { name: name.to_string(), dtype, shape, data }));
+        Ok(v)
+    }
+
+    /// A constant, deduplicated by (dtype, shape, bytes), named `const/<n>`.
+    pub fn constant(&mut self, dtype: DType, shape: Vec<usize>, bytes: Vec<u8>) -> Result<Value> {
+        let key = (dtype, shape.clone(), bytes.clone());
+        if let Some(v) = self.const_cache.get(&key) {
+            return Ok(*v);
+        }
+        let name = format!("const/{}", self.const_counter);
+        self.const_counter += 1;
+        let v = self.initializer(&name, dtype, shape, TensorData::Bytes(bytes))?;
+        self.const_cache.insert(key, v);
+        Ok(v)
+    }
+    /// An f32 constant.
+    pub fn const_f32(&mut self, shape: Vec<usize>, values: &[f32]) -> Result<Value> {
+        self.constant(DType::F32, shape, crate::encode_f32(values, DType::F32))
+    }
+    /// A scalar constant of a float dtype.
+    pub fn scalar(&mut self, dtype: DType, value: f32) -> Result<Value> {
+        self.constant(dtype, vec![], crate::encode_f32(&[value], dtype))
+    }
+    /// A 1-D int64 constant.
+    pub fn const_i64(&mut self, values: &[i64]) -> Result<Value> {
+        self.constant(DType::I64, vec![values.len()], values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+
+    pub(crate) fn unique_node_name(&mut self, op: &str) -> String {
+        let scope = self.scope_path();
+        let n = self.node_counters.entry((scope.clone(), op.to_string())).or_insert(0);
+        let name = if scope.is_empty() { format!("{op}_{n}") } else { format!("{scope}/{op}_{n}") };
+        *n += 1;
+        name
+    }
+
+    fn push_node(
+        &mut self,
+        name: String,
+        op: &str,
+        domain: &str,
+        inputs: Vec<Option<Value>>,
+        outputs: Vec<Value>,
+        attrs: BTreeMap<String, Attr>,
+    ) {
+        self.nodes.push(Node {
+            name,
+            op_type: op.to_string(),
+            domain: domain.to_string(),
+            inputs,
+            outputs,
+            attrs,
+            scope: self.scope_path(),
+        });
+    }
+
+    /// Adds a node whose output types were inferred by the caller. Outputs are named `<node>:<i>`.
+    pub fn add_node(
+        &mut self,
+        op: &str,
+        domain: &str,
+        inputs: &[Option<Value>],
+        attrs: Vec<(&str, Attr)>,
+        outputs: Vec<(DType, Vec<Dim>)>,
+    ) -> Result<Vec<Value>> {
+        if !domain.is_empty() {
+            self.custom_domains.entry(domain.to_string()).or_insert(1);
+        }
+        let name = self.unique_node_name(op);
+        let mut outs = Vec::with_capacity(outputs.len());
+        for (i, (dt, shape)) in outputs.into_iter().enumerate() {
+            outs.push(self.new_value(format!("{name}:{i}"), dt, shape)?);
+        }
+        let attrs = attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        self.push_node(name, op, domain, inputs.to_vec(), outs.clone(), attrs);
+        Ok(outs)
+    }
+
+    /// Declares the version of a custom domain used by custom nodes.
+    pub fn set_domain_version(&mut self, domain: &str, version: i64) {
+        self.custom_domains.insert(domain.to_string(), version);
+    }
+
+    /// An error about the node that is about to be created.
+    pub(crate) fn err(&self, op: &str, reason: impl Into<String>) -> GraphError {
+        let scope = self.scope_path();
+        GraphError::Shape {
+            node: if scope.is_empty() { op.to_string() } else { format!("{scope}/{op}") },
+            op: op.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Removes nodes whose outputs are unused (not consumed and not graph outputs), repeatedly, and
+    /// initializers that nothing consumes any more.
+    pub fn prune(&mut self) {
+        loop {
+            let mut used = vec![false; self.values.len()];
+            for n in &self.nodes {
+                for v in n.inputs.iter().flatten() {
+                    used[v.0] = true;
+                }
+            }
+            for v in &self.outputs {
+                used[v.0] = true;
+            }
+            let before = self.nodes.len();
+            self.nodes.retain(|n| n.outputs.iter().any(|o| used[o.0]));
+            if self.nodes.len() == before {
+                self.initializers.retain(|(v, _)| used[v.0]);
+                self.const_cache.retain(|_, v| used[v.0]);
+                return;
+            }
+        }
+    }
+}

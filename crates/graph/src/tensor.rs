@@ -1,0 +1,124 @@
+//! Initializer data: small constants as bytes, weights as deferred f32 sources plus an encoding.
+
+use crate::{DType, Result};
+use std::sync::Arc;
+
+/// A source of f32 values for one weight tensor, read when the model is written (or calibrated).
+pub trait F32Source: Send + Sync {
+    /// Reads the values in row-major order.
+    fn read(&self) -> Result<Vec<f32>>;
+}
+
+/// An in-memory f32 source.
+pub struct VecSource(pub Vec<f32>);
+
+impl F32Source for VecSource {
+    fn read(&self) -> Result<Vec<f32>> {
+        Ok(self.0.clone())
+    }
+}
+
+/// How deferred f32 values are stored in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Encoding {
+    /// As a float type (f32, f16, bf16).
+    Float(DType),
+    /// Linear quantization `q = saturate(round(v / scale))` along `axis` (one scale per slice), to
+    /// `dtype` (I8 or F8E4M3). `qmax` bounds the integer range (127, or 63 for 7-bit weights).
+    Quantized { dtype: DType, axis: usize, scales: Arc<Vec<f32>>, qmax: f32 },
+}
+
+impl Encoding {
+    /// The stored element type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Encoding::Float(d) => *d,
+            Encoding::Quantized { dtype, .. } => *dtype,
+        }
+    }
+
+    /// Encodes values of a tensor with the given shape.
+    pub fn encode(&self, values: &[f32], shape: &[usize]) -> Vec<u8> {
+        match self {
+            Encoding::Float(d) => crate::encode_f32(values, *d),
+            Encoding::Quantized { dtype, axis, scales, qmax } => {
+                let inner: usize = shape[axis + 1..].iter().product();
+                let n_axis = shape[*axis];
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let s = scales[(i / inner) % n_axis];
+                        let q = v / s;
+                        match dtype {
+                            DType::I8 => {
+                                let r = round_half_even(q).clamp(-qmax, *qmax);
+                                (r as i8) as u8
+                            }
+                            DType::F8E4M3 => crate::fp8_e4m3_encode(q),
+                            other => panic!("quantized encoding to {other:?}"),
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+fn round_half_even(x: f32) -> f32 {
+    let r = x.round();
+    if (x - x.trunc()).abs() == 0.5 {
+        2.0 * (x / 2.0).round()
+    } else {
+        r
+    }
+}
+
+/// The data of an initializer.
+#[derive(Clone)]
+pub enum TensorData {
+    /// Already encoded little-endian bytes (constants, tables).
+    Bytes(Vec<u8>),
+    /// A weight: f32 values read on demand, then encoded.
+    Deferred { source: Arc<dyn F32Source>, encoding: Encoding },
+}
+
+impl std::fmt::Debug for TensorData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TensorData::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+            TensorData::Deferred { encoding, .. } => write!(f, "Deferred({encoding:?})"),
+        }
+    }
+}
+
+/// A named constant tensor of the graph.
+#[derive(Debug, Clone)]
+pub struct Initializer {
+    /// Name (a checkpoint key for weights).
+    pub name: String,
+    /// Stored element type.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Data.
+    pub data: TensorData,
+}
+
+impl Initializer {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Whether this is a weight (deferred) rather than a derived constant.
+    pub fn is_weight(&self) -> bool {
+        matches!(self.data, TensorData::Deferred { .. })
+    }
+    /// Reads the f32 values of a weight (None for byte constants).
+    pub fn read_f32(&self) -> Option<Result<Vec<f32>>> {
+        match &self.data {
+            TensorData::Deferred { source, .. } => Some(source.read()),
+            TensorData::Bytes(_) => None,
+        }
+    }
+}
