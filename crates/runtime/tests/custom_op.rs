@@ -1,0 +1,102 @@
+//! `pixeldit.RotaryAttention` in ONNX Runtime and tract against the same math built from ONNX primitives and
+//! against the naive f64 kernel (fixtures `rotary_attention_{custom,primitives}.onnx`: H=2, Dh=8, S=6).
+
+use crate::util::*;
+use ndarray::{ArrayD, IxDyn};
+use pixeldit_runtime::backend::tract::TractBackend;
+use pixeldit_runtime::kernel::{rotary_attention_naive, RotaryAttentionInputs, RotaryAttentionParams};
+use rand::{Rng, SeedableRng};
+
+const H: usize = 2;
+const DH: usize = 8;
+const S: usize = 6;
+
+fn inputs(batch: usize) -> Vec<ArrayD<f32>> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut r = |shape: &[usize]| {
+        let n = shape.iter().product();
+        ArrayD::from_shape_vec(
+            IxDyn(shape),
+            (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect(),
+        )
+        .unwrap()
+    };
+    let qkv = r(&[batch, S, 3 * H * DH]);
+    let (qw, kw) = (r(&[DH]), r(&[DH]));
+    let (cos, sin) = pixeldit_spec::custom_op::rope_2d_tables(2, 3, DH, 10000.0);
+    let table = |v: Vec<f32>| ArrayD::from_shape_vec(IxDyn(&[S, DH / 2]), v).unwrap();
+    vec![qkv, qw, kw, table(cos), table(sin)]
+}
+
+fn naive(inp: &[ArrayD<f32>]) -> Vec<f32> {
+    let s = |i: usize| inp[i].as_slice().unwrap();
+    let i = RotaryAttentionInputs {
+        qkv: s(0),
+        batch: inp[0].shape()[0],
+        seq: S,
+        q_norm_weight: s(1),
+        k_norm_weight: s(2),
+        cos: s(3),
+        sin: s(4),
+    };
+    rotary_attention_naive(
+        &i,
+        &RotaryAttentionParams {
+            num_heads: H,
+            epsilon: 1e-6,
+            scale: 1.0 / (DH as f32).sqrt(),
+        },
+    )
+}
+
+fn check(name: &str, got: &ArrayD<f32>, want: &[f32], batch: usize) {
+    assert_eq!(got.shape(), &[batch, S, H * DH], "{name}");
+    let d = max_abs_diff(got.as_slice().unwrap(), want);
+    assert!(d < 1e-5, "{name}: max abs diff {d} vs naive");
+}
+
+#[test]
+fn tract_custom_op_matches_primitives_and_naive() {
+    for batch in [1, 3] {
+        let inp = inputs(batch);
+        let views: Vec<_> = inp.iter().map(|a| a.view()).collect();
+        let want = naive(&inp);
+        let custom = TractBackend::load(&fixture("rotary_attention_custom.onnx"))
+            .unwrap()
+            .run_f32(&views)
+            .unwrap();
+        let prim = TractBackend::load(&fixture("rotary_attention_primitives.onnx"))
+            .unwrap()
+            .run_f32(&views)
+            .unwrap();
+        check("tract custom", &custom[0], &want, batch);
+        check("tract primitives", &prim[0], &want, batch);
+    }
+}
+
+#[test]
+fn ort_custom_op_matches_primitives_and_naive() {
+    use pixeldit_runtime::backend::ort::{OrtBackend, OrtOptions};
+    let Some(lib) = need_ort("ort_custom_op_matches_primitives_and_naive") else {
+        return;
+    };
+    let opts = OrtOptions {
+        library: Some(lib),
+        ..Default::default()
+    };
+    for batch in [1, 3] {
+        let inp = inputs(batch);
+        let views: Vec<_> = inp.iter().map(|a| a.view()).collect();
+        let want = naive(&inp);
+        let custom = OrtBackend::load(&fixture("rotary_attention_custom.onnx"), &opts)
+            .unwrap()
+            .run_f32(&views)
+            .unwrap();
+        let prim = OrtBackend::load(&fixture("rotary_attention_primitives.onnx"), &opts)
+            .unwrap()
+            .run_f32(&views)
+            .unwrap();
+        check("ort custom", &custom[0], &want, batch);
+        check("ort primitives", &prim[0], &want, batch);
+    }
+}

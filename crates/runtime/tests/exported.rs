@@ -1,0 +1,1 @@
+//! Models exported by `pixeldit-exporter` (added once the exporter lands).

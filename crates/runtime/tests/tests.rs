@@ -1,0 +1,11 @@
+//! Integration tests of pixeldit-runtime, one binary (fixtures: `tests/fixtures/gen_fixtures.py`).
+//!
+//! Tests that need ONNX Runtime find the library like the CLI does, plus the project venv; without one they print
+//! a note and pass.
+
+mod util;
+
+mod cli;
+mod custom_op;
+mod exported;
+mod lowp;
