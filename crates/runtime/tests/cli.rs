@@ -97,22 +97,27 @@ fn auto_falls_back_to_tract_without_ort_library() {
 
 #[test]
 fn device_cuda_is_an_error_without_gpu() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = bin();
-    cmd.current_dir(dir.path())
-        .arg(fixture("dummy_tiny.onnx"))
-        .args(["--device", "cuda", "-o", "x.png"]);
-    if let Some(lib) = ort_lib() {
-        cmd.arg("--ort-lib").arg(lib);
+    for (device, ep) in [
+        ("cuda", "CUDAExecutionProvider"),
+        ("tensorrt", "TensorrtExecutionProvider"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = bin();
+        cmd.current_dir(dir.path())
+            .arg(fixture("dummy_tiny.onnx"))
+            .args(["--device", device, "-o", "x.png"]);
+        if let Some(lib) = ort_lib() {
+            cmd.arg("--ort-lib").arg(lib);
+        }
+        let out = run(&mut cmd);
+        assert!(!out.status.success(), "--device {device} must not fall back");
+        assert!(
+            stderr(&out).contains(&format!("{ep} was requested but cannot be used")),
+            "{}",
+            stderr(&out)
+        );
+        assert!(files(dir.path()).is_empty());
     }
-    let out = run(&mut cmd);
-    assert!(!out.status.success(), "--device cuda must not fall back");
-    assert!(
-        stderr(&out).contains("CUDAExecutionProvider was requested but cannot be used"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(files(dir.path()).is_empty());
     let out = run(bin()
         .arg(fixture("dummy_tiny.onnx"))
         .args(["--backend", "tract", "--device", "cuda"]));

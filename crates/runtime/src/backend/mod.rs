@@ -111,6 +111,8 @@ pub struct LoadOptions {
     pub precision: Option<Precision>,
     /// ONNX Runtime intra-op threads.
     pub threads: Option<usize>,
+    /// ONNX Runtime graph optimization level 0..=3 (`None`: 3, all).
+    pub ort_opt_level: Option<u8>,
 }
 
 impl LoadOptions {
@@ -221,6 +223,7 @@ pub fn nvidia_gpu_present() -> bool {
 
 /// Loads one candidate. In `probe` mode (fallback chains) GPU providers are skipped without trying when the
 /// library lacks them or no GPU is visible.
+#[cfg_attr(not(all(feature = "ort", feature = "tract")), allow(unused_variables))]
 pub fn load_candidate(
     path: &Path,
     c: Candidate,
@@ -264,6 +267,7 @@ pub fn load_candidate(
                 trt_cache_dir: opts.trt_cache_dir.clone(),
                 precision: opts.precision,
                 threads: opts.threads,
+                opt_level: opts.ort_opt_level.unwrap_or(3),
                 device_id: 0,
             };
             Ok(Box::new(ort::OrtBackend::load(path, &o)?))

@@ -61,6 +61,9 @@ pub struct OrtOptions {
     pub precision: Option<Precision>,
     /// Intra-op threads (default: ONNX Runtime's choice).
     pub threads: Option<usize>,
+    /// Graph optimization level 0 (off), 1 (basic), 2 (extended) or 3 (all, default). On CPUs without AVX-VNNI,
+    /// level 2+ fuses INT8 Q/DQ MatMuls into a u8s8 kernel that can saturate; use 1 to compare int8 variants.
+    pub opt_level: u8,
     /// CUDA device index.
     pub device_id: i32,
 }
@@ -73,6 +76,7 @@ impl Default for OrtOptions {
             trt_cache_dir: None,
             precision: None,
             threads: None,
+            opt_level: 3,
             device_id: 0,
         }
     }
@@ -217,7 +221,12 @@ impl OrtBackend {
             .map_err(simple)?;
         let mut builder = Session::builder(&env)
             .map_err(simple)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .with_optimization_level(match opts.opt_level {
+                0 => GraphOptimizationLevel::Disable,
+                1 => GraphOptimizationLevel::Level1,
+                2 => GraphOptimizationLevel::Level2,
+                _ => GraphOptimizationLevel::All,
+            })
             .map_err(&e)?
             .with_operators(domain)
             .map_err(&e)?;

@@ -765,3 +765,58 @@ fn convert_tensor(t: &mut pb::TensorProto, fmt: LowFloat, model_dir: &Path) -> R
     *t = f32_tensor(&t.name, t.dims.clone(), &vals);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dq(axis: i64, block: i64) -> pb::NodeProto {
+        let int = |n: &str, v: i64| pb::AttributeProto {
+            name: n.into(),
+            i: v,
+            r#type: 2,
+            ..Default::default()
+        };
+        pb::NodeProto {
+            op_type: "DequantizeLinear".into(),
+            input: vec!["q".into(), "s".into()],
+            output: vec!["w".into()],
+            attribute: vec![int("axis", axis), int("block_size", block)],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fold_dequantize_per_axis_and_blocked() {
+        // q [2, 4] = 1..8
+        let q: Vec<f32> = (1..=8).map(|v| v as f32).collect();
+        let mut values = HashMap::new();
+        values.insert("q".to_string(), (vec![2, 4], q));
+        values.insert("s".to_string(), (vec![2], vec![10.0, 100.0]));
+        let (_, w) = fold_dequantize(&dq(0, 0), &values).unwrap();
+        assert_eq!(w, vec![10.0, 20.0, 30.0, 40.0, 500.0, 600.0, 700.0, 800.0]);
+        // blocked along axis 1 with block 2: scale [2, 2]
+        values.insert("s".to_string(), (vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]));
+        let (_, w) = fold_dequantize(&dq(1, 2), &values).unwrap();
+        assert_eq!(w, vec![1.0, 2.0, 6.0, 8.0, 15.0, 18.0, 28.0, 32.0]);
+        // per-axis scale of the wrong length
+        values.insert("s".to_string(), (vec![3], vec![1.0, 2.0, 3.0]));
+        assert!(fold_dequantize(&dq(1, 0), &values).is_err());
+    }
+
+    #[test]
+    fn broadcast_scale_reshapes_along_axis() {
+        let mut values = HashMap::new();
+        values.insert("s".to_string(), (vec![3], vec![1.0, 2.0, 3.0]));
+        let mut ranks = HashMap::new();
+        ranks.insert("q".to_string(), 3usize);
+        let mut inits = Vec::new();
+        let name = broadcast_scale(&dq(-2, 0), &values, &ranks, &mut inits).unwrap();
+        assert_eq!(name, "s__axis1_rank3");
+        assert_eq!(inits[0].dims, vec![1, 3, 1]);
+        ranks.clear();
+        assert!(broadcast_scale(&dq(1, 0), &values, &ranks, &mut inits)
+            .unwrap_err()
+            .contains("rank"));
+    }
+}
