@@ -19,7 +19,11 @@ impl Graph {
             let _ = writeln!(s, "{kind} {} {} {:?}", init.name, init.dtype.name(), init.shape);
         }
         for n in &self.nodes {
-            let op = if n.domain.is_empty() { n.op_type.clone() } else { format!("{}.{}", n.domain, n.op_type) };
+            let op = if n.domain.is_empty() {
+                n.op_type.clone()
+            } else {
+                format!("{}.{}", n.domain, n.op_type)
+            };
             let attrs: Vec<String> = n
                 .attrs
                 .iter()
@@ -30,8 +34,11 @@ impl Graph {
                     Attr::Str(v) => format!("{k}={v:?}"),
                 })
                 .collect();
-            let ins: Vec<String> =
-                n.inputs.iter().map(|i| i.map(|v| self.info(v).name.clone()).unwrap_or_default()).collect();
+            let ins: Vec<String> = n
+                .inputs
+                .iter()
+                .map(|i| i.map(|v| self.info(v).name.clone()).unwrap_or_default())
+                .collect();
             let outs: Vec<String> = n
                 .outputs
                 .iter()
@@ -44,7 +51,11 @@ impl Graph {
                 s,
                 "node {} {op}{} ({}) -> {}",
                 n.name,
-                if attrs.is_empty() { String::new() } else { format!(" {{{}}}", attrs.join(", ")) },
+                if attrs.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {{{}}}", attrs.join(", "))
+                },
                 ins.join(", "),
                 outs.join(", ")
             );

@@ -181,7 +181,10 @@ impl Graph {
     }
     /// Mutable access to one initializer by name.
     pub fn initializer_mut(&mut self, name: &str) -> Option<&mut Initializer> {
-        self.initializers.iter_mut().find(|(_, i)| i.name == name).map(|(_, i)| i)
+        self.initializers
+            .iter_mut()
+            .find(|(_, i)| i.name == name)
+            .map(|(_, i)| i)
     }
     /// Graph inputs.
     pub fn inputs(&self) -> &[Value] {
@@ -202,7 +205,7 @@ impl Graph {
 
     /// The current scope path.
     pub fn scope_path(&self) -> String {
-        self.scope.join("/")
+        self.scope.join(".")
     }
 
     pub(crate) fn new_value(&mut self, name: String, dtype: DType, shape: Vec<Dim>) -> Result<Value> {
@@ -238,18 +241,40 @@ impl Graph {
     }
 
     /// Adds a named initializer (a weight or table). The name is used verbatim.
-    pub fn initializer(&mut self, name: &str, dtype: DType, shape: Vec<usize>, data: TensorData) -> Result<Value> {
+    pub fn initializer(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: Vec<usize>,
+        data: TensorData,
+    ) -> Result<Value> {
         if let TensorData::Bytes(b) = &data {
             let want = shape.iter().product::<usize>() * dtype.size();
             if b.len() != want {
                 return Err(GraphError::Tensor {
                     name: name.into(),
-                    reason: format!("{} bytes given, shape {shape:?} of {} needs {want}", b.len(), dtype.name()),
+                    reason: format!(
+                        "{} bytes given, shape {shape:?} of {} needs {want}",
+                        b.len(),
+                        dtype.name()
+                    ),
                 });
             }
         }
-        let v = self.new_value(name.to_string(), dtype, shape.iter().map(|d| Dim::Fixed(*d)).collect())?;
-        self.initializers.push((v, Initializer { name: name.to_string(), dtype, shape, data }));
+        let v = self.new_value(
+            name.to_string(),
+            dtype,
+            shape.iter().map(|d| Dim::Fixed(*d)).collect(),
+        )?;
+        self.initializers.push((
+            v,
+            Initializer {
+                name: name.to_string(),
+                dtype,
+                shape,
+                data,
+            },
+        ));
         Ok(v)
     }
 
@@ -275,13 +300,24 @@ impl Graph {
     }
     /// A 1-D int64 constant.
     pub fn const_i64(&mut self, values: &[i64]) -> Result<Value> {
-        self.constant(DType::I64, vec![values.len()], values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        self.constant(
+            DType::I64,
+            vec![values.len()],
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )
     }
 
     pub(crate) fn unique_node_name(&mut self, op: &str) -> String {
         let scope = self.scope_path();
-        let n = self.node_counters.entry((scope.clone(), op.to_string())).or_insert(0);
-        let name = if scope.is_empty() { format!("{op}_{n}") } else { format!("{scope}/{op}_{n}") };
+        let n = self
+            .node_counters
+            .entry((scope.clone(), op.to_string()))
+            .or_insert(0);
+        let name = if scope.is_empty() {
+            format!("{op}_{n}")
+        } else {
+            format!("{scope}/{op}_{n}")
+        };
         *n += 1;
         name
     }
@@ -337,7 +373,11 @@ impl Graph {
     pub(crate) fn err(&self, op: &str, reason: impl Into<String>) -> GraphError {
         let scope = self.scope_path();
         GraphError::Shape {
-            node: if scope.is_empty() { op.to_string() } else { format!("{scope}/{op}") },
+            node: if scope.is_empty() {
+                op.to_string()
+            } else {
+                format!("{scope}/{op}")
+            },
             op: op.to_string(),
             reason: reason.into(),
         }

@@ -2,7 +2,7 @@
 //!
 //! * [`Graph`] owns nodes, initializers, inputs and outputs. Each op is a method that returns a [`Value`]
 //!   handle; dtypes and shapes are inferred and checked *when the node is wired*, and a failure names the
-//!   node. Node names carry a scope stack (`patch_blocks.3.attn/Gemm_0`), initializer names are given
+//!   node. Node names carry a dotted scope stack (`patch_blocks.3.attn/Gemm_0`), initializer names are given
 //!   explicitly (the checkpoint keys, byte for byte).
 //! * Weights are [`TensorData::Deferred`]: a source of f32 values plus an [`Encoding`], materialized one
 //!   tensor at a time while writing, so that exporting a multi-GB model never holds two copies.
@@ -27,7 +27,7 @@ mod tensor;
 
 pub use dtype::{encode_f32, fp8_e4m3_decode, fp8_e4m3_encode, DType};
 pub use graph::{Attr, Dim, Graph, Node, Value, ValueInfo};
-pub use serialize::{write_model, ExternalData, WriteOptions, WriteReport};
+pub use serialize::{write_model, ExternalData, Progress, WriteOptions, WriteReport};
 pub use tensor::{Encoding, F32Source, Initializer, TensorData, VecSource};
 
 /// Errors of the graph builder and serializer.
@@ -35,7 +35,11 @@ pub use tensor::{Encoding, F32Source, Initializer, TensorData, VecSource};
 pub enum GraphError {
     /// A node whose inputs do not fit together.
     #[error("node '{node}' ({op}): {reason}")]
-    Shape { node: String, op: String, reason: String },
+    Shape {
+        node: String,
+        op: String,
+        reason: String,
+    },
     /// A name used twice.
     #[error("duplicate {what} name '{name}'")]
     DuplicateName { what: &'static str, name: String },

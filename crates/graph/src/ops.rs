@@ -8,13 +8,27 @@ fn broadcast(a: &[Dim], b: &[Dim]) -> std::result::Result<Vec<Dim>, String> {
     let n = a.len().max(b.len());
     let mut out = vec![Dim::Fixed(1); n];
     for i in 0..n {
-        let da = if i + a.len() >= n { a[i + a.len() - n] } else { Dim::Fixed(1) };
-        let db = if i + b.len() >= n { b[i + b.len() - n] } else { Dim::Fixed(1) };
+        let da = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            Dim::Fixed(1)
+        };
+        let db = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            Dim::Fixed(1)
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (Dim::Fixed(1), y) => y,
             (x, Dim::Fixed(1)) => x,
-            _ => return Err(format!("shapes {} and {} do not broadcast", fmt_shape(a), fmt_shape(b))),
+            _ => {
+                return Err(format!(
+                    "shapes {} and {} do not broadcast",
+                    fmt_shape(a),
+                    fmt_shape(b)
+                ))
+            }
         };
     }
     Ok(out)
@@ -22,7 +36,10 @@ fn broadcast(a: &[Dim], b: &[Dim]) -> std::result::Result<Vec<Dim>, String> {
 
 /// Formats a shape as `[B, 3, 32, 32]`.
 pub fn fmt_shape(s: &[Dim]) -> String {
-    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+    format!(
+        "[{}]",
+        s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+    )
 }
 
 fn numel(s: &[Dim]) -> (usize, usize) {
@@ -47,7 +64,14 @@ fn norm_axis(axis: i64, rank: usize) -> Option<usize> {
 }
 
 impl Graph {
-    fn one(&mut self, op: &str, inputs: &[Value], attrs: Vec<(&str, Attr)>, dt: DType, shape: Vec<Dim>) -> Result<Value> {
+    fn one(
+        &mut self,
+        op: &str,
+        inputs: &[Value],
+        attrs: Vec<(&str, Attr)>,
+        dt: DType,
+        shape: Vec<Dim>,
+    ) -> Result<Value> {
         let ins: Vec<Option<Value>> = inputs.iter().map(|v| Some(*v)).collect();
         Ok(self.add_node(op, "", &ins, attrs, vec![(dt, shape)])?[0])
     }
@@ -131,12 +155,19 @@ impl Graph {
     pub fn matmul(&mut self, a: Value, b: Value) -> Result<Value> {
         let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());
         if self.dtype(a) != self.dtype(b) || sa.len() < 2 || sb.len() < 2 {
-            return Err(self.err("MatMul", format!("bad operands {} x {}", fmt_shape(&sa), fmt_shape(&sb))));
+            return Err(self.err(
+                "MatMul",
+                format!("bad operands {} x {}", fmt_shape(&sa), fmt_shape(&sb)),
+            ));
         }
         if sa[sa.len() - 1] != sb[sb.len() - 2] {
-            return Err(self.err("MatMul", format!("inner dims differ: {} x {}", fmt_shape(&sa), fmt_shape(&sb))));
+            return Err(self.err(
+                "MatMul",
+                format!("inner dims differ: {} x {}", fmt_shape(&sa), fmt_shape(&sb)),
+            ));
         }
-        let mut shape = broadcast(&sa[..sa.len() - 2], &sb[..sb.len() - 2]).map_err(|e| self.err("MatMul", e))?;
+        let mut shape =
+            broadcast(&sa[..sa.len() - 2], &sb[..sb.len() - 2]).map_err(|e| self.err("MatMul", e))?;
         shape.push(sa[sa.len() - 2]);
         shape.push(sb[sb.len() - 1]);
         let dt = self.dtype(a);
@@ -147,30 +178,57 @@ impl Graph {
     pub fn gemm_bt(&mut self, a: Value, w: Value, bias: Option<Value>) -> Result<Value> {
         let (sa, sw) = (self.shape(a).to_vec(), self.shape(w).to_vec());
         if sa.len() != 2 || sw.len() != 2 || sa[1] != sw[1] {
-            return Err(self.err("Gemm", format!("expects [M,K] x [N,K]^T, got {} x {}", fmt_shape(&sa), fmt_shape(&sw))));
+            return Err(self.err(
+                "Gemm",
+                format!(
+                    "expects [M,K] x [N,K]^T, got {} x {}",
+                    fmt_shape(&sa),
+                    fmt_shape(&sw)
+                ),
+            ));
         }
         if self.dtype(a) != self.dtype(w) {
-            return Err(self.err("Gemm", format!("dtype {} vs {}", self.dtype(a).name(), self.dtype(w).name())));
+            return Err(self.err(
+                "Gemm",
+                format!("dtype {} vs {}", self.dtype(a).name(), self.dtype(w).name()),
+            ));
         }
         if let Some(b) = bias {
             if self.shape(b) != [sw[0]] {
-                return Err(self.err("Gemm", format!("bias {} for {} outputs", fmt_shape(self.shape(b)), sw[0])));
+                return Err(self.err(
+                    "Gemm",
+                    format!("bias {} for {} outputs", fmt_shape(self.shape(b)), sw[0]),
+                ));
             }
         }
         let mut ins = vec![a, w];
         ins.extend(bias);
         let dt = self.dtype(a);
-        self.one("Gemm", &ins, vec![("transB", Attr::Int(1))], dt, vec![sa[0], sw[0]])
+        self.one(
+            "Gemm",
+            &ins,
+            vec![("transB", Attr::Int(1))],
+            dt,
+            vec![sa[0], sw[0]],
+        )
     }
 
     /// Reshape to `dims`; at most one `Dim::Batch` which is written as -1.
     pub fn reshape(&mut self, x: Value, dims: &[Dim]) -> Result<Value> {
         let from = self.shape(x).to_vec();
         if numel(&from) != numel(dims) || numel(dims).1 > 1 {
-            return Err(self.err("Reshape", format!("cannot reshape {} to {}", fmt_shape(&from), fmt_shape(dims))));
+            return Err(self.err(
+                "Reshape",
+                format!("cannot reshape {} to {}", fmt_shape(&from), fmt_shape(dims)),
+            ));
         }
-        let target: Vec<i64> =
-            dims.iter().map(|d| match d { Dim::Fixed(n) => *n as i64, Dim::Batch(_) => -1 }).collect();
+        let target: Vec<i64> = dims
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => *n as i64,
+                Dim::Batch(_) => -1,
+            })
+            .collect();
         let s = self.const_i64(&target)?;
         let dt = self.dtype(x);
         self.one("Reshape", &[x, s], vec![], dt, dims.to_vec())
@@ -212,7 +270,13 @@ impl Graph {
             let a = self.const_i64(axes)?;
             self.one("ReduceMean", &[x, a], vec![kd], dt, shape)
         } else {
-            self.one("ReduceMean", &[x], vec![("axes", Attr::Ints(axes.to_vec())), kd], dt, shape)
+            self.one(
+                "ReduceMean",
+                &[x],
+                vec![("axes", Attr::Ints(axes.to_vec())), kd],
+                dt,
+                shape,
+            )
         }
     }
 
@@ -228,7 +292,10 @@ impl Graph {
         let s = self.shape(x).to_vec();
         let a = norm_axis(axis, s.len()).ok_or_else(|| self.err("Split", format!("axis {axis}")))?;
         if s[a] != Dim::Fixed(sizes.iter().sum()) {
-            return Err(self.err("Split", format!("sizes {sizes:?} do not cover axis {a} of {}", fmt_shape(&s))));
+            return Err(self.err(
+                "Split",
+                format!("sizes {sizes:?} do not cover axis {a} of {}", fmt_shape(&s)),
+            ));
         }
         let sp = self.const_i64(&sizes.iter().map(|v| *v as i64).collect::<Vec<_>>())?;
         let dt = self.dtype(x);
@@ -240,7 +307,13 @@ impl Graph {
                 (dt, o)
             })
             .collect();
-        self.add_node("Split", "", &[Some(x), Some(sp)], vec![("axis", Attr::Int(axis))], outs)
+        self.add_node(
+            "Split",
+            "",
+            &[Some(x), Some(sp)],
+            vec![("axis", Attr::Int(axis))],
+            outs,
+        )
     }
 
     /// Concat along `axis` (fixed sizes on that axis).
@@ -253,7 +326,12 @@ impl Graph {
             let ok = s.len() == s0.len() && (0..s.len()).all(|i| i == a || s[i] == s0[i]);
             match (ok, s[a]) {
                 (true, Dim::Fixed(n)) => total += n,
-                _ => return Err(self.err("Concat", format!("incompatible {} and {}", fmt_shape(&s0), fmt_shape(s)))),
+                _ => {
+                    return Err(self.err(
+                        "Concat",
+                        format!("incompatible {} and {}", fmt_shape(&s0), fmt_shape(s)),
+                    ))
+                }
             }
         }
         let mut shape = s0;
@@ -273,7 +351,13 @@ impl Graph {
         shape.extend(si);
         shape.extend_from_slice(&sd[a + 1..]);
         let dt = self.dtype(data);
-        self.one("Gather", &[data, indices], vec![("axis", Attr::Int(axis))], dt, shape)
+        self.one(
+            "Gather",
+            &[data, indices],
+            vec![("axis", Attr::Int(axis))],
+            dt,
+            shape,
+        )
     }
 
     /// Unsqueeze at `axes` of the output (axes as an input, opset >= 13).
@@ -310,39 +394,83 @@ impl Graph {
         self.require_opset(23);
         let s = self.shape(x).to_vec();
         if self.shape(scale) != [s[s.len() - 1]] {
-            return Err(self.err("RMSNormalization", format!("scale {} for {}", fmt_shape(self.shape(scale)), fmt_shape(&s))));
+            return Err(self.err(
+                "RMSNormalization",
+                format!("scale {} for {}", fmt_shape(self.shape(scale)), fmt_shape(&s)),
+            ));
         }
         let dt = self.dtype(x);
-        let attrs = vec![("axis", Attr::Int(-1)), ("epsilon", Attr::Float(epsilon)), ("stash_type", Attr::Int(1))];
+        let attrs = vec![
+            ("axis", Attr::Int(-1)),
+            ("epsilon", Attr::Float(epsilon)),
+            ("stash_type", Attr::Int(1)),
+        ];
         self.one("RMSNormalization", &[x, scale], attrs, dt, s)
     }
 
     /// Opset-23 `RotaryEmbedding` on a 4-D `[B,H,S,Dh]` input with caches `[P, Dh/2]` and position ids
     /// `[B,S]`, interleaved (adjacent pairs).
-    pub fn rotary_embedding(&mut self, x: Value, cos: Value, sin: Value, position_ids: Value) -> Result<Value> {
+    pub fn rotary_embedding(
+        &mut self,
+        x: Value,
+        cos: Value,
+        sin: Value,
+        position_ids: Value,
+    ) -> Result<Value> {
         self.require_opset(23);
         let s = self.shape(x).to_vec();
-        if s.len() != 4 || self.shape(cos).len() != 2 || self.shape(cos)[1] != Dim::Fixed(s[3].fixed().unwrap_or(0) / 2) {
-            return Err(self.err("RotaryEmbedding", format!("x {} cos {}", fmt_shape(&s), fmt_shape(self.shape(cos)))));
+        if s.len() != 4
+            || self.shape(cos).len() != 2
+            || self.shape(cos)[1] != Dim::Fixed(s[3].fixed().unwrap_or(0) / 2)
+        {
+            return Err(self.err(
+                "RotaryEmbedding",
+                format!("x {} cos {}", fmt_shape(&s), fmt_shape(self.shape(cos))),
+            ));
         }
         let dt = self.dtype(x);
-        self.one("RotaryEmbedding", &[x, cos, sin, position_ids], vec![("interleaved", Attr::Int(1))], dt, s)
+        self.one(
+            "RotaryEmbedding",
+            &[x, cos, sin, position_ids],
+            vec![("interleaved", Attr::Int(1))],
+            dt,
+            s,
+        )
     }
 
     /// Opset-23 `Attention` on 4-D `[B,H,S,Dh]` q, k, v with an explicit softmax scale.
     pub fn attention(&mut self, q: Value, k: Value, v: Value, scale: f32) -> Result<Value> {
         self.require_opset(23);
-        let (sq, sk, sv) = (self.shape(q).to_vec(), self.shape(k).to_vec(), self.shape(v).to_vec());
+        let (sq, sk, sv) = (
+            self.shape(q).to_vec(),
+            self.shape(k).to_vec(),
+            self.shape(v).to_vec(),
+        );
         if sq.len() != 4 || sq != sk || sk != sv {
-            return Err(self.err("Attention", format!("q {} k {} v {}", fmt_shape(&sq), fmt_shape(&sk), fmt_shape(&sv))));
+            return Err(self.err(
+                "Attention",
+                format!("q {} k {} v {}", fmt_shape(&sq), fmt_shape(&sk), fmt_shape(&sv)),
+            ));
         }
         let dt = self.dtype(q);
-        self.one("Attention", &[q, k, v], vec![("scale", Attr::Float(scale))], dt, sq)
+        self.one(
+            "Attention",
+            &[q, k, v],
+            vec![("scale", Attr::Float(scale))],
+            dt,
+            sq,
+        )
     }
 
     /// `QuantizeLinear(x, scale, zero_point)`; `axis` for per-channel scales. The output type is the
     /// zero point's type.
-    pub fn quantize_linear(&mut self, x: Value, scale: Value, zero_point: Value, axis: Option<i64>) -> Result<Value> {
+    pub fn quantize_linear(
+        &mut self,
+        x: Value,
+        scale: Value,
+        zero_point: Value,
+        axis: Option<i64>,
+    ) -> Result<Value> {
         let s = self.shape(x).to_vec();
         let dt = self.dtype(zero_point);
         let attrs = axis.map(|a| vec![("axis", Attr::Int(a))]).unwrap_or_default();
@@ -350,7 +478,13 @@ impl Graph {
     }
 
     /// `DequantizeLinear(x, scale, zero_point)`; the output type is the scale's type.
-    pub fn dequantize_linear(&mut self, x: Value, scale: Value, zero_point: Value, axis: Option<i64>) -> Result<Value> {
+    pub fn dequantize_linear(
+        &mut self,
+        x: Value,
+        scale: Value,
+        zero_point: Value,
+        axis: Option<i64>,
+    ) -> Result<Value> {
         let s = self.shape(x).to_vec();
         let dt = self.dtype(scale);
         let attrs = axis.map(|a| vec![("axis", Attr::Int(a))]).unwrap_or_default();
@@ -365,7 +499,9 @@ mod tests {
     #[test]
     fn shapes_are_checked_when_wired() {
         let mut g = Graph::new(17);
-        let x = g.input("x", DType::F32, vec![Dim::Batch(1), Dim::Fixed(4), Dim::Fixed(8)]).unwrap();
+        let x = g
+            .input("x", DType::F32, vec![Dim::Batch(1), Dim::Fixed(4), Dim::Fixed(8)])
+            .unwrap();
         let w = g.const_f32(vec![8, 3], &[0.0; 24]).unwrap();
         let y = g.matmul(x, w).unwrap();
         assert_eq!(g.shape(y), [Dim::Batch(1), Dim::Fixed(4), Dim::Fixed(3)]);
@@ -382,7 +518,9 @@ mod tests {
     fn reduce_mean_follows_opset() {
         for (opset, n_inputs) in [(17, 1), (18, 2)] {
             let mut g = Graph::new(opset);
-            let x = g.input("x", DType::F32, vec![Dim::Batch(1), Dim::Fixed(8)]).unwrap();
+            let x = g
+                .input("x", DType::F32, vec![Dim::Batch(1), Dim::Fixed(8)])
+                .unwrap();
             let m = g.reduce_mean(x, &[-1], true).unwrap();
             assert_eq!(g.shape(m), [Dim::Batch(1), Dim::Fixed(1)]);
             assert_eq!(g.nodes()[0].inputs.len(), n_inputs);

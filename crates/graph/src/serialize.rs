@@ -20,6 +20,9 @@ pub enum ExternalData {
     Never,
 }
 
+/// Progress callback: (tensors done, tensors total, tensor name).
+pub type Progress<'a> = &'a dyn Fn(usize, usize, &str);
+
 /// Options of [`write_model`].
 pub struct WriteOptions<'a> {
     /// External-data policy.
@@ -31,7 +34,7 @@ pub struct WriteOptions<'a> {
     /// `producer_name` and `producer_version`.
     pub producer: (&'a str, &'a str),
     /// Progress callback: (tensors done, tensors total, name).
-    pub progress: Option<&'a dyn Fn(usize, usize, &str)>,
+    pub progress: Option<Progress<'a>>,
 }
 
 impl Default for WriteOptions<'_> {
@@ -86,7 +89,10 @@ pub fn write_model(
     opts: &WriteOptions,
     finalize: impl FnOnce(&WriteReport, &mut Vec<(String, String)>),
 ) -> Result<WriteReport> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let file_name = path
         .file_name()
         .ok_or_else(|| GraphError::Write(format!("{} is not a file path", path.display())))?
@@ -108,13 +114,21 @@ pub fn write_model(
     };
 
     let mut data_tmp = if external {
-        Some(tempfile::Builder::new().prefix(&format!(".{data_name}.")).tempfile_in(dir).map_err(io(dir))?)
+        Some(
+            tempfile::Builder::new()
+                .prefix(&format!(".{data_name}."))
+                .tempfile_in(dir)
+                .map_err(io(dir))?,
+        )
     } else {
         None
     };
     let mut offset: u64 = 0;
     let mut hasher = Sha256::new();
-    let mut report = WriteReport { model_path: path.to_path_buf(), ..Default::default() };
+    let mut report = WriteReport {
+        model_path: path.to_path_buf(),
+        ..Default::default()
+    };
     let total = graph.initializers.len();
     let mut initializers = Vec::with_capacity(total);
     let mut inline_bytes: u64 = 0;
@@ -128,7 +142,10 @@ pub fn write_model(
             TensorData::Deferred { source, encoding } => {
                 let values = source.read().map_err(|e| match e {
                     GraphError::Tensor { .. } => e,
-                    other => GraphError::Tensor { name: init.name.clone(), reason: other.to_string() },
+                    other => GraphError::Tensor {
+                        name: init.name.clone(),
+                        reason: other.to_string(),
+                    },
                 })?;
                 if values.len() != init.numel() {
                     return Err(GraphError::Tensor {
@@ -161,7 +178,10 @@ pub fn write_model(
                 f.write_all(&vec![0u8; pad as usize]).map_err(io(&data_path))?;
                 offset += pad;
                 f.write_all(&bytes).map_err(io(&data_path))?;
-                let entry = |k: &str, v: String| pb::StringStringEntryProto { key: Some(k.into()), value: Some(v) };
+                let entry = |k: &str, v: String| pb::StringStringEntryProto {
+                    key: Some(k.into()),
+                    value: Some(v),
+                };
                 t.external_data = vec![
                     entry("location", data_name.clone()),
                     entry("offset", offset.to_string()),
@@ -196,25 +216,36 @@ pub fn write_model(
             encoded.len()
         )));
     }
-    let mut model_tmp =
-        tempfile::Builder::new().prefix(&format!(".{file_name}.")).tempfile_in(dir).map_err(io(dir))?;
+    let mut model_tmp = tempfile::Builder::new()
+        .prefix(&format!(".{file_name}."))
+        .tempfile_in(dir)
+        .map_err(io(dir))?;
     model_tmp.write_all(&encoded).map_err(io(path))?;
     model_tmp.flush().map_err(io(path))?;
     report.model_bytes = encoded.len() as u64;
     if let Some(f) = data_tmp {
-        f.persist(&data_path).map_err(|e| GraphError::Io { path: data_path.display().to_string(), source: e.error })?;
+        f.persist(&data_path).map_err(|e| GraphError::Io {
+            path: data_path.display().to_string(),
+            source: e.error,
+        })?;
         report.external_path = Some(data_path.clone());
         report.external_bytes = offset;
     } else if data_path.exists() {
         // A stale data file from an earlier export would be misleading next to an inline model.
         std::fs::remove_file(&data_path).map_err(io(&data_path))?;
     }
-    model_tmp.persist(path).map_err(|e| GraphError::Io { path: path.display().to_string(), source: e.error })?;
+    model_tmp.persist(path).map_err(|e| GraphError::Io {
+        path: path.display().to_string(),
+        source: e.error,
+    })?;
     Ok(report)
 }
 
 fn io(p: &Path) -> impl Fn(std::io::Error) -> GraphError + '_ {
-    move |source| GraphError::Io { path: p.display().to_string(), source }
+    move |source| GraphError::Io {
+        path: p.display().to_string(),
+        source,
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -255,7 +286,10 @@ fn pixeldit_batch_name() -> &'static str {
 
 fn attr(name: &str, a: &Attr) -> pb::AttributeProto {
     use pb::attribute_proto::AttributeType as T;
-    let mut p = pb::AttributeProto { name: Some(name.to_string()), ..Default::default() };
+    let mut p = pb::AttributeProto {
+        name: Some(name.to_string()),
+        ..Default::default()
+    };
     match a {
         Attr::Int(i) => {
             p.i = Some(*i);
@@ -288,7 +322,11 @@ fn to_proto(
         .nodes
         .iter()
         .map(|n| pb::NodeProto {
-            input: n.inputs.iter().map(|i| i.map(name_of).unwrap_or_default()).collect(),
+            input: n
+                .inputs
+                .iter()
+                .map(|i| i.map(name_of).unwrap_or_default())
+                .collect(),
             output: n.outputs.iter().map(|o| name_of(*o)).collect(),
             name: Some(n.name.clone()),
             op_type: Some(n.op_type.clone()),
@@ -297,10 +335,15 @@ fn to_proto(
             ..Default::default()
         })
         .collect();
-    let mut opset_import =
-        vec![pb::OperatorSetIdProto { domain: Some(String::new()), version: Some(graph.opset) }];
+    let mut opset_import = vec![pb::OperatorSetIdProto {
+        domain: Some(String::new()),
+        version: Some(graph.opset),
+    }];
     for (d, v) in &graph.custom_domains {
-        opset_import.push(pb::OperatorSetIdProto { domain: Some(d.clone()), version: Some(*v) });
+        opset_import.push(pb::OperatorSetIdProto {
+            domain: Some(d.clone()),
+            version: Some(*v),
+        });
     }
     pb::ModelProto {
         ir_version: Some(ir_version_for(graph.opset)),
@@ -318,7 +361,10 @@ fn to_proto(
         }),
         metadata_props: metadata
             .into_iter()
-            .map(|(k, v)| pb::StringStringEntryProto { key: Some(k), value: Some(v) })
+            .map(|(k, v)| pb::StringStringEntryProto {
+                key: Some(k),
+                value: Some(v),
+            })
             .collect(),
         ..Default::default()
     }

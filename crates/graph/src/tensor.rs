@@ -25,7 +25,12 @@ pub enum Encoding {
     Float(DType),
     /// Linear quantization `q = saturate(round(v / scale))` along `axis` (one scale per slice), to
     /// `dtype` (I8 or F8E4M3). `qmax` bounds the integer range (127, or 63 for 7-bit weights).
-    Quantized { dtype: DType, axis: usize, scales: Arc<Vec<f32>>, qmax: f32 },
+    Quantized {
+        dtype: DType,
+        axis: usize,
+        scales: Arc<Vec<f32>>,
+        qmax: f32,
+    },
 }
 
 impl Encoding {
@@ -41,7 +46,12 @@ impl Encoding {
     pub fn encode(&self, values: &[f32], shape: &[usize]) -> Vec<u8> {
         match self {
             Encoding::Float(d) => crate::encode_f32(values, *d),
-            Encoding::Quantized { dtype, axis, scales, qmax } => {
+            Encoding::Quantized {
+                dtype,
+                axis,
+                scales,
+                qmax,
+            } => {
                 let inner: usize = shape[axis + 1..].iter().product();
                 let n_axis = shape[*axis];
                 values
@@ -80,7 +90,10 @@ pub enum TensorData {
     /// Already encoded little-endian bytes (constants, tables).
     Bytes(Vec<u8>),
     /// A weight: f32 values read on demand, then encoded.
-    Deferred { source: Arc<dyn F32Source>, encoding: Encoding },
+    Deferred {
+        source: Arc<dyn F32Source>,
+        encoding: Encoding,
+    },
 }
 
 impl std::fmt::Debug for TensorData {

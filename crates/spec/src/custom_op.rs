@@ -48,13 +48,19 @@ pub fn rope_2d_tables(hs: usize, ws: usize, dim: usize, theta: f64) -> (Vec<f32>
     };
     let (xs, ys) = (lin(ws), lin(hs));
     let half = dim / 2;
-    let freqs: Vec<f64> = (0..dim / 4).map(|k| theta.powf(-(4.0 * k as f64) / dim as f64)).collect();
+    let freqs: Vec<f64> = (0..dim / 4)
+        .map(|k| theta.powf(-(4.0 * k as f64) / dim as f64))
+        .collect();
     let mut cos = Vec::with_capacity(hs * ws * half);
     let mut sin = Vec::with_capacity(hs * ws * half);
     for y in &ys {
         for x in &xs {
             for j in 0..half {
-                let angle = if j % 2 == 0 { x * freqs[j / 2] } else { y * freqs[(j - 1) / 2] };
+                let angle = if j % 2 == 0 {
+                    x * freqs[j / 2]
+                } else {
+                    y * freqs[(j - 1) / 2]
+                };
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);
             }
@@ -77,7 +83,7 @@ mod tests {
         assert!((cos[t] - (16f64).cos() as f32).abs() < 1e-7); // pair 0: x*freq0
         assert!((sin[t + 1] - (16f64).sin() as f32).abs() < 1e-7); // pair 1: y*freq0
         assert!((cos[t + 2] - (16.0 * 0.01f64).cos() as f32).abs() < 1e-7); // pair 2: x*freq1
-        // token (row 0, col 1): x = 8, y = 0
+                                                                            // token (row 0, col 1): x = 8, y = 0
         assert_eq!(sin[4 + 1], 0.0);
         assert!((sin[4] - (8f64).sin() as f32).abs() < 1e-7);
     }

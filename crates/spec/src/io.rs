@@ -33,10 +33,30 @@ pub fn c2i_io(channels: usize, height: usize, width: usize) -> (Vec<IoTensor>, V
     let img = vec![-1, channels as i64, height as i64, width as i64];
     (
         vec![
-            IoTensor { name: "x", dtype: IoType::F32, dims: img.clone(), doc: "noisy image x_t in [-1,1] space" },
-            IoTensor { name: "t", dtype: IoType::F32, dims: vec![-1], doc: "time in [0,1], 0 = noise, 1 = data" },
-            IoTensor { name: "y", dtype: IoType::I64, dims: vec![-1], doc: "class label; num_classes = null class" },
+            IoTensor {
+                name: "x",
+                dtype: IoType::F32,
+                dims: img.clone(),
+                doc: "noisy image x_t in [-1,1] space",
+            },
+            IoTensor {
+                name: "t",
+                dtype: IoType::F32,
+                dims: vec![-1],
+                doc: "time in [0,1], 0 = noise, 1 = data",
+            },
+            IoTensor {
+                name: "y",
+                dtype: IoType::I64,
+                dims: vec![-1],
+                doc: "class label; num_classes = null class",
+            },
         ],
-        vec![IoTensor { name: "v", dtype: IoType::F32, dims: img, doc: "predicted velocity x0 - noise" }],
+        vec![IoTensor {
+            name: "v",
+            dtype: IoType::F32,
+            dims: img,
+            doc: "predicted velocity x0 - noise",
+        }],
     )
 }

@@ -34,7 +34,11 @@ pub enum SpecError {
     InvalidConfig { name: String, reason: String },
     /// A value of an enumerated option that is not known.
     #[error("unknown {what} '{value}': expected one of {expected}")]
-    UnknownValue { what: &'static str, value: String, expected: &'static str },
+    UnknownValue {
+        what: &'static str,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 /// Result alias of this crate.
@@ -147,17 +151,27 @@ impl ModelConfig {
 
     /// Parses and validates a configuration from JSON.
     pub fn from_json(json: &str) -> Result<Self> {
-        let cfg: Self =
-            serde_json::from_str(json).map_err(|source| SpecError::Json { what: "model config", source })?;
+        let cfg: Self = serde_json::from_str(json).map_err(|source| SpecError::Json {
+            what: "model config",
+            source,
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Checks the structural constraints (divisibility of heads, RoPE pairs, ...).
     pub fn validate(&self) -> Result<()> {
-        let bad = |reason: String| Err(SpecError::InvalidConfig { name: self.name.clone(), reason });
+        let bad = |reason: String| {
+            Err(SpecError::InvalidConfig {
+                name: self.name.clone(),
+                reason,
+            })
+        };
         if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
-            return bad(format!("hidden_size {} not divisible by num_heads {}", self.hidden_size, self.num_heads));
+            return bad(format!(
+                "hidden_size {} not divisible by num_heads {}",
+                self.hidden_size, self.num_heads
+            ));
         }
         if self.pixel_num_heads == 0 || self.pixel_attn_hidden_size % self.pixel_num_heads != 0 {
             return bad(format!(
@@ -203,7 +217,9 @@ impl ModelConfig {
         if height == 0 || width == 0 || height % p != 0 || width % p != 0 {
             return Err(SpecError::InvalidConfig {
                 name: self.name.clone(),
-                reason: format!("image size {height}x{width} must be non-zero multiples of the patch size {p}"),
+                reason: format!(
+                    "image size {height}x{width} must be non-zero multiples of the patch size {p}"
+                ),
             });
         }
         Ok(())
@@ -227,7 +243,10 @@ impl ModelConfig {
         add("t_embedder.mlp.0.bias".into(), &[d]);
         add("t_embedder.mlp.2.weight".into(), &[d, d]);
         add("t_embedder.mlp.2.bias".into(), &[d]);
-        add("y_embedder.embedding_table.weight".into(), &[self.num_classes + 1, d]);
+        add(
+            "y_embedder.embedding_table.weight".into(),
+            &[self.num_classes + 1, d],
+        );
         for i in 0..self.patch_depth {
             let b = format!("patch_blocks.{i}.");
             add(format!("{b}norm1.weight"), &[d]);
@@ -272,7 +291,10 @@ impl ModelConfig {
 
     /// Total parameter count (sum over [`Self::parameter_shapes`]).
     pub fn parameter_count(&self) -> usize {
-        self.parameter_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+        self.parameter_shapes()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
     }
 }
 
@@ -367,7 +389,10 @@ pub struct ModelMetadata {
 impl ModelMetadata {
     /// Parses the metadata JSON.
     pub fn from_json(json: &str) -> Result<Self> {
-        serde_json::from_str(json).map_err(|source| SpecError::Json { what: "pixeldit metadata", source })
+        serde_json::from_str(json).map_err(|source| SpecError::Json {
+            what: "pixeldit metadata",
+            source,
+        })
     }
     /// Serializes to compact, deterministic JSON.
     pub fn to_json(&self) -> String {
@@ -386,7 +411,10 @@ mod tests {
             assert_eq!(&cfg.name, name);
         }
         assert_eq!(ModelConfig::preset("XL").unwrap().name, "XL-256");
-        assert!(matches!(ModelConfig::preset("XXL"), Err(SpecError::UnknownPreset { .. })));
+        assert!(matches!(
+            ModelConfig::preset("XXL"),
+            Err(SpecError::UnknownPreset { .. })
+        ));
     }
 
     #[test]
@@ -408,6 +436,9 @@ mod tests {
             assert_eq!(p.as_str().parse::<Precision>().unwrap(), *p);
         }
         assert!("fp4".parse::<Precision>().is_err());
-        assert_eq!("decomposed".parse::<AttentionMode>().unwrap(), AttentionMode::Decomposed);
+        assert_eq!(
+            "decomposed".parse::<AttentionMode>().unwrap(),
+            AttentionMode::Decomposed
+        );
     }
 }

@@ -1,0 +1,111 @@
+//! `t_embedder`, `y_embedder`, `s_embedder` and `pixel_embedder` (spec 2.1, 2.2 step 5-6, 2.3 step 9).
+
+use crate::nn::Ctx;
+use crate::Result;
+use pixeldit_graph::{DType, Dim, Value};
+use pixeldit_spec::ModelConfig;
+
+/// Sinusoidal timestep embedding (max_period from the config, cos first) then `t_embedder.mlp`:
+/// `[B] -> [B, D]`.
+pub fn timestep_embedder(cx: &mut Ctx, cfg: &ModelConfig, t: Value) -> Result<Value> {
+    let half = cfg.timestep_freq_dim / 2;
+    let freqs: Vec<f32> = (0..half)
+        .map(|k| (-(cfg.timestep_max_period.ln()) * k as f64 / half as f64).exp() as f32)
+        .collect();
+    let emb = cx.g.scoped("t_embedder", |g| {
+        let f = g.const_f32(vec![1, half], &freqs)?;
+        let t2 = g.unsqueeze(t, &[1])?;
+        let args = g.mul(t2, f)?;
+        let c = g.cos(args)?;
+        let s = g.sin(args)?;
+        g.concat(&[c, s], -1)
+    })?;
+    let h = cx.linear(emb, "t_embedder.mlp.0", true)?;
+    let h = cx.g.scoped("t_embedder.mlp.1", |g| g.silu(h))?;
+    cx.linear(h, "t_embedder.mlp.2", true)
+}
+
+/// Class embedding table lookup: `[B] int64 -> [B, D]` (row `num_classes` is the null class).
+pub fn label_embedder(cx: &mut Ctx, y: Value) -> Result<Value> {
+    let table = cx.weight("y_embedder.embedding_table.weight", DType::F32)?;
+    Ok(cx.g.scoped("y_embedder", |g| g.gather(table, y, 0))?)
+}
+
+/// Patchify (unfold order channel, row, col) and `s_embedder.proj`: `[B,3,H,W] -> [B, L, D]`.
+pub fn patch_embedder(cx: &mut Ctx, cfg: &ModelConfig, x: Value, hs: usize, ws: usize) -> Result<Value> {
+    let p = cfg.patch_size;
+    let c = cfg.in_channels;
+    let b = cx.g.shape(x)[0];
+    let tokens = cx.g.scoped("s_embedder", |g| {
+        let r = g.reshape(
+            x,
+            &[
+                b,
+                Dim::Fixed(c),
+                Dim::Fixed(hs),
+                Dim::Fixed(p),
+                Dim::Fixed(ws),
+                Dim::Fixed(p),
+            ],
+        )?;
+        let t = g.transpose(r, &[0, 2, 4, 1, 3, 5])?;
+        g.reshape(t, &[b, Dim::Fixed(hs * ws), Dim::Fixed(c * p * p)])
+    })?;
+    cx.linear(tokens, "s_embedder.proj", true)
+}
+
+/// The fixed 2D sin-cos pixel positional embedding `[H, W, 16]` (spec 2.3 step 9): per pixel
+/// `[sin(w*om), cos(w*om), sin(h*om), cos(h*om)]`, `om_k = 10000^(-k/4)`, computed in f64.
+pub fn pixel_pos_embed(h: usize, w: usize, dim: usize) -> Vec<f32> {
+    let quarter = dim / 4;
+    let om: Vec<f64> = (0..quarter)
+        .map(|k| 1.0 / 10000f64.powf(k as f64 / quarter as f64))
+        .collect();
+    let mut out = Vec::with_capacity(h * w * dim);
+    for row in 0..h {
+        for col in 0..w {
+            let (r, c) = (row as f64, col as f64);
+            out.extend(om.iter().map(|o| (c * o).sin() as f32));
+            out.extend(om.iter().map(|o| (c * o).cos() as f32));
+            out.extend(om.iter().map(|o| (r * o).sin() as f32));
+            out.extend(om.iter().map(|o| (r * o).cos() as f32));
+        }
+    }
+    out
+}
+
+/// Pixel embedding `Linear(3 -> 16)` plus the fixed positional embedding, regrouped per patch:
+/// `[B,3,H,W] -> [B*L, p*p, 16]`.
+pub fn pixel_embedder(cx: &mut Ctx, cfg: &ModelConfig, x: Value, hs: usize, ws: usize) -> Result<Value> {
+    let p = cfg.patch_size;
+    let (h, w) = (hs * p, ws * p);
+    let dp = cfg.pixel_hidden_size;
+    let b = cx.g.shape(x)[0];
+    let pixels = cx.g.scoped("pixel_embedder", |g| g.transpose(x, &[0, 2, 3, 1]))?;
+    let e = cx.linear(pixels, "pixel_embedder.proj", true)?;
+    let pe = cx.table(
+        &format!("pixeldit.pixel_pos_embed.{h}x{w}"),
+        vec![h, w, dp],
+        &pixel_pos_embed(h, w, dp),
+    )?;
+    Ok(cx.g.scoped("pixel_embedder", |g| {
+        let e = g.add(e, pe)?;
+        let r = g.reshape(
+            e,
+            &[
+                b,
+                Dim::Fixed(hs),
+                Dim::Fixed(p),
+                Dim::Fixed(ws),
+                Dim::Fixed(p),
+                Dim::Fixed(dp),
+            ],
+        )?;
+        let t = g.transpose(r, &[0, 1, 3, 2, 4, 5])?;
+        let rows = match b {
+            Dim::Batch(k) => Dim::Batch(k * hs * ws),
+            Dim::Fixed(n) => Dim::Fixed(n * hs * ws),
+        };
+        g.reshape(t, &[rows, Dim::Fixed(p * p), Dim::Fixed(dp)])
+    })?)
+}

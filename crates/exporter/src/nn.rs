@@ -1,0 +1,320 @@
+//! Reusable layers: linear, RMSNorm, modulation, SwiGLU, GELU and the three attention lowerings.
+//! A model file composes these and never emits raw ops where a layer exists.
+
+use crate::weights::Weights;
+use crate::{ExportError, Result};
+use pixeldit_graph::{Attr, DType, Dim, Encoding, Graph, TensorData, Value};
+use pixeldit_spec::{custom_op, AttentionMode};
+use std::collections::HashMap;
+
+/// The builder state shared by every layer of one export.
+pub struct Ctx<'w> {
+    /// The graph being built.
+    pub g: Graph,
+    /// The weights.
+    pub weights: &'w Weights,
+    /// Storage and math type of the linear layers (f32, f16 or bf16); everything else runs in f32.
+    pub linear_dtype: DType,
+    /// Attention lowering.
+    pub attention: AttentionMode,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+    position_ids: HashMap<usize, Value>,
+}
+
+impl<'w> Ctx<'w> {
+    /// A new context; `opset` is the default-domain opset the lowering needs.
+    pub fn new(weights: &'w Weights, linear_dtype: DType, attention: AttentionMode, eps: f32) -> Self {
+        let opset = match attention {
+            AttentionMode::Onnx23 => 23,
+            _ => 17,
+        };
+        Ctx {
+            g: Graph::new(opset),
+            weights,
+            linear_dtype,
+            attention,
+            eps,
+            position_ids: HashMap::new(),
+        }
+    }
+
+    /// Adds the checkpoint tensor `key` as an initializer stored as `dtype`.
+    pub fn weight(&mut self, key: &str, dtype: DType) -> Result<Value> {
+        if let Some(v) = self.g.value_by_name(key) {
+            return Ok(v);
+        }
+        let shape = self.weights.shape(key).ok_or_else(|| ExportError::MissingKeys {
+            path: self.weights.origin().to_string(),
+            keys: vec![key.to_string()],
+        })?;
+        let shape = shape.to_vec();
+        let source = self.weights.source(key).expect("key exists");
+        Ok(self.g.initializer(
+            key,
+            dtype,
+            shape,
+            TensorData::Deferred {
+                source,
+                encoding: Encoding::Float(dtype),
+            },
+        )?)
+    }
+
+    /// A named f32 constant table (RoPE, positional embedding); not a checkpoint key.
+    pub fn table(&mut self, name: &str, shape: Vec<usize>, values: &[f32]) -> Result<Value> {
+        if let Some(v) = self.g.value_by_name(name) {
+            return Ok(v);
+        }
+        let bytes = pixeldit_graph::encode_f32(values, DType::F32);
+        Ok(self
+            .g
+            .initializer(name, DType::F32, shape, TensorData::Bytes(bytes))?)
+    }
+
+    /// `y = x W^T + b` on the last axis of `x` (any rank), with `{prefix}.weight` [out,in] and
+    /// optional `{prefix}.bias`. Runs in the linear dtype; returns f32.
+    pub fn linear(&mut self, x: Value, prefix: &str, bias: bool) -> Result<Value> {
+        let dt = self.linear_dtype;
+        let w = self.weight(&format!("{prefix}.weight"), dt)?;
+        let b = if bias {
+            Some(self.weight(&format!("{prefix}.bias"), dt)?)
+        } else {
+            None
+        };
+        let shape = self.g.shape(x).to_vec();
+        let out = self.g.shape(w)[0];
+        let k = *shape.last().expect("rank >= 1");
+        let rows = flatten_rows(&shape[..shape.len() - 1]);
+        let mut out_shape = shape.clone();
+        *out_shape.last_mut().expect("rank >= 1") = out;
+        let Ctx { g, .. } = self;
+        g.scoped(prefix, |g| {
+            let x = g.cast(x, dt)?;
+            let x2 = if shape.len() == 2 {
+                x
+            } else {
+                g.reshape(x, &[rows, k])?
+            };
+            let y = g.gemm_bt(x2, w, b)?;
+            let y = g.cast(y, DType::F32)?;
+            if shape.len() == 2 {
+                Ok(y)
+            } else {
+                g.reshape(y, &out_shape)
+            }
+        })
+        .map_err(Into::into)
+    }
+
+    /// RMSNorm over the last axis in f32, times the f32 weight `key` (spec 2.2: eps 1e-6).
+    pub fn rms_norm(&mut self, x: Value, key: &str) -> Result<Value> {
+        let w = self.weight(key, DType::F32)?;
+        let eps = self.eps;
+        let onnx23 = self.attention == AttentionMode::Onnx23;
+        let scope = key.strip_suffix(".weight").unwrap_or(key).to_string();
+        self.g
+            .scoped(&scope, |g| {
+                if onnx23 {
+                    return g.rms_normalization(x, w, eps);
+                }
+                let x2 = g.mul(x, x)?;
+                let ms = g.reduce_mean(x2, &[-1], true)?;
+                let e = g.scalar(DType::F32, eps)?;
+                let ms = g.add(ms, e)?;
+                let r = g.sqrt(ms)?;
+                let n = g.div(x, r)?;
+                g.mul(n, w)
+            })
+            .map_err(Into::into)
+    }
+
+    /// `x * (1 + scale) + shift` with broadcasting.
+    pub fn modulate(&mut self, x: Value, shift: Value, scale: Value) -> Result<Value> {
+        let g = &mut self.g;
+        let one = g.scalar(DType::F32, 1.0)?;
+        let s1 = g.add(scale, one)?;
+        let y = g.mul(x, s1)?;
+        Ok(g.add(y, shift)?)
+    }
+
+    /// SwiGLU `w2(SiLU(w1 x) * w3 x)`, no biases.
+    pub fn swiglu(&mut self, x: Value, prefix: &str) -> Result<Value> {
+        let a = self.linear(x, &format!("{prefix}.w1"), false)?;
+        let b = self.linear(x, &format!("{prefix}.w3"), false)?;
+        let h = self.g.scoped(prefix, |g| {
+            let a = g.silu(a)?;
+            g.mul(a, b)
+        })?;
+        self.linear(h, &format!("{prefix}.w2"), false)
+    }
+
+    /// Exact erf GELU `0.5 x (1 + erf(x / sqrt 2))`.
+    pub fn gelu(&mut self, x: Value, scope: &str) -> Result<Value> {
+        Ok(self.g.scoped(scope, |g| {
+            let r2 = g.scalar(DType::F32, std::f32::consts::FRAC_1_SQRT_2)?;
+            let half = g.scalar(DType::F32, 0.5)?;
+            let one = g.scalar(DType::F32, 1.0)?;
+            let z = g.mul(x, r2)?;
+            let e = g.erf(z)?;
+            let e1 = g.add(e, one)?;
+            let hx = g.mul(x, half)?;
+            g.mul(hx, e1)
+        })?)
+    }
+
+    /// `RotaryAttention` of the official code: qkv Linear (no bias), QK-RMSNorm, 2D RoPE on an
+    /// `hs x ws` token grid, SDPA, output projection. `x` is `[B, S, width]`.
+    pub fn rotary_attention(
+        &mut self,
+        x: Value,
+        prefix: &str,
+        heads: usize,
+        hs: usize,
+        ws: usize,
+        theta: f64,
+    ) -> Result<Value> {
+        let shape = self.g.shape(x).to_vec();
+        let width = shape[2].fixed().expect("fixed width");
+        let dh = width / heads;
+        let s = hs * ws;
+        let qkv = self.linear(x, &format!("{prefix}.qkv"), false)?;
+        let qn = self.weight(&format!("{prefix}.q_norm.weight"), DType::F32)?;
+        let kn = self.weight(&format!("{prefix}.k_norm.weight"), DType::F32)?;
+        let (cos, sin) = custom_op::rope_2d_tables(hs, ws, dh, theta);
+        let table_shape = if self.attention == AttentionMode::Decomposed {
+            vec![s, dh / 2, 1]
+        } else {
+            vec![s, dh / 2]
+        };
+        let cos = self.table(
+            &format!("pixeldit.rope2d.{hs}x{ws}.d{dh}.cos"),
+            table_shape.clone(),
+            &cos,
+        )?;
+        let sin = self.table(&format!("pixeldit.rope2d.{hs}x{ws}.d{dh}.sin"), table_shape, &sin)?;
+        let scale = 1.0 / (dh as f32).sqrt();
+        let eps = self.eps;
+        let o = match self.attention {
+            AttentionMode::Custom => self.g.scoped(prefix, |g| {
+                g.set_domain_version(custom_op::DOMAIN, custom_op::VERSION);
+                let attrs = vec![
+                    ("num_heads", Attr::Int(heads as i64)),
+                    ("epsilon", Attr::Float(eps)),
+                    ("scale", Attr::Float(scale)),
+                ];
+                let ins = [Some(qkv), Some(qn), Some(kn), Some(cos), Some(sin)];
+                let out = vec![(DType::F32, vec![shape[0], shape[1], Dim::Fixed(width)])];
+                Ok(g.add_node(custom_op::OP_TYPE, custom_op::DOMAIN, &ins, attrs, out)?[0])
+            })?,
+            AttentionMode::Decomposed | AttentionMode::Onnx23 => {
+                let (q, k, v) = self.g.scoped(prefix, |g| split_heads(g, qkv, heads, dh))?;
+                let q = self.rms_norm(q, &format!("{prefix}.q_norm.weight"))?;
+                let k = self.rms_norm(k, &format!("{prefix}.k_norm.weight"))?;
+                let pos = if self.attention == AttentionMode::Onnx23 {
+                    Some(self.position_ids(qkv, s)?)
+                } else {
+                    None
+                };
+                self.g.scoped(prefix, |g| {
+                    let o = if let Some(pos) = pos {
+                        let q = g.rotary_embedding(q, cos, sin, pos)?;
+                        let k = g.rotary_embedding(k, cos, sin, pos)?;
+                        g.attention(q, k, v, scale)?
+                    } else {
+                        let q = rope_decomposed(g, q, cos, sin, dh)?;
+                        let k = rope_decomposed(g, k, cos, sin, dh)?;
+                        let kt = g.transpose(k, &[0, 1, 3, 2])?;
+                        let sc = g.matmul(q, kt)?;
+                        let sv = g.scalar(DType::F32, scale)?;
+                        let sc = g.mul(sc, sv)?;
+                        let p = g.softmax(sc, -1)?;
+                        g.matmul(p, v)?
+                    };
+                    let o = g.transpose(o, &[0, 2, 1, 3])?;
+                    g.reshape(o, &[shape[0], Dim::Fixed(s), Dim::Fixed(width)])
+                })?
+            }
+        };
+        self.linear(o, &format!("{prefix}.proj"), true)
+    }
+
+    /// Position ids `[B, S]` (0..S per row) for opset-23 `RotaryEmbedding`, built once per S.
+    fn position_ids(&mut self, like: Value, s: usize) -> Result<Value> {
+        if let Some(v) = self.position_ids.get(&s) {
+            return Ok(*v);
+        }
+        let batch = self.g.shape(like)[0];
+        let v = self.g.scoped(&format!("pixeldit.position_ids_{s}"), |g| {
+            let ids: Vec<u8> = (0..s as i64).flat_map(|i| i.to_le_bytes()).collect();
+            let base = g.constant(DType::I64, vec![1, s], ids)?;
+            let shp = g.shape_of(like)?;
+            let zero = g.const_i64(&[0])?;
+            let b = g.gather(shp, zero, 0)?;
+            let sv = g.const_i64(&[s as i64])?;
+            let target = g.concat(&[b, sv], 0)?;
+            g.expand(base, target, vec![batch, Dim::Fixed(s)])
+        })?;
+        self.position_ids.insert(s, v);
+        Ok(v)
+    }
+}
+
+/// The batch-dependent row count of a flattened prefix shape (exactly one batch dim expected).
+pub fn flatten_rows(prefix: &[Dim]) -> Dim {
+    let mut fixed = 1;
+    let mut batch = None;
+    for d in prefix {
+        match d {
+            Dim::Fixed(n) => fixed *= n,
+            Dim::Batch(k) => batch = Some(batch.unwrap_or(1) * k),
+        }
+    }
+    match batch {
+        Some(k) => Dim::Batch(k * fixed),
+        None => Dim::Fixed(fixed),
+    }
+}
+
+/// `[B,S,3*H*Dh]` -> q, k, v each `[B,H,S,Dh]`.
+fn split_heads(
+    g: &mut Graph,
+    qkv: Value,
+    heads: usize,
+    dh: usize,
+) -> pixeldit_graph::Result<(Value, Value, Value)> {
+    let sh = g.shape(qkv).to_vec();
+    let r = g.reshape(
+        qkv,
+        &[sh[0], sh[1], Dim::Fixed(3), Dim::Fixed(heads), Dim::Fixed(dh)],
+    )?;
+    let t = g.transpose(r, &[2, 0, 3, 1, 4])?;
+    let parts = g.split(t, 0, &[1, 1, 1])?;
+    let four = [sh[0], Dim::Fixed(heads), sh[1], Dim::Fixed(dh)];
+    let q = g.reshape(parts[0], &four)?;
+    let k = g.reshape(parts[1], &four)?;
+    let v = g.reshape(parts[2], &four)?;
+    Ok((q, k, v))
+}
+
+/// Adjacent-pair RoPE on `[B,H,S,Dh]` with tables `[S, Dh/2, 1]`.
+fn rope_decomposed(
+    g: &mut Graph,
+    x: Value,
+    cos: Value,
+    sin: Value,
+    dh: usize,
+) -> pixeldit_graph::Result<Value> {
+    let sh = g.shape(x).to_vec();
+    let pairs = g.reshape(x, &[sh[0], sh[1], sh[2], Dim::Fixed(dh / 2), Dim::Fixed(2)])?;
+    let ab = g.split(pairs, -1, &[1, 1])?;
+    let (a, b) = (ab[0], ab[1]);
+    let ac = g.mul(a, cos)?;
+    let bs = g.mul(b, sin)?;
+    let re = g.sub(ac, bs)?;
+    let as_ = g.mul(a, sin)?;
+    let bc = g.mul(b, cos)?;
+    let im = g.add(as_, bc)?;
+    let out = g.concat(&[re, im], -1)?;
+    g.reshape(out, &sh)
+}

@@ -1,0 +1,284 @@
+//! Model weights: official checkpoints (safetensors, memory-mapped) or deterministic random init.
+//!
+//! Keys are the official names after stripping the `ema_denoiser.` (ImageNet Lightning checkpoints) or
+//! `core.` (T2I) prefix. Training-only entries (`denoiser.*` when an EMA copy exists,
+//! `diffusion_trainer.*`, `_repa_projector.*`) are dropped. Every tensor is read lazily, one at a time,
+//! when the model is written.
+
+use crate::{ExportError, Result};
+use pixeldit_graph::{F32Source, GraphError};
+use rand::SeedableRng;
+use rand_distr::Distribution;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Prefixes of the official checkpoints, stripped on load (spec section 3).
+pub const STRIP_PREFIXES: &[&str] = &["ema_denoiser.", "core."];
+/// Prefixes of training-only tensors, dropped on load.
+pub const TRAINING_ONLY_PREFIXES: &[&str] = &["diffusion_trainer.", "_repa_projector.", "denoiser."];
+
+#[derive(Clone)]
+enum Entry {
+    Mapped {
+        file: Arc<memmap2::Mmap>,
+        dtype: safetensors::Dtype,
+        shape: Vec<usize>,
+        range: (usize, usize),
+    },
+    Random {
+        seed: u64,
+        shape: Vec<usize>,
+        kind: InitKind,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum InitKind {
+    Ones,
+    Normal(f32),
+}
+
+/// Keys found in a checkpoint but not used by the model, and training-only keys that were dropped.
+#[derive(Debug, Clone, Default)]
+pub struct KeyReport {
+    /// Keys the model does not use.
+    pub unused: Vec<String>,
+    /// Training-only keys dropped on load.
+    pub dropped: Vec<String>,
+}
+
+/// A set of named weight tensors.
+pub struct Weights {
+    entries: BTreeMap<String, Entry>,
+    origin: String,
+    path: Option<PathBuf>,
+    dropped: Vec<String>,
+}
+
+impl Weights {
+    /// Opens a safetensors checkpoint (memory-mapped; nothing is read until the model is written).
+    pub fn from_safetensors(path: &Path) -> Result<Self> {
+        let err = |reason: String| ExportError::Checkpoint {
+            path: path.display().to_string(),
+            reason,
+        };
+        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        // SAFETY: the file is opened read-only and not modified while the export runs.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(e.to_string()))?;
+        let mmap = Arc::new(mmap);
+        let (header_len, meta) = safetensors::SafeTensors::read_metadata(&mmap)
+            .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
+        let base = 8 + header_len;
+        let raw: Vec<(String, Entry)> = meta
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| {
+                let e = Entry::Mapped {
+                    file: mmap.clone(),
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    range: (base + info.data_offsets.0, base + info.data_offsets.1),
+                };
+                (name, e)
+            })
+            .collect();
+        let has_ema = raw.iter().any(|(k, _)| k.starts_with("ema_denoiser."));
+        let mut entries = BTreeMap::new();
+        let mut dropped = Vec::new();
+        for (name, e) in raw {
+            // `denoiser.*` is the non-EMA training copy; it is the model only when no EMA copy exists.
+            let is_raw_denoiser = name.starts_with("denoiser.");
+            let training_only =
+                TRAINING_ONLY_PREFIXES.iter().any(|p| name.starts_with(p)) && (!is_raw_denoiser || has_ema);
+            if training_only {
+                dropped.push(name);
+                continue;
+            }
+            let key = STRIP_PREFIXES
+                .iter()
+                .find_map(|p| name.strip_prefix(p))
+                .or_else(|| name.strip_prefix("denoiser."))
+                .unwrap_or(&name)
+                .to_string();
+            if entries.insert(key.clone(), e).is_some() {
+                return Err(err(format!("key '{key}' appears twice after stripping prefixes")));
+            }
+        }
+        dropped.sort();
+        let origin = format!(
+            "checkpoint:{}",
+            path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
+        );
+        Ok(Weights {
+            entries,
+            origin,
+            path: Some(path.to_path_buf()),
+            dropped,
+        })
+    }
+
+    /// Deterministic random weights for every key of `shapes`: norm weights are 1, other tensors
+    /// N(0, 1/fan_in) (N(0, 0.02) for 1-D), each from a ChaCha8 stream seeded by (seed, key).
+    pub fn random(shapes: &[(String, Vec<usize>)], seed: u64) -> Self {
+        let entries = shapes
+            .iter()
+            .map(|(k, s)| {
+                let is_norm = k.ends_with("norm.weight") || k.contains("norm1.") || k.contains("norm2.");
+                let kind = if is_norm {
+                    InitKind::Ones
+                } else if s.len() == 1 {
+                    InitKind::Normal(0.02)
+                } else {
+                    InitKind::Normal(1.0 / (s[s.len() - 1] as f32).sqrt())
+                };
+                (
+                    k.clone(),
+                    Entry::Random {
+                        seed: seed ^ fnv1a(k.as_bytes()),
+                        shape: s.clone(),
+                        kind,
+                    },
+                )
+            })
+            .collect();
+        Weights {
+            entries,
+            origin: format!("random-init:seed={seed}"),
+            path: None,
+            dropped: Vec::new(),
+        }
+    }
+
+    /// Where the weights came from (`checkpoint:<file>` or `random-init:seed=<n>`).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    fn path_str(&self) -> String {
+        self.path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| self.origin.clone())
+    }
+
+    /// Checks that every expected key exists with the expected shape; returns unused and dropped keys.
+    pub fn check(&self, expected: &[(String, Vec<usize>)]) -> Result<KeyReport> {
+        let missing: Vec<String> = expected
+            .iter()
+            .filter(|(k, _)| !self.entries.contains_key(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !missing.is_empty() {
+            return Err(ExportError::MissingKeys {
+                path: self.path_str(),
+                keys: missing,
+            });
+        }
+        for (k, shape) in expected {
+            let found = self.shape(k).expect("checked above");
+            if found != shape.as_slice() {
+                return Err(ExportError::ShapeMismatch {
+                    path: self.path_str(),
+                    key: k.clone(),
+                    expected: shape.clone(),
+                    found: found.to_vec(),
+                });
+            }
+            if let Some(Entry::Mapped { dtype, .. }) = self.entries.get(k) {
+                if !matches!(
+                    dtype,
+                    safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16
+                ) {
+                    return Err(ExportError::Checkpoint {
+                        path: self.path_str(),
+                        reason: format!("key '{k}' has dtype {dtype:?}, expected F32, F16 or BF16"),
+                    });
+                }
+            }
+        }
+        let wanted: BTreeSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
+        let unused = self
+            .entries
+            .keys()
+            .filter(|k| !wanted.contains(k.as_str()))
+            .cloned()
+            .collect();
+        Ok(KeyReport {
+            unused,
+            dropped: self.dropped.clone(),
+        })
+    }
+
+    /// Shape of a key.
+    pub fn shape(&self, key: &str) -> Option<&[usize]> {
+        self.entries.get(key).map(|e| match e {
+            Entry::Mapped { shape, .. } | Entry::Random { shape, .. } => shape.as_slice(),
+        })
+    }
+
+    /// A lazy f32 source for a key (converted from f16/bf16 when stored so).
+    pub fn source(&self, key: &str) -> Option<Arc<dyn F32Source>> {
+        self.entries.get(key).map(|e| {
+            Arc::new(Lazy {
+                key: key.to_string(),
+                entry: e.clone(),
+            }) as Arc<dyn F32Source>
+        })
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+struct Lazy {
+    key: String,
+    entry: Entry,
+}
+
+impl F32Source for Lazy {
+    fn read(&self) -> std::result::Result<Vec<f32>, GraphError> {
+        match &self.entry {
+            Entry::Mapped {
+                file, dtype, range, ..
+            } => {
+                let bytes = &file[range.0..range.1];
+                let v = match dtype {
+                    safetensors::Dtype::F32 => bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                    safetensors::Dtype::F16 => bytes
+                        .chunks_exact(2)
+                        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                        .collect(),
+                    safetensors::Dtype::BF16 => bytes
+                        .chunks_exact(2)
+                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                        .collect(),
+                    other => {
+                        return Err(GraphError::Tensor {
+                            name: self.key.clone(),
+                            reason: format!("unsupported checkpoint dtype {other:?}"),
+                        })
+                    }
+                };
+                Ok(v)
+            }
+            Entry::Random { seed, shape, kind } => {
+                let n: usize = shape.iter().product();
+                Ok(match kind {
+                    InitKind::Ones => vec![1.0; n],
+                    InitKind::Normal(std) => {
+                        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(*seed);
+                        let normal = rand_distr::Normal::new(0.0f32, *std).expect("valid std");
+                        (0..n).map(|_| normal.sample(&mut rng)).collect()
+                    }
+                })
+            }
+        }
+    }
+}
