@@ -106,13 +106,11 @@ impl Weights {
             }
         }
         dropped.sort();
-        let origin = format!(
-            "checkpoint:{}",
-            path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
-        );
+        // The origin deliberately omits the file name: the same tensors give the same model bytes
+        // whatever file or format they came from (the metadata carries their SHA-256).
         Ok(Weights {
             entries,
-            origin,
+            origin: "checkpoint".into(),
             path: Some(path.to_path_buf()),
             dropped,
         })
@@ -150,7 +148,7 @@ impl Weights {
         }
     }
 
-    /// Where the weights came from (`checkpoint:<file>` or `random-init:seed=<n>`).
+    /// Where the weights came from (`checkpoint` or `random-init:seed=<n>`).
     pub fn origin(&self) -> &str {
         &self.origin
     }

@@ -224,21 +224,29 @@ pub fn write_model(
     model_tmp.flush().map_err(io(path))?;
     report.model_bytes = encoded.len() as u64;
     if let Some(f) = data_tmp {
-        f.persist(&data_path).map_err(|e| GraphError::Io {
-            path: data_path.display().to_string(),
-            source: e.error,
-        })?;
+        publish(f, &data_path)?;
         report.external_path = Some(data_path.clone());
         report.external_bytes = offset;
     } else if data_path.exists() {
         // A stale data file from an earlier export would be misleading next to an inline model.
         std::fs::remove_file(&data_path).map_err(io(&data_path))?;
     }
-    model_tmp.persist(path).map_err(|e| GraphError::Io {
-        path: path.display().to_string(),
+    publish(model_tmp, path)?;
+    Ok(report)
+}
+
+/// Temporary files are created 0600; the final files get the usual 0644.
+fn publish(tmp: tempfile::NamedTempFile, to: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).map_err(io(to))?;
+    }
+    tmp.persist(to).map_err(|e| GraphError::Io {
+        path: to.display().to_string(),
         source: e.error,
     })?;
-    Ok(report)
+    Ok(())
 }
 
 fn io(p: &Path) -> impl Fn(std::io::Error) -> GraphError + '_ {

@@ -377,7 +377,7 @@ pub struct ModelMetadata {
     pub sampler: SamplerDefaults,
     /// SHA-256 of the fp32 weights (key, shape and bytes in key order), hex.
     pub weights_sha256: String,
-    /// Where the weights came from (`checkpoint:<file name>` or `random-init:seed=<n>`).
+    /// Where the weights came from (`checkpoint` or `random-init:seed=<n>`); `weights_sha256` identifies them.
     pub weights_source: String,
     /// Version of the exporter that wrote the file.
     pub exporter_version: String,
