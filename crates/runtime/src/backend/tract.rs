@@ -510,6 +510,7 @@ pub fn rewrite_low_precision(model: &mut pb::ModelProto, model_dir: &Path) -> Re
                     nodes.push(node);
                 }
             }
+            "Gemm" => lower_gemm(node, &nname, &mut nodes),
             _ => nodes.push(node),
         }
     }
@@ -533,6 +534,58 @@ pub fn rewrite_low_precision(model: &mut pb::ModelProto, model_dir: &Path) -> Re
     let mut notes: Vec<String> = counts.into_iter().map(|(k, n)| format!("{n} {k}")).collect();
     notes.sort();
     Ok(notes)
+}
+
+/// `Gemm(A, B, C)` with `alpha = beta = 1`, `transA = 0` as `MatMul(A, B or B^T) + C`: tract 0.23's Gemm
+/// expansion mis-types f16 graphs ("expected F16 got F32"); MatMul + Add is the same computation for every type.
+fn lower_gemm(node: pb::NodeProto, name: &str, nodes: &mut Vec<pb::NodeProto>) {
+    let attr = |k: &str| node.attribute.iter().find(|a| a.name == k);
+    let (alpha, beta) = (
+        attr("alpha").map_or(1.0, |a| a.f),
+        attr("beta").map_or(1.0, |a| a.f),
+    );
+    let (trans_a, trans_b) = (
+        attr("transA").map_or(0, |a| a.i),
+        attr("transB").map_or(0, |a| a.i),
+    );
+    if alpha != 1.0 || beta != 1.0 || trans_a != 0 || node.input.len() < 2 {
+        nodes.push(node);
+        return;
+    }
+    let simple = |op: &str, suffix: &str, input: Vec<String>, output: String| pb::NodeProto {
+        name: format!("{name}__{suffix}"),
+        op_type: op.into(),
+        input,
+        output: vec![output],
+        ..Default::default()
+    };
+    let mut b = node.input[1].clone();
+    if trans_b != 0 {
+        let bt = format!("{}__{name}_T", node.input[1]);
+        let mut t = simple("Transpose", "transpose_b", vec![b], bt.clone());
+        t.attribute.push(pb::AttributeProto {
+            name: "perm".into(),
+            r#type: pb::attribute_proto::AttributeType::Ints as i32,
+            ints: vec![1, 0],
+            ..Default::default()
+        });
+        nodes.push(t);
+        b = bt;
+    }
+    let out = node.output[0].clone();
+    match node.input.get(2).filter(|c| !c.is_empty()) {
+        Some(c) => {
+            let mm = format!("{out}__matmul");
+            nodes.push(simple(
+                "MatMul",
+                "matmul",
+                vec![node.input[0].clone(), b],
+                mm.clone(),
+            ));
+            nodes.push(simple("Add", "add_c", vec![mm, c.clone()], out));
+        }
+        None => nodes.push(simple("MatMul", "matmul", vec![node.input[0].clone(), b], out)),
+    }
 }
 
 fn round_node(name: &str, input: &str, output: &str, fmt: LowFloat, saturate: i64) -> pb::NodeProto {
