@@ -61,11 +61,11 @@ fn tract_custom_op_matches_primitives_and_naive() {
         let inp = inputs(batch);
         let views: Vec<_> = inp.iter().map(|a| a.view()).collect();
         let want = naive(&inp);
-        let custom = TractBackend::load(&fixture("rotary_attention_custom.onnx"))
+        let custom = TractBackend::open(&fixture("rotary_attention_custom.onnx"))
             .unwrap()
             .run_f32(&views)
             .unwrap();
-        let prim = TractBackend::load(&fixture("rotary_attention_primitives.onnx"))
+        let prim = TractBackend::open(&fixture("rotary_attention_primitives.onnx"))
             .unwrap()
             .run_f32(&views)
             .unwrap();
@@ -88,11 +88,11 @@ fn ort_custom_op_matches_primitives_and_naive() {
         let inp = inputs(batch);
         let views: Vec<_> = inp.iter().map(|a| a.view()).collect();
         let want = naive(&inp);
-        let custom = OrtBackend::load(&fixture("rotary_attention_custom.onnx"), &opts)
+        let custom = OrtBackend::with_options(&fixture("rotary_attention_custom.onnx"), &opts)
             .unwrap()
             .run_f32(&views)
             .unwrap();
-        let prim = OrtBackend::load(&fixture("rotary_attention_primitives.onnx"), &opts)
+        let prim = OrtBackend::with_options(&fixture("rotary_attention_primitives.onnx"), &opts)
             .unwrap()
             .run_f32(&views)
             .unwrap();

@@ -9,7 +9,7 @@ use pixeldit_runtime::io::read_npy;
 fn tract_rewrites_float8_and_bf16_and_matches_reference() {
     let x = read_npy(&fixture("lowp_x.npy")).unwrap();
     let want = read_npy(&fixture("lowp_expected.npy")).unwrap();
-    let mut b = TractBackend::load(&fixture("lowp.onnx")).unwrap();
+    let mut b = TractBackend::open(&fixture("lowp.onnx")).unwrap();
     let notes = b.notes().join("\n");
     for expect in [
         "FLOAT8E4M3FN initializers decoded to f32",
@@ -41,7 +41,7 @@ fn ort_runs_the_same_model() {
         library: Some(lib),
         ..Default::default()
     };
-    let got = OrtBackend::load(&fixture("lowp.onnx"), &opts)
+    let got = OrtBackend::with_options(&fixture("lowp.onnx"), &opts)
         .unwrap()
         .run_f32(&[x.view()])
         .unwrap();

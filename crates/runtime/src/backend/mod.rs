@@ -15,6 +15,10 @@ use std::str::FromStr;
 
 /// A loaded model that maps `(x [B,3,H,W] f32, t [B] f32, y [B] i64)` to `v [B,3,H,W] f32`.
 pub trait Backend {
+    /// Loads a model file with these options (one concrete backend; see [`load`] for the `auto` chain).
+    fn load(path: &Path, opts: &LoadOptions) -> Result<Self>
+    where
+        Self: Sized;
     /// `ort` or `tract`.
     fn name(&self) -> &'static str;
     /// Execution provider / device, e.g. `CPUExecutionProvider` or `tract-cpu`.
@@ -261,21 +265,13 @@ pub fn load_candidate(
                     });
                 }
             }
-            let o = ort::OrtOptions {
-                provider,
-                library: opts.ort_lib.clone(),
-                trt_cache_dir: opts.trt_cache_dir.clone(),
-                precision: opts.precision,
-                threads: opts.threads,
-                opt_level: opts.ort_opt_level.unwrap_or(3),
-                device_id: 0,
-            };
-            Ok(Box::new(ort::OrtBackend::load(path, &o)?))
+            let o = ort::OrtOptions::from_load_options(provider, opts);
+            Ok(Box::new(ort::OrtBackend::with_options(path, &o)?))
         }
         Candidate::Tract => {
             #[cfg(feature = "tract")]
             {
-                Ok(Box::new(tract::TractBackend::load(path)?))
+                Ok(Box::new(tract::TractBackend::open(path)?))
             }
             #[cfg(not(feature = "tract"))]
             {

@@ -68,6 +68,21 @@ pub struct OrtOptions {
     pub device_id: i32,
 }
 
+impl OrtOptions {
+    /// The ONNX Runtime part of generic [`super::LoadOptions`], for one provider.
+    pub fn from_load_options(provider: OrtProvider, o: &super::LoadOptions) -> Self {
+        OrtOptions {
+            provider,
+            library: o.ort_lib.clone(),
+            trt_cache_dir: o.trt_cache_dir.clone(),
+            precision: o.precision,
+            threads: o.threads,
+            opt_level: o.ort_opt_level.unwrap_or(3),
+            device_id: 0,
+        }
+    }
+}
+
 impl Default for OrtOptions {
     fn default() -> Self {
         OrtOptions {
@@ -197,7 +212,7 @@ fn ort_err(
 impl OrtBackend {
     /// Loads `path` with the provider of `opts`. Custom ops of domain `pixeldit` other than `RotaryAttention`
     /// are reported as [`RuntimeError::UnsupportedOp`] before ONNX Runtime sees the model.
-    pub fn load(path: &Path, opts: &OrtOptions) -> Result<Self> {
+    pub fn with_options(path: &Path, opts: &OrtOptions) -> Result<Self> {
         let info = ModelInfo::read(path)?;
         check_ops(&info)?;
         let (env, library) = environment(opts.library.as_deref())?;
@@ -348,6 +363,17 @@ fn check_ops(info: &ModelInfo) -> Result<()> {
 }
 
 impl Backend for OrtBackend {
+    /// Loads with exactly one provider: `--device tensorrt|cuda` select those, `cpu` and `auto` the CPU (the
+    /// TensorRT -> CUDA -> CPU chain is [`crate::backend::load`]'s job).
+    fn load(path: &Path, opts: &super::LoadOptions) -> Result<Self> {
+        let provider = match opts.device {
+            super::Device::TensorRt => OrtProvider::TensorRt,
+            super::Device::Cuda => OrtProvider::Cuda,
+            super::Device::Cpu | super::Device::Auto => OrtProvider::Cpu,
+        };
+        OrtBackend::with_options(path, &OrtOptions::from_load_options(provider, opts))
+    }
+
     fn name(&self) -> &'static str {
         "ort"
     }

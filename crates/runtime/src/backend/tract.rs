@@ -44,7 +44,7 @@ pub fn framework() -> tract_onnx::Onnx {
 
 impl TractBackend {
     /// Loads, rewrites (FLOAT8/BF16), checks ops, and optimizes `path`.
-    pub fn load(path: &Path) -> Result<Self> {
+    pub fn open(path: &Path) -> Result<Self> {
         if !path.exists() {
             return Err(RuntimeError::ModelNotFound {
                 path: path.to_path_buf(),
@@ -131,6 +131,17 @@ fn from_tensor(t: &Tensor) -> Result<ArrayD<f32>> {
 }
 
 impl Backend for TractBackend {
+    /// [`TractBackend::open`]; a GPU `--device` is an error (tract runs on the CPU).
+    fn load(path: &Path, opts: &super::LoadOptions) -> Result<Self> {
+        if matches!(opts.device, super::Device::Cuda | super::Device::TensorRt) {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "tract runs on the CPU only, not --device {}",
+                opts.device
+            )));
+        }
+        TractBackend::open(path)
+    }
+
     fn name(&self) -> &'static str {
         "tract"
     }
