@@ -7,7 +7,7 @@ pub mod tract;
 
 use crate::error::{Result, RuntimeError};
 use crate::model::ModelInfo;
-use ndarray::{Array4, ArrayView1, ArrayView4};
+use ndarray::{Array4, ArrayD, ArrayView1, ArrayView4};
 use pixeldit_spec::Precision;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,21 @@ pub trait Backend {
     /// What the loader changed in the model (e.g. tract's FLOAT8/BF16 rewrite), one line each.
     fn notes(&self) -> Vec<String> {
         Vec::new()
+    }
+    /// One forward pass that also returns the f32 graph outputs named in `extra` (debug or calibration taps added
+    /// at export), in that order. The default says the backend cannot.
+    fn run_with_outputs(
+        &mut self,
+        x: ArrayView4<f32>,
+        t: ArrayView1<f32>,
+        y: ArrayView1<i64>,
+        extra: &[String],
+    ) -> Result<(Array4<f32>, Vec<ArrayD<f32>>)> {
+        let _ = (x, t, y, extra);
+        Err(RuntimeError::InvalidArgument(format!(
+            "the {} backend cannot return extra outputs",
+            self.name()
+        )))
     }
 }
 

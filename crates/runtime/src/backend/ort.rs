@@ -413,6 +413,46 @@ impl Backend for OrtBackend {
         Array4::from_shape_vec([dims[0], dims[1], dims[2], dims[3]], data.to_vec())
             .map_err(|e| RuntimeError::Shape(e.to_string()))
     }
+
+    fn run_with_outputs(
+        &mut self,
+        x: ArrayView4<f32>,
+        t: ArrayView1<f32>,
+        y: ArrayView1<i64>,
+        extra: &[String],
+    ) -> Result<(Array4<f32>, Vec<ArrayD<f32>>)> {
+        let provider = self.provider;
+        let err = move |e: ort::Error| RuntimeError::Ort {
+            provider: provider.ep_name().into(),
+            message: e.to_string(),
+        };
+        let (x, t, y) = (
+            x.as_standard_layout(),
+            t.as_standard_layout(),
+            y.as_standard_layout(),
+        );
+        let inputs = ort::inputs![
+            "x" => tensor_ref(x.shape(), x.as_slice().expect("standard layout")).map_err(err)?,
+            "t" => tensor_ref(t.shape(), t.as_slice().expect("standard layout")).map_err(err)?,
+            "y" => tensor_ref(y.shape(), y.as_slice().expect("standard layout")).map_err(err)?,
+        ];
+        let outputs = self.session.run(inputs).map_err(err)?;
+        let get = |name: &str| -> Result<ArrayD<f32>> {
+            let (shape, data) = outputs
+                .get(name)
+                .ok_or_else(|| RuntimeError::Shape(format!("the model has no output named '{name}'")))?
+                .try_extract_tensor::<f32>()
+                .map_err(err)?;
+            let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+            ArrayD::from_shape_vec(IxDyn(&dims), data.to_vec())
+                .map_err(|e| RuntimeError::Shape(e.to_string()))
+        };
+        let v = get("v")?
+            .into_dimensionality()
+            .map_err(|_| RuntimeError::Shape("output 'v' is not 4-D".into()))?;
+        let taps = extra.iter().map(|n| get(n)).collect::<Result<Vec<_>>>()?;
+        Ok((v, taps))
+    }
 }
 
 /// `pixeldit.RotaryAttention` for ONNX Runtime (CPU kernel; with CUDA/TensorRT it runs on the host).

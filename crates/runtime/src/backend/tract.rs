@@ -23,6 +23,7 @@ pub struct TractBackend {
     plan: Arc<TypedRunnableModel>,
     inputs: Vec<String>,
     output_v: usize,
+    outputs: Vec<String>,
     notes: Vec<String>,
 }
 
@@ -84,6 +85,7 @@ impl TractBackend {
             .map(|i| i.name.clone())
             .collect();
         let output_v = graph.output.iter().position(|o| o.name == "v").unwrap_or(0);
+        let outputs: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
         let parsed = onnx.parse(&proto, dir.to_str()).map_err(tract_err)?;
         if !parsed.unresolved_inputs.is_empty() {
             return Err(RuntimeError::InvalidModel {
@@ -100,6 +102,7 @@ impl TractBackend {
             plan,
             inputs,
             output_v,
+            outputs,
             notes,
         })
     }
@@ -176,6 +179,43 @@ impl Backend for TractBackend {
         from_tensor(v)?
             .into_dimensionality()
             .map_err(|_| RuntimeError::Shape("output 'v' is not 4-D".into()))
+    }
+
+    fn run_with_outputs(
+        &mut self,
+        x: ArrayView4<f32>,
+        t: ArrayView1<f32>,
+        y: ArrayView1<i64>,
+        extra: &[String],
+    ) -> Result<(Array4<f32>, Vec<ArrayD<f32>>)> {
+        let mut feeds: TVec<TValue> = tvec![];
+        for name in &self.inputs {
+            let tensor = match name.as_str() {
+                "x" => to_tensor(x.into_dyn()),
+                "t" => to_tensor(t.into_dyn()),
+                "y" => to_tensor(y.into_dyn()),
+                other => {
+                    return Err(RuntimeError::Shape(format!(
+                        "unexpected graph input '{other}' (want x, t, y)"
+                    )))
+                }
+            };
+            feeds.push(tensor.into_tvalue());
+        }
+        let outs = self.plan.run(feeds).map_err(tract_err)?;
+        let get = |name: &str| -> Result<ArrayD<f32>> {
+            let i = self
+                .outputs
+                .iter()
+                .position(|o| o == name)
+                .ok_or_else(|| RuntimeError::Shape(format!("the model has no output named '{name}'")))?;
+            from_tensor(&outs[i])
+        };
+        let v = from_tensor(&outs[self.output_v])?
+            .into_dimensionality()
+            .map_err(|_| RuntimeError::Shape("output 'v' is not 4-D".into()))?;
+        let taps = extra.iter().map(|n| get(n)).collect::<Result<Vec<_>>>()?;
+        Ok((v, taps))
     }
 }
 
