@@ -29,6 +29,9 @@ pub enum ExportError {
     /// A combination of options that is not supported.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A Triton model repository that cannot be written or is invalid (`reason` lists every problem).
+    #[error("Triton repository {path}: {reason}")]
+    Triton { path: String, reason: String },
 }
 
 /// Result alias of the exporter.

@@ -23,6 +23,7 @@
 mod error;
 pub mod model;
 pub mod nn;
+pub mod triton;
 pub mod weights;
 
 pub use error::{ExportError, Result};
