@@ -8,12 +8,15 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod triton_cli;
+
 /// Export PixelDiT (arXiv 2511.20645) to ONNX.
 ///
 /// Examples:
 ///   pixeldit-export --preset tiny --random-init --seed 0 -o tiny.onnx
 ///   pixeldit-export --preset XL --checkpoint imagenet256_xl.safetensors --precision fp16 -o xl.onnx
 ///   pixeldit-export --preset digits --attention decomposed -o digits.onnx
+///   pixeldit-export --preset digits --triton-repo models --max-batch-size 16   # Triton model repository
 #[derive(Parser, Debug)]
 #[command(name = "pixeldit-export", version, verbatim_doc_comment)]
 struct Args {
@@ -42,9 +45,10 @@ struct Args {
     /// Numeric precision: fp32, fp16, bf16, int8, fp8, int8-weights, fp8-weights.
     #[arg(long, default_value = "fp32")]
     precision: Precision,
-    /// Attention lowering: custom (pixeldit.RotaryAttention), onnx23 (opset-23 ops), decomposed (opset 17).
-    #[arg(long, default_value = "custom")]
-    attention: AttentionMode,
+    /// Attention lowering: custom (pixeldit.RotaryAttention), onnx23 (opset-23 ops), decomposed (opset 17)
+    /// [default: custom; decomposed with --triton-repo].
+    #[arg(long)]
+    attention: Option<AttentionMode>,
     /// External data for weights: auto (past 512 MiB of weights), always, never.
     #[arg(long, default_value = "auto", value_parser = parse_external)]
     external_data: ExternalData,
@@ -57,6 +61,8 @@ struct Args {
     /// No progress output.
     #[arg(short, long)]
     quiet: bool,
+    #[command(flatten)]
+    triton: triton_cli::TritonArgs,
 }
 
 fn parse_external(s: &str) -> Result<ExternalData, String> {
@@ -110,7 +116,7 @@ fn run(args: Args) -> Result<()> {
     opts.height = args.height.unwrap_or(opts.height);
     opts.width = args.width.unwrap_or(opts.width);
     opts.precision = args.precision;
-    opts.attention = args.attention;
+    opts.attention = args.attention.unwrap_or_else(|| args.triton.default_attention());
     opts.external_data = args.external_data;
     opts.config.check_size(opts.height, opts.width)?;
 
@@ -128,8 +134,13 @@ fn run(args: Args) -> Result<()> {
             let _ = std::io::stderr().flush();
         }
     };
-    let report = export_with_progress(&opts, &args.output, Some(&progress))
-        .with_context(|| format!("exporting {}", args.output.display()))?;
+    let triton = args.triton.plan(&opts)?;
+    let output = match &triton {
+        Some(t) => t.onnx_path()?,
+        None => args.output.clone(),
+    };
+    let report = export_with_progress(&opts, &output, Some(&progress))
+        .with_context(|| format!("exporting {}", output.display()))?;
     if !quiet {
         eprintln!("\r\x1b[2K");
         for k in &report.keys.unused {
@@ -142,7 +153,7 @@ fn run(args: Args) -> Result<()> {
     let w = &report.write;
     println!(
         "wrote {} ({} nodes, {:.2}M parameters, {} {}, attention {}, {:.1} MB{})",
-        args.output.display(),
+        output.display(),
         report.nodes,
         w.weight_params as f64 / 1e6,
         report.metadata.config.name,
@@ -154,6 +165,9 @@ fn run(args: Args) -> Result<()> {
             .map(|p| format!(" + {} {:.1} MB", p.display(), w.external_bytes as f64 / 1e6))
             .unwrap_or_default()
     );
+    if let Some(t) = triton {
+        t.finish(&report.metadata)?;
+    }
     Ok(())
 }
 

@@ -586,6 +586,7 @@ pub fn write_model_config(
             w = meta.width,
             prec = meta.precision,
             mbs = cfg.max_batch_size,
+            cmd = cmd.replace('\n', "\n    "),
         ),
         None => format!(
             "{name}: PixelDiT {preset} {h}x{w} {prec} (attention {att}) for Triton's onnxruntime backend.\n\

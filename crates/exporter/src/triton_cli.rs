@@ -1,0 +1,149 @@
+//! The `--triton-repo` options of `pixeldit-export` (binary only; the writer is [`pixeldit_exporter::triton`]).
+
+use anyhow::{Context, Result};
+use clap::Args;
+use pixeldit_exporter::triton::{self, InstanceKind, Platform, RepositoryReport, TritonOptions};
+use pixeldit_exporter::ExportOptions;
+use pixeldit_spec::{AttentionMode, ModelMetadata};
+use std::path::{Path, PathBuf};
+
+/// Triton Inference Server model repository.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Triton model repository")]
+pub struct TritonArgs {
+    /// Write a Triton model repository at DIR instead of -o: NAME/config.pbtxt (generated from the I/O contract,
+    /// with the model metadata under parameters "pixeldit.metadata") and NAME/1/model.onnx (+ .data). The
+    /// attention then defaults to `decomposed`: a stock Triton backend cannot run the custom op.
+    #[arg(long, value_name = "DIR", conflicts_with = "output")]
+    pub triton_repo: Option<PathBuf>,
+    /// Model name (= directory name) in the repository [default: pixeldit_<preset>, e.g. pixeldit_xl_256].
+    #[arg(long, value_name = "NAME", requires = "triton_repo")]
+    pub model_name: Option<String>,
+    /// Triton platform: onnxruntime_onnx (serves 1/model.onnx; TensorRT accelerator block unless
+    /// --no-tensorrt-accelerator) or tensorrt_plan (writes NAME/model.onnx and README.txt with the trtexec command
+    /// that builds 1/model.plan on the target GPU).
+    #[arg(long, default_value = "onnxruntime_onnx", value_parser = ["onnxruntime_onnx", "tensorrt_plan"])]
+    pub triton_platform: String,
+    /// max_batch_size (> 0: batch axis implicit in dims, dynamic batching possible; 0: no batching).
+    #[arg(long, default_value_t = 16)]
+    pub max_batch_size: usize,
+    /// dynamic_batching preferred_batch_size, comma-separated [default: max/2,max].
+    #[arg(long, value_delimiter = ',', value_name = "N,..")]
+    pub preferred_batch_size: Option<Vec<usize>>,
+    /// dynamic_batching max_queue_delay_microseconds.
+    #[arg(long, default_value_t = 1000, value_name = "US")]
+    pub max_queue_delay_us: u64,
+    /// No dynamic_batching block.
+    #[arg(long, conflicts_with = "preferred_batch_size")]
+    pub no_dynamic_batching: bool,
+    /// instance_group count.
+    #[arg(long, default_value_t = 1)]
+    pub instance_count: usize,
+    /// instance_group kind: auto, gpu or cpu [default: auto for onnxruntime_onnx, gpu for tensorrt_plan].
+    #[arg(long, value_name = "KIND")]
+    pub instance_kind: Option<String>,
+    /// onnxruntime_onnx: no TensorRT execution accelerator block (plain CUDA / CPU execution).
+    #[arg(long)]
+    pub no_tensorrt_accelerator: bool,
+    /// TensorRT workspace in MiB (accelerator max_workspace_size_bytes, trtexec --memPoolSize).
+    #[arg(long, default_value_t = 4096, value_name = "MIB")]
+    pub trt_workspace_mib: u64,
+    /// Accept --attention custom for Triton (only for servers that load a pixeldit.RotaryAttention kernel).
+    #[arg(long)]
+    pub triton_allow_custom_op: bool,
+}
+
+/// A planned repository export.
+pub struct TritonPlan {
+    repo: PathBuf,
+    opts: TritonOptions,
+}
+
+impl TritonArgs {
+    /// The attention lowering when `--attention` is not given.
+    pub fn default_attention(&self) -> AttentionMode {
+        if self.triton_repo.is_some() {
+            AttentionMode::Decomposed
+        } else {
+            AttentionMode::Custom
+        }
+    }
+
+    /// `None` without `--triton-repo`; otherwise checks the options against the export.
+    pub fn plan(&self, export: &ExportOptions) -> Result<Option<TritonPlan>> {
+        let Some(repo) = &self.triton_repo else {
+            return Ok(None);
+        };
+        let platform: Platform = self.triton_platform.parse()?;
+        triton::check_attention(export.attention, platform, self.triton_allow_custom_op)?;
+        let mbs = self.max_batch_size;
+        let preferred = if self.no_dynamic_batching || mbs == 0 {
+            None
+        } else {
+            Some(self.preferred_batch_size.clone().unwrap_or_else(|| {
+                let mut v = vec![(mbs / 2).max(1), mbs];
+                v.dedup();
+                v
+            }))
+        };
+        let opts = TritonOptions {
+            model_name: self.model_name.clone(),
+            platform,
+            max_batch_size: mbs,
+            preferred_batch_sizes: preferred,
+            max_queue_delay_us: self.max_queue_delay_us,
+            instance_count: self.instance_count,
+            instance_kind: self
+                .instance_kind
+                .as_deref()
+                .map(str::parse::<InstanceKind>)
+                .transpose()?,
+            tensorrt_accelerator: !self.no_tensorrt_accelerator,
+            trt_workspace_bytes: self.trt_workspace_mib << 20,
+        };
+        let name = opts
+            .model_name
+            .clone()
+            .unwrap_or_else(|| triton::default_model_name(&export.config.name));
+        triton::check_model_name(&name)?;
+        Ok(Some(TritonPlan {
+            repo: repo.clone(),
+            opts: TritonOptions {
+                model_name: Some(name),
+                ..opts
+            },
+        }))
+    }
+}
+
+impl TritonPlan {
+    /// Where the ONNX goes (its directories are created).
+    pub fn onnx_path(&self) -> Result<PathBuf> {
+        let name = self.opts.model_name.as_deref().expect("set by plan");
+        let p = triton::onnx_path(&self.repo, name, self.opts.platform);
+        let dir = p.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(p)
+    }
+
+    /// Writes config.pbtxt (and README.txt) for the exported model and validates the model directory.
+    pub fn finish(&self, meta: &ModelMetadata) -> Result<RepositoryReport> {
+        let r = triton::write_model_config(&self.repo, meta, &self.opts)?;
+        println!(
+            "wrote Triton model {} ({}): {}",
+            self.opts.model_name.as_deref().unwrap_or_default(),
+            self.opts.platform,
+            r.config_path.display()
+        );
+        if let Some(cmd) = &r.trtexec {
+            println!(
+                "build {}/1/model.plan on the target GPU (see {}):\n  cd {} && {}",
+                r.model_dir.display(),
+                r.model_dir.join(triton::README_FILE).display(),
+                r.model_dir.display(),
+                cmd
+            );
+        }
+        Ok(r)
+    }
+}
