@@ -1,8 +1,12 @@
-"""Regenerate the forward golden files into a temporary directory and compare with the committed ones.
+"""Regenerate the golden files into temporary directories and compare with the committed ones.
 
-Exits 0 when every committed file in tests/golden/forward/*.safetensors has the
-same tensor names, dtypes and shapes as the regenerated one and every value
-differs by less than 1e-6 (integers must match exactly); exits 1 otherwise.
+* tests/golden/forward/ (``gen_forward_golden.py``) and tests/golden/digits/ (``gen_digits_golden.py``):
+  every committed ``*.safetensors`` must have the same tensor names, dtypes and shapes as the regenerated one,
+  with every value within 1e-6 (integers exact).
+* tests/golden/digits/: ``noise.npy`` must be identical, and every PNG must decode to the same size with pixel
+  values within 1 (a float64 difference far below 1e-6 can still move a value across a rounding boundary).
+
+Exits 0 when everything matches, 1 otherwise (about 10 s in all).
 
 Usage: ``.venv/bin/python reference/check_golden.py``
 """
@@ -12,8 +16,10 @@ import sys
 import tempfile
 
 import numpy as np
+from PIL import Image
 from safetensors.numpy import load_file
 
+import gen_digits_golden
 import gen_forward_golden
 
 TOLERANCE = 1e-6
@@ -36,25 +42,48 @@ def compare(committed, fresh):
     return problems
 
 
-def main():
-    """Compare every golden file; print a summary and return the exit status."""
-    committed_dir = gen_forward_golden.DEFAULT_OUT
+def compare_file(path, fresh_path):
+    """Mismatches between a committed file and its regenerated version, by file type."""
+    if path.suffix == ".safetensors":
+        return compare(load_file(str(path)), load_file(str(fresh_path)))
+    if path.suffix == ".npy":
+        a, b = np.load(path, allow_pickle=False), np.load(fresh_path, allow_pickle=False)
+        same = a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+        return [] if same else [f"differs from the regenerated array ({a.dtype}{list(a.shape)})"]
+    if path.suffix == ".png":
+        a, b = (np.asarray(Image.open(p).convert("RGB"), dtype=np.int16) for p in (path, fresh_path))
+        if a.shape != b.shape:
+            return [f"size {a.shape} vs regenerated {b.shape}"]
+        diff = int(np.max(np.abs(a - b), initial=0))
+        return [] if diff <= 1 else [f"max pixel diff {diff}"]
+    return [f"unknown file type {path.suffix}"]
+
+
+def check(generator, committed_dir):
+    """Regenerate with ``generator.main(tmp)`` and compare every generated file; returns the failure count."""
+    failures = 0
     with tempfile.TemporaryDirectory() as tmp:
-        gen_forward_golden.main(tmp)
-        fresh_files = sorted(p.name for p in pathlib.Path(tmp).glob("*.safetensors"))
-        failures = 0
-        for name in fresh_files:
-            path = committed_dir / name
+        generator.main(tmp)
+        for fresh in sorted(pathlib.Path(tmp).iterdir()):
+            path = committed_dir / fresh.name
+            label = f"{committed_dir.name}/{fresh.name}"
             if not path.exists():
-                print(f"FAIL {name}: missing from {committed_dir}")
+                print(f"FAIL {label}: missing from {committed_dir}")
                 failures += 1
                 continue
-            problems = compare(load_file(str(path)), load_file(f"{tmp}/{name}"))
+            problems = compare_file(path, fresh)
             for problem in problems:
-                print(f"FAIL {name}: {problem}")
+                print(f"FAIL {label}: {problem}")
             failures += bool(problems)
             if not problems:
-                print(f"ok   {name}")
+                print(f"ok   {label}")
+    return failures
+
+
+def main():
+    """Compare every golden file; print a summary and return the exit status."""
+    failures = check(gen_forward_golden, gen_forward_golden.DEFAULT_OUT)
+    failures += check(gen_digits_golden, gen_digits_golden.DEFAULT_OUT)
     return 1 if failures else 0
 
 
