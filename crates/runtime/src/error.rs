@@ -79,6 +79,9 @@ pub enum RuntimeError {
     /// Tensor shapes that do not fit together.
     #[error("shape mismatch: {0}")]
     Shape(String),
+    /// A Triton Inference Server request failed or the served model does not fit (names the server).
+    #[error("Triton server {url}: {message}")]
+    Triton { url: String, message: String },
     /// PNG encoding failed.
     #[error("{}: PNG encoding failed: {message}", path.display())]
     Png { path: PathBuf, message: String },

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use ndarray::{Array4, Axis};
-use pixeldit_runtime::backend::{self, BackendKind, Device, LoadOptions, Selection};
+use pixeldit_runtime::backend::{self, Backend, BackendKind, Device, LoadOptions, Selection};
 use pixeldit_runtime::model::ModelInfo;
 use pixeldit_runtime::{bench, io, sampler, RuntimeError};
 use std::path::{Path, PathBuf};
@@ -87,8 +87,9 @@ impl BackendArgs {
 
 #[derive(Args)]
 struct SampleArgs {
-    /// Exported model (.onnx with pixeldit.metadata).
-    #[arg(required = true)]
+    /// Exported model (.onnx with pixeldit.metadata). With --triton it is optional and only supplies the
+    /// metadata (default: the server's model configuration).
+    #[arg(required_unless_present = "triton")]
     model: Option<PathBuf>,
     /// Class label of every image.
     #[arg(long, conflicts_with = "classes")]
@@ -132,6 +133,17 @@ struct SampleArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+    /// Run the forward passes on a Triton Inference Server, e.g. http://127.0.0.1:8000 (KServe v2 HTTP with
+    /// binary tensors), with the same samplers; a model written by `pixeldit-export --triton-repo` carries its
+    /// metadata in the server's model configuration. --backend/--device do not apply.
+    #[arg(long, value_name = "URL", requires = "triton_model")]
+    triton: Option<String>,
+    /// Model name on the Triton server (with --triton).
+    #[arg(long = "model", id = "triton_model", value_name = "NAME", requires = "triton")]
+    triton_model: Option<String>,
+    /// Model version on the Triton server (default: the server's version policy).
+    #[arg(long, value_name = "V", requires = "triton")]
+    triton_version: Option<String>,
     #[command(flatten)]
     backend: BackendArgs,
 }
@@ -201,9 +213,12 @@ fn parse_interval(s: &str) -> Result<(f64, f64)> {
 }
 
 fn run_sample(a: &SampleArgs) -> Result<()> {
-    let model = a.model.as_deref().context("a model file is required")?;
-    let info = ModelInfo::read(model)?;
-    let meta = info.pixeldit_metadata()?;
+    let remote = connect_triton(a)?;
+    let meta = match (&remote, a.model.as_deref()) {
+        (_, Some(model)) => ModelInfo::read(model)?.pixeldit_metadata()?,
+        (Some((_, Some(m))), None) => m.clone(),
+        _ => bail!("a model file is required"),
+    };
     let cfg_m = &meta.config;
 
     // Labels.
@@ -288,8 +303,18 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
     }
 
     let opts = a.backend.options(meta.precision)?;
-    let mut sel = backend::load(model, &opts)?;
-    report_selection(&sel);
+    let mut runner: Box<dyn Backend> = match remote {
+        Some((r, _)) => {
+            eprintln!("pixeldit-run: using triton ({})", r.provider());
+            r
+        }
+        None => {
+            let model = a.model.as_deref().context("a model file is required")?;
+            let sel = backend::load(model, &opts)?;
+            report_selection(&sel);
+            sel.backend
+        }
+    };
 
     let bar = if a.quiet {
         ProgressBar::hidden()
@@ -305,7 +330,7 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let start = Instant::now();
-    let backend = &mut sel.backend;
+    let backend = &mut runner;
     let x = sampler::sample(
         &mut |x, t, y| backend.run(x, t, y),
         noise,
@@ -345,8 +370,8 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
     let fwd_batch = if scfg.cfg_scale == 1.0 { k } else { 2 * k };
     println!(
         "backend {} | provider {} | precision {} | {} {} steps, cfg {} | {:.1} ms/step ({} forwards of batch {}, {:.2} s total)",
-        sel.backend.name(),
-        sel.backend.provider(),
+        runner.name(),
+        runner.provider(),
         meta.precision,
         scfg.kind,
         scfg.steps,
@@ -357,6 +382,35 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
         elapsed
     );
     Ok(())
+}
+
+/// `--triton URL --model NAME`: the remote backend, and the model's metadata from the server's configuration when
+/// no local model file is given.
+type Remote = (Box<dyn Backend>, Option<pixeldit_spec::ModelMetadata>);
+
+#[cfg(feature = "triton")]
+fn connect_triton(a: &SampleArgs) -> Result<Option<Remote>> {
+    let (Some(url), Some(name)) = (&a.triton, &a.triton_model) else {
+        return Ok(None);
+    };
+    let opts = backend::triton::TritonOptions {
+        version: a.triton_version.clone(),
+        ..Default::default()
+    };
+    let r = backend::triton::TritonBackend::connect(url, name, &opts)?;
+    let meta = match a.model {
+        Some(_) => None,
+        None => Some(r.metadata()?.clone()),
+    };
+    Ok(Some((Box::new(r), meta)))
+}
+
+#[cfg(not(feature = "triton"))]
+fn connect_triton(a: &SampleArgs) -> Result<Option<Remote>> {
+    if a.triton.is_some() {
+        return Err(RuntimeError::FeatureDisabled("triton").into());
+    }
+    Ok(None)
 }
 
 fn run_bench(a: &BenchArgs) -> Result<()> {

@@ -4,6 +4,8 @@
 pub mod ort;
 #[cfg(feature = "tract")]
 pub mod tract;
+#[cfg(feature = "triton")]
+pub mod triton;
 
 use crate::error::{Result, RuntimeError};
 use crate::model::ModelInfo;
