@@ -7,5 +7,8 @@ mod util;
 
 mod cli;
 mod custom_op;
+mod digits;
 mod exported;
 mod lowp;
+#[cfg(feature = "triton")]
+mod triton;
