@@ -20,6 +20,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod checkpoint;
 mod error;
 pub mod model;
 pub mod nn;
@@ -102,7 +103,7 @@ pub struct ExportReport {
 pub fn load_weights(opts: &ExportOptions) -> Result<(Weights, KeyReport)> {
     let shapes = opts.config.parameter_shapes();
     let weights = match &opts.weights {
-        WeightsSpec::Checkpoint(p) => Weights::from_safetensors(p)?,
+        WeightsSpec::Checkpoint(p) => Weights::from_checkpoint(p)?,
         WeightsSpec::RandomInit { seed } => Weights::random(&shapes, *seed),
     };
     let keys = weights.check(&shapes)?;

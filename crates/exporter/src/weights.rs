@@ -1,10 +1,12 @@
-//! Model weights: official checkpoints (safetensors, memory-mapped) or deterministic random init.
+//! Model weights: official checkpoints (safetensors or `torch.save` archives, memory-mapped; see
+//! [`crate::checkpoint`]) or deterministic random init.
 //!
 //! Keys are the official names after stripping the `ema_denoiser.` (ImageNet Lightning checkpoints) or
 //! `core.` (T2I) prefix. Training-only entries (`denoiser.*` when an EMA copy exists,
 //! `diffusion_trainer.*`, `_repa_projector.*`) are dropped. Every tensor is read lazily, one at a time,
 //! when the model is written.
 
+use crate::checkpoint::{self, torch_zip, Format};
 use crate::{ExportError, Result};
 use pixeldit_graph::{F32Source, GraphError};
 use rand::SeedableRng;
@@ -25,6 +27,10 @@ enum Entry {
         dtype: safetensors::Dtype,
         shape: Vec<usize>,
         range: (usize, usize),
+        /// Strides in elements for a non-contiguous tensor (`range.0` is element `[0, ...]`).
+        strides: Option<Vec<usize>>,
+        /// A zip record `(start, len, crc32)` verified when the tensor is read.
+        crc: Option<(usize, usize, u32)>,
     },
     Random {
         seed: u64,
@@ -57,16 +63,62 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// Opens a safetensors checkpoint (memory-mapped; nothing is read until the model is written).
-    pub fn from_safetensors(path: &Path) -> Result<Self> {
+    /// Opens a checkpoint of any supported format (detected from its first bytes): safetensors, a
+    /// `torch.save` zip archive (Lightning `.ckpt`, T2I `.pth`), memory-mapped; nothing is read
+    /// until the model is written. A legacy (pre-1.6) `torch.save` file is an error.
+    pub fn from_checkpoint(path: &Path) -> Result<Self> {
         let err = |reason: String| ExportError::Checkpoint {
             path: path.display().to_string(),
             reason,
         };
-        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-        // SAFETY: the file is opened read-only and not modified while the export runs.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(e.to_string()))?;
-        let mmap = Arc::new(mmap);
+        let mmap = Arc::new(map_file(path)?);
+        match Format::detect(&mmap[..mmap.len().min(16)]) {
+            Some(Format::Safetensors) => Self::from_mapped_safetensors(path, mmap),
+            Some(Format::TorchZip) => {
+                let ck = torch_zip::open(&mmap).map_err(|e| err(format!("torch.save archive: {e}")))?;
+                let raw = ck
+                    .tensors
+                    .into_iter()
+                    .map(|t| {
+                        let es = t.dtype.size();
+                        let numel: usize = t.shape.iter().product();
+                        let e = Entry::Mapped {
+                            file: mmap.clone(),
+                            dtype: checkpoint::safetensors_dtype(t.dtype),
+                            shape: t.shape,
+                            range: (t.start, t.start + numel * es),
+                            strides: t.strides,
+                            crc: Some((t.record.data_start, t.record.size, t.record.crc32)),
+                        };
+                        (t.name, e)
+                    })
+                    .collect();
+                Self::from_raw(path, raw)
+            }
+            Some(Format::TorchLegacy) => Err(err(
+                "legacy torch.save format (PyTorch < 1.6, a raw pickle stream) is not supported: re-save it \
+                 with torch.save(torch.load(f, weights_only=False), f2) on PyTorch >= 1.6, or convert it to \
+                 safetensors"
+                    .into(),
+            )),
+            None => Err(err(format!(
+                "unknown checkpoint format (first bytes {:02x?}): expected safetensors or a torch.save zip \
+                 archive (.ckpt/.pth)",
+                &mmap[..mmap.len().min(8)]
+            ))),
+        }
+    }
+
+    /// Opens a safetensors checkpoint (memory-mapped; nothing is read until the model is written).
+    pub fn from_safetensors(path: &Path) -> Result<Self> {
+        Self::from_mapped_safetensors(path, Arc::new(map_file(path)?))
+    }
+
+    fn from_mapped_safetensors(path: &Path, mmap: Arc<memmap2::Mmap>) -> Result<Self> {
+        let err = |reason: String| ExportError::Checkpoint {
+            path: path.display().to_string(),
+            reason,
+        };
         let (header_len, meta) = safetensors::SafeTensors::read_metadata(&mmap)
             .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
         let base = 8 + header_len;
@@ -79,10 +131,21 @@ impl Weights {
                     dtype: info.dtype,
                     shape: info.shape.clone(),
                     range: (base + info.data_offsets.0, base + info.data_offsets.1),
+                    strides: None,
+                    crc: None,
                 };
                 (name, e)
             })
             .collect();
+        Self::from_raw(path, raw)
+    }
+
+    /// Applies the prefix rules of the official layouts to raw `(key, entry)` pairs.
+    fn from_raw(path: &Path, raw: Vec<(String, Entry)>) -> Result<Self> {
+        let err = |reason: String| ExportError::Checkpoint {
+            path: path.display().to_string(),
+            reason,
+        };
         let has_ema = raw.iter().any(|(k, _)| k.starts_with("ema_denoiser."));
         let mut entries = BTreeMap::new();
         let mut dropped = Vec::new();
@@ -122,7 +185,11 @@ impl Weights {
         let entries = shapes
             .iter()
             .map(|(k, s)| {
-                let is_norm = k.ends_with("norm.weight") || k.contains("norm1.") || k.contains("norm2.");
+                // `norm_x1.`, `q_norm_y.`: the per-stream norms of the T2I MM-DiT blocks.
+                let is_norm = k.ends_with("norm.weight")
+                    || k.contains("norm1.")
+                    || k.contains("norm2.")
+                    || k.contains("norm_");
                 let kind = if is_norm {
                     InitKind::Ones
                 } else if s.len() == 1 {
@@ -226,6 +293,28 @@ impl Weights {
     }
 }
 
+fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    let err = |reason: String| ExportError::Checkpoint {
+        path: path.display().to_string(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    // SAFETY: the file is opened read-only and not modified while the export runs.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(e.to_string()))
+}
+
+/// Drops the pages of a mapped range from this process once a tensor was read, so that the resident
+/// set stays at one tensor even for checkpoints larger than memory (the page cache keeps them).
+fn release(file: &memmap2::Mmap, start: usize, end: usize) {
+    let page = 4096;
+    let a = start / page * page;
+    if end > a {
+        // SAFETY: the mapping is read-only and file-backed; MADV_DONTNEED only drops this process's
+        // page-table entries, later reads fault the same bytes back in from the file.
+        let _ = unsafe { file.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, end - a) };
+    }
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ *b as u64).wrapping_mul(0x100000001b3)
@@ -241,9 +330,33 @@ impl F32Source for Lazy {
     fn read(&self) -> std::result::Result<Vec<f32>, GraphError> {
         match &self.entry {
             Entry::Mapped {
-                file, dtype, range, ..
+                file,
+                dtype,
+                range,
+                shape,
+                strides,
+                crc,
             } => {
-                let bytes = &file[range.0..range.1];
+                if let Some((start, len, want)) = crc {
+                    let got = torch_zip::crc32(&file[*start..*start + *len]);
+                    release(file, *start, *start + *len);
+                    if got != *want {
+                        return Err(GraphError::Tensor {
+                            name: self.key.clone(),
+                            reason: "its storage record fails the zip CRC-32 check (corrupt checkpoint)"
+                                .into(),
+                        });
+                    }
+                }
+                let gathered;
+                let bytes = match strides {
+                    None => &file[range.0..range.1],
+                    Some(st) => {
+                        let es = dtype.bitsize() / 8;
+                        gathered = torch_zip::gather_strided(file, range.0, shape, st, es);
+                        &gathered[..]
+                    }
+                };
                 let v = match dtype {
                     safetensors::Dtype::F32 => bytes
                         .chunks_exact(4)
@@ -264,6 +377,7 @@ impl F32Source for Lazy {
                         })
                     }
                 };
+                release(file, range.0, range.1);
                 Ok(v)
             }
             Entry::Random { seed, shape, kind } => {

@@ -29,6 +29,28 @@
 //! The 2D RoPE tables of PixelDiT: pair `j` uses `angle = x_pos*freq[j/2]` for even `j` and
 //! `y_pos*freq[(j-1)/2]` for odd `j`, `freq[k] = theta^(-4k/Dh)`, with `x_pos = linspace(0,16,Ws)[col]`
 //! and `y_pos = linspace(0,16,Hs)[row]` for token `row*Ws + col` (see [`rope_2d_tables`]).
+//!
+//! # `pixeldit.JointRotaryAttention` (version 1), the MM-DiT joint attention of the T2I model
+//!
+//! `JointRotaryAttention(qkv_txt, qkv_img, q_norm_txt, k_norm_txt, q_norm_img, k_norm_img, cos, sin) -> out`
+//! computes everything between the two qkv projections and the two output projections of
+//! `MMDiTJointAttention` (spec section 5.2): per-stream QK-RMSNorm, RoPE, one SDPA over the concatenation
+//! `[text; image]`, heads merged. The caller splits `out` back into text and image rows.
+//!
+//! Inputs (all `float32`), with `St` text tokens, `Si` image tokens and `S = St + Si`:
+//! * `qkv_txt` `[B, St, 3*H*Dh]`, `qkv_img` `[B, Si, 3*H*Dh]`: outputs of `attn.qkv_y` / `attn.qkv_x`, laid
+//!   out as for `RotaryAttention`;
+//! * `q_norm_txt`, `k_norm_txt` `[Dh]` (`attn.q_norm_y` / `attn.k_norm_y`), `q_norm_img`, `k_norm_img`
+//!   `[Dh]` (`attn.q_norm_x` / `attn.k_norm_x`);
+//! * `cos`, `sin` `[S, Dh/2]`: rows `0..St` are the 1D text table ([`rope_1d_tables`]), rows `St..S` the 2D
+//!   image table ([`rope_2d_tables`]).
+//!
+//! Attributes as for `RotaryAttention`: `num_heads`, `epsilon`, `scale`.
+//!
+//! Output `[B, S, H*Dh]`, rows `0..St` text, `St..S` image. Semantics: build the joint sequence
+//! `qkv[b, s] = qkv_txt[b, s]` for `s < St`, else `qkv_img[b, s - St]`; normalise q and k of text rows with
+//! the text weights and of image rows with the image weights; then exactly the `RotaryAttention`
+//! semantics above (adjacent-pair rotation with row `s` of the tables, softmax over all `S` keys, no mask).
 
 /// Domain of the op.
 pub const DOMAIN: &str = crate::CUSTOM_DOMAIN;
@@ -36,6 +58,24 @@ pub const DOMAIN: &str = crate::CUSTOM_DOMAIN;
 pub const OP_TYPE: &str = "RotaryAttention";
 /// Version of the domain.
 pub const VERSION: i64 = 1;
+/// Op type of the MM-DiT joint attention (same domain and version).
+pub const JOINT_OP_TYPE: &str = "JointRotaryAttention";
+
+/// Computes the 1D RoPE tables of the T2I text stream `(cos, sin)`, each `[len, dim/2]` row-major: pair `j` of
+/// token `p` uses `angle = p * theta^(-2j/dim)` (official `fetch_pos_text`), in f64 then cast to f32.
+pub fn rope_1d_tables(len: usize, dim: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
+    let half = dim / 2;
+    let mut cos = Vec::with_capacity(len * half);
+    let mut sin = Vec::with_capacity(len * half);
+    for p in 0..len {
+        for j in 0..half {
+            let angle = p as f64 * theta.powf(-(2.0 * j as f64) / dim as f64);
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
 
 /// Computes the 2D RoPE tables `(cos, sin)`, each `[Hs*Ws, dim/2]` row-major, in f64 then cast to f32.
 pub fn rope_2d_tables(hs: usize, ws: usize, dim: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
@@ -72,6 +112,16 @@ pub fn rope_2d_tables(hs: usize, ws: usize, dim: usize, theta: f64) -> (Vec<f32>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rope_1d_tables_follow_spec() {
+        let (cos, sin) = rope_1d_tables(3, 8, 10000.0);
+        assert_eq!(cos.len(), 3 * 4);
+        assert_eq!(sin[0], 0.0);
+        // token 2, pair 1: angle 2 * 10000^(-2/8) = 0.2
+        assert!((sin[4 + 4 + 1] - 0.2f64.sin() as f32).abs() < 1e-7);
+        assert!((cos[8 + 3] - (2.0 * 10000f64.powf(-0.75)).cos() as f32).abs() < 1e-7);
+    }
 
     #[test]
     fn rope_tables_follow_spec() {

@@ -1,4 +1,5 @@
-//! The input/output contract of an exported class-conditional PixelDiT graph.
+//! The input/output contract of an exported PixelDiT graph (class-conditional: [`c2i_io`], text-to-image:
+//! [`t2i_io`]).
 //!
 //! The exporter declares exactly these tensors, the runtime checks its feeds against them and the Triton
 //! writer derives `config.pbtxt` from them. Batch is the only dynamic axis (`-1`).
@@ -59,4 +60,57 @@ pub fn c2i_io(channels: usize, height: usize, width: usize) -> (Vec<IoTensor>, V
             doc: "predicted velocity x0 - noise",
         }],
     )
+}
+
+/// Name of the text input of a T2I graph.
+pub const TEXT_INPUT: &str = "text";
+
+/// Inputs `x`, `t`, `text` and output `v` of a T2I graph exported at `height x width` with
+/// `text_len` tokens of width `text_dim` (spec sections 4.2 and 5).
+pub fn t2i_io(
+    channels: usize,
+    height: usize,
+    width: usize,
+    text_len: usize,
+    text_dim: usize,
+) -> (Vec<IoTensor>, Vec<IoTensor>) {
+    let img = vec![-1, channels as i64, height as i64, width as i64];
+    (
+        vec![
+            IoTensor {
+                name: "x",
+                dtype: IoType::F32,
+                dims: img.clone(),
+                doc: "noisy image x_sigma = (1-sigma)*x0 + sigma*noise in [-1,1] space",
+            },
+            IoTensor {
+                name: "t",
+                dtype: IoType::F32,
+                dims: vec![-1],
+                doc: "timestep sigma*1000 (1000 = noise, 0 = data)",
+            },
+            IoTensor {
+                name: TEXT_INPUT,
+                dtype: IoType::F32,
+                dims: vec![-1, text_len as i64, text_dim as i64],
+                doc: "text-encoder hidden states (Gemma-2-2B-IT last hidden state after the final norm)",
+            },
+        ],
+        vec![IoTensor {
+            name: "v",
+            dtype: IoType::F32,
+            dims: img,
+            doc: "predicted flow velocity noise - x0",
+        }],
+    )
+}
+
+/// The graph inputs and outputs of a model config at a size (C2I or T2I).
+pub fn model_io(cfg: &crate::ModelConfig, height: usize, width: usize) -> (Vec<IoTensor>, Vec<IoTensor>) {
+    match &cfg.text {
+        Some(t) if cfg.kind == crate::ModelKind::T2i => {
+            t2i_io(cfg.in_channels, height, width, t.max_length, t.embed_dim)
+        }
+        _ => c2i_io(cfg.in_channels, height, width),
+    }
 }

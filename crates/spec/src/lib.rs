@@ -76,6 +76,17 @@ pub enum ModelKind {
     T2i,
 }
 
+/// Text conditioning of a text-to-image model (spec section 5.1, stage-3 yaml `model.extra`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextConfig {
+    /// Width of the text-encoder hidden states (`txt_embed_dim`, 2304 for Gemma-2-2B-IT).
+    pub embed_dim: usize,
+    /// Number of text tokens (`txt_max_length`, 300); the graph input is `[B, max_length, embed_dim]`.
+    pub max_length: usize,
+    /// Base of the 1D text RoPE (`text_rope_theta`).
+    pub rope_theta: f64,
+}
+
 /// Every hyper-parameter of one PixelDiT model. Field names follow the official configs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -120,12 +131,15 @@ pub struct ModelConfig {
     pub default_height: usize,
     /// Default export width.
     pub default_width: usize,
+    /// Text conditioning (text-to-image models only; absent from C2I configs and their metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextConfig>,
     /// Sampler defaults.
     pub sampler: SamplerDefaults,
 }
 
 /// Names of the presets embedded from `graphs/`.
-pub const PRESET_NAMES: &[&str] = &["tiny", "digits", "B", "L", "XL-256", "XL-512"];
+pub const PRESET_NAMES: &[&str] = &["tiny", "digits", "B", "L", "XL-256", "XL-512", "t2i", "t2i-tiny"];
 
 fn preset_json(name: &str) -> Option<&'static str> {
     Some(match name {
@@ -135,6 +149,8 @@ fn preset_json(name: &str) -> Option<&'static str> {
         "L" => include_str!("../../../graphs/L.json"),
         "XL" | "XL-256" => include_str!("../../../graphs/XL-256.json"),
         "XL-512" => include_str!("../../../graphs/XL-512.json"),
+        "t2i" => include_str!("../../../graphs/t2i.json"),
+        "t2i-tiny" => include_str!("../../../graphs/t2i-tiny.json"),
         _ => return None,
     })
 }
@@ -188,6 +204,14 @@ impl ModelConfig {
         if self.default_height % self.patch_size != 0 || self.default_width % self.patch_size != 0 {
             return bad("default size must be a multiple of the patch size".into());
         }
+        match (self.kind, &self.text) {
+            (ModelKind::T2i, None) => return bad("a t2i model needs a `text` section".into()),
+            (ModelKind::C2i, Some(_)) => return bad("a c2i model has no `text` section".into()),
+            (ModelKind::T2i, Some(t)) if t.embed_dim == 0 || t.max_length == 0 => {
+                return bad("text embed_dim and max_length must be positive".into())
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -225,13 +249,16 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Checkpoint keys and shapes of every parameter, in a stable order (spec section 3.2).
+    /// Checkpoint keys and shapes of every parameter, in a stable order (spec section 3.2 for C2I,
+    /// 3.3 for T2I).
     pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        if self.kind == ModelKind::T2i {
+            return self.t2i_parameter_shapes();
+        }
         let d = self.hidden_size;
         let c = self.in_channels;
         let p2 = self.patch_pixels();
         let dp = self.pixel_hidden_size;
-        let a = self.pixel_attn_hidden_size;
         let f = self.mlp_hidden();
         let mut v: Vec<(String, Vec<usize>)> = Vec::new();
         let mut add = |k: String, s: &[usize]| v.push((k, s.to_vec()));
@@ -262,7 +289,70 @@ impl ModelConfig {
             add(format!("{b}adaLN_modulation.0.weight"), &[6 * d, d]);
             add(format!("{b}adaLN_modulation.0.bias"), &[6 * d]);
         }
+        v.extend(self.pixel_and_final_shapes());
+        v
+    }
+
+    /// Keys and shapes of the text-to-image model (`PixDiT_T2I`, spec section 3.3, after stripping
+    /// `core.`; `_repa_projector.*` is training-only and not listed).
+    fn t2i_parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let text = self.text.as_ref().expect("validated: t2i has a text section");
+        let d = self.hidden_size;
+        let c = self.in_channels;
+        let dh = self.head_dim();
+        let f = self.mlp_hidden();
+        let mut v: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut add = |k: String, s: &[usize]| v.push((k, s.to_vec()));
+        add("s_embedder.proj.weight".into(), &[d, c * self.patch_pixels()]);
+        add("s_embedder.proj.bias".into(), &[d]);
+        add("pixel_embedder.proj.weight".into(), &[self.pixel_hidden_size, c]);
+        add("pixel_embedder.proj.bias".into(), &[self.pixel_hidden_size]);
+        add("t_embedder.mlp.0.weight".into(), &[d, self.timestep_freq_dim]);
+        add("t_embedder.mlp.0.bias".into(), &[d]);
+        add("t_embedder.mlp.2.weight".into(), &[d, d]);
+        add("t_embedder.mlp.2.bias".into(), &[d]);
+        add("y_embedder.proj.weight".into(), &[d, text.embed_dim]);
+        add("y_embedder.proj.bias".into(), &[d]);
+        add("y_embedder.norm.weight".into(), &[d]);
+        add("y_pos_embedding".into(), &[1, text.max_length, d]);
+        for i in 0..self.patch_depth {
+            let b = format!("patch_blocks.{i}.");
+            for n in ["norm_x1", "norm_y1", "norm_x2", "norm_y2"] {
+                add(format!("{b}{n}.weight"), &[d]);
+            }
+            add(format!("{b}attn.qkv_x.weight"), &[3 * d, d]);
+            add(format!("{b}attn.qkv_y.weight"), &[3 * d, d]);
+            for n in ["q_norm_x", "k_norm_x", "q_norm_y", "k_norm_y"] {
+                add(format!("{b}attn.{n}.weight"), &[dh]);
+            }
+            for s in ["x", "y"] {
+                add(format!("{b}attn.proj_{s}.weight"), &[d, d]);
+                add(format!("{b}attn.proj_{s}.bias"), &[d]);
+            }
+            for s in ["x", "y"] {
+                add(format!("{b}mlp_{s}.w1.weight"), &[f, d]);
+                add(format!("{b}mlp_{s}.w3.weight"), &[f, d]);
+                add(format!("{b}mlp_{s}.w2.weight"), &[d, f]);
+            }
+            for s in ["img", "txt"] {
+                add(format!("{b}adaLN_modulation_{s}.0.weight"), &[6 * d, d]);
+                add(format!("{b}adaLN_modulation_{s}.0.bias"), &[6 * d]);
+            }
+        }
+        v.extend(self.pixel_and_final_shapes());
+        v
+    }
+
+    /// PiT blocks and the final layer, shared by both kinds.
+    fn pixel_and_final_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let d = self.hidden_size;
+        let c = self.in_channels;
+        let p2 = self.patch_pixels();
+        let dp = self.pixel_hidden_size;
+        let a = self.pixel_attn_hidden_size;
         let hm = dp * self.pixel_mlp_ratio;
+        let mut v: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut add = |k: String, s: &[usize]| v.push((k, s.to_vec()));
         for i in 0..self.pixel_depth {
             let b = format!("pixel_blocks.{i}.");
             add(format!("{b}compress_to_attn.weight"), &[a, p2 * dp]);
@@ -428,6 +518,36 @@ mod tests {
         // section 3.2 (its "13 per patch block / 418" totals do not match its own key list; any extra
         // checkpoint key is reported as unused by the loader, not silently dropped).
         assert_eq!(ModelConfig::preset("XL").unwrap().parameter_shapes().len(), 392);
+    }
+
+    #[test]
+    fn t2i_parameter_count_matches_spec_section_1() {
+        // 1302.47M recomputed (spec section 1), without the 8.92M training-only `_repa_projector`.
+        let cfg = ModelConfig::preset("t2i").unwrap();
+        let m = cfg.parameter_count() as f64 / 1e6;
+        assert!((m - 1302.47).abs() < 0.005, "t2i {m}");
+        let shapes = cfg.parameter_shapes();
+        // 12 non-block + 14 x 24 MM-DiT + 2 x 17 PiT + 3 final, as listed key by key in spec section 3.3
+        // (its "26 each" does not match its own list; the parameter count above does).
+        assert_eq!(shapes.len(), 12 + 14 * 24 + 2 * 17 + 3);
+        let get = |k: &str| shapes.iter().find(|(n, _)| n == k).unwrap().1.clone();
+        assert_eq!(get("patch_blocks.13.attn.qkv_x.weight"), vec![4608, 1536]);
+        assert_eq!(get("patch_blocks.0.mlp_y.w2.weight"), vec![1536, 4096]);
+        assert_eq!(
+            get("patch_blocks.0.adaLN_modulation_txt.0.weight"),
+            vec![9216, 1536]
+        );
+        assert_eq!(get("pixel_blocks.1.adaLN_modulation.0.weight"), vec![24576, 1536]);
+        assert_eq!(get("pixel_blocks.0.compress_to_attn.weight"), vec![1152, 4096]);
+        assert_eq!(get("pixel_blocks.0.attn.q_norm.weight"), vec![72]);
+        assert_eq!(get("y_pos_embedding"), vec![1, 300, 1536]);
+        assert_eq!(get("y_embedder.proj.weight"), vec![1536, 2304]);
+        // C2I configs serialize without a `text` field (metadata of existing exports is unchanged).
+        let c2i = ModelConfig::preset("tiny").unwrap();
+        assert!(!serde_json::to_string(&c2i).unwrap().contains("\"text\""));
+        let mut bad = c2i.clone();
+        bad.kind = ModelKind::T2i;
+        assert!(bad.validate().is_err());
     }
 
     #[test]
