@@ -21,6 +21,7 @@ use ort::session::Session;
 use ort::value::{Shape, SymbolicDimensions, TensorElementType, TensorRef, ValueType};
 use pixeldit_spec::Precision;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// File name of the ONNX Runtime library this crate is built against (`api-31`).
@@ -455,6 +456,9 @@ impl Backend for OrtBackend {
     }
 }
 
+/// Counter for the names of unknown dims in [`RotaryAttentionOp`]'s shape inference.
+static UNKNOWN_DIMS: AtomicUsize = AtomicUsize::new(0);
+
 /// `pixeldit.RotaryAttention` for ONNX Runtime (CPU kernel; with CUDA/TensorRT it runs on the host).
 struct RotaryAttentionOp;
 
@@ -483,12 +487,16 @@ impl Operator for RotaryAttentionOp {
         {
             if shape.len() == 3 {
                 let w = if shape[2] > 0 { shape[2] / 3 } else { -1 };
+                // An unknown dim without a symbol would reach ONNX Runtime as the value -1, which its Reshape
+                // inference then multiplies into bogus negative dims (seen on graphs with extra outputs): name it.
+                let symbol = |i: usize| match dimension_symbols.get(i) {
+                    Some(s) if !s.is_empty() || shape[i] >= 0 => s.clone(),
+                    _ => format!("pixeldit_unk_{}", UNKNOWN_DIMS.fetch_add(1, Ordering::Relaxed)),
+                };
                 let out = ValueType::Tensor {
                     ty: TensorElementType::Float32,
                     shape: Shape::new([shape[0], shape[1], w]),
-                    dimension_symbols: SymbolicDimensions::new(
-                        dimension_symbols.iter().take(2).cloned().chain([String::new()]),
-                    ),
+                    dimension_symbols: SymbolicDimensions::new([symbol(0), symbol(1), String::new()]),
                 };
                 return ctx.set_output(0, &out);
             }
