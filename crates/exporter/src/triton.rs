@@ -169,6 +169,44 @@ impl Default for TritonOptions {
     }
 }
 
+impl TritonOptions {
+    /// Checks the options on their own (the exporter does this before writing anything).
+    pub fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(ExportError::Unsupported(m));
+        if let Some(name) = &self.model_name {
+            check_model_name(name)?;
+        }
+        if self.instance_count == 0 {
+            return bad("Triton instance count must be at least 1".into());
+        }
+        if let Some(sizes) = &self.preferred_batch_sizes {
+            if self.max_batch_size == 0 {
+                return bad(
+                    "dynamic batching needs --max-batch-size > 0 (or pass --no-dynamic-batching)".into(),
+                );
+            }
+            if let Some(s) = sizes.iter().find(|&&s| s == 0 || s > self.max_batch_size) {
+                return bad(format!(
+                    "preferred batch size {s} is outside 1..={} (--max-batch-size)",
+                    self.max_batch_size
+                ));
+            }
+        }
+        if self.platform == Platform::TensorRtPlan && self.kind() != InstanceKind::Gpu {
+            return bad("TensorRT plans run on GPUs only: use --instance-kind gpu".into());
+        }
+        Ok(())
+    }
+
+    /// `instance_group.kind`: the given one, else `KIND_AUTO` for onnxruntime and `KIND_GPU` for TensorRT plans.
+    pub fn kind(&self) -> InstanceKind {
+        self.instance_kind.unwrap_or(match self.platform {
+            Platform::OnnxRuntime => InstanceKind::Auto,
+            Platform::TensorRtPlan => InstanceKind::Gpu,
+        })
+    }
+}
+
 /// `pixeldit_<preset>` with every character outside `[A-Za-z0-9_]` replaced by `_`, lower-cased
 /// (`XL-256` -> `pixeldit_xl_256`).
 pub fn default_model_name(preset: &str) -> String {
@@ -367,37 +405,14 @@ impl TritonModelConfig {
     /// contract [`c2i_io`].
     pub fn from_metadata(meta: &ModelMetadata, name: &str, opts: &TritonOptions) -> Result<Self> {
         check_model_name(name)?;
-        let bad = |m: String| Err(ExportError::Unsupported(m));
-        if opts.instance_count == 0 {
-            return bad("Triton instance count must be at least 1".into());
-        }
-        let dynamic_batching = match &opts.preferred_batch_sizes {
-            Some(sizes) => {
-                if opts.max_batch_size == 0 {
-                    return bad(
-                        "dynamic batching needs --max-batch-size > 0 (or pass --no-dynamic-batching)".into(),
-                    );
-                }
-                if let Some(s) = sizes.iter().find(|&&s| s == 0 || s > opts.max_batch_size) {
-                    return bad(format!(
-                        "preferred batch size {s} is outside 1..={} (--max-batch-size)",
-                        opts.max_batch_size
-                    ));
-                }
-                let mut sizes = sizes.clone();
-                sizes.sort_unstable();
-                sizes.dedup();
-                Some((sizes, opts.max_queue_delay_us))
-            }
-            None => None,
-        };
-        let kind = opts.instance_kind.unwrap_or(match opts.platform {
-            Platform::OnnxRuntime => InstanceKind::Auto,
-            Platform::TensorRtPlan => InstanceKind::Gpu,
+        opts.check()?;
+        let dynamic_batching = opts.preferred_batch_sizes.as_ref().map(|sizes| {
+            let mut sizes = sizes.clone();
+            sizes.sort_unstable();
+            sizes.dedup();
+            (sizes, opts.max_queue_delay_us)
         });
-        if opts.platform == Platform::TensorRtPlan && kind != InstanceKind::Gpu {
-            return bad("TensorRT plans run on GPUs only: use --triton-instance-kind gpu".into());
-        }
+        let kind = opts.kind();
         let trt_accelerator =
             (opts.platform == Platform::OnnxRuntime && opts.tensorrt_accelerator).then(|| TrtAccelerator {
                 parameters: vec![

@@ -105,13 +105,14 @@ impl TritonArgs {
             .model_name
             .clone()
             .unwrap_or_else(|| triton::default_model_name(&export.config.name));
-        triton::check_model_name(&name)?;
+        let opts = TritonOptions {
+            model_name: Some(name),
+            ..opts
+        };
+        opts.check()?;
         Ok(Some(TritonPlan {
             repo: repo.clone(),
-            opts: TritonOptions {
-                model_name: Some(name),
-                ..opts
-            },
+            opts,
         }))
     }
 }

@@ -1,0 +1,217 @@
+//! `pixeldit-export --triton-repo`: the written repository validates (Rust semantics check, and Triton's own
+//! ModelConfig schema through `tools/triton/check_config.py` when the Triton test venv exists), broken
+//! repositories give clear errors, and the custom-op attention is refused for Triton unless forced.
+//! Serving the repository with a real tritonserver is tested in `crates/runtime/tests/triton.rs`.
+
+use pixeldit_exporter::triton::{validate_repository, CONFIG_FILE};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn export(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_pixeldit-export"))
+        .args(["--preset", "tiny", "--random-init", "-q"])
+        .args(args)
+        .output()
+        .unwrap();
+    eprintln!(
+        "--- pixeldit-export {args:?}: {:?}\n{}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The Triton venv's Python, or None (a skip, unless PIXELDIT_REQUIRE_TRITON is set).
+fn triton_python() -> Option<PathBuf> {
+    let venv = std::env::var_os("PIXELDIT_TRITON_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".cache/triton-venv"));
+    let p = venv.join("bin/python");
+    if p.exists() && venv.join("triton.env").exists() {
+        return Some(p);
+    }
+    assert!(
+        !std::env::var("PIXELDIT_REQUIRE_TRITON").is_ok_and(|v| !v.is_empty() && v != "0"),
+        "PIXELDIT_REQUIRE_TRITON set but the Triton venv {} is missing (run tools/triton/setup.sh)",
+        venv.display()
+    );
+    eprintln!(
+        "schema check skipped: no Triton venv at {} (run tools/triton/setup.sh)",
+        venv.display()
+    );
+    None
+}
+
+fn schema_check(repo: &Path) {
+    if let Some(py) = triton_python() {
+        let out = Command::new(py)
+            .arg(root().join("tools/triton/check_config.py"))
+            .arg(repo)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{text}");
+        assert!(out.status.success(), "schema check failed:\n{text}");
+        assert!(text.starts_with("OK "), "{text}");
+    }
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let t = std::fs::read_to_string(path).unwrap();
+    assert!(t.contains(from), "{from:?} not in {}", path.display());
+    std::fs::write(path, t.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn onnxruntime_repository() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = d.path().join("models");
+    let out = export(&["--triton-repo", repo.to_str().unwrap(), "--max-batch-size", "8"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("attention decomposed"),
+        "Triton default attention: {stdout}"
+    );
+    let model = repo.join("pixeldit_tiny");
+    assert!(model.join("1/model.onnx").is_file());
+    let cfg = std::fs::read_to_string(model.join(CONFIG_FILE)).unwrap();
+    for want in [
+        "platform: \"onnxruntime_onnx\"",
+        "max_batch_size: 8",
+        "preferred_batch_size: [ 4, 8 ]",
+        "value: \"FP32\"",
+        "\\\"attention\\\":\\\"decomposed\\\"",
+    ] {
+        assert!(cfg.contains(want), "{want} not in\n{cfg}");
+    }
+    let models = validate_repository(&repo).unwrap();
+    assert_eq!(models.len(), 1);
+    assert_eq!(
+        (models[0].name.as_str(), models[0].max_batch_size),
+        ("pixeldit_tiny", 8)
+    );
+    schema_check(&repo);
+
+    // The same inputs give the same repository bytes.
+    let repo2 = d.path().join("models2");
+    assert!(
+        export(&["--triton-repo", repo2.to_str().unwrap(), "--max-batch-size", "8"])
+            .status
+            .success()
+    );
+    for f in ["config.pbtxt", "1/model.onnx", "README.txt"] {
+        assert_eq!(
+            std::fs::read(model.join(f)).unwrap(),
+            std::fs::read(repo2.join("pixeldit_tiny").join(f)).unwrap(),
+            "{f} differs between two identical exports"
+        );
+    }
+
+    // Broken copies: wrong dims, then a missing version folder.
+    edit(&model.join(CONFIG_FILE), "dims: [ 3, 32, 32 ]", "dims: [ 3, 32 ]");
+    let e = validate_repository(&repo).unwrap_err().to_string();
+    eprintln!("{e}");
+    assert!(
+        e.contains("pixeldit_tiny: 'x' has dims [3, 32] but the model exported at 32x32 takes [3, 32, 32]"),
+        "{e}"
+    );
+    std::fs::rename(model.join("1"), model.join("v1")).unwrap();
+    let e = validate_repository(&repo).unwrap_err().to_string();
+    eprintln!("{e}");
+    assert!(e.contains("no version folder"), "{e}");
+}
+
+#[test]
+fn tensorrt_plan_repository() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = d.path().join("models");
+    let out = export(&[
+        "--triton-repo",
+        repo.to_str().unwrap(),
+        "--triton-platform",
+        "tensorrt_plan",
+        "--precision",
+        "fp16",
+        "--model-name",
+        "tiny_trt",
+    ]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("trtexec --onnx=model.onnx --saveEngine=1/model.plan"),
+        "{stdout}"
+    );
+    let model = repo.join("tiny_trt");
+    assert!(model.join("model.onnx").is_file() && model.join("1").is_dir());
+    let cfg = std::fs::read_to_string(model.join(CONFIG_FILE)).unwrap();
+    assert!(cfg.contains("platform: \"tensorrt_plan\"") && cfg.contains("kind: KIND_GPU"));
+    schema_check(&repo);
+    // Until the plan is built on the GPU the repository is not deployable, and says how to fix it.
+    let e = validate_repository(&repo).unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "1/model.plan is missing: build it on the target GPU with the trtexec command in README.txt"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn triton_option_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = d.path().join("models");
+    let r = repo.to_str().unwrap();
+    let fails = |args: &[&str], want: &str| {
+        let out = export(args);
+        assert!(!out.status.success());
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(e.contains(want), "{want} not in {e}");
+    };
+    fails(
+        &["--triton-repo", r, "--attention", "custom"],
+        "pixeldit.RotaryAttention custom op, which Triton's onnxruntime backend cannot run",
+    );
+    fails(
+        &[
+            "--triton-repo",
+            r,
+            "--max-batch-size",
+            "4",
+            "--preferred-batch-size",
+            "8",
+        ],
+        "preferred batch size 8",
+    );
+    fails(
+        &["--triton-repo", r, "--model-name", "a/b"],
+        "Triton model name 'a/b'",
+    );
+    fails(&["--triton-repo", r, "-o", "x.onnx"], "cannot be used with");
+    assert!(
+        !repo.join("pixeldit_tiny").exists(),
+        "nothing written on option errors"
+    );
+    // Forced: written, with the custom op (for servers that load a kernel for it).
+    let out = export(&[
+        "--triton-repo",
+        r,
+        "--attention",
+        "custom",
+        "--triton-allow-custom-op",
+    ]);
+    assert!(out.status.success());
+    validate_repository(&repo).unwrap();
+}
