@@ -1,0 +1,416 @@
+//! Golden images of the embedded default model (`graphs/digits.*`): every variant that the exporter can write is
+//! exported from the committed weights, sampled on every available backend (tract, ONNX Runtime CPU; CUDA and
+//! TensorRT only when present) with the golden noise and the model's default sampler settings, and its ten
+//! images (classes 0-9) are compared by PSNR with the Python reference images in `tests/golden/digits/` (made by
+//! `reference/gen_digits_golden.py`; thresholds and measurements in that folder's README). The structure of each
+//! exported variant is pinned by an insta snapshot of the graph dump.
+
+use crate::util::*;
+use ndarray::{Array4, ArrayView1, ArrayView4, Axis};
+use pixeldit_exporter::{build_graph, export_to_file, load_weights, ExportOptions, WeightsSpec};
+use pixeldit_runtime::backend::{self, Candidate, LoadOptions};
+use pixeldit_runtime::io;
+use pixeldit_runtime::model::ModelInfo;
+use pixeldit_runtime::sampler::{self, SamplerConfig};
+use pixeldit_spec::{ModelConfig, Precision};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// The golden data: noise, labels, time grid, CFG flags, raw final x and the decoded reference images.
+pub struct DigitsGolden {
+    pub noise: Array4<f32>,
+    pub classes: Vec<i64>,
+    pub timesteps: Vec<f64>,
+    pub guided: Vec<i64>,
+    pub x: Vec<f32>,
+    /// RGB8 of `class_<c>.png`, one per class, 32 x 32.
+    pub images: Vec<Vec<u8>>,
+}
+
+pub fn golden_dir() -> PathBuf {
+    workspace().join("tests").join("golden").join("digits")
+}
+
+pub fn checkpoint() -> PathBuf {
+    workspace().join("graphs").join("digits.safetensors")
+}
+
+fn decode_png(path: &Path) -> (Vec<u8>, usize, usize) {
+    let dec = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    ));
+    let mut reader = dec.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(
+        (info.color_type, info.bit_depth),
+        (png::ColorType::Rgb, png::BitDepth::Eight),
+        "{}: expected 8-bit RGB",
+        path.display()
+    );
+    buf.truncate(info.buffer_size());
+    (buf, info.width as usize, info.height as usize)
+}
+
+pub fn golden() -> &'static DigitsGolden {
+    static G: OnceLock<DigitsGolden> = OnceLock::new();
+    G.get_or_init(|| {
+        let bytes =
+            std::fs::read(golden_dir().join("digits_golden.safetensors")).expect("golden digits file");
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let raw = |k: &str| st.tensor(k).unwrap().data().to_vec();
+        let f32s = |k: &str| -> Vec<f32> {
+            raw(k)
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let i64s = |k: &str| -> Vec<i64> {
+            raw(k)
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let classes = i64s("classes");
+        let images = classes
+            .iter()
+            .map(|c| {
+                let (rgb, w, h) = decode_png(&golden_dir().join(format!("class_{c}.png")));
+                assert_eq!((w, h), (32, 32));
+                rgb
+            })
+            .collect();
+        DigitsGolden {
+            noise: Array4::from_shape_vec([classes.len(), 3, 32, 32], f32s("noise")).unwrap(),
+            timesteps: raw("timesteps")
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            guided: i64s("guided"),
+            x: f32s("x"),
+            classes,
+            images,
+        }
+    })
+}
+
+/// PSNR in dB of two RGB8 buffers (peak 255); infinite when they are identical.
+pub fn psnr_u8(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let se: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&p, &q)| (f64::from(p) - f64::from(q)).powi(2))
+        .sum();
+    let mse = se / a.len() as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0f64 * 255.0 / mse).log10()
+    }
+}
+
+/// A variant of the digits model and the smallest PSNR against the golden images that it must reach (all ten
+/// images together, peak 255; measurements and reasons in `tests/golden/digits/README.md`).
+#[derive(Debug, Clone, Copy)]
+pub struct Variant {
+    pub precision: Precision,
+    pub min_psnr_db: f64,
+}
+
+pub const FP32: Variant = Variant {
+    precision: Precision::Fp32,
+    min_psnr_db: 60.0,
+};
+pub const FP16: Variant = Variant {
+    precision: Precision::Fp16,
+    min_psnr_db: 50.0,
+};
+pub const BF16: Variant = Variant {
+    precision: Precision::Bf16,
+    min_psnr_db: 40.0,
+};
+
+/// Exports `variant` of the digits model from `weights` into `dir`.
+pub fn export_variant(dir: &Path, variant: &Variant, weights: &Path) -> PathBuf {
+    let mut opts = ExportOptions::new(
+        ModelConfig::preset("digits").unwrap(),
+        WeightsSpec::Checkpoint(weights.to_path_buf()),
+    );
+    opts.precision = variant.precision;
+    let path = dir.join(format!("digits_{}.onnx", variant.precision));
+    export_to_file(&opts, &path).unwrap_or_else(|e| panic!("export digits {}: {e}", variant.precision));
+    path
+}
+
+/// What one golden run measured.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub variant: String,
+    pub backend: String,
+    /// PSNR of all ten images against the golden images (dB, peak 255).
+    pub psnr_db: f64,
+    /// The worst single image: (class, PSNR).
+    pub worst: (i64, f64),
+    /// Relative L2 error of the raw final x against the golden raw x.
+    pub rel_l2: f64,
+    pub ms_per_step: f64,
+}
+
+impl std::fmt::Display for Measured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "digits {} on {}: PSNR {:.2} dB (worst class {}: {:.2} dB), raw rel L2 {:.2e}, {:.1} ms/step",
+            self.variant,
+            self.backend,
+            self.psnr_db,
+            self.worst.0,
+            self.worst.1,
+            self.rel_l2,
+            self.ms_per_step
+        )
+    }
+}
+
+/// Samples `model` on `candidate` with the golden noise and the model's own sampler defaults, and compares the
+/// images with the golden ones. `Err` names the variant, the backend and the PSNR when it is below `min_psnr_db`
+/// (or says why the model could not run).
+pub fn golden_check(
+    model: &Path,
+    variant: &str,
+    candidate: Candidate,
+    opts: &LoadOptions,
+    min_psnr_db: f64,
+) -> Result<Measured, String> {
+    let g = golden();
+    let fail = |what: String| format!("digits {variant} on {candidate}: {what}");
+    let meta = ModelInfo::read(model)
+        .and_then(|i| i.pixeldit_metadata())
+        .map_err(|e| fail(e.to_string()))?;
+    let scfg = SamplerConfig::from_defaults(&meta.sampler).map_err(|e| fail(e.to_string()))?;
+    let mut b =
+        backend::load_candidate(model, candidate, opts, false).map_err(|e| fail(format!("load: {e}")))?;
+    let start = Instant::now();
+    let mut f = |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| b.run(x, t, y);
+    let x = sampler::sample(
+        &mut f,
+        g.noise.clone(),
+        &g.classes,
+        meta.config.null_class(),
+        &scfg,
+        &mut |_| {},
+    )
+    .map_err(|e| fail(format!("sampling: {e}")))?;
+    let ms_per_step = start.elapsed().as_secs_f64() * 1e3 / scfg.steps as f64;
+    let images: Vec<Vec<u8>> = x.axis_iter(Axis(0)).map(io::image_rgb8).collect();
+    let all: Vec<u8> = images.concat();
+    let psnr_db = psnr_u8(&all, &g.images.concat());
+    let worst = g
+        .classes
+        .iter()
+        .zip(images.iter().zip(&g.images))
+        .map(|(&c, (a, b))| (c, psnr_u8(a, b)))
+        .fold(
+            (g.classes[0], f64::INFINITY),
+            |w, p| if p.1 < w.1 { p } else { w },
+        );
+    let m = Measured {
+        variant: variant.to_string(),
+        backend: candidate.to_string(),
+        psnr_db,
+        worst,
+        rel_l2: rel_l2(x.as_slice().unwrap(), &g.x),
+        ms_per_step,
+    };
+    eprintln!("{m}");
+    if psnr_db.is_nan() || psnr_db < min_psnr_db {
+        return Err(format!(
+            "digits {variant} on {candidate}: PSNR {psnr_db:.2} dB against the golden images is below the \
+             {min_psnr_db} dB threshold (worst class {}: {:.2} dB)",
+            worst.0, worst.1
+        ));
+    }
+    Ok(m)
+}
+
+/// The backends to run: tract; ONNX Runtime CPU when a library is available; ONNX Runtime CUDA and TensorRT only
+/// when the library has them and an NVIDIA GPU is visible (never required).
+pub fn golden_backends(test: &str) -> Vec<(Candidate, LoadOptions)> {
+    use backend::ort::OrtProvider;
+    let mut v = vec![(Candidate::Tract, LoadOptions::default())];
+    let Some(lib) = need_ort(test) else {
+        return v;
+    };
+    let opts = LoadOptions::default().with_ort_lib(Some(lib));
+    v.push((Candidate::Ort(OrtProvider::Cpu), opts.clone()));
+    if backend::nvidia_gpu_present() {
+        for p in [OrtProvider::Cuda, OrtProvider::TensorRt] {
+            if backend::ort::provider_compiled_in(p).unwrap_or(false) {
+                v.push((Candidate::Ort(p), opts.clone()));
+            } else {
+                eprintln!(
+                    "{test}: {} is not in this ONNX Runtime library, skipped",
+                    p.ep_name()
+                );
+            }
+        }
+    }
+    v
+}
+
+/// Known gaps of a backend: a (variant, backend) pair listed here is skipped when the model does not load there
+/// (it is checked like any other when it does).
+fn known_gap(precision: Precision, c: Candidate) -> Option<&'static str> {
+    match (precision, c) {
+        (Precision::Bf16, Candidate::Ort(backend::ort::OrtProvider::Cpu)) => {
+            Some("ONNX Runtime's CPU provider has no bf16 Gemm/MatMul kernels")
+        }
+        _ => None,
+    }
+}
+
+/// Exports `variant` and runs the golden check on every backend; panics with every failure.
+fn check_variant(variant: Variant) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = export_variant(dir.path(), &variant, &checkpoint());
+    let name = variant.precision.to_string();
+    let mut failures = Vec::new();
+    for (c, opts) in golden_backends(&format!("golden_digits_{name}")) {
+        if let Some(why) = known_gap(variant.precision, c) {
+            if let Err(e) = backend::load_candidate(&model, c, &opts, false) {
+                eprintln!(
+                    "digits {name} on {c}: skipped ({why}: {})",
+                    backend::short_reason(&e)
+                );
+                continue;
+            }
+        }
+        match golden_check(&model, &name, c, &opts, variant.min_psnr_db) {
+            Ok(m) if variant.precision == Precision::Fp32 => {
+                // fp32 must also reproduce the raw reference x, not only the rounded images.
+                if m.rel_l2 >= 1e-4 {
+                    failures.push(format!("{m}: raw relative L2 {:.2e} >= 1e-4", m.rel_l2));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn digits_golden_matches_the_model_defaults() {
+    // The golden files were made with the model's default sampler settings: same grid and CFG decisions.
+    let g = golden();
+    assert_eq!(g.classes, (0..10).collect::<Vec<i64>>());
+    let cfg = ModelConfig::preset("digits").unwrap();
+    let s = SamplerConfig::from_defaults(&cfg.sampler).unwrap();
+    let grid = sampler::time_grid(s.steps, s.shift);
+    assert_eq!(grid, g.timesteps, "time grid");
+    let guided: Vec<i64> = grid[..s.steps]
+        .iter()
+        .map(|&t| i64::from(sampler::guidance_active(t, s.interval)))
+        .collect();
+    assert_eq!(guided, g.guided, "CFG decisions");
+    // The PNGs are the official fp2uint8 of the raw x (the runtime's own conversion).
+    let x = Array4::from_shape_vec([10, 3, 32, 32], g.x.clone()).unwrap();
+    for (img, gold) in x.axis_iter(Axis(0)).zip(&g.images) {
+        assert_eq!(&io::image_rgb8(img), gold);
+    }
+}
+
+#[test]
+fn golden_digits_fp32() {
+    check_variant(FP32);
+}
+
+#[test]
+fn golden_digits_fp16() {
+    check_variant(FP16);
+}
+
+#[test]
+fn golden_digits_bf16() {
+    check_variant(BF16);
+}
+
+/// Writes a copy of the digits checkpoint with one tensor multiplied by `factor`.
+fn corrupted_checkpoint(dir: &Path, key: &str, factor: f32) -> PathBuf {
+    let bytes = std::fs::read(checkpoint()).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut found = false;
+    for (name, view) in st.tensors() {
+        let mut data = view.data().to_vec();
+        if name.ends_with(key) {
+            assert_eq!(view.dtype(), safetensors::Dtype::F32);
+            for c in data.chunks_exact_mut(4) {
+                let v = f32::from_le_bytes(c.try_into().unwrap()) * factor;
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+            found = true;
+        }
+        tensors.push((name, view.dtype(), view.shape().to_vec(), data));
+    }
+    assert!(found, "{key} not in the digits checkpoint");
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let path = dir.join("digits_corrupted.safetensors");
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    path
+}
+
+#[test]
+fn corrupted_variant_fails_its_golden_check() {
+    // One weight tensor scaled by 1.5: a plausible export bug (a wrong scale on one layer). Every backend must
+    // reject it, and the message must say which variant, which backend and what PSNR.
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = corrupted_checkpoint(dir.path(), "patch_blocks.2.attn.proj.weight", 1.5);
+    let model = export_variant(dir.path(), &FP32, &ckpt);
+    let variant = "fp32-corrupted";
+    for (c, opts) in golden_backends("corrupted_variant_fails_its_golden_check") {
+        let err = golden_check(&model, variant, c, &opts, FP32.min_psnr_db)
+            .expect_err("a corrupted model must fail its golden check");
+        eprintln!("expected failure: {err}");
+        assert!(err.contains(variant), "no variant in: {err}");
+        assert!(err.contains(&c.to_string()), "no backend in: {err}");
+        assert!(err.contains("PSNR") && err.contains(" dB"), "no PSNR in: {err}");
+        let psnr: f64 = err
+            .split("PSNR ")
+            .nth(1)
+            .and_then(|s| s.split(" dB").next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no PSNR value in: {err}"));
+        assert!(psnr < FP32.min_psnr_db, "{err}");
+    }
+}
+
+fn dump(precision: Precision) -> String {
+    let mut opts = ExportOptions::new(
+        ModelConfig::preset("digits").unwrap(),
+        WeightsSpec::Checkpoint(checkpoint()),
+    );
+    opts.precision = precision;
+    let (w, _) = load_weights(&opts).unwrap();
+    build_graph(&opts, &w).unwrap().dump()
+}
+
+#[test]
+fn digits_structure_fp32() {
+    insta::assert_snapshot!("digits_fp32", dump(Precision::Fp32));
+}
+
+#[test]
+fn digits_structure_fp16() {
+    insta::assert_snapshot!("digits_fp16", dump(Precision::Fp16));
+}
