@@ -249,6 +249,14 @@ impl OrtBackend {
         if let Some(n) = opts.threads {
             builder = builder.with_intra_threads(n).map_err(&e)?;
         }
+        // FLOAT8 Q/DQ (fp8 variants): the QDQ propagation pass moves float8 Q/DQ across Reshape/Transpose, which
+        // have no float8 kernels ("Failed to find kernel for Reshape(19)"); float8 Q/DQ is never fused on these
+        // providers anyway.
+        if info.initializer_types.iter().any(|(_, t)| (17..=20).contains(t)) {
+            builder = builder
+                .with_disabled_optimizers("QDQPropagationTransformer")
+                .map_err(&e)?;
+        }
         let eps = match provider {
             OrtProvider::Cpu => vec![],
             OrtProvider::Cuda => vec![cuda(opts).error_on_failure()],
