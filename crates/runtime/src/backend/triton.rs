@@ -158,13 +158,15 @@ impl TritonBackend {
         for (name, dt) in [("x", "FP32"), ("t", "FP32"), ("y", "INT64")] {
             match ins.iter().find(|t| t.name == name) {
                 Some(t) if t.datatype == dt && t.shape.first() == Some(&-1) => b.inputs.push(t.clone()),
-                Some(t) => return Err(err(
-                    &b.base,
-                    format!(
+                Some(t) => {
+                    return Err(err(
+                        &b.base,
+                        format!(
                         "model '{}' input '{name}' is {} {:?}; expected {dt} with a leading batch axis (-1)",
                         b.model, t.datatype, t.shape
                     ),
-                )),
+                    ))
+                }
                 None => {
                     return Err(err(
                         &b.base,
@@ -186,10 +188,12 @@ impl TritonBackend {
         match config["parameters"][META_KEY]["string_value"].as_str() {
             Some(j) => match ModelMetadata::from_json(j) {
                 Ok(m) if m.format_version == META_FORMAT_VERSION => b.metadata = Some(m),
-                Ok(m) => b.metadata_error = Some(format!(
+                Ok(m) => {
+                    b.metadata_error = Some(format!(
                     "parameter '{META_KEY}' has format_version {} (this runtime reads {META_FORMAT_VERSION})",
                     m.format_version
-                )),
+                ))
+                }
                 Err(e) => b.metadata_error = Some(format!("parameter '{META_KEY}': {e}")),
             },
             None => {
