@@ -130,6 +130,10 @@ struct SampleArgs {
     /// Also save the final float x (before quantization to u8) as .npy f32 [K,3,H,W].
     #[arg(long, value_name = "FILE.npy")]
     save_raw: Option<PathBuf>,
+    /// Also write what ran as JSON: model, backend, provider, precision, sampler settings, labels, noise source,
+    /// ms per step and total seconds (for scripts; the same as the summary line on stdout).
+    #[arg(long, value_name = "FILE.json")]
+    report_json: Option<PathBuf>,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -292,7 +296,7 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
     } else {
         io::numbered_paths(&a.output, k)
     };
-    for p in out_paths.iter().chain(a.save_raw.iter()) {
+    for p in out_paths.iter().chain(&a.save_raw).chain(&a.report_json) {
         let dir = p
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -362,12 +366,37 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
     if let Some(raw) = &a.save_raw {
         files.push((raw.clone(), io::npy_bytes(x.shape(), x.iter().copied())));
     }
+    let calls = scfg.network_calls();
+    let fwd_batch = if scfg.cfg_scale == 1.0 { k } else { 2 * k };
+    if let Some(path) = &a.report_json {
+        let report = serde_json::json!({
+            "model": a.model.as_ref().map(|m| m.display().to_string()),
+            "backend": runner.name(),
+            "provider": runner.provider(),
+            "precision": meta.precision.to_string(),
+            "sampler": scfg.kind.to_string(),
+            "steps": scfg.steps,
+            "cfg_scale": scfg.cfg_scale,
+            "interval": [scfg.interval.0, scfg.interval.1],
+            "shift": scfg.shift,
+            "classes": labels,
+            "noise": match &a.noise {
+                Some(p) => p.display().to_string(),
+                None => format!("seed {}", a.seed),
+            },
+            "ms_per_step": elapsed * 1e3 / scfg.steps as f64,
+            "total_s": elapsed,
+            "forwards": calls,
+            "forward_batch": fwd_batch,
+            "outputs": files.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>(),
+        });
+        let text = serde_json::to_string_pretty(&report).context("report JSON")? + "\n";
+        files.push((path.clone(), text.into_bytes()));
+    }
     io::write_all_atomic(&files)?;
     for (p, _) in &files {
         eprintln!("pixeldit-run: wrote {}", p.display());
     }
-    let calls = scfg.network_calls();
-    let fwd_batch = if scfg.cfg_scale == 1.0 { k } else { 2 * k };
     println!(
         "backend {} | provider {} | precision {} | {} {} steps, cfg {} | {:.1} ms/step ({} forwards of batch {}, {:.2} s total)",
         runner.name(),

@@ -414,3 +414,46 @@ fn digits_structure_fp32() {
 fn digits_structure_fp16() {
     insta::assert_snapshot!("digits_fp16", dump(Precision::Fp16));
 }
+
+#[test]
+fn cli_reproduces_the_digits_golden_with_a_json_report() {
+    // What scripts/demo.sh runs: the golden noise through pixeldit-run, raw x and a JSON report.
+    let dir = tempfile::tempdir().unwrap();
+    let model = export_variant(dir.path(), &FP32, &checkpoint());
+    let out = run(bin()
+        .current_dir(dir.path())
+        .arg(&model)
+        .args([
+            "--backend",
+            "tract",
+            "--classes",
+            "0,1,2,3,4,5,6,7,8,9",
+            "--grid",
+            "-q",
+        ])
+        .arg("--noise")
+        .arg(golden_dir().join("noise.npy"))
+        .args([
+            "-o",
+            "grid.png",
+            "--save-raw",
+            "raw.npy",
+            "--report-json",
+            "run.json",
+        ]));
+    assert!(out.status.success());
+    let raw = io::read_npy(&dir.path().join("raw.npy")).unwrap();
+    let err = rel_l2(raw.as_slice().unwrap(), &golden().x);
+    assert!(err < 1e-4, "CLI relative L2 {err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run.json")).unwrap()).unwrap();
+    assert_eq!(report["backend"], "tract");
+    assert_eq!(report["precision"], "fp32");
+    assert_eq!(report["sampler"], "flow_dpm");
+    assert_eq!(report["steps"], 25);
+    assert_eq!(report["forwards"], 25);
+    assert_eq!(report["forward_batch"], 20);
+    assert_eq!(report["classes"].as_array().unwrap().len(), 10);
+    assert!(report["ms_per_step"].as_f64().unwrap() > 0.0);
+    assert!(report["provider"].as_str().is_some());
+}
