@@ -24,6 +24,7 @@ pub mod checkpoint;
 mod error;
 pub mod model;
 pub mod nn;
+pub mod quantized;
 pub mod triton;
 pub mod weights;
 
@@ -195,8 +196,8 @@ pub fn write_graph(
     Ok((report, meta_out.expect("finalize ran")))
 }
 
-/// Exports a model to `path` (float precisions: fp32, fp16, bf16). Quantized precisions go through
-/// the `pixeldit-quantize` crate, which calls [`build_graph`] and [`write_graph`] itself.
+/// Exports a model to `path`. bf16, int8, fp8 and the weight-only variants go through [`quantized`] with the
+/// defaults of [`pixeldit_quantize::QuantConfig::for_precision`] (calibrating when activations are quantized).
 pub fn export_to_file(opts: &ExportOptions, path: &Path) -> Result<ExportReport> {
     export_with_progress(opts, path, None)
 }
@@ -207,14 +208,8 @@ pub fn export_with_progress(
     path: &Path,
     progress: Option<Progress>,
 ) -> Result<ExportReport> {
-    if !matches!(
-        opts.precision,
-        Precision::Fp32 | Precision::Fp16 | Precision::Bf16
-    ) {
-        return Err(ExportError::Unsupported(format!(
-            "precision {} needs calibration: use pixeldit-export (which runs the quantizer) or pixeldit_quantize",
-            opts.precision
-        )));
+    if let Some(cfg) = pixeldit_quantize::QuantConfig::for_precision(opts.precision) {
+        return quantized::export_quantized(opts, &cfg, path, progress).map(|q| q.report);
     }
     let (weights, keys) = load_weights(opts)?;
     let graph = build_graph(opts, &weights)?;

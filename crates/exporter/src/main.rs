@@ -2,12 +2,13 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use pixeldit_exporter::{export_with_progress, ExportOptions, ExternalData, WeightsSpec};
+use pixeldit_exporter::{ExportOptions, ExternalData, WeightsSpec};
 use pixeldit_spec::{AttentionMode, ModelConfig, Precision, PRESET_NAMES};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod quant_cli;
 mod triton_cli;
 
 /// Export PixelDiT (arXiv 2511.20645) to ONNX.
@@ -17,6 +18,7 @@ mod triton_cli;
 ///   pixeldit-export --preset XL --checkpoint imagenet256_xl.safetensors --precision fp16 -o xl.onnx
 ///   pixeldit-export --preset digits --attention decomposed -o digits.onnx
 ///   pixeldit-export --preset digits --triton-repo models --max-batch-size 16   # Triton model repository
+///   pixeldit-export --preset digits --precision fp8 --accuracy-report fp8.json -o digits-fp8.onnx
 #[derive(Parser, Debug)]
 #[command(name = "pixeldit-export", version, verbatim_doc_comment)]
 struct Args {
@@ -63,6 +65,8 @@ struct Args {
     quiet: bool,
     #[command(flatten)]
     triton: triton_cli::TritonArgs,
+    #[command(flatten)]
+    quant: quant_cli::QuantArgs,
 }
 
 fn parse_external(s: &str) -> Result<ExternalData, String> {
@@ -122,7 +126,7 @@ fn run(args: Args) -> Result<()> {
 
     if args.dump {
         let (weights, _) = pixeldit_exporter::load_weights(&opts)?;
-        let g = pixeldit_exporter::build_graph(&opts, &weights)?;
+        let g = args.quant.dump_graph(&opts, &weights)?;
         print!("{}", g.dump());
         return Ok(());
     }
@@ -139,7 +143,9 @@ fn run(args: Args) -> Result<()> {
         Some(t) => t.onnx_path()?,
         None => args.output.clone(),
     };
-    let report = export_with_progress(&opts, &output, Some(&progress))
+    let report = args
+        .quant
+        .export(&opts, &output, Some(&progress))
         .with_context(|| format!("exporting {}", output.display()))?;
     if !quiet {
         eprintln!("\r\x1b[2K");
@@ -165,6 +171,7 @@ fn run(args: Args) -> Result<()> {
             .map(|p| format!(" + {} {:.1} MB", p.display(), w.external_bytes as f64 / 1e6))
             .unwrap_or_default()
     );
+    args.quant.report(&opts, &output)?;
     if let Some(t) = triton {
         t.finish(&report.metadata)?;
     }

@@ -1,6 +1,6 @@
 //! The graph: values, nodes, initializers, scopes.
 
-use crate::tensor::{Initializer, TensorData};
+use crate::tensor::{Encoding, Initializer, TensorData};
 use crate::{DType, GraphError, Result};
 use std::collections::{BTreeMap, HashMap};
 
@@ -383,6 +383,82 @@ impl Graph {
         }
     }
 
+    /// Changes how the weight initializer `name` is stored (a float type or a quantized encoding); the dtype
+    /// of its value follows the encoding. Fails for names that are not deferred weights.
+    pub fn set_weight_encoding(&mut self, name: &str, encoding: Encoding) -> Result<()> {
+        let not_weight = || GraphError::Tensor {
+            name: name.to_string(),
+            reason: "not a weight initializer".into(),
+        };
+        let (v, init) = self
+            .initializers
+            .iter_mut()
+            .find(|(_, i)| i.name == name)
+            .ok_or_else(not_weight)?;
+        let TensorData::Deferred { encoding: e, .. } = &mut init.data else {
+            return Err(not_weight());
+        };
+        init.dtype = encoding.dtype();
+        *e = encoding;
+        self.values[v.0].dtype = init.dtype;
+        Ok(())
+    }
+
+    /// Reorders nodes topologically, keeping insertion order wherever the data flow allows. Rewrite passes
+    /// append nodes (e.g. `DequantizeLinear`) that earlier nodes consume; call this once they are done.
+    pub fn sort_nodes(&mut self) -> Result<()> {
+        let mut producer: HashMap<usize, usize> = HashMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            for o in &n.outputs {
+                producer.insert(o.0, i);
+            }
+        }
+        // 0 = not visited, 1 = on the stack, 2 = emitted.
+        let mut state = vec![0u8; self.nodes.len()];
+        let mut order = Vec::with_capacity(self.nodes.len());
+        for root in 0..self.nodes.len() {
+            let mut stack = vec![(root, false)];
+            while let Some((i, expanded)) = stack.pop() {
+                if expanded {
+                    state[i] = 2;
+                    order.push(i);
+                    continue;
+                }
+                match state[i] {
+                    2 => continue,
+                    1 => {
+                        return Err(GraphError::Write(format!(
+                            "cycle through node '{}'",
+                            self.nodes[i].name
+                        )))
+                    }
+                    _ => {}
+                }
+                state[i] = 1;
+                stack.push((i, true));
+                for v in self.nodes[i].inputs.iter().rev().flatten() {
+                    if let Some(&p) = producer.get(&v.0) {
+                        if state[p] == 1 {
+                            return Err(GraphError::Write(format!(
+                                "cycle through node '{}'",
+                                self.nodes[p].name
+                            )));
+                        }
+                        if state[p] == 0 {
+                            stack.push((p, false));
+                        }
+                    }
+                }
+            }
+        }
+        let mut old: Vec<Option<Node>> = std::mem::take(&mut self.nodes).into_iter().map(Some).collect();
+        self.nodes = order
+            .into_iter()
+            .map(|i| old[i].take().expect("emitted once"))
+            .collect();
+        Ok(())
+    }
+
     /// Removes nodes whose outputs are unused (not consumed and not graph outputs), repeatedly, and
     /// initializers that nothing consumes any more.
     pub fn prune(&mut self) {
@@ -404,5 +480,54 @@ impl Graph {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::VecSource;
+    use std::sync::Arc;
+
+    #[test]
+    fn appended_producers_are_sorted_before_their_consumers() {
+        let mut g = Graph::new(17);
+        let x = g.input("x", DType::F32, vec![Dim::Batch(1), Dim::Fixed(2)]).unwrap();
+        let a = g.relu(x).unwrap();
+        let b = g.sigmoid(a).unwrap();
+        g.output("y", b).unwrap();
+        // A rewrite appends a node and points the first consumer at it.
+        let c = g.erf(x).unwrap();
+        g.nodes_mut()[0].inputs[0] = Some(c);
+        g.sort_nodes().unwrap();
+        let order: Vec<&str> = g.nodes().iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(order, ["Erf", "Relu", "Sigmoid", "Identity"]);
+        // A cycle is an error.
+        let n = g.nodes().len();
+        let last_out = g.nodes()[n - 1].outputs[0];
+        g.nodes_mut()[0].inputs[0] = Some(last_out);
+        assert!(g.sort_nodes().is_err());
+    }
+
+    #[test]
+    fn weight_encoding_changes_the_value_type() {
+        let mut g = Graph::new(17);
+        let data = TensorData::Deferred {
+            source: Arc::new(VecSource(vec![1.0, -2.0])),
+            encoding: Encoding::Float(DType::F32),
+        };
+        let w = g.initializer("w", DType::F32, vec![2], data).unwrap();
+        let enc = Encoding::Quantized {
+            dtype: DType::I8,
+            axis: 0,
+            scales: Arc::new(vec![1.0, 1.0]),
+            qmax: 127.0,
+        };
+        g.set_weight_encoding("w", enc).unwrap();
+        assert_eq!(g.dtype(w), DType::I8);
+        assert_eq!(g.initializers().next().unwrap().1.dtype, DType::I8);
+        let c = g.scalar(DType::F32, 1.0).unwrap();
+        let cname = g.info(c).name.clone();
+        assert!(g.set_weight_encoding(&cname, Encoding::Float(DType::F16)).is_err());
     }
 }

@@ -1,1 +1,157 @@
-//! placeholder
+//! BF16, INT8 and FP8 variants of an exported PixelDiT graph, as graph passes over a [`pixeldit_graph::Graph`].
+//!
+//! * **Which layers**: every Linear (`Gemm` on a checkpoint weight) is found by its scope, the checkpoint module
+//!   path; fnmatch globs select them ([`select`]). INT8/FP8 keep the embedders, the final layer and the pixel MLP
+//!   in f32 by default ([`config::DEFAULT_EXCLUDE`]); norms, softmax, RoPE and attention are never touched.
+//! * **How**: weights per output channel (axis 0 of `[out, in]`), activations per tensor with zero point 0, as
+//!   explicit `QuantizeLinear`/`DequantizeLinear` ([`passes::qdq`]); weight-only variants dequantize the weights
+//!   and keep f32 math; BF16 stores weights as bfloat16 and rounds activations ([`passes::bf16`]).
+//! * **Scales**: weights from their own maxima; activations from a timestep-aware calibration that runs the fp32
+//!   model through the runtime's sampler over classes, seeds and the full time grid ([`calib`]).
+//! * **Accuracy**: [`accuracy::evaluate`] compares a variant with the fp32 model (relative error of `v` at
+//!   several t, PSNR of full samples).
+//!
+//! The crate depends on `pixeldit-graph` and `pixeldit-runtime`, not on the exporter: the exporter builds the
+//! fp32 graph, hands it here with a writer for its metadata, and writes the result ([`quantize`]).
+//!
+//! ```no_run
+//! # fn demo(mut graph: pixeldit_graph::Graph,
+//! #         write: &mut dyn FnMut(&pixeldit_graph::Graph, &std::path::Path) -> pixeldit_quantize::Result<()>)
+//! #         -> pixeldit_quantize::Result<()> {
+//! use pixeldit_quantize::{quantize, QuantConfig};
+//! use pixeldit_spec::Precision;
+//! let cfg = QuantConfig::for_precision(Precision::Fp8).expect("fp8 is quantized");
+//! let summary = quantize(&mut graph, &cfg, write)?; // calibrates with `write`, then inserts Q/DQ
+//! println!("{}", summary.to_json());
+//! # Ok(()) }
+//! ```
+
+pub mod accuracy;
+pub mod calib;
+pub mod config;
+mod error;
+pub mod passes;
+pub mod scales;
+pub mod select;
+
+pub use calib::{calibrate, Calibration, ModelWriter};
+pub use config::{CalibConfig, CalibMethod, Format, QuantConfig};
+pub use error::{QuantizeError, Result};
+pub use passes::qdq::LayerReport;
+pub use select::{find_linears, fnmatch, is_selected, Linear};
+
+use pixeldit_graph::Graph;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// What a quantization did: settings, layers, scales and the calibration. Stored as JSON in the model metadata
+/// (`quantization`) and beside the model.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuantSummary {
+    /// The settings.
+    pub config: QuantConfig,
+    /// Element type of the stored weights (`bfloat16`, `int8`, `float8e4m3fn`).
+    pub weight_dtype: &'static str,
+    /// Granularity of weight scales.
+    pub weight_granularity: &'static str,
+    /// Element type the activations are quantized to (`None` for weight-only).
+    pub activation_dtype: Option<&'static str>,
+    /// Granularity of activation scales.
+    pub activation_granularity: Option<&'static str>,
+    /// Default-domain opset of the result.
+    pub opset: i64,
+    /// Scopes of the rewritten layers.
+    pub quantized: Vec<String>,
+    /// Scopes of the Linear layers left in f32.
+    pub kept: Vec<String>,
+    /// Scales per rewritten layer (INT8/FP8).
+    pub layers: BTreeMap<String, LayerReport>,
+    /// The calibration, when activations are quantized.
+    pub calibration: Option<Calibration>,
+}
+
+impl QuantSummary {
+    /// Compact JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("summary serializes")
+    }
+}
+
+/// The Linear layers of `g` split into (selected, kept) by `cfg`.
+pub fn partition(g: &Graph, cfg: &QuantConfig) -> (Vec<Linear>, Vec<Linear>) {
+    find_linears(g)
+        .into_iter()
+        .partition(|l| is_selected(&l.scope, cfg))
+}
+
+/// Applies `cfg` to the fp32 graph `g` with an existing calibration (required when activations are quantized).
+pub fn apply(g: &mut Graph, cfg: &QuantConfig, calibration: Option<Calibration>) -> Result<QuantSummary> {
+    cfg.validate()?;
+    let (selected, kept) = partition(g, cfg);
+    if cfg.needs_calibration() && calibration.is_none() {
+        return Err(QuantizeError::Invalid(format!(
+            "precision {} quantizes activations and needs a calibration",
+            cfg.precision
+        )));
+    }
+    if cfg.format == Format::Fp8 {
+        passes::opset::upgrade_opset(g, 19)?;
+    }
+    let mut layers = BTreeMap::new();
+    for l in &selected {
+        match cfg.format {
+            Format::Bf16 => passes::bf16::bf16_linear(g, l, cfg.activations)?,
+            Format::Int8 | Format::Fp8 => {
+                let stats = calibration
+                    .as_ref()
+                    .filter(|_| cfg.activations)
+                    .map(|c| {
+                        c.layers
+                            .get(&l.scope)
+                            .ok_or_else(|| QuantizeError::MissingStats(l.scope.clone()))
+                    })
+                    .transpose()?;
+                let r = passes::qdq::qdq_linear(g, l, cfg, stats)?;
+                layers.insert(l.scope.clone(), r);
+            }
+        }
+    }
+    g.sort_nodes()?;
+    let (weight_dtype, act) = match cfg.format {
+        Format::Bf16 => ("bfloat16", "bfloat16 (rounded)"),
+        Format::Int8 => ("int8", "int8"),
+        Format::Fp8 => ("float8e4m3fn", "float8e4m3fn"),
+    };
+    let weight_granularity = match cfg.format {
+        Format::Bf16 => "element",
+        _ => "per output channel (axis 0 of [out, in])",
+    };
+    Ok(QuantSummary {
+        config: cfg.clone(),
+        weight_dtype,
+        weight_granularity,
+        activation_dtype: cfg.activations.then_some(act),
+        activation_granularity: cfg.activations.then_some(match cfg.format {
+            Format::Bf16 => "element",
+            _ => "per tensor, zero point 0",
+        }),
+        opset: g.opset(),
+        quantized: selected.into_iter().map(|l| l.scope).collect(),
+        kept: kept.into_iter().map(|l| l.scope).collect(),
+        layers,
+        calibration,
+    })
+}
+
+/// Calibrates when `cfg` needs it (writing the tapped fp32 model with `write`), then [`apply`]s.
+pub fn quantize(g: &mut Graph, cfg: &QuantConfig, write: ModelWriter) -> Result<QuantSummary> {
+    cfg.validate()?;
+    let calibration = if cfg.needs_calibration() {
+        let (selected, _) = partition(g, cfg);
+        let refs: Vec<&Linear> = selected.iter().collect();
+        Some(calibrate(g, &refs, &cfg.calib, write)?)
+    } else {
+        None
+    };
+    apply(g, cfg, calibration)
+}

@@ -1,0 +1,149 @@
+//! The quantization options of `pixeldit-export` (binary only; the work is [`pixeldit_exporter::quantized`] and
+//! the `pixeldit-quantize` crate).
+
+use anyhow::{Context, Result};
+use clap::Args;
+use pixeldit_exporter::quantized::{accuracy_report, build_quantized_graph, export_quantized};
+use pixeldit_exporter::{export_with_progress, ExportOptions, ExportReport, Weights};
+use pixeldit_graph::{Graph, Progress};
+use pixeldit_quantize::accuracy::EvalConfig;
+use pixeldit_quantize::{CalibMethod, QuantConfig};
+use std::path::{Path, PathBuf};
+
+/// Quantization (bf16, int8, fp8, int8-weights, fp8-weights).
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Quantization (bf16, int8, fp8, int8-weights, fp8-weights)")]
+pub struct QuantArgs {
+    /// Quantize the Linear layers whose scope (checkpoint module path, e.g. patch_blocks.3.attn.qkv) matches
+    /// GLOB (fnmatch: * ? [..]), even ones excluded by default. Repeatable; wins over --quant-exclude.
+    /// int8/fp8 keep t_embedder.*, y_embedder.*, s_embedder.*, pixel_embedder.*, final_layer.* and
+    /// pixel_blocks.*.mlp.* in f32 by default; bf16 converts every Linear. Norms, softmax, RoPE and attention
+    /// always stay f32.
+    #[arg(long, value_name = "GLOB")]
+    pub quant_include: Vec<String>,
+    /// Keep the Linear layers whose scope matches GLOB in f32. Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub quant_exclude: Vec<String>,
+    /// Calibration classes, comma-separated [default: up to 8 spread over the model's classes].
+    #[arg(long, value_delimiter = ',', value_name = "C,..")]
+    pub calib_classes: Vec<i64>,
+    /// Calibration noise seeds, comma-separated (one sampler run each, all classes batched).
+    #[arg(long, value_delimiter = ',', value_name = "S,..", default_value = "0,1")]
+    pub calib_seeds: Vec<u64>,
+    /// Calibration sampler steps [default: the model's, at most 25]. Every step's forward is observed, so the
+    /// statistics cover t from 0 (noise) to 1 (data).
+    #[arg(long, value_name = "N")]
+    pub calib_steps: Option<usize>,
+    /// How activation ranges are chosen: max, or percentile:P (largest per-forward P-th percentile of |x|)
+    /// [default: int8 percentile:99.99, fp8 max].
+    #[arg(long, value_name = "METHOD")]
+    pub calib_method: Option<CalibMethod>,
+    /// SmoothQuant migration strength alpha in [0, 1] (int8/fp8 with activations): activation channel ranges
+    /// move into the per-channel weight scales, s_j = max|x_j|^alpha / max|w_j|^(1-alpha). Off by default.
+    #[arg(long, value_name = "ALPHA")]
+    pub smoothquant: Option<f32>,
+    /// INT8 weight range: reduced (+-63, 7 bits: ONNX Runtime's fused u8s8 kernels cannot saturate on AVX2 CPUs
+    /// without VNNI) or full (+-127, for TensorRT / VNNI CPUs) [default: reduced for int8, full for int8-weights].
+    #[arg(long, value_name = "RANGE", value_parser = ["reduced", "full"])]
+    pub int8_weight_range: Option<String>,
+    /// After exporting, compare the model with an fp32 export of the same weights on the CPU (relative error of
+    /// v at t = 0, 0.1, 0.3, 0.5, 0.7, 0.9, 1 and PSNR of full samples), print it and write it as JSON to FILE.
+    /// Works for every precision.
+    #[arg(long, value_name = "FILE.json")]
+    pub accuracy_report: Option<PathBuf>,
+    /// Seeds of the accuracy report (kept apart from the calibration seeds).
+    #[arg(long, value_delimiter = ',', value_name = "S,..", default_value = "100,101")]
+    pub eval_seeds: Vec<u64>,
+    /// Sampler steps of the accuracy report [default: the model's].
+    #[arg(long, value_name = "N")]
+    pub eval_steps: Option<usize>,
+}
+
+impl QuantArgs {
+    /// The quantizer settings for `precision` (`None` for fp32 and fp16).
+    pub fn config(&self, precision: pixeldit_spec::Precision) -> Result<Option<QuantConfig>> {
+        let Some(mut q) = QuantConfig::for_precision(precision) else {
+            return Ok(None);
+        };
+        q.include = self.quant_include.clone();
+        q.exclude = self.quant_exclude.clone();
+        q.calib.classes = self.calib_classes.clone();
+        q.calib.seeds = self.calib_seeds.clone();
+        q.calib.steps = self.calib_steps;
+        if let Some(m) = self.calib_method {
+            q.method = m;
+            if let CalibMethod::Percentile(p) = m {
+                q.calib.percentile = p;
+            }
+        }
+        q.smoothquant = self.smoothquant;
+        match self.int8_weight_range.as_deref() {
+            Some("full") => q.int8_weight_qmax = pixeldit_quantize::config::INT8_MAX,
+            Some(_) => q.int8_weight_qmax = pixeldit_quantize::config::INT8_REDUCED_MAX,
+            None => {}
+        }
+        q.validate()?;
+        Ok(Some(q))
+    }
+
+    /// The graph `--dump` prints (quantized variants are calibrated first).
+    pub fn dump_graph(&self, opts: &ExportOptions, weights: &Weights) -> Result<Graph> {
+        Ok(match self.config(opts.precision)? {
+            Some(q) => build_quantized_graph(opts, &q, weights)?.0,
+            None => pixeldit_exporter::build_graph(opts, weights)?,
+        })
+    }
+
+    /// Exports `opts` to `path`, through the quantizer when the precision needs it.
+    pub fn export(
+        &self,
+        opts: &ExportOptions,
+        path: &Path,
+        progress: Option<Progress>,
+    ) -> Result<ExportReport> {
+        match self.config(opts.precision)? {
+            Some(q) => {
+                let e = export_quantized(opts, &q, path, progress)?;
+                if let Some(c) = &e.summary.calibration {
+                    eprintln!(
+                        "calibrated {} layer(s): {} forwards over {} timesteps (classes {:?}, seeds {:?}, {}) in {:.1} s",
+                        e.summary.quantized.len(),
+                        c.forwards,
+                        c.timesteps.len(),
+                        c.classes,
+                        c.seeds,
+                        c.backend,
+                        c.seconds
+                    );
+                }
+                eprintln!(
+                    "{}: {} Linear layer(s) rewritten, {} kept in f32; settings and scales in {}",
+                    q.precision,
+                    e.summary.quantized.len(),
+                    e.summary.kept.len(),
+                    e.summary_path.display()
+                );
+                Ok(e.report)
+            }
+            None => Ok(export_with_progress(opts, path, progress)?),
+        }
+    }
+
+    /// Writes and prints the accuracy report when `--accuracy-report` was given.
+    pub fn report(&self, opts: &ExportOptions, model: &Path) -> Result<()> {
+        let Some(out) = &self.accuracy_report else {
+            return Ok(());
+        };
+        let eval = EvalConfig {
+            seeds: self.eval_seeds.clone(),
+            steps: self.eval_steps,
+            ..Default::default()
+        };
+        let r = accuracy_report(opts, model, &eval).context("accuracy report")?;
+        println!("{}", r.line());
+        let text = serde_json::to_string_pretty(&r).expect("report serializes") + "\n";
+        std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+        println!("accuracy report written to {}", out.display());
+        Ok(())
+    }
+}

@@ -1,0 +1,212 @@
+//! Accuracy of a variant against the fp32 model of the same weights, both run by the runtime on the CPU:
+//!
+//! * **v error at fixed t**: for each t, the input is `x_t = t * x0 + (1 - t) * noise` with `x0` the fp32 model's
+//!   own sample (clipped to [-1, 1]) and `noise` its starting noise; the error is `||v_q - v_32|| / ||v_32||`
+//!   over all images (conditional forward, no CFG).
+//! * **full samples**: both models run the sampler from the same noise; PSNR over the [-1, 1] data range
+//!   (peak-to-peak 2) per image, `10 log10(4 / MSE)`, plus the relative L2 of the whole batch.
+//!
+//! Evaluation seeds default to 100, 101, apart from the calibration seeds (0, 1).
+
+use crate::calib::spread_classes;
+use crate::Result;
+use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
+use pixeldit_runtime::{backend, io, model, sampler, BackendKind, Device, LoadOptions};
+use serde::Serialize;
+use std::path::Path;
+
+/// What to evaluate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalConfig {
+    /// Classes (empty: up to 4 spread over the model's classes).
+    pub classes: Vec<i64>,
+    /// Noise seeds.
+    pub seeds: Vec<u64>,
+    /// Sampler steps (`None`: the model's default).
+    pub steps: Option<usize>,
+    /// Times at which `v` is compared.
+    pub t_points: Vec<f32>,
+    /// Backend for both models.
+    pub backend: BackendKind,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            classes: Vec::new(),
+            seeds: vec![100, 101],
+            steps: None,
+            t_points: vec![0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0],
+            backend: BackendKind::Auto,
+        }
+    }
+}
+
+/// Relative error of `v` at one t.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimeError {
+    /// Time (0 = noise, 1 = data).
+    pub t: f32,
+    /// `||v_q - v_32|| / ||v_32||`.
+    pub rel_l2: f64,
+    /// max |v_q - v_32|.
+    pub max_abs: f32,
+}
+
+/// The accuracy of one variant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccuracyReport {
+    /// Precision of the variant (from its metadata).
+    pub precision: String,
+    /// The variant's file.
+    pub model: String,
+    /// The fp32 reference file.
+    pub reference: String,
+    /// Backend that ran the variant.
+    pub backend: String,
+    /// Classes.
+    pub classes: Vec<i64>,
+    /// Seeds.
+    pub seeds: Vec<u64>,
+    /// Sampler steps.
+    pub steps: usize,
+    /// CFG scale.
+    pub cfg_scale: f32,
+    /// Error of `v` per t.
+    pub v_error: Vec<TimeError>,
+    /// PSNR per image (dB, `null` when identical), seed-major then class.
+    pub sample_psnr_db: Vec<f64>,
+    /// PSNR of the pooled MSE of all images (dB).
+    pub sample_psnr_pooled_db: f64,
+    /// Lowest per-image PSNR (dB).
+    pub sample_psnr_min_db: f64,
+    /// Relative L2 of all final samples.
+    pub sample_rel_l2: f64,
+}
+
+impl AccuracyReport {
+    /// One line per report: precision, v errors per t, PSNR.
+    pub fn line(&self) -> String {
+        let v: Vec<String> = self
+            .v_error
+            .iter()
+            .map(|e| format!("t={:.2}: {:.2e}", e.t, e.rel_l2))
+            .collect();
+        format!(
+            "{}: v rel. error {} | samples: PSNR {:.1} dB (min {:.1}), rel. L2 {:.2e} ({} images, {} steps, {})",
+            self.precision,
+            v.join(", "),
+            self.sample_psnr_pooled_db,
+            self.sample_psnr_min_db,
+            self.sample_rel_l2,
+            self.sample_psnr_db.len(),
+            self.steps,
+            self.backend
+        )
+    }
+}
+
+/// `10 log10(4 / mse)` (data range [-1, 1]); infinite for identical images.
+pub fn psnr(mse: f64) -> f64 {
+    if mse <= 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (4.0 / mse).log10()
+    }
+}
+
+/// Compares `variant` with the fp32 `reference` (same model, same size).
+pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<AccuracyReport> {
+    let meta = model::read_metadata(reference)?;
+    let vmeta = model::read_metadata(variant)?;
+    let opts = LoadOptions::default()
+        .with_backend(cfg.backend)
+        .with_device(Device::Cpu);
+    let mut r = backend::load(reference, &opts)?;
+    let mut q = backend::load(variant, &opts)?;
+    let mut scfg = sampler::SamplerConfig::from_defaults(&meta.sampler)?;
+    if let Some(s) = cfg.steps {
+        scfg.steps = s;
+    }
+    scfg.validate()?;
+    let classes = if cfg.classes.is_empty() {
+        spread_classes(meta.config.num_classes, 4)
+    } else {
+        cfg.classes.clone()
+    };
+    let null = meta.config.null_class();
+    let shape = [classes.len(), 3, meta.height, meta.width];
+    let y = Array1::from(classes.clone());
+
+    let mut t_acc = vec![(0.0f64, 0.0f64, 0.0f32); cfg.t_points.len()];
+    let mut psnrs = Vec::new();
+    let (mut se_all, mut ref_all, mut n_all) = (0.0f64, 0.0f64, 0usize);
+    for &seed in &cfg.seeds {
+        let noise = io::seeded_noise(seed, shape);
+        let run = |b: &mut backend::Selection| -> Result<Array4<f32>> {
+            let mut m = |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| b.backend.run(x, t, y);
+            Ok(sampler::sample(
+                &mut m,
+                noise.clone(),
+                &classes,
+                null,
+                &scfg,
+                &mut |_| {},
+            )?)
+        };
+        let xr = run(&mut r)?.mapv(|v| v.clamp(-1.0, 1.0));
+        let xq = run(&mut q)?.mapv(|v| v.clamp(-1.0, 1.0));
+        for k in 0..classes.len() {
+            let (a, b) = (
+                xr.index_axis(ndarray::Axis(0), k),
+                xq.index_axis(ndarray::Axis(0), k),
+            );
+            let se: f64 = a
+                .iter()
+                .zip(b.iter())
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum();
+            psnrs.push(psnr(se / a.len() as f64));
+            se_all += se;
+            ref_all += a.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+            n_all += a.len();
+        }
+        for (i, &t) in cfg.t_points.iter().enumerate() {
+            let xt = &xr * t + &noise * (1.0 - t);
+            let tt = Array1::from_elem(classes.len(), t);
+            let vr = r.backend.run(xt.view(), tt.view(), y.view())?;
+            let vq = q.backend.run(xt.view(), tt.view(), y.view())?;
+            let acc = &mut t_acc[i];
+            for (a, b) in vr.iter().zip(vq.iter()) {
+                acc.0 += ((a - b) as f64).powi(2);
+                acc.1 += (*a as f64).powi(2);
+                acc.2 = acc.2.max((a - b).abs());
+            }
+        }
+    }
+    let pooled = psnr(se_all / n_all.max(1) as f64);
+    Ok(AccuracyReport {
+        precision: vmeta.precision.to_string(),
+        model: variant.display().to_string(),
+        reference: reference.display().to_string(),
+        backend: q.candidate.to_string(),
+        classes,
+        seeds: cfg.seeds.clone(),
+        steps: scfg.steps,
+        cfg_scale: scfg.cfg_scale,
+        v_error: cfg
+            .t_points
+            .iter()
+            .zip(&t_acc)
+            .map(|(&t, &(se, rs, mx))| TimeError {
+                t,
+                rel_l2: (se / rs.max(f64::MIN_POSITIVE)).sqrt(),
+                max_abs: mx,
+            })
+            .collect(),
+        sample_psnr_min_db: psnrs.iter().copied().fold(f64::INFINITY, f64::min),
+        sample_psnr_db: psnrs,
+        sample_psnr_pooled_db: pooled,
+        sample_rel_l2: (se_all / ref_all.max(f64::MIN_POSITIVE)).sqrt(),
+    })
+}

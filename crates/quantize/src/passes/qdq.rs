@@ -1,0 +1,228 @@
+//! INT8 / FP8 variant of one Linear.
+//!
+//! * Weight: the checkpoint initializer keeps its name and is stored as int8 / float8e4m3fn with one scale per
+//!   output row (axis 0 of `[out, in]`, scale initializer `<weight>_scale`), read by `DequantizeLinear(axis=0)`.
+//! * Activation (unless weight-only): `QuantizeLinear -> DequantizeLinear` on the 2-D input with one scale
+//!   (`<scope>.input_scale`) and zero point 0, the explicit-quantization pattern TensorRT fuses into an int8/fp8
+//!   GEMM and ONNX Runtime runs (and, for int8, fuses into `QGemm` on the CPU).
+//! * INT8 with activations: the bias moves out of the `Gemm` into an `Add`, because ONNX Runtime fuses a Q/DQ
+//!   `Gemm` only when every input comes from a `DequantizeLinear`.
+//! * SmoothQuant (optional): `Mul` by `1/s` (`<scope>.smooth_inv_scale`) before the activation Q/DQ, and the
+//!   weight's input columns multiplied by `s` before it is quantized (the stored weight is the smoothed one).
+
+use super::{node_index, redirect};
+use crate::calib::TensorStats;
+use crate::config::{Format, QuantConfig};
+use crate::scales::{activation_range, column_amax, nonzero, smooth_factors, weight_scales};
+use crate::select::Linear;
+use crate::{QuantizeError, Result};
+use pixeldit_graph::{Attr, DType, Dim, Encoding, F32Source, Graph, TensorData};
+use serde::Serialize;
+use std::sync::Arc;
+
+/// What was done to one layer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerReport {
+    /// Smallest per-channel weight scale.
+    pub weight_scale_min: f32,
+    /// Largest per-channel weight scale.
+    pub weight_scale_max: f32,
+    /// Calibrated input range (after smoothing), when activations are quantized.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_range: Option<f32>,
+    /// Input scale, when activations are quantized.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_scale: Option<f32>,
+    /// Smallest and largest SmoothQuant factor, when smoothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smooth_range: Option<[f32; 2]>,
+}
+
+/// A weight whose input columns are multiplied by per-column factors (SmoothQuant), read lazily.
+struct ScaledColumns {
+    inner: Arc<dyn F32Source>,
+    factors: Arc<Vec<f32>>,
+}
+
+impl F32Source for ScaledColumns {
+    fn read(&self) -> pixeldit_graph::Result<Vec<f32>> {
+        let mut v = self.inner.read()?;
+        let cols = self.factors.len();
+        for row in v.chunks_mut(cols) {
+            for (x, f) in row.iter_mut().zip(self.factors.iter()) {
+                *x *= f;
+            }
+        }
+        Ok(v)
+    }
+}
+
+fn scalar_bytes(v: f32) -> Vec<u8> {
+    v.to_le_bytes().to_vec()
+}
+
+/// Rewrites `l` for `cfg` (INT8 or FP8); `stats` are required when activations are quantized.
+pub fn qdq_linear(
+    g: &mut Graph,
+    l: &Linear,
+    cfg: &QuantConfig,
+    stats: Option<&TensorStats>,
+) -> Result<LayerReport> {
+    let dtype = match cfg.format {
+        Format::Int8 => DType::I8,
+        Format::Fp8 => DType::F8E4M3,
+        Format::Bf16 => unreachable!("bf16 has its own pass"),
+    };
+    let (source, encoding) = g
+        .initializers()
+        .find(|(_, i)| i.name == l.weight)
+        .and_then(|(_, i)| match &i.data {
+            TensorData::Deferred { source, encoding } => Some((source.clone(), encoding.clone())),
+            TensorData::Bytes(_) => None,
+        })
+        .expect("find_linears returns deferred weights");
+    let stats = if cfg.activations {
+        Some(stats.ok_or_else(|| QuantizeError::MissingStats(l.scope.clone()))?)
+    } else {
+        None
+    };
+
+    // SmoothQuant: migrate activation range into the weight's input columns.
+    let mut w = source.read()?;
+    let mut smooth = None;
+    if let (Some(alpha), Some(st)) = (cfg.smoothquant, stats) {
+        let s = smooth_factors(&st.channel_amax, &column_amax(&w, l.in_features), alpha);
+        for row in w.chunks_mut(l.in_features) {
+            for (x, f) in row.iter_mut().zip(&s) {
+                *x *= f;
+            }
+        }
+        let factors = Arc::new(s);
+        let scaled: Arc<dyn F32Source> = Arc::new(ScaledColumns {
+            inner: source,
+            factors: factors.clone(),
+        });
+        g.initializer_mut(&l.weight).expect("weight exists").data = TensorData::Deferred {
+            source: scaled,
+            encoding,
+        };
+        smooth = Some(factors);
+    }
+
+    // Weight: per-output-channel scales, stored quantized under the checkpoint name.
+    let scales = weight_scales(&w, l.out_features, cfg.weight_qmax());
+    drop(w);
+    let report_w = (
+        scales.iter().copied().fold(f32::INFINITY, f32::min),
+        scales.iter().copied().fold(0.0f32, f32::max),
+    );
+    let scale_bytes = pixeldit_graph::encode_f32(&scales, DType::F32);
+    g.set_weight_encoding(
+        &l.weight,
+        Encoding::Quantized {
+            dtype,
+            axis: 0,
+            scales: Arc::new(scales),
+            qmax: cfg.weight_qmax(),
+        },
+    )?;
+    let wv = g.value_by_name(&l.weight).expect("weight exists");
+    let ws = g.initializer(
+        &format!("{}_scale", l.weight),
+        DType::F32,
+        vec![l.out_features],
+        TensorData::Bytes(scale_bytes),
+    )?;
+    let wshape = vec![Dim::Fixed(l.out_features), Dim::Fixed(l.in_features)];
+    let wd = g.scoped(&l.scope, |g| {
+        Ok(g.add_node(
+            "DequantizeLinear",
+            "",
+            &[Some(wv), Some(ws)],
+            vec![("axis", Attr::Int(0))],
+            vec![(DType::F32, wshape)],
+        )?[0])
+    })?;
+
+    // Activation: per-tensor Q/DQ (after the SmoothQuant division).
+    let mut input_range = None;
+    let mut input_scale = None;
+    let mut xq = None;
+    if let Some(st) = stats {
+        let range = match &smooth {
+            // The smoothed input's range is exact from the per-channel maxima.
+            Some(s) => st
+                .channel_amax
+                .iter()
+                .zip(s.iter())
+                .fold(0.0f32, |m, (a, f)| m.max(a / f)),
+            None => activation_range(st, cfg.method),
+        };
+        let scale = nonzero(range / cfg.activation_qmax());
+        let inv = match &smooth {
+            Some(s) => {
+                let inv: Vec<f32> = s.iter().map(|f| 1.0 / f).collect();
+                Some(g.initializer(
+                    &format!("{}.smooth_inv_scale", l.scope),
+                    DType::F32,
+                    vec![l.in_features],
+                    TensorData::Bytes(pixeldit_graph::encode_f32(&inv, DType::F32)),
+                )?)
+            }
+            None => None,
+        };
+        let sv = g.initializer(
+            &format!("{}.input_scale", l.scope),
+            DType::F32,
+            vec![],
+            TensorData::Bytes(scalar_bytes(scale)),
+        )?;
+        let zp = g.constant(dtype, vec![], vec![0u8])?;
+        xq = Some(g.scoped(&l.scope, |g| {
+            let x = match inv {
+                Some(inv) => g.mul(l.input, inv)?,
+                None => l.input,
+            };
+            let q = g.quantize_linear(x, sv, zp, None)?;
+            g.dequantize_linear(q, sv, zp, None)
+        })?);
+        input_range = Some(range);
+        input_scale = Some(scale);
+    }
+
+    // Rewire the Gemm.
+    let i = node_index(g, &l.node);
+    let split_bias = cfg.format == Format::Int8 && xq.is_some() && l.bias.is_some();
+    let out = g.nodes()[i].outputs[0];
+    let split_bias = split_bias && !g.outputs().contains(&out);
+    {
+        let n = &mut g.nodes_mut()[i];
+        n.inputs[1] = Some(wd);
+        if let Some(x) = xq {
+            n.inputs[0] = Some(x);
+        }
+        if split_bias {
+            n.inputs.truncate(2);
+        }
+    }
+    if split_bias {
+        let b = g
+            .value_by_name(l.bias.as_deref().expect("checked"))
+            .expect("bias exists");
+        let added = g.scoped(&l.scope, |g| g.add(out, b))?;
+        let add_name = g.nodes().last().expect("just added").name.clone();
+        redirect(g, out, added, &add_name);
+    }
+    Ok(LayerReport {
+        weight_scale_min: report_w.0,
+        weight_scale_max: report_w.1,
+        input_range,
+        input_scale,
+        smooth_range: smooth.map(|s| {
+            [
+                s.iter().copied().fold(f32::INFINITY, f32::min),
+                s.iter().copied().fold(0.0f32, f32::max),
+            ]
+        }),
+    })
+}
