@@ -1,6 +1,7 @@
 """Regenerate the golden files into temporary directories and compare with the committed ones.
 
-* tests/golden/forward/ (``gen_forward_golden.py``) and tests/golden/digits/ (``gen_digits_golden.py``):
+* tests/golden/forward/ (``gen_forward_golden.py``), tests/golden/t2i/ (``gen_t2i_golden.py``) and
+  tests/golden/digits/ (``gen_digits_golden.py``):
   every committed ``*.safetensors`` must have the same tensor names, dtypes and shapes as the regenerated one,
   with every value within 1e-6 (integers exact).
 * tests/golden/digits/: ``noise.npy`` must be identical, and every PNG must decode to the same size with pixel
@@ -21,6 +22,7 @@ from safetensors.numpy import load_file
 
 import gen_digits_golden
 import gen_forward_golden
+import gen_t2i_golden
 
 TOLERANCE = 1e-6
 
@@ -84,6 +86,7 @@ def main():
     """Compare every golden file; print a summary and return the exit status."""
     failures = check(gen_forward_golden, gen_forward_golden.DEFAULT_OUT)
     failures += check(gen_digits_golden, gen_digits_golden.DEFAULT_OUT)
+    failures += check(gen_t2i_golden, gen_t2i_golden.DEFAULT_OUT)
     return 1 if failures else 0
 
 

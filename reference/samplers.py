@@ -1,4 +1,4 @@
-"""Reference class-conditional samplers (spec section 4.1) for the rectified-flow PixelDiT.
+"""Reference samplers: class-conditional (spec section 4.1) and, at the end, text-to-image DPM-Solver++ (4.2).
 
 Convention: x_t = t*x0 + (1-t)*eps with t = 0 pure noise and t = 1 data; the
 network predicts v = x0 - eps, and sampling integrates dx/dt = v from t = 0 to
@@ -89,3 +89,91 @@ def sample(forward_fn, noise, classes, steps, cfg, interval, shift, sampler, nul
 def to_uint8(x):
     """Convert images in [-1, 1] to uint8: floor(clip((x+1)*127.5 + 0.5, 0, 255)) (official fp2uint8)."""
     return np.clip((x + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Text-to-image sampler (spec section 4.2): DPM-Solver++ (multistep, order 2, lower_order_final) on the flow
+# schedule of SANA.  Convention reversed relative to the C2I samplers above: sigma is the noise level,
+# x_sigma = (1 - sigma) x0 + sigma noise, the network gets t = sigma * 1000 and predicts v = noise - x0.
+
+T2I_SAMPLERS = ("dpmpp_2m",)
+
+
+def flow_sigmas(steps, shift, t0=0.001):
+    """The N+1 sigmas of ``skip_type="time_uniform_flow"``, from ~1 down to exactly 0 (float64).
+
+    ``1 - linspace(1, t0, N+1)``, shifted by s*sigma / (1 + (s-1)*sigma), then flipped.
+    """
+    sigmas = 1.0 - np.linspace(1.0, t0, steps + 1)
+    sigmas = shift * sigmas / (1.0 + (shift - 1.0) * sigmas)
+    return sigmas[::-1].copy()
+
+
+def flow_lambda(sigma):
+    """Half log-SNR of the flow schedule: log(1 - sigma) - log(sigma) (+inf at sigma = 0)."""
+    with np.errstate(divide="ignore"):
+        return np.log(1.0 - sigma) - np.log(sigma)
+
+
+def t2i_is_guided(sigma, interval):
+    """CFG applies when lo < sigma < hi (strict, on sigma; official ``interval_guidance``)."""
+    lo, hi = interval
+    return bool(lo < sigma < hi)
+
+
+def t2i_data_prediction(forward_fn, x, sigma, cond, uncond, cfg_scale, interval):
+    """x0 prediction at noise level sigma (official model_wrapper + data_prediction_fn, model_type "flow").
+
+    Each branch's velocity becomes a noise prediction ``(1 - sigma) v + x``; CFG combines the noise
+    predictions ``u + w (c - u)`` only inside the interval (else only the cond branch is run), and
+    ``x0 = (x - sigma noise) / (1 - sigma)``.
+    """
+    bsz = x.shape[0]
+    t = np.full(bsz, sigma * 1000.0)
+    guided = cfg_scale != 1.0 and uncond is not None and t2i_is_guided(sigma, interval)
+    if guided:
+        out = forward_fn(np.concatenate([x, x]), np.concatenate([t, t]), np.concatenate([uncond, cond]))
+        n_u, n_c = ((1.0 - sigma) * out[:bsz] + x), ((1.0 - sigma) * out[bsz:] + x)
+        noise = n_u + cfg_scale * (n_c - n_u)
+    else:
+        noise = (1.0 - sigma) * forward_fn(x, t, cond) + x
+    return (x - sigma * noise) / (1.0 - sigma), guided
+
+
+def sample_t2i(forward_fn, noise, cond, uncond, steps, cfg_scale, interval, shift):
+    """DPM-Solver++ 2M from pure noise (sigma ~ 1) to sigma = 0; returns (x0 [B,3,H,W], guided flags [steps]).
+
+    Args:
+        forward_fn: f(x [B',3,H,W], t [B'] = sigma*1000, text [B',L,C]) -> v.
+        noise: the initial x, [B,3,H,W].
+        cond: text embeddings of the prompt, [B,L,C]; uncond: of the negative/null prompt, or None.
+        steps: N >= 2 (the official solver asserts steps >= order).
+
+    Step 1 is first order, steps 2..N-1 second order (``solver_type="dpmsolver"``), the final step onto
+    sigma = 0 first order, which returns the last x0 prediction exactly (lambda = +inf).
+    """
+    if steps < 2:
+        raise ValueError("DPM-Solver++ 2M needs at least 2 steps")
+    sig = flow_sigmas(steps, shift)
+    lam = flow_lambda(sig)
+    x = noise
+    m_prev, guided = t2i_data_prediction(forward_fn, x, sig[0], cond, uncond, cfg_scale, interval)
+    flags = [guided]
+    m_prev2 = None
+    for k in range(1, steps + 1):
+        s_t, a_t = sig[k], 1.0 - sig[k]
+        if k == steps:
+            x = m_prev  # first order onto sigma = 0: sigma_t / sigma_s = 0 and alpha_t * expm1(-inf) = -1
+            break
+        h = lam[k] - lam[k - 1]
+        phi = np.expm1(-h)
+        if m_prev2 is None:
+            x = (s_t / sig[k - 1]) * x - (a_t * phi) * m_prev
+        else:
+            r0 = (lam[k - 1] - lam[k - 2]) / h
+            d1 = (m_prev - m_prev2) / r0
+            x = (s_t / sig[k - 1]) * x - (a_t * phi) * m_prev - 0.5 * (a_t * phi) * d1
+        m_prev2 = m_prev
+        m_prev, guided = t2i_data_prediction(forward_fn, x, s_t, cond, uncond, cfg_scale, interval)
+        flags.append(guided)
+    return x, np.asarray(flags, dtype=np.int64)
