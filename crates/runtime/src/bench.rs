@@ -2,7 +2,7 @@
 
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::io::{seeded_noise, write_atomic};
+use crate::io::seeded_noise;
 use ndarray::Array1;
 use pixeldit_spec::ModelMetadata;
 use std::path::Path;
@@ -112,7 +112,7 @@ pub struct BenchRow {
     pub machine: String,
     /// The command line.
     pub command: String,
-    /// Model file and shape, e.g. `tiny.onnx (tiny, 32x32)`.
+    /// Model file, preset, size and attention lowering, e.g. `tiny.onnx (tiny 32x32, custom)`.
     pub model: String,
     /// Precision from the metadata.
     pub precision: String,
@@ -151,26 +151,37 @@ impl BenchRow {
     }
 }
 
-/// Appends rows to the table at `path`, creating it with [`HEADER`] if missing.
+/// Appends rows to the table at `path`, creating it with [`HEADER`] if missing. Rows go out in one `O_APPEND`
+/// write, so concurrent `bench` runs do not lose each other's rows.
 pub fn append_rows(path: &Path, rows: &[BenchRow]) -> Result<()> {
-    let mut text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => HEADER.to_string(),
-        Err(e) => {
-            return Err(crate::RuntimeError::Io {
-                path: path.to_path_buf(),
-                source: e,
-            })
-        }
+    use std::io::Write;
+    let io_err = |e| crate::RuntimeError::Io {
+        path: path.to_path_buf(),
+        source: e,
     };
-    if !text.ends_with('\n') {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(mut f) => f.write_all(HEADER.as_bytes()).map_err(io_err)?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    let mut text = String::new();
+    let existing = std::fs::read(path).map_err(io_err)?;
+    if existing.last().is_some_and(|&b| b != b'\n') {
         text.push('\n');
     }
     for r in rows {
         text.push_str(&r.markdown());
         text.push('\n');
     }
-    write_atomic(path, text.as_bytes())
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(io_err)?;
+    f.write_all(text.as_bytes()).map_err(io_err)
 }
 
 #[cfg(test)]

@@ -455,14 +455,15 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
         .collect::<Vec<_>>()
         .join(" ");
     let model_desc = format!(
-        "{} ({}, {}x{})",
+        "{} ({} {}x{}, {})",
         a.model
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default(),
         meta.config.name,
         meta.height,
-        meta.width
+        meta.width,
+        meta.attention
     );
     let (date, machine) = (bench::today(), bench::machine());
     let mut rows = Vec::new();

@@ -292,7 +292,7 @@ fn bench_appends_a_row_per_backend() {
     assert!(rows.iter().any(|r| r.contains("| tract/tract-cpu | 2 |")));
     assert!(rows
         .iter()
-        .all(|r| r.contains("dummy_tiny.onnx (tiny, 32x32) | fp32")));
+        .all(|r| r.contains("dummy_tiny.onnx (tiny 32x32, decomposed) | fp32")));
     if lib.is_some() {
         assert!(rows
             .iter()
