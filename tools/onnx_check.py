@@ -4,8 +4,10 @@
 Usage:
   onnx_check.py check MODEL.onnx [...]          checker(full_check=True) + ORT load (skipped for custom-op models)
   onnx_check.py params MODEL.onnx               prints the parameter count of the weight initializers
-  onnx_check.py forward MODEL.onnx CASE         runs a case of tests/golden/forward/cases.safetensors through
-                                                ORT and prints the relative L2 error vs the reference output
+  onnx_check.py forward MODEL.onnx CASE [CASES] runs a case of tests/golden/forward/cases.safetensors (or of the
+                                                CASES file, e.g. tests/golden/t2i/cases.safetensors) through ORT,
+                                                feeding every graph input from `<case>.<input name>`, and prints
+                                                the relative L2 error vs the reference output `<case>.v`
 
 Used by the exporter's integration tests; exits non-zero on any failure.
 """
@@ -53,13 +55,13 @@ def params(path):
     print(total)
 
 
-def forward(path, case):
+def forward(path, case, cases_file="tests/golden/forward/cases.safetensors"):
     import onnxruntime as ort
     from safetensors.numpy import load_file
 
-    cases = load_file("tests/golden/forward/cases.safetensors")
+    cases = load_file(cases_file)
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    feeds = {k: cases[f"{case}.{k}"] for k in ("x", "t", "y")}
+    feeds = {i.name: cases[f"{case}.{i.name}"] for i in sess.get_inputs()}
     out = sess.run(None, feeds)[0]
     ref = cases[f"{case}.v"]
     print(float(np.linalg.norm(out - ref) / np.linalg.norm(ref)))
@@ -74,7 +76,7 @@ def main(argv):
     elif cmd == "params":
         params(argv[2])
     elif cmd == "forward":
-        forward(argv[2], argv[3])
+        forward(*argv[2:5])
     else:
         raise SystemExit(__doc__)
 

@@ -240,7 +240,7 @@ impl<'w> Ctx<'w> {
     }
 
     /// Position ids `[B, S]` (0..S per row) for opset-23 `RotaryEmbedding`, built once per S.
-    fn position_ids(&mut self, like: Value, s: usize) -> Result<Value> {
+    pub(crate) fn position_ids(&mut self, like: Value, s: usize) -> Result<Value> {
         if let Some(v) = self.position_ids.get(&s) {
             return Ok(*v);
         }
@@ -277,7 +277,7 @@ pub fn flatten_rows(prefix: &[Dim]) -> Dim {
 }
 
 /// `[B,S,3*H*Dh]` -> q, k, v each `[B,H,S,Dh]`.
-fn split_heads(
+pub(crate) fn split_heads(
     g: &mut Graph,
     qkv: Value,
     heads: usize,
@@ -298,7 +298,7 @@ fn split_heads(
 }
 
 /// Adjacent-pair RoPE on `[B,H,S,Dh]` with tables `[S, Dh/2, 1]`.
-fn rope_decomposed(
+pub(crate) fn rope_decomposed(
     g: &mut Graph,
     x: Value,
     cos: Value,

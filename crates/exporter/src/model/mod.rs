@@ -6,16 +6,21 @@ mod embedders;
 mod final_layer;
 mod patch_block;
 mod pixel_block;
+pub mod t2i;
 
 pub use embedders::pixel_pos_embed;
 
 use crate::nn::Ctx;
 use crate::Result;
 use pixeldit_graph::{DType, Dim, Graph};
-use pixeldit_spec::{io, ModelConfig};
+use pixeldit_spec::{io, ModelConfig, ModelKind};
 
-/// Builds the forward graph `v = model(x, t, y)` at a fixed `height x width` into `cx.g`.
+/// Builds the forward graph `v = model(x, t, y)` at a fixed `height x width` into `cx.g` (text-to-image configs:
+/// `v = model(x, t, text)`, see [`t2i`]).
 pub fn build(cx: &mut Ctx, cfg: &ModelConfig, height: usize, width: usize) -> Result<()> {
+    if cfg.kind == ModelKind::T2i {
+        return t2i::build(cx, cfg, height, width);
+    }
     cfg.check_size(height, width)?;
     let (hs, ws) = (height / cfg.patch_size, width / cfg.patch_size);
     let l = hs * ws;

@@ -1,0 +1,154 @@
+//! `patch_blocks.{i}.attn`: `MMDiTJointAttention` (spec 5.2). Two qkv projections (image `qkv_x`, text `qkv_y`,
+//! no bias), per-stream QK-RMSNorm, 2D RoPE on image tokens and 1D RoPE on text tokens, one SDPA over
+//! `[text; image]`, split back and projected by `proj_x` / `proj_y`.
+//!
+//! Lowerings, as for the C2I attention:
+//! * `custom`: one `pixeldit.JointRotaryAttention` node (semantics in [`pixeldit_spec::custom_op`]) with the text
+//!   and image RoPE tables stacked into one `[Lt + L, Dh/2]` table;
+//! * `onnx23`: `RMSNormalization` + `RotaryEmbedding` per stream, `Concat` on the sequence axis, `Attention`;
+//! * `decomposed`: opset-17 primitives.
+
+use crate::nn::{rope_decomposed, split_heads, Ctx};
+use crate::{ExportError, Result};
+use pixeldit_graph::{Attr, DType, Dim, Value};
+use pixeldit_spec::{custom_op, AttentionMode, ModelConfig};
+
+/// Returns `(out_x [B, L, D], out_y [B, Lt, D])`; `out_y` only when `text_out` (the last block's is dead).
+#[allow(clippy::too_many_arguments)]
+pub fn joint_rotary_attention(
+    cx: &mut Ctx,
+    cfg: &ModelConfig,
+    prefix: &str,
+    x: Value,
+    y: Value,
+    hs: usize,
+    ws: usize,
+    text_out: bool,
+) -> Result<(Value, Option<Value>)> {
+    let text = cfg
+        .text
+        .as_ref()
+        .ok_or_else(|| ExportError::Unsupported("joint attention needs a text config".into()))?;
+    let heads = cfg.num_heads;
+    let width = cfg.hidden_size;
+    let dh = width / heads;
+    let si = hs * ws;
+    let st = cx.g.shape(y)[1].fixed().expect("fixed text length");
+    let batch = cx.g.shape(x)[0];
+    let qkv_x = cx.linear(x, &format!("{prefix}.qkv_x"), false)?;
+    let qkv_y = cx.linear(y, &format!("{prefix}.qkv_y"), false)?;
+    let (icos, isin) = custom_op::rope_2d_tables(hs, ws, dh, cfg.rope_theta);
+    let (tcos, tsin) = custom_op::rope_1d_tables(st, dh, text.rope_theta);
+    let scale = 1.0 / (dh as f32).sqrt();
+    let eps = cx.eps;
+    let joint_shape = [batch, Dim::Fixed(st + si), Dim::Fixed(width)];
+
+    let out = match cx.attention {
+        AttentionMode::Custom => {
+            let cos: Vec<f32> = tcos.iter().chain(&icos).copied().collect();
+            let sin: Vec<f32> = tsin.iter().chain(&isin).copied().collect();
+            let name = format!("pixeldit.rope_joint.{st}+{hs}x{ws}.d{dh}");
+            let cos = cx.table(&format!("{name}.cos"), vec![st + si, dh / 2], &cos)?;
+            let sin = cx.table(&format!("{name}.sin"), vec![st + si, dh / 2], &sin)?;
+            let mut norms = Vec::new();
+            for k in ["q_norm_y", "k_norm_y", "q_norm_x", "k_norm_x"] {
+                norms.push(cx.weight(&format!("{prefix}.{k}.weight"), DType::F32)?);
+            }
+            cx.g.scoped(prefix, |g| {
+                g.set_domain_version(custom_op::DOMAIN, custom_op::VERSION);
+                let attrs = vec![
+                    ("num_heads", Attr::Int(heads as i64)),
+                    ("epsilon", Attr::Float(eps)),
+                    ("scale", Attr::Float(scale)),
+                ];
+                let ins = [
+                    Some(qkv_y),
+                    Some(qkv_x),
+                    Some(norms[0]),
+                    Some(norms[1]),
+                    Some(norms[2]),
+                    Some(norms[3]),
+                    Some(cos),
+                    Some(sin),
+                ];
+                let out = vec![(DType::F32, joint_shape.to_vec())];
+                Ok(g.add_node(custom_op::JOINT_OP_TYPE, custom_op::DOMAIN, &ins, attrs, out)?[0])
+            })?
+        }
+        AttentionMode::Decomposed | AttentionMode::Onnx23 => {
+            let decomposed = cx.attention == AttentionMode::Decomposed;
+            // Per-stream q, k, v [B, H, S, Dh] with their own norms and rotations.
+            let mut streams = Vec::new();
+            for (qkv, s, tag, cos, sin, table) in [
+                (
+                    qkv_y,
+                    st,
+                    "y",
+                    &tcos,
+                    &tsin,
+                    format!("pixeldit.rope1d.{st}.d{dh}"),
+                ),
+                (
+                    qkv_x,
+                    si,
+                    "x",
+                    &icos,
+                    &isin,
+                    format!("pixeldit.rope2d.{hs}x{ws}.d{dh}"),
+                ),
+            ] {
+                let shape = if decomposed {
+                    vec![s, dh / 2, 1]
+                } else {
+                    vec![s, dh / 2]
+                };
+                let cos = cx.table(&format!("{table}.cos"), shape.clone(), cos)?;
+                let sin = cx.table(&format!("{table}.sin"), shape, sin)?;
+                let (q, k, v) = cx.g.scoped(prefix, |g| split_heads(g, qkv, heads, dh))?;
+                let q = cx.rms_norm(q, &format!("{prefix}.q_norm_{tag}.weight"))?;
+                let k = cx.rms_norm(k, &format!("{prefix}.k_norm_{tag}.weight"))?;
+                let pos = if decomposed {
+                    None
+                } else {
+                    Some(cx.position_ids(qkv, s)?)
+                };
+                let (q, k) = cx.g.scoped(&format!("{prefix}.rope_{tag}"), |g| match pos {
+                    Some(pos) => Ok((
+                        g.rotary_embedding(q, cos, sin, pos)?,
+                        g.rotary_embedding(k, cos, sin, pos)?,
+                    )),
+                    None => Ok((
+                        rope_decomposed(g, q, cos, sin, dh)?,
+                        rope_decomposed(g, k, cos, sin, dh)?,
+                    )),
+                })?;
+                streams.push((q, k, v));
+            }
+            cx.g.scoped(prefix, |g| {
+                let q = g.concat(&[streams[0].0, streams[1].0], 2)?;
+                let k = g.concat(&[streams[0].1, streams[1].1], 2)?;
+                let v = g.concat(&[streams[0].2, streams[1].2], 2)?;
+                let o = if decomposed {
+                    let kt = g.transpose(k, &[0, 1, 3, 2])?;
+                    let sc = g.matmul(q, kt)?;
+                    let sv = g.scalar(DType::F32, scale)?;
+                    let sc = g.mul(sc, sv)?;
+                    let p = g.softmax(sc, -1)?;
+                    g.matmul(p, v)?
+                } else {
+                    g.attention(q, k, v, scale)?
+                };
+                let o = g.transpose(o, &[0, 2, 1, 3])?;
+                g.reshape(o, &joint_shape)
+            })?
+        }
+    };
+    let parts = cx.g.scoped(prefix, |g| g.split(out, 1, &[st, si]))?;
+    let ox = cx.linear(parts[1], &format!("{prefix}.proj_x"), true)?;
+    let oy = if text_out {
+        Some(cx.linear(parts[0], &format!("{prefix}.proj_y"), true)?)
+    } else {
+        None
+    };
+    Ok((ox, oy))
+}

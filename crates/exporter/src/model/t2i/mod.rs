@@ -1,0 +1,108 @@
+//! The text-to-image PixelDiT (`PixDiT_T2I` in the official `pixdit_core/pixeldit_t2i.py`, pinned upstream commit
+//! `07015dd233bab8a057ac6edc7b67711da5ba896e`), one file per checkpoint subtree. See
+//! `shared/docs/pixeldit-architecture.md` sections 3.3, 4.2 and 5.
+//!
+//! * Inputs `x [B,3,H,W]` (noisy image), `t [B]` (sigma * 1000, 1000 = noise), `text [B, L, E]` (the text-encoder
+//!   hidden states, L = `text.max_length`, E = `text.embed_dim`); output `v [B,3,H,W]` = noise - x0.
+//! * Conditioning `c = SiLU(t_emb)`; text enters only through the joint attention of the MM-DiT blocks
+//!   ([`mmdit_block`]), whose image stream then conditions the unchanged PiT blocks through
+//!   `s_cond = SiLU(t_emb + s)`.
+//! * The text stream of the last MM-DiT block is discarded by the official model: its output projection, second
+//!   norm and MLP (`proj_y`, `norm_y2`, `mlp_y`: 21.2M parameters at hidden 1536) are dead compute and are not
+//!   exported.
+
+mod joint_attention;
+mod mmdit_block;
+mod text_embedder;
+
+use super::{embedders, final_layer, pixel_block};
+use crate::nn::Ctx;
+use crate::{ExportError, Result};
+use pixeldit_graph::{DType, Dim};
+use pixeldit_spec::{io, ModelConfig};
+
+/// Checkpoint keys the graph does not use: the text-side output of the last MM-DiT block (dead in the official
+/// model).
+pub fn dead_keys(cfg: &ModelConfig) -> Vec<String> {
+    if cfg.patch_depth == 0 {
+        return Vec::new();
+    }
+    let b = format!("patch_blocks.{}.", cfg.patch_depth - 1);
+    [
+        "attn.proj_y.weight",
+        "attn.proj_y.bias",
+        "norm_y2.weight",
+        "mlp_y.w1.weight",
+        "mlp_y.w3.weight",
+        "mlp_y.w2.weight",
+    ]
+    .iter()
+    .map(|k| format!("{b}{k}"))
+    .collect()
+}
+
+/// Builds `v = model(x, t, text)` at a fixed `height x width` into `cx.g`.
+pub fn build(cx: &mut Ctx, cfg: &ModelConfig, height: usize, width: usize) -> Result<()> {
+    cfg.check_size(height, width)?;
+    let text_cfg = cfg
+        .text
+        .as_ref()
+        .ok_or_else(|| ExportError::Unsupported(format!("config '{}' has no text section", cfg.name)))?;
+    let (hs, ws) = (height / cfg.patch_size, width / cfg.patch_size);
+    let l = hs * ws;
+    let d = cfg.hidden_size;
+    let (inputs, outputs) = io::t2i_io(
+        cfg.in_channels,
+        height,
+        width,
+        text_cfg.max_length,
+        text_cfg.embed_dim,
+    );
+    let dims = |t: &io::IoTensor| -> Vec<Dim> {
+        t.dims
+            .iter()
+            .map(|d| {
+                if *d < 0 {
+                    Dim::Batch(1)
+                } else {
+                    Dim::Fixed(*d as usize)
+                }
+            })
+            .collect()
+    };
+    let x = cx.g.input(inputs[0].name, DType::F32, dims(&inputs[0]))?;
+    let t = cx.g.input(inputs[1].name, DType::F32, dims(&inputs[1]))?;
+    let text = cx.g.input(inputs[2].name, DType::F32, dims(&inputs[2]))?;
+    let batch = Dim::Batch(1);
+
+    // Conditioning c = SiLU(t_emb), no pooled text.
+    let t_emb = embedders::timestep_embedder(cx, cfg, t)?;
+    let c = cx.g.scoped("c", |g| g.silu(t_emb))?;
+    let mut y = text_embedder::text_embedder(cx, text)?;
+
+    // Patch level: MM-DiT blocks over [text; image].
+    let mut s = embedders::patch_embedder(cx, cfg, x, hs, ws)?;
+    for i in 0..cfg.patch_depth {
+        let last = i + 1 == cfg.patch_depth;
+        let (s2, y2) = mmdit_block::mmdit_block(cx, cfg, i, s, y, c, hs, ws, !last)?;
+        s = s2;
+        if let Some(y2) = y2 {
+            y = y2;
+        }
+    }
+    let s_cond = cx.g.scoped("s_cond", |g| {
+        let te = g.reshape(t_emb, &[batch, Dim::Fixed(1), Dim::Fixed(d)])?;
+        let sc = g.add(te, s)?;
+        let sc = g.silu(sc)?;
+        g.reshape(sc, &[Dim::Batch(l), Dim::Fixed(d)])
+    })?;
+
+    // Pixel level: unchanged PiT blocks (attention width and heads from the config).
+    let mut px = embedders::pixel_embedder(cx, cfg, x, hs, ws)?;
+    for i in 0..cfg.pixel_depth {
+        px = pixel_block::pixel_block(cx, cfg, i, px, s_cond, hs, ws)?;
+    }
+    let v = final_layer::final_layer(cx, cfg, px, batch, hs, ws)?;
+    cx.g.output(outputs[0].name, v)?;
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Integration tests of the text-to-image export: structure snapshots, parameter counts, the official checkpoint
+//! layouts (`.pth`, bf16 repack) giving the same bytes as plain safetensors, and (with the project's Python venv)
+//! the ONNX checker and ONNX Runtime against the independent numpy reference (tests/golden/t2i/).
+
+use pixeldit_exporter::model::t2i::dead_keys;
+use pixeldit_exporter::{build_graph, export_to_file, load_weights, ExportOptions, WeightsSpec};
+use pixeldit_spec::{AttentionMode, ModelConfig};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn golden() -> PathBuf {
+    root().join("tests/golden/t2i/t2i_tiny.safetensors")
+}
+
+/// The venv Python with onnx/onnxruntime, or None (a skip, unless PIXELDIT_REQUIRE_PYTHON is set).
+fn python() -> Option<PathBuf> {
+    let p = root().join(".venv/bin/python");
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("PIXELDIT_REQUIRE_PYTHON").is_none(),
+        "PIXELDIT_REQUIRE_PYTHON set but {} missing",
+        p.display()
+    );
+    eprintln!("skipped: {} not found (run scripts/setup.sh)", p.display());
+    None
+}
+
+fn opts(ck: WeightsSpec, mode: AttentionMode) -> ExportOptions {
+    let mut o = ExportOptions::new(ModelConfig::preset("t2i-tiny").unwrap(), ck);
+    o.attention = mode;
+    o
+}
+
+#[test]
+fn t2i_graph_dumps_are_stable() {
+    for mode in AttentionMode::ALL {
+        let o = opts(WeightsSpec::RandomInit { seed: 0 }, *mode);
+        let (w, _) = load_weights(&o).unwrap();
+        let dump = build_graph(&o, &w).unwrap().dump();
+        insta::assert_snapshot!(format!("t2i_tiny_{mode}"), dump);
+    }
+}
+
+#[test]
+fn t2i_parameter_count_from_initializers() {
+    // Spec section 1: 1302.47M; the graph holds all but the last block's dead text-side output.
+    let cfg = ModelConfig::preset("t2i").unwrap();
+    assert!((cfg.parameter_count() as f64 / 1e6 - 1302.47).abs() < 0.005);
+    let o = ExportOptions::new(cfg.clone(), WeightsSpec::RandomInit { seed: 0 });
+    let (w, _) = load_weights(&o).unwrap();
+    let g = build_graph(&o, &w).unwrap();
+    let mut names: Vec<String> = g
+        .initializers()
+        .filter(|(_, i)| i.is_weight())
+        .map(|(_, i)| i.name.clone())
+        .collect();
+    let n: usize = g
+        .initializers()
+        .filter(|(_, i)| i.is_weight())
+        .map(|(_, i)| i.numel())
+        .sum();
+    let dead = dead_keys(&cfg);
+    let dead_n: usize = cfg
+        .parameter_shapes()
+        .iter()
+        .filter(|(k, _)| dead.contains(k))
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
+    assert_eq!(dead_n, 21_236_736);
+    assert_eq!(n + dead_n, cfg.parameter_count());
+    let mut expected: Vec<String> = cfg
+        .parameter_shapes()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| !dead.contains(k))
+        .collect();
+    names.sort();
+    expected.sort();
+    assert_eq!(names, expected, "initializer names equal the checkpoint keys");
+}
+
+#[test]
+fn t2i_official_layouts_export_like_plain_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = root().join("tests/golden/checkpoints");
+    let export = |src: PathBuf, name: &str| {
+        let out = dir.path().join(name);
+        export_to_file(&opts(WeightsSpec::Checkpoint(src), AttentionMode::Custom), &out).unwrap();
+        std::fs::read(out).unwrap()
+    };
+    let plain = export(golden(), "plain.onnx");
+    assert!(
+        export(ck.join("t2i_tiny.pth"), "pth.onnx") == plain,
+        ".pth bytes differ"
+    );
+    assert!(
+        export(ck.join("t2i_tiny_bf16.safetensors"), "bf16.onnx") == plain,
+        "bf16 repack bytes differ"
+    );
+}
+
+#[test]
+fn t2i_checker_ort_and_reference_agree() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let tool = root().join("tools/onnx_check.py");
+    let cases = root().join("tests/golden/t2i/cases.safetensors");
+    let mut paths = Vec::new();
+    for mode in AttentionMode::ALL {
+        for (case, h, w) in [("case_a", 32, 48), ("case_b", 32, 32), ("case_c", 48, 32)] {
+            let mut o = opts(WeightsSpec::Checkpoint(golden()), *mode);
+            o.height = h;
+            o.width = w;
+            let p = dir.path().join(format!("{mode}_{case}.onnx"));
+            export_to_file(&o, &p).unwrap();
+            paths.push(p.clone());
+            if *mode == AttentionMode::Custom {
+                continue; // the custom ops run in the Rust runtime (crates/runtime/tests/t2i.rs)
+            }
+            let out = Command::new(&py)
+                .current_dir(root())
+                .arg(&tool)
+                .args(["forward", p.to_str().unwrap(), case, cases.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let rel: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+            assert!(rel < 1e-4, "{mode} {case}: relative L2 {rel}");
+        }
+    }
+    let out = Command::new(&py)
+        .arg(&tool)
+        .arg("check")
+        .args(&paths)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
