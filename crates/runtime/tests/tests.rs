@@ -9,6 +9,7 @@ mod cli;
 mod custom_op;
 mod digits;
 mod exported;
+mod forward;
 mod lowp;
 #[cfg(feature = "triton")]
 mod triton;
