@@ -39,9 +39,11 @@ pub mod bench;
 mod error;
 pub mod io;
 pub mod kernel;
+pub mod kernel_joint;
 pub mod lowp;
 pub mod model;
 pub mod sampler;
+pub mod t2i;
 
 pub use backend::{Backend, BackendKind, Device, LoadOptions};
 pub use error::{Result, RuntimeError};

@@ -46,6 +46,20 @@ pub trait Backend {
             self.name()
         )))
     }
+    /// One forward pass of a text-to-image model: `(x [B,3,H,W], t [B] = sigma*1000, text [B,L,E])` -> `v`
+    /// (see [`crate::t2i`]). The default says the backend cannot.
+    fn run_text(
+        &mut self,
+        x: ArrayView4<f32>,
+        t: ArrayView1<f32>,
+        text: ndarray::ArrayView3<f32>,
+    ) -> Result<Array4<f32>> {
+        let _ = (x, t, text);
+        Err(RuntimeError::InvalidArgument(format!(
+            "the {} backend cannot run text-to-image models",
+            self.name()
+        )))
+    }
 }
 
 /// `--backend`.

@@ -234,6 +234,7 @@ impl OrtBackend {
         }
         let domain = OperatorDomain::new(pixeldit_spec::CUSTOM_DOMAIN)
             .and_then(|d| d.add(RotaryAttentionOp))
+            .and_then(|d| d.add(crate::kernel_joint::ort_op::JointRotaryAttentionOp))
             .map_err(simple)?;
         let mut builder = Session::builder(&env)
             .map_err(simple)?
@@ -358,7 +359,10 @@ fn tensorrt(model: &Path, opts: &OrtOptions) -> ort::ep::ExecutionProviderDispat
 /// Rejects nodes of the `pixeldit` domain that have no kernel here.
 fn check_ops(info: &ModelInfo) -> Result<()> {
     for n in info.custom_nodes() {
-        if n.domain == pixeldit_spec::CUSTOM_DOMAIN && n.op_type == pixeldit_spec::custom_op::OP_TYPE {
+        if n.domain == pixeldit_spec::CUSTOM_DOMAIN
+            && (n.op_type == pixeldit_spec::custom_op::OP_TYPE
+                || n.op_type == pixeldit_spec::custom_op::JOINT_OP_TYPE)
+        {
             continue;
         }
         return Err(RuntimeError::UnsupportedOp {
@@ -389,6 +393,17 @@ impl Backend for OrtBackend {
 
     fn provider(&self) -> String {
         self.provider.ep_name().to_string()
+    }
+
+    fn run_text(
+        &mut self,
+        x: ArrayView4<f32>,
+        t: ArrayView1<f32>,
+        text: ndarray::ArrayView3<f32>,
+    ) -> Result<Array4<f32>> {
+        // A T2I graph's inputs are all f32, in the order x, t, text (pixeldit_spec::io::t2i_io).
+        let outs = self.run_f32(&[x.view().into_dyn(), t.view().into_dyn(), text.view().into_dyn()])?;
+        crate::t2i::velocity_output(outs)
     }
 
     fn run(&mut self, x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>) -> Result<Array4<f32>> {

@@ -40,6 +40,10 @@ pub fn framework() -> tract_onnx::Onnx {
     onnx.op_register
         .insert(pixeldit_spec::custom_op::OP_TYPE, rotary_attention_builder);
     onnx.op_register.insert(ROUND_OP, float_round_builder);
+    onnx.op_register.insert(
+        pixeldit_spec::custom_op::JOINT_OP_TYPE,
+        crate::kernel_joint::tract_op::builder,
+    );
     onnx
 }
 
@@ -155,6 +159,17 @@ impl Backend for TractBackend {
 
     fn notes(&self) -> Vec<String> {
         self.notes.clone()
+    }
+
+    fn run_text(
+        &mut self,
+        x: ArrayView4<f32>,
+        t: ArrayView1<f32>,
+        text: ndarray::ArrayView3<f32>,
+    ) -> Result<Array4<f32>> {
+        // A T2I graph's inputs are all f32, in the order x, t, text (pixeldit_spec::io::t2i_io).
+        let outs = self.run_f32(&[x.view().into_dyn(), t.view().into_dyn(), text.view().into_dyn()])?;
+        crate::t2i::velocity_output(outs)
     }
 
     fn run(&mut self, x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>) -> Result<Array4<f32>> {
