@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+mod t2i_cli;
+
 #[derive(Parser)]
 #[command(
     name = "pixeldit-run",
@@ -127,6 +129,20 @@ struct SampleArgs {
     /// Initial noise, .npy f32 [K,3,H,W] (replaces --seed).
     #[arg(long, value_name = "FILE.npy")]
     noise: Option<PathBuf>,
+    /// Text-to-image models: hidden states of the prompt, `[300, 2304]` or `[K, 300, 2304]` (.npy f32, or
+    /// safetensors F32/F16/BF16).
+    ///
+    /// These are the last hidden state of Gemma-2-2B-IT (`AutoModelForCausalLM.get_decoder()`, after its final
+    /// norm) for the prompt prefixed with the model's "CHI" system prompt, tokenized with right padding to
+    /// len(tokenize(chi)) + 300 - 2 tokens, of which token 0 (BOS) and the last 299 positions are kept: 300 rows of
+    /// 2304, padding positions included (no attention mask is used). `--batch K` repeats one prompt K times. The
+    /// text encoder is not part of pixeldit; see README "Text-to-image".
+    #[arg(long, value_name = "FILE")]
+    text_embeddings: Option<PathBuf>,
+    /// Text-to-image models: hidden states of the negative prompt for CFG (the empty prompt "" for plain guidance):
+    /// encoded without the CHI prefix, padded to 300 tokens, the first 300 rows; same formats as --text-embeddings.
+    #[arg(long, value_name = "FILE")]
+    negative_embeddings: Option<PathBuf>,
     /// Also save the final float x (before quantization to u8) as .npy f32 [K,3,H,W].
     #[arg(long, value_name = "FILE.npy")]
     save_raw: Option<PathBuf>,
@@ -223,6 +239,13 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
         (Some((_, Some(m))), None) => m.clone(),
         _ => bail!("a model file is required"),
     };
+    if meta.config.kind == pixeldit_spec::ModelKind::T2i {
+        let model = a.model.as_deref().context("a model file is required")?;
+        return t2i_cli::run(a, model, &meta);
+    }
+    if a.text_embeddings.is_some() || a.negative_embeddings.is_some() {
+        bail!("--text-embeddings and --negative-embeddings are for text-to-image models; this one is class-conditional");
+    }
     let cfg_m = &meta.config;
 
     // Labels.

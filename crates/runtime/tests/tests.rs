@@ -11,5 +11,6 @@ mod digits;
 mod exported;
 mod forward;
 mod lowp;
+mod t2i;
 #[cfg(feature = "triton")]
 mod triton;
