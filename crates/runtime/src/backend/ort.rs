@@ -253,9 +253,13 @@ impl OrtBackend {
         // FLOAT8 Q/DQ (fp8 variants): the QDQ propagation pass moves float8 Q/DQ across Reshape/Transpose, which
         // have no float8 kernels ("Failed to find kernel for Reshape(19)"); float8 Q/DQ is never fused on these
         // providers anyway.
+        // The QDQ fusions also turn float8 Q/DQ + Gemm into com.microsoft.QGemm, which only takes (u)int8 ("Type
+        // 'tensor(float8e4m3fn)' of input parameter ... of operator (QGemm) ... is invalid"): off for FLOAT8 models.
         if info.initializer_types.iter().any(|(_, t)| (17..=20).contains(t)) {
             builder = builder
                 .with_disabled_optimizers("QDQPropagationTransformer")
+                .map_err(&e)?
+                .with_config_entry("session.disable_quant_qdq", "1")
                 .map_err(&e)?;
         }
         let eps = match provider {
