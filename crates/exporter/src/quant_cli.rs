@@ -38,16 +38,17 @@ pub struct QuantArgs {
     /// [default: int8 percentile:99.99, fp8 max].
     #[arg(long, value_name = "METHOD")]
     pub calib_method: Option<CalibMethod>,
-    /// SmoothQuant migration strength alpha in [0, 1] (int8/fp8 with activations): activation channel ranges
-    /// move into the per-channel weight scales, s_j = max|x_j|^alpha / max|w_j|^(1-alpha). Off by default.
-    #[arg(long, value_name = "ALPHA")]
-    pub smoothquant: Option<f32>,
+    /// SmoothQuant migration strength alpha in [0, 1], or off (int8/fp8 with activations): activation channel
+    /// ranges move into the per-channel weight scales, s_j = max|x_j|^alpha / max|w_j|^(1-alpha); the stored
+    /// weights (and the metadata's weights_sha256) are then those of W*diag(s) [default: int8 0.5, fp8 off].
+    #[arg(long, value_name = "ALPHA|off", value_parser = parse_alpha)]
+    pub smoothquant: Option<Alpha>,
     /// INT8 weight range: reduced (+-63, 7 bits: ONNX Runtime's fused u8s8 kernels cannot saturate on AVX2 CPUs
     /// without VNNI) or full (+-127, for TensorRT / VNNI CPUs) [default: reduced for int8, full for int8-weights].
     #[arg(long, value_name = "RANGE", value_parser = ["reduced", "full"])]
     pub int8_weight_range: Option<String>,
     /// After exporting, compare the model with an fp32 export of the same weights on the CPU (relative error of
-    /// v at t = 0, 0.1, 0.3, 0.5, 0.7, 0.9, 1 and PSNR of full samples), print it and write it as JSON to FILE.
+    /// v at t = 0, 0.25, 0.5, 0.75, 0.95 and PSNR of full samples), print it and write it as JSON to FILE.
     /// Works for every precision.
     #[arg(long, value_name = "FILE.json")]
     pub accuracy_report: Option<PathBuf>,
@@ -57,6 +58,20 @@ pub struct QuantArgs {
     /// Sampler steps of the accuracy report [default: the model's].
     #[arg(long, value_name = "N")]
     pub eval_steps: Option<usize>,
+}
+
+/// `--smoothquant` value: `off` or alpha.
+#[derive(Debug, Clone, Copy)]
+pub struct Alpha(Option<f32>);
+
+fn parse_alpha(s: &str) -> Result<Alpha, String> {
+    if s == "off" {
+        return Ok(Alpha(None));
+    }
+    match s.parse::<f32>() {
+        Ok(a) if (0.0..=1.0).contains(&a) => Ok(Alpha(Some(a))),
+        _ => Err(format!("expected off or an alpha in [0, 1], got '{s}'")),
+    }
 }
 
 impl QuantArgs {
@@ -76,7 +91,9 @@ impl QuantArgs {
                 q.calib.percentile = p;
             }
         }
-        q.smoothquant = self.smoothquant;
+        if let Some(Alpha(a)) = self.smoothquant {
+            q.smoothquant = a;
+        }
         match self.int8_weight_range.as_deref() {
             Some("full") => q.int8_weight_qmax = pixeldit_quantize::config::INT8_MAX,
             Some(_) => q.int8_weight_qmax = pixeldit_quantize::config::INT8_REDUCED_MAX,

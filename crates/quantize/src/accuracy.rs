@@ -6,7 +6,9 @@
 //! * **full samples**: both models run the sampler from the same noise; PSNR over the [-1, 1] data range
 //!   (peak-to-peak 2) per image, `10 log10(4 / MSE)`, plus the relative L2 of the whole batch.
 //!
-//! Evaluation seeds default to 100, 101, apart from the calibration seeds (0, 1).
+//! Evaluation seeds default to 100, 101, apart from the calibration seeds (0, 1). The default times stop at 0.95:
+//! the sampler never evaluates the network at t = 1 (its last step starts at 1 - 1/N), and there `v` is
+//! ill-conditioned (even fp16 differs by ~1e-2 on the `digits` model).
 
 use crate::calib::spread_classes;
 use crate::Result;
@@ -36,7 +38,7 @@ impl Default for EvalConfig {
             classes: Vec::new(),
             seeds: vec![100, 101],
             steps: None,
-            t_points: vec![0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0],
+            t_points: vec![0.0, 0.25, 0.5, 0.75, 0.95],
             backend: BackendKind::Auto,
         }
     }

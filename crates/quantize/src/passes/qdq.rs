@@ -1,7 +1,8 @@
 //! INT8 / FP8 variant of one Linear.
 //!
 //! * Weight: the checkpoint initializer keeps its name and is stored as int8 / float8e4m3fn with one scale per
-//!   output row (axis 0 of `[out, in]`, scale initializer `<weight>_scale`), read by `DequantizeLinear(axis=0)`.
+//!   output row (axis 0 of `[out, in]`, initializer `<weight>_scale`; INT8 also `<weight>_zero_point` = 0), read
+//!   by `DequantizeLinear(axis=0)`.
 //! * Activation (unless weight-only): `QuantizeLinear -> DequantizeLinear` on the 2-D input with one scale
 //!   (`<scope>.input_scale`) and zero point 0, the explicit-quantization pattern TensorRT fuses into an int8/fp8
 //!   GEMM and ONNX Runtime runs (and, for int8, fuses into `QGemm` on the CPU).
@@ -133,12 +134,23 @@ pub fn qdq_linear(
         vec![l.out_features],
         TensorData::Bytes(scale_bytes),
     )?;
+    // INT8: zero points are 0, but ONNX Runtime fuses Q/DQ into its integer QGemm only when the weight's is
+    // given. FP8: none, because ONNX Runtime would then also fuse FLOAT8 into QGemm, which has no float8 kernel.
+    let wz = match cfg.format {
+        Format::Int8 => Some(g.initializer(
+            &format!("{}_zero_point", l.weight),
+            dtype,
+            vec![l.out_features],
+            TensorData::Bytes(vec![0u8; l.out_features]),
+        )?),
+        _ => None,
+    };
     let wshape = vec![Dim::Fixed(l.out_features), Dim::Fixed(l.in_features)];
     let wd = g.scoped(&l.scope, |g| {
         Ok(g.add_node(
             "DequantizeLinear",
             "",
-            &[Some(wv), Some(ws)],
+            &[Some(wv), Some(ws), wz],
             vec![("axis", Attr::Int(0))],
             vec![(DType::F32, wshape)],
         )?[0])
