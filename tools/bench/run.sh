@@ -8,7 +8,10 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 [ -x .venv/bin/python ] || scripts/setup.sh
 tools/bench/setup_torch.sh >/dev/null
-cargo build --release -q -p pixeldit-runtime -p pixeldit-exporter
+if ! cargo build --release -q -p pixeldit-runtime -p pixeldit-exporter; then
+  [ -x target/release/pixeldit-run ] && [ -x target/release/pixeldit-export ] || exit 1
+  echo "warning: release build failed (tree mid-edit?); measuring the existing target/release binaries" >&2
+fi
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$root/.cache/onnxruntime/libonnxruntime.so.1.31.1}
 echo "load: $(uptime)"
 exec .venv/bin/python tools/bench/compare.py "$@"

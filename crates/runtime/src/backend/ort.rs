@@ -65,6 +65,10 @@ pub struct OrtOptions {
     /// Graph optimization level 0 (off), 1 (basic), 2 (extended) or 3 (all, default). On CPUs without AVX-VNNI,
     /// level 2+ fuses INT8 Q/DQ MatMuls into a u8s8 kernel that can saturate; use 1 to compare int8 variants.
     pub opt_level: u8,
+    /// Let idle intra-op worker threads spin (`session.intra_op.allow_spinning`). Off by default: on a shared or
+    /// small CPU the spinning workers take cycles from the GEMMs and from the custom-op kernel's own threads
+    /// (B-256 batch 2 on a loaded 2-core box: 3757 ms with spinning, 2626 ms without, see BENCHMARKS.md).
+    pub intra_op_spinning: bool,
     /// CUDA device index.
     pub device_id: i32,
 }
@@ -79,6 +83,7 @@ impl OrtOptions {
             precision: o.precision,
             threads: o.threads,
             opt_level: o.ort_opt_level.unwrap_or(3),
+            intra_op_spinning: false,
             device_id: 0,
         }
     }
@@ -93,6 +98,7 @@ impl Default for OrtOptions {
             precision: None,
             threads: None,
             opt_level: 3,
+            intra_op_spinning: false,
             device_id: 0,
         }
     }
@@ -250,6 +256,9 @@ impl OrtBackend {
         if let Some(n) = opts.threads {
             builder = builder.with_intra_threads(n).map_err(&e)?;
         }
+        builder = builder
+            .with_intra_op_spinning(opts.intra_op_spinning)
+            .map_err(&e)?;
         // FLOAT8 Q/DQ (fp8 variants): the QDQ propagation pass moves float8 Q/DQ across Reshape/Transpose, which
         // have no float8 kernels ("Failed to find kernel for Reshape(19)"); float8 Q/DQ is never fused on these
         // providers anyway.
