@@ -146,11 +146,13 @@ pub fn qdq_linear(
         _ => None,
     };
     let wshape = vec![Dim::Fixed(l.out_features), Dim::Fixed(l.in_features)];
+    let mut dq_inputs = vec![Some(wv), Some(ws)];
+    dq_inputs.extend(wz.map(Some));
     let wd = g.scoped(&l.scope, |g| {
         Ok(g.add_node(
             "DequantizeLinear",
             "",
-            &[Some(wv), Some(ws), wz],
+            &dq_inputs,
             vec![("axis", Attr::Int(0))],
             vec![(DType::F32, wshape)],
         )?[0])
