@@ -248,9 +248,9 @@ def main():
     if not a.no_table:
         p = pathlib.Path(a.table)
         old = p.read_text() if p.exists() else "# Benchmarks\n\n" + RAW_HEADER
-        if RAW_MARKER not in old:
-            old = old.replace("# Benchmarks\n\n", "# Benchmarks\n\n" + RAW_HEADER, 1) if old.startswith(
-                "# Benchmarks") else old
+        if RAW_MARKER not in old and old.startswith("# Benchmarks\n\n"):
+            # A table written by `pixeldit-run bench` alone: give it the heading, keep its rows at the end.
+            old = old.replace("# Benchmarks\n\n", "# Benchmarks\n\n" + RAW_MARKER + "\n\n", 1)
         i = old.find(RAW_MARKER)
         i = len(old) if i < 0 else i
         p.write_text(old[:i] + text + "\n" + old[i:])
