@@ -20,7 +20,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def parameter_count(cfg):
-    """Total number of parameters of a preset."""
+    """Number of parameters of a preset (the T2I shapes for ``kind: t2i``, spec section 3.3)."""
+    if cfg.get("kind") == "t2i":
+        from pixeldit_t2i_ref import parameter_shapes as t2i_shapes
+
+        return sum(int(np.prod(shape)) for _, shape in t2i_shapes(cfg))
     return sum(int(np.prod(shape)) for _, shape in parameter_shapes(cfg))
 
 
