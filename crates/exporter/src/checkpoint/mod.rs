@@ -36,7 +36,7 @@ impl Format {
         }
         if head.len() >= 9 && head[8] == b'{' {
             let n = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
-            if n >= 2 && n < (1 << 32) {
+            if (2..(1 << 32)).contains(&n) {
                 return Some(Format::Safetensors);
             }
         }
