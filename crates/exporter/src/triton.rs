@@ -25,7 +25,7 @@
 //! onnxruntime backend: [`check_attention`] rejects it unless forced.
 
 use crate::error::{ExportError, Result};
-use pixeldit_spec::io::{c2i_io, IoTensor, IoType};
+use pixeldit_spec::io::{model_io, IoTensor, IoType};
 use pixeldit_spec::{AttentionMode, ModelMetadata, Precision, META_KEY};
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
@@ -402,7 +402,7 @@ pub fn tensor_configs(io: &[IoTensor], max_batch_size: usize) -> Vec<TensorConfi
 
 impl TritonModelConfig {
     /// The config of an exported model, from its metadata (image size, channels, precision) and the I/O
-    /// contract [`c2i_io`].
+    /// contract [`model_io`] (C2I `x, t, y` or T2I `x, t, text`).
     pub fn from_metadata(meta: &ModelMetadata, name: &str, opts: &TritonOptions) -> Result<Self> {
         check_model_name(name)?;
         opts.check()?;
@@ -428,7 +428,7 @@ impl TritonModelConfig {
                     ),
                 ],
             });
-        let (inputs, outputs) = c2i_io(meta.config.in_channels, meta.height, meta.width);
+        let (inputs, outputs) = model_io(&meta.config, meta.height, meta.width);
         let mut parameters = BTreeMap::new();
         parameters.insert(META_KEY.to_string(), meta.to_json());
         Ok(TritonModelConfig {
@@ -1125,7 +1125,7 @@ pub fn validate_model_dir(dir: &Path, allow_pending_plan: bool) -> Result<Valida
     {
         match pm.str("string_value").map(ModelMetadata::from_json) {
             Some(Ok(meta)) => {
-                let (ins, outs) = c2i_io(meta.config.in_channels, meta.height, meta.width);
+                let (ins, outs) = model_io(&meta.config, meta.height, meta.width);
                 for t in ins.iter().chain(outs.iter()) {
                     let expected: Vec<i64> = if mbs > 0 {
                         t.dims[1..].to_vec()
