@@ -16,19 +16,22 @@ mod triton_cli;
 /// Examples:
 ///   pixeldit-export --preset tiny --random-init --seed 0 -o tiny.onnx
 ///   pixeldit-export --preset XL --checkpoint imagenet256_xl.safetensors --precision fp16 -o xl.onnx
+///   pixeldit-export --preset XL --checkpoint imagenet256_pixeldit_xl_epoch320.ckpt -o xl.onnx
+///   pixeldit-export --preset t2i --checkpoint pixeldit_t2i_v1.pth -o t2i.onnx
 ///   pixeldit-export --preset digits --attention decomposed -o digits.onnx
 ///   pixeldit-export --preset digits --triton-repo models --max-batch-size 16   # Triton model repository
 ///   pixeldit-export --preset digits --precision fp8 --accuracy-report fp8.json -o digits-fp8.onnx
 #[derive(Parser, Debug)]
 #[command(name = "pixeldit-export", version, verbatim_doc_comment)]
 struct Args {
-    /// Model preset (tiny, digits, B, L, XL = XL-256, XL-512).
+    /// Model preset (tiny, digits, B, L, XL = XL-256, XL-512, t2i, t2i-tiny).
     #[arg(long, default_value = "digits")]
     preset: String,
     /// A model config JSON instead of a preset (same fields as graphs/*.json).
     #[arg(long, conflicts_with = "preset")]
     config: Option<PathBuf>,
-    /// Checkpoint with official key names (safetensors). `ema_denoiser.`/`core.` prefixes are stripped.
+    /// Checkpoint with official key names: safetensors, or a torch.save archive (Lightning `.ckpt`, T2I `.pth`),
+    /// detected from its first bytes. `ema_denoiser.`/`core.` prefixes are stripped, training-only tensors dropped.
     /// The `digits` preset defaults to its committed weights.
     #[arg(long, conflicts_with = "random_init")]
     checkpoint: Option<PathBuf>,
