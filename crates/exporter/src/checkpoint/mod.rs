@@ -31,14 +31,15 @@ impl Format {
         if head.starts_with(b"PK\x03\x04") {
             return Some(Format::TorchZip);
         }
-        if head.len() >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
-            return Some(Format::TorchLegacy);
-        }
+        // Before the pickle check: a safetensors header length such as 0x0280 also starts with 0x80 0x02.
         if head.len() >= 9 && head[8] == b'{' {
             let n = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
             if (2..(1 << 32)).contains(&n) {
                 return Some(Format::Safetensors);
             }
+        }
+        if head.len() >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
+            return Some(Format::TorchLegacy);
         }
         None
     }
@@ -81,6 +82,13 @@ mod tests {
         let mut st = 40u64.to_le_bytes().to_vec();
         st.extend_from_slice(b"{\"a\":");
         assert_eq!(Format::detect(&st), Some(Format::Safetensors));
+        // a 640-byte header starts with 0x80 0x02 like a pickle
+        let mut st = 640u64.to_le_bytes().to_vec();
+        st.push(b'{');
+        assert_eq!(Format::detect(&st), Some(Format::Safetensors));
+        // the legacy torch.save magic: PROTO 2, LONG1 0x1950a86a20f9469cfc6c
+        let legacy = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
+        assert_eq!(Format::detect(legacy), Some(Format::TorchLegacy));
         assert_eq!(Format::detect(b"hello world"), None);
         assert_eq!(Format::detect(b""), None);
     }
