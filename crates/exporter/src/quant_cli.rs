@@ -31,11 +31,13 @@ pub struct QuantArgs {
     #[arg(long, value_delimiter = ',', value_name = "S,..", default_value = "0,1")]
     pub calib_seeds: Vec<u64>,
     /// Calibration sampler steps [default: the model's, at most 25]. Every step's forward is observed, so the
-    /// statistics cover t from 0 (noise) to 1 (data).
+    /// statistics cover the sampler's time grid from t = 0 (noise) to its last step. XL on a CPU: e.g.
+    /// --calib-classes 0 --calib-seeds 0 --calib-steps 2 (about a minute).
     #[arg(long, value_name = "N")]
     pub calib_steps: Option<usize>,
     /// How activation ranges are chosen: max, or percentile:P (largest per-forward P-th percentile of |x|)
-    /// [default: int8 percentile:99.99, fp8 max].
+    /// [default: int8 percentile:99.99, fp8 max]. With SmoothQuant the range is the largest smoothed per-channel
+    /// maximum instead.
     #[arg(long, value_name = "METHOD")]
     pub calib_method: Option<CalibMethod>,
     /// SmoothQuant migration strength alpha in [0, 1], or off (int8/fp8 with activations): activation channel
