@@ -492,7 +492,9 @@ mod tests {
     #[test]
     fn appended_producers_are_sorted_before_their_consumers() {
         let mut g = Graph::new(17);
-        let x = g.input("x", DType::F32, vec![Dim::Batch(1), Dim::Fixed(2)]).unwrap();
+        let x = g
+            .input("x", DType::F32, vec![Dim::Batch(1), Dim::Fixed(2)])
+            .unwrap();
         let a = g.relu(x).unwrap();
         let b = g.sigmoid(a).unwrap();
         g.output("y", b).unwrap();
@@ -528,6 +530,8 @@ mod tests {
         assert_eq!(g.initializers().next().unwrap().1.dtype, DType::I8);
         let c = g.scalar(DType::F32, 1.0).unwrap();
         let cname = g.info(c).name.clone();
-        assert!(g.set_weight_encoding(&cname, Encoding::Float(DType::F16)).is_err());
+        assert!(g
+            .set_weight_encoding(&cname, Encoding::Float(DType::F16))
+            .is_err());
     }
 }
