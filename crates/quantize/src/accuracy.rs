@@ -121,6 +121,12 @@ pub fn psnr(mse: f64) -> f64 {
 pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<AccuracyReport> {
     let meta = model::read_metadata(reference)?;
     let vmeta = model::read_metadata(variant)?;
+    if meta.config.kind != pixeldit_spec::ModelKind::C2i {
+        return Err(crate::QuantizeError::Invalid(format!(
+            "accuracy reports run the class-conditional sampler; {} is a {:?} model",
+            meta.config.name, meta.config.kind
+        )));
+    }
     let opts = LoadOptions::default()
         .with_backend(cfg.backend)
         .with_device(Device::Cpu);

@@ -154,6 +154,13 @@ pub fn calibrate(
     write: ModelWriter,
 ) -> Result<Calibration> {
     let start = Instant::now();
+    let inputs: Vec<&str> = g.inputs().iter().map(|v| g.info(*v).name.as_str()).collect();
+    if inputs != ["x", "t", "y"] {
+        return Err(QuantizeError::Invalid(format!(
+            "activation calibration runs the class-conditional sampler (inputs x, t, y), this graph has inputs {inputs:?}; \
+             use bf16, int8-weights or fp8-weights"
+        )));
+    }
     let mut tapped = g.clone();
     let (names, of_scope) = add_taps(&mut tapped, layers)?;
     let dir = tempfile::Builder::new()
