@@ -50,3 +50,15 @@ fn ort_runs_the_same_model() {
         0.0
     );
 }
+
+#[test]
+fn tract_reads_low_precision_external_data() {
+    let x = read_npy(&fixture("lowp_x.npy")).unwrap();
+    let want = read_npy(&fixture("lowp_expected.npy")).unwrap();
+    let mut b = TractBackend::open(&fixture("lowp_external.onnx")).unwrap();
+    let got = b.run_f32(&[x.view()]).unwrap();
+    assert_eq!(
+        max_abs_diff(got[0].as_slice().unwrap(), want.as_slice().unwrap()),
+        0.0
+    );
+}

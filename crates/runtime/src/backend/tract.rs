@@ -464,9 +464,17 @@ pub fn rewrite_low_precision(model: &mut pb::ModelProto, model_dir: &Path) -> Re
         }
     }
     let ranks = known_ranks(graph);
+    // Values of the Q/DQ operands only (scales, zero points, converted weights): decoding every f32 initializer
+    // would read all weights of a multi-GB model.
+    let operands: HashSet<&str> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear")
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .collect();
     let mut values: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
     for t in &graph.initializer {
-        if t.data_type == FLOAT {
+        if t.data_type == FLOAT && operands.contains(t.name.as_str()) {
             if let Some(v) = float_values(t, model_dir)? {
                 values.insert(t.name.clone(), (t.dims.iter().map(|&d| d as usize).collect(), v));
             }
@@ -822,18 +830,25 @@ fn tensor_bytes(t: &pb::TensorProto, model_dir: &Path) -> Result<Vec<u8>> {
             reason: format!("initializer '{}' has external data without a location", t.name),
         })?;
         let path = model_dir.join(loc);
-        let data = std::fs::read(&path).map_err(|e| RuntimeError::io(&path, e))?;
-        let off: usize = get("offset").and_then(|s| s.parse().ok()).unwrap_or(0);
-        let len: usize = get("length")
+        // Read just this tensor's byte range.
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&path).map_err(|e| RuntimeError::io(&path, e))?;
+        let size = f.metadata().map_err(|e| RuntimeError::io(&path, e))?.len();
+        let off: u64 = get("offset").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let len: u64 = get("length")
             .and_then(|s| s.parse().ok())
-            .unwrap_or(data.len().saturating_sub(off));
-        return data
-            .get(off..off + len)
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| RuntimeError::InvalidModel {
+            .unwrap_or(size.saturating_sub(off));
+        if off.checked_add(len).is_none_or(|end| end > size) {
+            return Err(RuntimeError::InvalidModel {
                 path: path.clone(),
                 reason: format!("external data of '{}' is out of bounds", t.name),
             });
+        }
+        let mut buf = vec![0u8; len as usize];
+        f.seek(SeekFrom::Start(off))
+            .and_then(|_| f.read_exact(&mut buf))
+            .map_err(|e| RuntimeError::io(&path, e))?;
+        return Ok(buf);
     }
     Ok(t.raw_data.clone())
 }
