@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv" >&2
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import onnx, onnxruntime, numpy, ml_dtypes, safetensors, PIL" 2>/dev/null; then
+if ! .venv/bin/python -c "import onnx, onnxruntime, numpy, ml_dtypes, safetensors, PIL, scipy" 2>/dev/null; then
   echo "setup: installing tools/requirements.txt" >&2
   .venv/bin/pip install -q --disable-pip-version-check -r tools/requirements.txt
 fi
