@@ -220,6 +220,45 @@ fn report_selection(sel: &Selection) {
     }
 }
 
+/// The initial noise: `--noise FILE.npy` (which must have `shape`), else seeded noise from `--seed`.
+fn initial_noise(a: &SampleArgs, shape: [usize; 4]) -> Result<Array4<f32>> {
+    Ok(match &a.noise {
+        Some(p) => {
+            let arr = io::read_npy(p)?;
+            if arr.shape() != shape {
+                return Err(RuntimeError::NoiseShape {
+                    path: p.clone(),
+                    found: arr.shape().to_vec(),
+                    expected: shape.to_vec(),
+                }
+                .into());
+            }
+            arr.into_dimensionality().expect("checked shape")
+        }
+        None => io::seeded_noise(a.seed, shape),
+    })
+}
+
+/// The image paths to write for `k` images (`-o` as is with one image or `--grid`, else numbered), after checking
+/// that their directories, and those of `--save-raw` and `--report-json`, exist.
+fn checked_output_paths(a: &SampleArgs, k: usize) -> Result<Vec<PathBuf>> {
+    let out_paths: Vec<PathBuf> = if k == 1 || a.grid {
+        vec![a.output.clone()]
+    } else {
+        io::numbered_paths(&a.output, k)
+    };
+    for p in out_paths.iter().chain(&a.save_raw).chain(&a.report_json) {
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            bail!("output directory {} does not exist", dir.display());
+        }
+    }
+    Ok(out_paths)
+}
+
 fn parse_interval(s: &str) -> Result<(f64, f64)> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
     if parts.len() != 2 {
@@ -297,37 +336,10 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
 
     // Noise.
     let shape = [k, cfg_m.in_channels, meta.height, meta.width];
-    let noise: Array4<f32> = match &a.noise {
-        Some(p) => {
-            let arr = io::read_npy(p)?;
-            if arr.shape() != shape {
-                return Err(RuntimeError::NoiseShape {
-                    path: p.clone(),
-                    found: arr.shape().to_vec(),
-                    expected: shape.to_vec(),
-                }
-                .into());
-            }
-            arr.into_dimensionality().expect("checked shape")
-        }
-        None => io::seeded_noise(a.seed, shape),
-    };
+    let noise = initial_noise(a, shape)?;
 
     // Output paths (checked before the expensive part).
-    let out_paths: Vec<PathBuf> = if k == 1 || a.grid {
-        vec![a.output.clone()]
-    } else {
-        io::numbered_paths(&a.output, k)
-    };
-    for p in out_paths.iter().chain(&a.save_raw).chain(&a.report_json) {
-        let dir = p
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            bail!("output directory {} does not exist", dir.display());
-        }
-    }
+    let out_paths = checked_output_paths(a, k)?;
 
     let opts = a.backend.options(meta.precision)?;
     let mut runner: Box<dyn Backend> = match remote {

@@ -5,9 +5,9 @@
 use super::SampleArgs;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use ndarray::{Array3, Array4, Axis};
+use ndarray::{Array3, Axis};
 use pixeldit_runtime::t2i::{self, T2iSamplerConfig};
-use pixeldit_runtime::{backend, io, RuntimeError};
+use pixeldit_runtime::{backend, io};
 use pixeldit_spec::ModelMetadata;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -92,36 +92,9 @@ pub(super) fn run(a: &SampleArgs, model: &Path, meta: &ModelMetadata) -> Result<
 
     // Noise.
     let shape = [k, cfg_m.in_channels, meta.height, meta.width];
-    let noise: Array4<f32> = match &a.noise {
-        Some(p) => {
-            let arr = io::read_npy(p)?;
-            if arr.shape() != shape {
-                return Err(RuntimeError::NoiseShape {
-                    path: p.clone(),
-                    found: arr.shape().to_vec(),
-                    expected: shape.to_vec(),
-                }
-                .into());
-            }
-            arr.into_dimensionality().expect("checked shape")
-        }
-        None => io::seeded_noise(a.seed, shape),
-    };
+    let noise = super::initial_noise(a, shape)?;
 
-    let out_paths: Vec<PathBuf> = if k == 1 || a.grid {
-        vec![a.output.clone()]
-    } else {
-        io::numbered_paths(&a.output, k)
-    };
-    for p in out_paths.iter().chain(&a.save_raw).chain(&a.report_json) {
-        let dir = p
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            bail!("output directory {} does not exist", dir.display());
-        }
-    }
+    let out_paths = super::checked_output_paths(a, k)?;
 
     let opts = a.backend.options(meta.precision)?;
     let mut sel = backend::load(model, &opts)?;
