@@ -114,8 +114,31 @@ pub fn rotary_attention(
             inp.output_len(p)
         )));
     }
-    let (h, s) = (p.num_heads, inp.seq);
-    let pairs = inp.batch * h;
+    run_heads(
+        inp.batch,
+        p.num_heads,
+        inp.seq,
+        dh,
+        inp.seq * inp.seq,
+        out,
+        |pair, sc| head(inp, p, dh, pair, sc),
+    );
+    Ok(())
+}
+
+/// Runs `head` for every `(batch, head)` pair of a `[B, S, H*Dh]` attention output and scatters each pair's
+/// `[S, Dh]` result (`Scratch::o`) into `out`: on the calling thread below [`PARALLEL_THRESHOLD`], else on a scoped
+/// pool where each worker takes a contiguous range of pairs with its own [`Scratch`] (`logits_len` logits).
+pub(crate) fn run_heads(
+    batch: usize,
+    h: usize,
+    s: usize,
+    dh: usize,
+    logits_len: usize,
+    out: &mut [f32],
+    head: impl Fn(usize, &mut Scratch) + Sync,
+) {
+    let pairs = batch * h;
     let work = pairs * s * s * dh;
     let threads = if work >= PARALLEL_THRESHOLD {
         std::thread::available_parallelism()
@@ -125,23 +148,24 @@ pub fn rotary_attention(
         1
     };
     if threads <= 1 {
-        let mut scratch = Scratch::new(s, dh);
+        let mut scratch = Scratch::new(s, dh, logits_len);
         for pair in 0..pairs {
-            head(inp, p, dh, pair, &mut scratch);
+            head(pair, &mut scratch);
             scatter(&scratch.o, pair, h, s, dh, out);
         }
-        return Ok(());
+        return;
     }
     // Each worker takes a contiguous range of (batch, head) pairs and returns their [S, Dh] results.
     let per = pairs.div_ceil(threads);
+    let head = &head;
     let results: Vec<Vec<(usize, Vec<f32>)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 scope.spawn(move || {
-                    let mut scratch = Scratch::new(s, dh);
+                    let mut scratch = Scratch::new(s, dh, logits_len);
                     (t * per..((t + 1) * per).min(pairs))
                         .map(|pair| {
-                            head(inp, p, dh, pair, &mut scratch);
+                            head(pair, &mut scratch);
                             (pair, scratch.o.clone())
                         })
                         .collect::<Vec<_>>()
@@ -156,25 +180,25 @@ pub fn rotary_attention(
     for (pair, o) in results.iter().flatten() {
         scatter(o, *pair, h, s, dh, out);
     }
-    Ok(())
 }
 
-struct Scratch {
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    o: Vec<f32>,
-    logits: Vec<f32>,
+/// Per-worker buffers of one `(batch, head)` pair: `[S, Dh]` Q, K, V and O, and the logits.
+pub(crate) struct Scratch {
+    pub(crate) q: Vec<f32>,
+    pub(crate) k: Vec<f32>,
+    pub(crate) v: Vec<f32>,
+    pub(crate) o: Vec<f32>,
+    pub(crate) logits: Vec<f32>,
 }
 
 impl Scratch {
-    fn new(s: usize, dh: usize) -> Self {
+    fn new(s: usize, dh: usize, logits_len: usize) -> Self {
         Scratch {
             q: vec![0.0; s * dh],
             k: vec![0.0; s * dh],
             v: vec![0.0; s * dh],
             o: vec![0.0; s * dh],
-            logits: vec![0.0; s * s],
+            logits: vec![0.0; logits_len],
         }
     }
 }
@@ -188,7 +212,7 @@ fn scatter(o: &[f32], pair: usize, h: usize, s: usize, dh: usize, out: &mut [f32
 }
 
 /// RMSNorm over `x` with `weight`, then the adjacent-pair rotation with one row of the tables.
-fn norm_rope(x: &mut [f32], weight: &[f32], eps: f32, cos: &[f32], sin: &[f32]) {
+pub(crate) fn norm_rope(x: &mut [f32], weight: &[f32], eps: f32, cos: &[f32], sin: &[f32]) {
     let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     let inv = 1.0 / (ms + eps).sqrt();
     for (v, w) in x.iter_mut().zip(weight) {

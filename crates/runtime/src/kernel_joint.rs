@@ -7,7 +7,7 @@
 //! table), then runs a stable softmax attention per query row. Work is split over `(batch, head)` pairs on scoped
 //! threads when large enough.
 
-use crate::kernel::{KernelShapeError, RotaryAttentionParams};
+use crate::kernel::{norm_rope, run_heads, KernelShapeError, RotaryAttentionParams, Scratch};
 
 /// The operands of one call, as flat row-major slices.
 #[derive(Debug, Clone, Copy)]
@@ -100,9 +100,6 @@ impl JointAttentionInputs<'_> {
     }
 }
 
-/// Below this many multiply-adds (`B*H*S*S*Dh`) the kernel stays on the calling thread.
-const PARALLEL_THRESHOLD: usize = 1 << 22;
-
 /// Computes `JointRotaryAttention` into `out` (`[B, St+Si, H*Dh]`).
 pub fn joint_rotary_attention(
     inp: &JointAttentionInputs<'_>,
@@ -117,76 +114,11 @@ pub fn joint_rotary_attention(
             inp.output_len(p)
         )));
     }
-    let (h, s) = (p.num_heads, inp.seq_txt + inp.seq_img);
-    let pairs = inp.batch * h;
-    let threads = if pairs * s * s * dh >= PARALLEL_THRESHOLD {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(pairs)
-    } else {
-        1
-    };
-    let per = pairs.div_ceil(threads.max(1));
-    let results: Vec<Vec<(usize, Vec<f32>)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads.max(1))
-            .map(|t| {
-                scope.spawn(move || {
-                    let mut sc = Scratch::new(s, dh);
-                    (t * per..((t + 1) * per).min(pairs))
-                        .map(|pair| {
-                            head(inp, p, dh, pair, &mut sc);
-                            (pair, sc.o.clone())
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("attention worker panicked"))
-            .collect()
+    let s = inp.seq_txt + inp.seq_img;
+    run_heads(inp.batch, p.num_heads, s, dh, s, out, |pair, sc| {
+        head(inp, p, dh, pair, sc)
     });
-    for (pair, o) in results.iter().flatten() {
-        let (b, hh) = (pair / h, pair % h);
-        for tok in 0..s {
-            let dst = (b * s + tok) * h * dh + hh * dh;
-            out[dst..dst + dh].copy_from_slice(&o[tok * dh..(tok + 1) * dh]);
-        }
-    }
     Ok(())
-}
-
-struct Scratch {
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    o: Vec<f32>,
-    logits: Vec<f32>,
-}
-
-impl Scratch {
-    fn new(s: usize, dh: usize) -> Self {
-        Scratch {
-            q: vec![0.0; s * dh],
-            k: vec![0.0; s * dh],
-            v: vec![0.0; s * dh],
-            o: vec![0.0; s * dh],
-            logits: vec![0.0; s],
-        }
-    }
-}
-
-fn norm_rope(x: &mut [f32], weight: &[f32], eps: f32, cos: &[f32], sin: &[f32]) {
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let inv = 1.0 / (ms + eps).sqrt();
-    for (v, w) in x.iter_mut().zip(weight) {
-        *v = *v * inv * w;
-    }
-    for (j, pair) in x.chunks_exact_mut(2).enumerate() {
-        let (a, c) = (pair[0], pair[1]);
-        pair[0] = a * cos[j] - c * sin[j];
-        pair[1] = a * sin[j] + c * cos[j];
-    }
 }
 
 #[inline]
