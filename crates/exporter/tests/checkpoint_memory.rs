@@ -9,6 +9,9 @@
 //! system temp dir). It skips, printing why, when the disk or memory is short. Its own process: `VmHWM` is not
 //! shared with other tests.
 
+mod common;
+
+use common::{free_disk_bytes, proc_kb};
 use pixeldit_exporter::{export_to_file, ExportOptions, Weights, WeightsSpec};
 use pixeldit_spec::ModelConfig;
 use std::io::{Seek, SeekFrom, Write};
@@ -256,28 +259,6 @@ fn write_lightning(path: &Path, shapes: &[(String, Vec<usize>)]) {
     }
     z.record("archive/version", 2, |w| w(b"3\n"));
     z.finish();
-}
-
-fn free_disk_bytes(dir: &Path) -> Option<u64> {
-    let out = std::process::Command::new("df")
-        .arg("-Pk")
-        .arg(dir)
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .nth(1)?
-        .split_whitespace()
-        .nth(3)?
-        .parse::<u64>()
-        .ok()
-        .map(|k| k * 1024)
-}
-
-fn proc_kb(file: &str, key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(file).ok()?;
-    let line = s.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[test]

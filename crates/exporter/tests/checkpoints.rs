@@ -2,17 +2,13 @@
 //! `.ckpt`, a SANA-style T2I `.pth` and a bf16 safetensors repack must give exactly the tensors, and the same ONNX
 //! bytes, as the plain float32 safetensors they were made from.
 
+mod common;
+
+use common::root;
 use pixeldit_exporter::{export_to_file, load_weights, ExportOptions, Weights, WeightsSpec};
 use pixeldit_spec::ModelConfig;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
 
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/golden/checkpoints").join(name)

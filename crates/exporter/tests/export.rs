@@ -2,35 +2,16 @@
 //! and (with the project's Python venv) the official ONNX checker, ONNX Runtime and the independent
 //! numpy reference of `reference/`.
 
+mod common;
+
+use common::{python, root};
 use pixeldit_exporter::{build_graph, load_weights, ExportOptions, WeightsSpec};
 use pixeldit_spec::{AttentionMode, ModelConfig};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
 fn golden_ckpt() -> PathBuf {
     root().join("tests/golden/forward/tiny.safetensors")
-}
-
-/// The venv Python with onnx/onnxruntime, or None (a skip, unless PIXELDIT_REQUIRE_PYTHON is set).
-fn python() -> Option<PathBuf> {
-    let p = root().join(".venv/bin/python");
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("PIXELDIT_REQUIRE_PYTHON").is_none(),
-        "PIXELDIT_REQUIRE_PYTHON set but {} missing",
-        p.display()
-    );
-    eprintln!("skipped: {} not found (run scripts/setup.sh)", p.display());
-    None
 }
 
 fn export_cli(args: &[&str]) -> std::process::Output {

@@ -1,15 +1,11 @@
 //! `pixeldit-export` quantization options end to end: the side JSON, the metadata, `--accuracy-report`, globs and
 //! bad values (the quantizer itself is tested in `crates/quantize/tests`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+use common::root;
+use std::path::Path;
+use std::process::{Command, Output};
 
 fn export(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pixeldit-export"))

@@ -2,36 +2,17 @@
 //! layouts (`.pth`, bf16 repack) giving the same bytes as plain safetensors, and (with the project's Python venv)
 //! the ONNX checker and ONNX Runtime against the independent numpy reference (tests/golden/t2i/).
 
+mod common;
+
+use common::{python, root};
 use pixeldit_exporter::model::t2i::dead_keys;
 use pixeldit_exporter::{build_graph, export_to_file, load_weights, ExportOptions, WeightsSpec};
 use pixeldit_spec::{AttentionMode, ModelConfig};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
 
 fn golden() -> PathBuf {
     root().join("tests/golden/t2i/t2i_tiny.safetensors")
-}
-
-/// The venv Python with onnx/onnxruntime, or None (a skip, unless PIXELDIT_REQUIRE_PYTHON is set).
-fn python() -> Option<PathBuf> {
-    let p = root().join(".venv/bin/python");
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("PIXELDIT_REQUIRE_PYTHON").is_none(),
-        "PIXELDIT_REQUIRE_PYTHON set but {} missing",
-        p.display()
-    );
-    eprintln!("skipped: {} not found (run scripts/setup.sh)", p.display());
-    None
 }
 
 fn opts(ck: WeightsSpec, mode: AttentionMode) -> ExportOptions {

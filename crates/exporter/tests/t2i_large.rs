@@ -7,32 +7,12 @@
 //! picks fp32 (default) or fp16, `PIXELDIT_MEMORY_DIR` the directory. It skips, printing why, when the disk or memory
 //! is short. Its own process, so `VmHWM` is the export's.
 
+mod common;
+
+use common::{free_disk_bytes, proc_kb};
 use pixeldit_exporter::model::t2i::dead_keys;
 use pixeldit_exporter::{export_to_file, ExportOptions, WeightsSpec};
 use pixeldit_spec::{ModelConfig, Precision};
-use std::path::Path;
-
-fn free_disk_bytes(dir: &Path) -> Option<u64> {
-    let out = std::process::Command::new("df")
-        .arg("-Pk")
-        .arg(dir)
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .nth(1)?
-        .split_whitespace()
-        .nth(3)?
-        .parse::<u64>()
-        .ok()
-        .map(|k| k * 1024)
-}
-
-fn proc_kb(file: &str, key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(file).ok()?;
-    let line = s.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
 
 #[test]
 #[ignore = "writes 5.2 GB (fp32) and takes minutes in debug builds; run tools/check_t2i_export.sh"]

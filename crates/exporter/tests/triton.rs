@@ -3,16 +3,12 @@
 //! repositories give clear errors, and the custom-op attention is refused for Triton unless forced.
 //! Serving the repository with a real tritonserver is tested in `crates/runtime/tests/triton.rs`.
 
+mod common;
+
+use common::root;
 use pixeldit_exporter::triton::{validate_repository, CONFIG_FILE};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
 
 fn export(args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_pixeldit-export"))
