@@ -301,14 +301,40 @@ impl OrtBackend {
         &self.library
     }
 
+    /// Maps an ONNX Runtime error to [`RuntimeError::Ort`] naming this session's execution provider.
+    fn ort_err(&self) -> impl Fn(ort::Error) -> RuntimeError + Copy {
+        let provider = self.provider;
+        move |e: ort::Error| RuntimeError::Ort {
+            provider: provider.ep_name().into(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Runs a class-conditional graph on its inputs `x`, `t`, `y`.
+    fn run_xty(
+        &mut self,
+        x: ArrayView4<f32>,
+        t: ArrayView1<f32>,
+        y: ArrayView1<i64>,
+    ) -> Result<ort::session::SessionOutputs<'_>> {
+        let err = self.ort_err();
+        let (x, t, y) = (
+            x.as_standard_layout(),
+            t.as_standard_layout(),
+            y.as_standard_layout(),
+        );
+        let inputs = ort::inputs![
+            "x" => tensor_ref(x.shape(), x.as_slice().expect("standard layout")).map_err(err)?,
+            "t" => tensor_ref(t.shape(), t.as_slice().expect("standard layout")).map_err(err)?,
+            "y" => tensor_ref(y.shape(), y.as_slice().expect("standard layout")).map_err(err)?,
+        ];
+        self.session.run(inputs).map_err(err)
+    }
+
     /// Runs a graph whose inputs are all f32, feeding them in graph-input order; returns every output as f32.
     /// For tests and tools (the sampler uses [`Backend::run`]).
     pub fn run_f32(&mut self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>> {
-        let provider = self.provider;
-        let err = move |e: ort::Error| RuntimeError::Ort {
-            provider: provider.ep_name().into(),
-            message: e.to_string(),
-        };
+        let err = self.ort_err();
         let contiguous: Vec<_> = inputs.iter().map(|a| a.as_standard_layout()).collect();
         let values = contiguous
             .iter()
@@ -420,22 +446,8 @@ impl Backend for OrtBackend {
     }
 
     fn run(&mut self, x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>) -> Result<Array4<f32>> {
-        let provider = self.provider;
-        let err = move |e: ort::Error| RuntimeError::Ort {
-            provider: provider.ep_name().into(),
-            message: e.to_string(),
-        };
-        let (x, t, y) = (
-            x.as_standard_layout(),
-            t.as_standard_layout(),
-            y.as_standard_layout(),
-        );
-        let inputs = ort::inputs![
-            "x" => tensor_ref(x.shape(), x.as_slice().expect("standard layout")).map_err(err)?,
-            "t" => tensor_ref(t.shape(), t.as_slice().expect("standard layout")).map_err(err)?,
-            "y" => tensor_ref(y.shape(), y.as_slice().expect("standard layout")).map_err(err)?,
-        ];
-        let outputs = self.session.run(inputs).map_err(err)?;
+        let err = self.ort_err();
+        let outputs = self.run_xty(x, t, y)?;
         let (shape, data) = outputs
             .get("v")
             .ok_or_else(|| RuntimeError::Shape("the model has no output named 'v'".into()))?
@@ -458,22 +470,8 @@ impl Backend for OrtBackend {
         y: ArrayView1<i64>,
         extra: &[String],
     ) -> Result<(Array4<f32>, Vec<ArrayD<f32>>)> {
-        let provider = self.provider;
-        let err = move |e: ort::Error| RuntimeError::Ort {
-            provider: provider.ep_name().into(),
-            message: e.to_string(),
-        };
-        let (x, t, y) = (
-            x.as_standard_layout(),
-            t.as_standard_layout(),
-            y.as_standard_layout(),
-        );
-        let inputs = ort::inputs![
-            "x" => tensor_ref(x.shape(), x.as_slice().expect("standard layout")).map_err(err)?,
-            "t" => tensor_ref(t.shape(), t.as_slice().expect("standard layout")).map_err(err)?,
-            "y" => tensor_ref(y.shape(), y.as_slice().expect("standard layout")).map_err(err)?,
-        ];
-        let outputs = self.session.run(inputs).map_err(err)?;
+        let err = self.ort_err();
+        let outputs = self.run_xty(x, t, y)?;
         let get = |name: &str| -> Result<ArrayD<f32>> {
             let (shape, data) = outputs
                 .get(name)

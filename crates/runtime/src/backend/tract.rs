@@ -116,6 +116,30 @@ impl TractBackend {
         &self.notes
     }
 
+    /// Runs a class-conditional graph, feeding `x`, `t`, `y` in graph-input order.
+    fn run_xty(
+        &mut self,
+        x: ArrayView4<f32>,
+        t: ArrayView1<f32>,
+        y: ArrayView1<i64>,
+    ) -> Result<TVec<TValue>> {
+        let mut feeds: TVec<TValue> = tvec![];
+        for name in &self.inputs {
+            let tensor = match name.as_str() {
+                "x" => to_tensor(x.into_dyn()),
+                "t" => to_tensor(t.into_dyn()),
+                "y" => to_tensor(y.into_dyn()),
+                other => {
+                    return Err(RuntimeError::Shape(format!(
+                        "unexpected graph input '{other}' (want x, t, y)"
+                    )))
+                }
+            };
+            feeds.push(tensor.into_tvalue());
+        }
+        self.plan.run(feeds).map_err(tract_err)
+    }
+
     /// Runs a graph whose inputs are all f32, in graph-input order; returns every output (must be f32).
     pub fn run_f32(&mut self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>> {
         let feeds: TVec<TValue> = inputs.iter().map(|a| to_tensor(a.view()).into_tvalue()).collect();
@@ -173,21 +197,7 @@ impl Backend for TractBackend {
     }
 
     fn run(&mut self, x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>) -> Result<Array4<f32>> {
-        let mut feeds: TVec<TValue> = tvec![];
-        for name in &self.inputs {
-            let tensor = match name.as_str() {
-                "x" => to_tensor(x.into_dyn()),
-                "t" => to_tensor(t.into_dyn()),
-                "y" => to_tensor(y.into_dyn()),
-                other => {
-                    return Err(RuntimeError::Shape(format!(
-                        "unexpected graph input '{other}' (want x, t, y)"
-                    )))
-                }
-            };
-            feeds.push(tensor.into_tvalue());
-        }
-        let outs = self.plan.run(feeds).map_err(tract_err)?;
+        let outs = self.run_xty(x, t, y)?;
         let v = outs
             .get(self.output_v)
             .ok_or_else(|| RuntimeError::Shape("the model has no output".into()))?;
@@ -203,21 +213,7 @@ impl Backend for TractBackend {
         y: ArrayView1<i64>,
         extra: &[String],
     ) -> Result<(Array4<f32>, Vec<ArrayD<f32>>)> {
-        let mut feeds: TVec<TValue> = tvec![];
-        for name in &self.inputs {
-            let tensor = match name.as_str() {
-                "x" => to_tensor(x.into_dyn()),
-                "t" => to_tensor(t.into_dyn()),
-                "y" => to_tensor(y.into_dyn()),
-                other => {
-                    return Err(RuntimeError::Shape(format!(
-                        "unexpected graph input '{other}' (want x, t, y)"
-                    )))
-                }
-            };
-            feeds.push(tensor.into_tvalue());
-        }
-        let outs = self.plan.run(feeds).map_err(tract_err)?;
+        let outs = self.run_xty(x, t, y)?;
         let get = |name: &str| -> Result<ArrayD<f32>> {
             let i = self
                 .outputs
