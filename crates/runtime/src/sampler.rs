@@ -92,8 +92,19 @@ pub struct SamplerConfig {
 }
 
 /// f32 -> f64 through the shortest decimal form, so that a metadata `0.1f32` compares as the `0.1` a user typed.
-fn widen(v: f32) -> f64 {
+/// Shared with [`crate::t2i`].
+pub(crate) fn widen(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(f64::from(v))
+}
+
+/// Checks a guidance interval `(lo, hi)`: no NaN and `lo <= hi`. Shared with [`crate::t2i`].
+pub(crate) fn check_interval((lo, hi): (f64, f64)) -> Result<()> {
+    if lo.is_nan() || hi.is_nan() || lo > hi {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "guidance interval [{lo}, {hi}] must have lo <= hi"
+        )));
+    }
+    Ok(())
 }
 
 impl SamplerConfig {
@@ -122,11 +133,7 @@ impl SamplerConfig {
         if !(self.shift.is_finite() && self.shift > 0.0) {
             return bad(format!("time shift {} must be positive", self.shift));
         }
-        let (lo, hi) = self.interval;
-        if lo.is_nan() || hi.is_nan() || lo > hi {
-            return bad(format!("guidance interval [{lo}, {hi}] must have lo <= hi"));
-        }
-        Ok(())
+        check_interval(self.interval)
     }
 
     /// Total network calls of one sample.

@@ -26,6 +26,7 @@
 //! (F32/F16/BF16). The text encoder stays outside this crate.
 
 use crate::error::{Result, RuntimeError};
+use crate::sampler::{check_interval, widen};
 use ndarray::{concatenate, s, Array1, Array3, Array4, ArrayD, ArrayView1, ArrayView3, ArrayView4, Axis};
 use pixeldit_spec::SamplerDefaults;
 use std::path::Path;
@@ -44,11 +45,6 @@ pub struct T2iSamplerConfig {
     pub interval: (f64, f64),
     /// Flow shift s (> 0).
     pub shift: f64,
-}
-
-/// f32 -> f64 through the shortest decimal form (a metadata `0.1f32` compares as the `0.1` a user typed).
-fn widen(v: f32) -> f64 {
-    v.to_string().parse().unwrap_or(f64::from(v))
 }
 
 impl T2iSamplerConfig {
@@ -85,11 +81,7 @@ impl T2iSamplerConfig {
         if !(self.shift.is_finite() && self.shift > 0.0) {
             return bad(format!("flow shift {} must be positive", self.shift));
         }
-        let (lo, hi) = self.interval;
-        if lo.is_nan() || hi.is_nan() || lo > hi {
-            return bad(format!("guidance interval [{lo}, {hi}] must have lo <= hi"));
-        }
-        Ok(())
+        check_interval(self.interval)
     }
 }
 
