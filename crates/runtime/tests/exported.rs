@@ -80,18 +80,6 @@ fn export(dir: &Path, attention: AttentionMode, precision: Precision) -> PathBuf
     path
 }
 
-/// The backends to test: tract always, ORT CPU when a library is available.
-fn candidates(test: &str) -> Vec<(Candidate, LoadOptions)> {
-    let mut v = vec![(Candidate::Tract, LoadOptions::default())];
-    if let Some(lib) = need_ort(test) {
-        v.push((
-            Candidate::Ort(backend::ort::OrtProvider::Cpu),
-            LoadOptions::default().with_ort_lib(Some(lib)),
-        ));
-    }
-    v
-}
-
 fn sample_with(b: &mut dyn Backend, g: &Golden) -> Result<Array4<f32>> {
     let mut f = |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| b.run(x, t, y);
     sampler::sample(

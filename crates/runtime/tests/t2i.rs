@@ -5,7 +5,7 @@
 use crate::util::*;
 use ndarray::{Array3, Array4, ArrayView1, ArrayView3, ArrayView4};
 use pixeldit_exporter::{export_to_file, ExportOptions, WeightsSpec};
-use pixeldit_runtime::backend::{self, Backend, Candidate, LoadOptions};
+use pixeldit_runtime::backend::{self, Backend, Candidate};
 use pixeldit_runtime::t2i::{self, T2iSamplerConfig};
 use pixeldit_runtime::{io, Result};
 use pixeldit_spec::{AttentionMode, ModelConfig, Precision};
@@ -65,18 +65,6 @@ fn export(dir: &Path, attention: AttentionMode, precision: Precision, h: usize, 
     let path = dir.join(format!("t2i_{attention}_{precision}_{h}x{w}.onnx"));
     export_to_file(&opts, &path).expect("export t2i-tiny");
     path
-}
-
-/// tract always, ORT CPU when a library is available.
-fn candidates(test: &str) -> Vec<(Candidate, LoadOptions)> {
-    let mut v = vec![(Candidate::Tract, LoadOptions::default())];
-    if let Some(lib) = need_ort(test) {
-        v.push((
-            Candidate::Ort(backend::ort::OrtProvider::Cpu),
-            LoadOptions::default().with_ort_lib(Some(lib)),
-        ));
-    }
-    v
 }
 
 fn check_forward(attention: AttentionMode) {

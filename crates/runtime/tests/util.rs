@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use pixeldit_runtime::backend::{self, Candidate, LoadOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -97,4 +98,16 @@ pub fn rel_l2(a: &[f32], reference: &[f32]) -> f64 {
         .sum();
     let den: f64 = reference.iter().map(|y| f64::from(*y).powi(2)).sum();
     (num / den.max(1e-30)).sqrt()
+}
+
+/// The backends to test: tract always, ORT CPU when a library is available.
+pub fn candidates(test: &str) -> Vec<(Candidate, LoadOptions)> {
+    let mut v = vec![(Candidate::Tract, LoadOptions::default())];
+    if let Some(lib) = need_ort(test) {
+        v.push((
+            Candidate::Ort(backend::ort::OrtProvider::Cpu),
+            LoadOptions::default().with_ort_lib(Some(lib)),
+        ));
+    }
+    v
 }
