@@ -259,6 +259,35 @@ fn checked_output_paths(a: &SampleArgs, k: usize) -> Result<Vec<PathBuf>> {
     Ok(out_paths)
 }
 
+/// The encoded output files of the `[K, 3, H, W]` samples `x` (`width` x `height` images): one image or a grid at
+/// `-o`, else one image per path of `out_paths`, then the raw array for `--save-raw`.
+fn encode_outputs(
+    a: &SampleArgs,
+    x: &Array4<f32>,
+    out_paths: &[PathBuf],
+    width: usize,
+    height: usize,
+) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    let k = x.shape()[0];
+    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    if k == 1 || a.grid {
+        let (rgb, w, h) = if k == 1 {
+            (io::image_rgb8(x.index_axis(Axis(0), 0)), width, height)
+        } else {
+            io::grid_rgb8(x.view())
+        };
+        files.push((a.output.clone(), io::png_bytes(&a.output, &rgb, w, h)?));
+    } else {
+        for (p, img) in out_paths.iter().zip(x.outer_iter()) {
+            files.push((p.clone(), io::png_bytes(p, &io::image_rgb8(img), width, height)?));
+        }
+    }
+    if let Some(raw) = &a.save_raw {
+        files.push((raw.clone(), io::npy_bytes(x.shape(), x.iter().copied())));
+    }
+    Ok(files)
+}
+
 fn parse_interval(s: &str) -> Result<(f64, f64)> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
     if parts.len() != 2 {
@@ -382,25 +411,7 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
     let elapsed = start.elapsed().as_secs_f64();
 
     // Outputs: everything encoded first, then written atomically.
-    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
-    if k == 1 || a.grid {
-        let (rgb, w, h) = if k == 1 {
-            (io::image_rgb8(x.index_axis(Axis(0), 0)), meta.width, meta.height)
-        } else {
-            io::grid_rgb8(x.view())
-        };
-        files.push((a.output.clone(), io::png_bytes(&a.output, &rgb, w, h)?));
-    } else {
-        for (p, img) in out_paths.iter().zip(x.outer_iter()) {
-            files.push((
-                p.clone(),
-                io::png_bytes(p, &io::image_rgb8(img), meta.width, meta.height)?,
-            ));
-        }
-    }
-    if let Some(raw) = &a.save_raw {
-        files.push((raw.clone(), io::npy_bytes(x.shape(), x.iter().copied())));
-    }
+    let mut files = encode_outputs(a, &x, &out_paths, meta.width, meta.height)?;
     let calls = scfg.network_calls();
     let fwd_batch = if scfg.cfg_scale == 1.0 { k } else { 2 * k };
     if let Some(path) = &a.report_json {

@@ -9,7 +9,7 @@ use ndarray::{Array3, Axis};
 use pixeldit_runtime::t2i::{self, T2iSamplerConfig};
 use pixeldit_runtime::{backend, io};
 use pixeldit_spec::ModelMetadata;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// Repeats a `[1, L, E]` array K times, or checks that it already has K rows.
@@ -126,25 +126,7 @@ pub(super) fn run(a: &SampleArgs, model: &Path, meta: &ModelMetadata) -> Result<
     bar.finish_and_clear();
     let elapsed = start.elapsed().as_secs_f64();
 
-    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
-    if k == 1 || a.grid {
-        let (rgb, w, h) = if k == 1 {
-            (io::image_rgb8(x.index_axis(Axis(0), 0)), meta.width, meta.height)
-        } else {
-            io::grid_rgb8(x.view())
-        };
-        files.push((a.output.clone(), io::png_bytes(&a.output, &rgb, w, h)?));
-    } else {
-        for (p, img) in out_paths.iter().zip(x.outer_iter()) {
-            files.push((
-                p.clone(),
-                io::png_bytes(p, &io::image_rgb8(img), meta.width, meta.height)?,
-            ));
-        }
-    }
-    if let Some(raw) = &a.save_raw {
-        files.push((raw.clone(), io::npy_bytes(x.shape(), x.iter().copied())));
-    }
+    let mut files = super::encode_outputs(a, &x, &out_paths, meta.width, meta.height)?;
     let summary = serde_json::json!({
         "model": model.display().to_string(),
         "kind": "t2i",
