@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIXELDIT_T2I_PRECISION="${1:-fp32}"
-cargo test --release -p pixeldit-exporter --test t2i_large -- --ignored --nocapture
+cargo test --release -p pixeldit-exporter --test t2i_large -- --nocapture
 cargo build --release -p pixeldit-exporter --bin pixeldit-export
 dir="$(mktemp -d "${PIXELDIT_MEMORY_DIR:-${TMPDIR:-/tmp}}/t2i.XXXXXX")"
 trap 'rm -rf "$dir"' EXIT
