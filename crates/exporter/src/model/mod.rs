@@ -12,7 +12,7 @@ pub use embedders::pixel_pos_embed;
 
 use crate::nn::Ctx;
 use crate::Result;
-use pixeldit_graph::{DType, Dim, Graph};
+use pixeldit_graph::{DType, Dim, Graph, Value};
 use pixeldit_spec::{io, ModelConfig, ModelKind};
 
 /// Builds the forward graph `v = model(x, t, y)` at a fixed `height x width` into `cx.g` (text-to-image configs:
@@ -23,29 +23,10 @@ pub fn build(cx: &mut Ctx, cfg: &ModelConfig, height: usize, width: usize) -> Re
     }
     cfg.check_size(height, width)?;
     let (hs, ws) = (height / cfg.patch_size, width / cfg.patch_size);
-    let l = hs * ws;
-    let d = cfg.hidden_size;
     let (inputs, outputs) = io::c2i_io(cfg.in_channels, height, width);
-    let dims = |t: &io::IoTensor| -> Vec<Dim> {
-        t.dims
-            .iter()
-            .map(|d| {
-                if *d < 0 {
-                    Dim::Batch(1)
-                } else {
-                    Dim::Fixed(*d as usize)
-                }
-            })
-            .collect()
-    };
-    let dtype = |t: &io::IoTensor| match t.dtype {
-        io::IoType::F32 => DType::F32,
-        io::IoType::I64 => DType::I64,
-    };
-    let x = cx.g.input(inputs[0].name, dtype(&inputs[0]), dims(&inputs[0]))?;
-    let t = cx.g.input(inputs[1].name, dtype(&inputs[1]), dims(&inputs[1]))?;
-    let y = cx.g.input(inputs[2].name, dtype(&inputs[2]), dims(&inputs[2]))?;
-    let batch = Dim::Batch(1);
+    let x = graph_input(cx, &inputs[0])?;
+    let t = graph_input(cx, &inputs[1])?;
+    let y = graph_input(cx, &inputs[2])?;
 
     // Conditioning c = SiLU(t_emb + y_emb).
     let t_emb = embedders::timestep_embedder(cx, cfg, t)?;
@@ -60,20 +41,55 @@ pub fn build(cx: &mut Ctx, cfg: &ModelConfig, height: usize, width: usize) -> Re
     for i in 0..cfg.patch_depth {
         s = patch_block::patch_block(cx, cfg, i, s, c, hs, ws)?;
     }
+    pixel_level(cx, cfg, x, t_emb, s, hs, ws, outputs[0].name)
+}
+
+/// Declares a graph input from the shared I/O description (`-1` is the batch axis).
+pub(crate) fn graph_input(cx: &mut Ctx, t: &io::IoTensor) -> Result<Value> {
+    let dims = t
+        .dims
+        .iter()
+        .map(|d| {
+            if *d < 0 {
+                Dim::Batch(1)
+            } else {
+                Dim::Fixed(*d as usize)
+            }
+        })
+        .collect();
+    let dtype = match t.dtype {
+        io::IoType::F32 => DType::F32,
+        io::IoType::I64 => DType::I64,
+    };
+    Ok(cx.g.input(t.name, dtype, dims)?)
+}
+
+/// The pixel level shared by the C2I and T2I models: `s_cond = SiLU(t_emb + s)` from the patch tokens
+/// `s [B, L, D]`, the pixel embedder, the PiT blocks and the final layer, declared as output `output`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pixel_level(
+    cx: &mut Ctx,
+    cfg: &ModelConfig,
+    x: Value,
+    t_emb: Value,
+    s: Value,
+    hs: usize,
+    ws: usize,
+    output: &str,
+) -> Result<()> {
+    let (batch, d, l) = (Dim::Batch(1), cfg.hidden_size, hs * ws);
     let s_cond = cx.g.scoped("s_cond", |g| {
         let te = g.reshape(t_emb, &[batch, Dim::Fixed(1), Dim::Fixed(d)])?;
         let sc = g.add(te, s)?;
         let sc = g.silu(sc)?;
         g.reshape(sc, &[Dim::Batch(l), Dim::Fixed(d)])
     })?;
-
-    // Pixel level.
     let mut px = embedders::pixel_embedder(cx, cfg, x, hs, ws)?;
     for i in 0..cfg.pixel_depth {
         px = pixel_block::pixel_block(cx, cfg, i, px, s_cond, hs, ws)?;
     }
     let v = final_layer::final_layer(cx, cfg, px, batch, hs, ws)?;
-    cx.g.output(outputs[0].name, v)?;
+    cx.g.output(output, v)?;
     Ok(())
 }
 

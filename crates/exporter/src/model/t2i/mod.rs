@@ -15,10 +15,9 @@ mod joint_attention;
 mod mmdit_block;
 mod text_embedder;
 
-use super::{embedders, final_layer, pixel_block};
+use super::{embedders, graph_input, pixel_level};
 use crate::nn::Ctx;
 use crate::{ExportError, Result};
-use pixeldit_graph::{DType, Dim};
 use pixeldit_spec::{io, ModelConfig};
 
 /// Checkpoint keys the graph does not use: the text-side output of the last MM-DiT block (dead in the official
@@ -49,8 +48,6 @@ pub fn build(cx: &mut Ctx, cfg: &ModelConfig, height: usize, width: usize) -> Re
         .as_ref()
         .ok_or_else(|| ExportError::Unsupported(format!("config '{}' has no text section", cfg.name)))?;
     let (hs, ws) = (height / cfg.patch_size, width / cfg.patch_size);
-    let l = hs * ws;
-    let d = cfg.hidden_size;
     let (inputs, outputs) = io::t2i_io(
         cfg.in_channels,
         height,
@@ -58,22 +55,9 @@ pub fn build(cx: &mut Ctx, cfg: &ModelConfig, height: usize, width: usize) -> Re
         text_cfg.max_length,
         text_cfg.embed_dim,
     );
-    let dims = |t: &io::IoTensor| -> Vec<Dim> {
-        t.dims
-            .iter()
-            .map(|d| {
-                if *d < 0 {
-                    Dim::Batch(1)
-                } else {
-                    Dim::Fixed(*d as usize)
-                }
-            })
-            .collect()
-    };
-    let x = cx.g.input(inputs[0].name, DType::F32, dims(&inputs[0]))?;
-    let t = cx.g.input(inputs[1].name, DType::F32, dims(&inputs[1]))?;
-    let text = cx.g.input(inputs[2].name, DType::F32, dims(&inputs[2]))?;
-    let batch = Dim::Batch(1);
+    let x = graph_input(cx, &inputs[0])?;
+    let t = graph_input(cx, &inputs[1])?;
+    let text = graph_input(cx, &inputs[2])?;
 
     // Conditioning c = SiLU(t_emb), no pooled text.
     let t_emb = embedders::timestep_embedder(cx, cfg, t)?;
@@ -90,19 +74,6 @@ pub fn build(cx: &mut Ctx, cfg: &ModelConfig, height: usize, width: usize) -> Re
             y = y2;
         }
     }
-    let s_cond = cx.g.scoped("s_cond", |g| {
-        let te = g.reshape(t_emb, &[batch, Dim::Fixed(1), Dim::Fixed(d)])?;
-        let sc = g.add(te, s)?;
-        let sc = g.silu(sc)?;
-        g.reshape(sc, &[Dim::Batch(l), Dim::Fixed(d)])
-    })?;
-
     // Pixel level: unchanged PiT blocks (attention width and heads from the config).
-    let mut px = embedders::pixel_embedder(cx, cfg, x, hs, ws)?;
-    for i in 0..cfg.pixel_depth {
-        px = pixel_block::pixel_block(cx, cfg, i, px, s_cond, hs, ws)?;
-    }
-    let v = final_layer::final_layer(cx, cfg, px, batch, hs, ws)?;
-    cx.g.output(outputs[0].name, v)?;
-    Ok(())
+    pixel_level(cx, cfg, x, t_emb, s, hs, ws, outputs[0].name)
 }
