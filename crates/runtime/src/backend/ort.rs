@@ -21,7 +21,7 @@ use ort::session::Session;
 use ort::value::{Shape, SymbolicDimensions, TensorElementType, TensorRef, ValueType};
 use pixeldit_spec::Precision;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// File name of the ONNX Runtime library this crate is built against (`api-31`).
@@ -200,6 +200,11 @@ pub fn provider_compiled_in(provider: OrtProvider) -> Result<bool> {
     })
 }
 
+/// Set once a session with the `pixeldit` custom-op domain exists, so ONNX Runtime has registered the domain.
+static DOMAIN_REGISTERED: AtomicBool = AtomicBool::new(false);
+/// Serializes session creation until [`DOMAIN_REGISTERED`] is set.
+static SESSION_CREATION: Mutex<()> = Mutex::new(());
+
 /// A loaded ONNX Runtime session.
 pub struct OrtBackend {
     session: Session,
@@ -288,7 +293,20 @@ impl OrtBackend {
                         reason: err.to_string(),
                     })?;
         }
-        let session = builder.commit_from_file(path).map_err(simple)?;
+        let session = {
+            // ONNX Runtime adds a custom-op domain to a process-wide map (ONNX's DomainToVersionRange) while it
+            // builds the session, with a check-then-insert that is not thread-safe: two sessions created at once
+            // with domain `pixeldit` can fail with "the domain is already exist". Session creation is serialized
+            // until one has registered the domain.
+            let _registering = if DOMAIN_REGISTERED.load(Ordering::Acquire) {
+                None
+            } else {
+                Some(SESSION_CREATION.lock().unwrap_or_else(|p| p.into_inner()))
+            };
+            let session = builder.commit_from_file(path).map_err(simple)?;
+            DOMAIN_REGISTERED.store(true, Ordering::Release);
+            session
+        };
         Ok(OrtBackend {
             session,
             provider,
