@@ -3,33 +3,17 @@
 //! with a check-then-insert race; before the runtime serialized the first registration this failed with "the domain
 //! is already exist" (seen in CI: quantize tests loading models in parallel).
 
-use pixeldit_runtime::backend::ort::{OrtBackend, OrtOptions};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Barrier};
+mod util;
 
-fn ort_lib() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file())
-    {
-        return Some(p);
-    }
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    [
-        ws.join(".cache/onnxruntime/libonnxruntime.so.1.31.1"),
-        ws.join(".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-}
+use pixeldit_runtime::backend::ort::{OrtBackend, OrtOptions};
+use std::sync::{Arc, Barrier};
 
 #[test]
 fn sessions_with_the_custom_domain_can_be_created_concurrently() {
-    let Some(lib) = ort_lib() else {
-        eprintln!("no ONNX Runtime library found, test skipped");
+    let Some(lib) = util::need_ort("sessions_with_the_custom_domain_can_be_created_concurrently") else {
         return;
     };
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rotary_attention_custom.onnx");
+    let model = util::fixture("rotary_attention_custom.onnx");
     let threads = 12;
     let barrier = Arc::new(Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
