@@ -39,10 +39,16 @@ pub fn ort_lib() -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
-/// `ort_lib()` or a note that the test is skipped.
+/// `ort_lib()` or a note that the test is skipped; a failure instead when `PIXELDIT_REQUIRE_ORT` is set
+/// (scripts/test.sh sets it).
 pub fn need_ort(test: &str) -> Option<PathBuf> {
     let lib = ort_lib();
     if lib.is_none() {
+        assert!(
+            !std::env::var("PIXELDIT_REQUIRE_ORT").is_ok_and(|v| !v.is_empty() && v != "0"),
+            "{test}: PIXELDIT_REQUIRE_ORT is set but no ONNX Runtime library was found (ORT_DYLIB_PATH, \
+             .cache/onnxruntime/; run scripts/setup.sh)"
+        );
         eprintln!("{test}: no ONNX Runtime library found, ORT part skipped");
     }
     lib
