@@ -81,7 +81,7 @@ def worker(argv):
     import numpy as np
     res = {}
     if a.mode == "peak":
-        # sgemm peak: numpy (OpenBLAS) and, when available, torch (MKL), n = 4096, best of 5.
+        # sgemm peak: numpy (OpenBLAS) and, when available, torch (MKL), n = 4096, best of 5 (ONNX Runtime's: "ortpeak").
         n = 4096
         m = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
         ms = timed(lambda: m @ m, 1, 5)
@@ -96,6 +96,23 @@ def worker(argv):
         except ImportError:
             pass
         print(json.dumps(res))
+        return
+    if a.mode == "ortpeak":
+        # sgemm peak of ONNX Runtime's own GEMM (MLAS): one n = 4096 MatMul, best of 5.
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+        n = 4096
+        g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "sgemm",
+                              [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in "ab"],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = a.threads
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        m = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+        ms = timed(lambda: sess.run(None, {"a": m, "b": m}), 1, 5)
+        print(json.dumps({"onnxruntime_sgemm_gflops": 2 * n**3 / min(ms) / 1e6}))
         return
     cfg = json.loads((ROOT / "graphs" / f"{a.preset}.json").read_text())
     x, t, y = inputs(cfg, a.size, a.size, a.batch)
@@ -173,6 +190,8 @@ def main():
 
     peak_out, _, _ = run_measured([a.torch_python, __file__, "worker", "peak", "--threads", str(a.threads)], tenv)
     peak = json.loads(peak_out)
+    ort_peak_out, _, _ = run_measured([sys.executable, __file__, "worker", "ortpeak", "--threads", str(a.threads)])
+    peak.update(json.loads(ort_peak_out))
     peak_best = max(peak.values())
     print(f"sgemm peak: {peak}", flush=True)
 

@@ -2,10 +2,10 @@
 //! the ONNX Runtime and tract backends.
 //!
 //! Per `(batch, head)` the kernel gathers q, k and v into contiguous `[S, Dh]` buffers (normalising and rotating q
-//! and k on the way) and a transposed copy of k, then for each block of query rows computes the `S` logits as axpys
-//! over the transposed k (vectorisable, compiled for AVX2 + FMA when the CPU has them), a stable softmax, and
-//! accumulates the weighted v rows. Work is split over `(batch, head)` pairs on scoped threads when it
-//! is large enough to pay for them.
+//! and k on the way), then [`attend`]s: `P = softmax(scale Q K^T)` and `O = P V` as two GEMMs (ndarray /
+//! matrixmultiply, which picks AVX/FMA kernels at run time) around a row softmax whose `exp` is a polynomial that
+//! the compiler vectorises (AVX2 + FMA when the CPU has them). Work is split over `(batch, head)` pairs on scoped
+//! threads when it is large enough to pay for them.
 
 use std::fmt;
 
@@ -225,8 +225,7 @@ pub(crate) fn norm_rope(x: &mut [f32], weight: &[f32], eps: f32, cos: &[f32], si
     }
 }
 
-/// One `(batch, head)` pair: gather + QK-RMSNorm + RoPE into `[S, Dh]` buffers, then `P = softmax(scale Q K^T)`
-/// and `O = P V` as two GEMMs (ndarray / matrixmultiply, which picks AVX/FMA kernels at run time).
+/// One `(batch, head)` pair of `RotaryAttention`.
 fn head(
     inp: &RotaryAttentionInputs<'_>,
     p: &RotaryAttentionParams,
@@ -234,42 +233,147 @@ fn head(
     pair: usize,
     sc: &mut Scratch,
 ) {
-    use ndarray::linalg::general_mat_mul;
-    use ndarray::{ArrayView2, ArrayViewMut2};
-    let (h, s) = (p.num_heads, inp.seq);
-    let (b, hh) = (pair / h, pair % h);
-    let width = 3 * h * dh;
+    let (s, width) = (inp.seq, 3 * p.num_heads * dh);
+    let b = pair / p.num_heads;
+    gather_and_attend(sc, p, dh, pair % p.num_heads, s, (inp.cos, inp.sin), |tok| {
+        let r = (b * s + tok) * width;
+        (&inp.qkv[r..r + width], inp.q_norm_weight, inp.k_norm_weight)
+    });
+}
+
+/// Head `hh` of a sequence of `s` tokens: gathers q, k, v from each token's `[3*H*Dh]` qkv row (`row_of(tok)` gives
+/// the row and the token's q and k RMSNorm weights) into `[S, Dh]` buffers with QK-RMSNorm and RoPE (rows of the
+/// `[S, Dh/2]` `tables` (cos, sin)), then [`attend`]s.
+pub(crate) fn gather_and_attend<'a>(
+    sc: &mut Scratch,
+    p: &RotaryAttentionParams,
+    dh: usize,
+    hh: usize,
+    s: usize,
+    tables: (&[f32], &[f32]),
+    row_of: impl Fn(usize) -> (&'a [f32], &'a [f32], &'a [f32]),
+) {
+    let h = p.num_heads;
     let half = dh / 2;
     for tok in 0..s {
-        let row = &inp.qkv[(b * s + tok) * width..(b * s + tok + 1) * width];
+        let (row, q_weight, k_weight) = row_of(tok);
         let (cos, sin) = (
-            &inp.cos[tok * half..(tok + 1) * half],
-            &inp.sin[tok * half..(tok + 1) * half],
+            &tables.0[tok * half..(tok + 1) * half],
+            &tables.1[tok * half..(tok + 1) * half],
         );
         let dst = tok * dh..(tok + 1) * dh;
         sc.q[dst.clone()].copy_from_slice(&row[hh * dh..(hh + 1) * dh]);
-        norm_rope(&mut sc.q[dst.clone()], inp.q_norm_weight, p.epsilon, cos, sin);
+        norm_rope(&mut sc.q[dst.clone()], q_weight, p.epsilon, cos, sin);
         sc.k[dst.clone()].copy_from_slice(&row[(h + hh) * dh..(h + hh + 1) * dh]);
-        norm_rope(&mut sc.k[dst.clone()], inp.k_norm_weight, p.epsilon, cos, sin);
+        norm_rope(&mut sc.k[dst.clone()], k_weight, p.epsilon, cos, sin);
         sc.v[dst].copy_from_slice(&row[(2 * h + hh) * dh..(2 * h + hh + 1) * dh]);
     }
-    let q = ArrayView2::from_shape((s, dh), &sc.q).expect("q shape");
-    let k = ArrayView2::from_shape((s, dh), &sc.k).expect("k shape");
-    let v = ArrayView2::from_shape((s, dh), &sc.v).expect("v shape");
-    let mut logits = ArrayViewMut2::from_shape((s, s), &mut sc.logits).expect("logits shape");
-    general_mat_mul(p.scale, &q, &k.t(), 0.0, &mut logits);
-    for mut row in logits.rows_mut() {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut denom = 0.0f32;
-        for l in row.iter_mut() {
-            *l = (*l - max).exp();
-            denom += *l;
-        }
-        let inv = 1.0 / denom;
-        row.mapv_inplace(|l| l * inv);
+    attend(sc, s, dh, p.scale);
+}
+
+/// Scaled dot-product attention of one head on the gathered `[S, Dh]` buffers of `sc` (logits `[S, S]`):
+/// `sc.o = softmax(scale * q k^T) v`, as two GEMMs around [`softmax_in_place`] per row.
+pub(crate) fn attend(sc: &mut Scratch, s: usize, dh: usize, scale: f32) {
+    use ndarray::linalg::general_mat_mul;
+    use ndarray::{ArrayView2, ArrayViewMut2};
+    let q = ArrayView2::from_shape((s, dh), &sc.q[..s * dh]).expect("q shape");
+    let k = ArrayView2::from_shape((s, dh), &sc.k[..s * dh]).expect("k shape");
+    let v = ArrayView2::from_shape((s, dh), &sc.v[..s * dh]).expect("v shape");
+    let mut logits = ArrayViewMut2::from_shape((s, s), &mut sc.logits[..s * s]).expect("logits shape");
+    general_mat_mul(scale, &q, &k.t(), 0.0, &mut logits);
+    for row in sc.logits[..s * s].chunks_exact_mut(s) {
+        softmax_in_place(row);
     }
-    let mut o = ArrayViewMut2::from_shape((s, dh), &mut sc.o).expect("o shape");
-    general_mat_mul(1.0, &logits.view(), &v, 0.0, &mut o);
+    let logits = ArrayView2::from_shape((s, s), &sc.logits[..s * s]).expect("logits shape");
+    let mut o = ArrayViewMut2::from_shape((s, dh), &mut sc.o[..s * dh]).expect("o shape");
+    general_mat_mul(1.0, &logits, &v, 0.0, &mut o);
+}
+
+/// `row = softmax(row)`, stable (the row maximum is subtracted first). Uses AVX2 + FMA code when the CPU has them
+/// (checked at run time), else the same code for the build's baseline.
+pub fn softmax_in_place(row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        unsafe { softmax_avx2_fma(row) };
+        return;
+    }
+    softmax_lanes(row);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_avx2_fma(row: &mut [f32]) {
+    softmax_lanes(row);
+}
+
+/// Lanes of the hand-split reductions: wide enough for one AVX register, so the compiler keeps them in vectors.
+const LANES: usize = 8;
+
+/// The softmax body: max and sum as 8 independent lanes so that they vectorise without reassociation.
+#[inline(always)]
+fn softmax_lanes(row: &mut [f32]) {
+    let mut max = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            max[i] = if c[i] > max[i] { c[i] } else { max[i] };
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&max)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    // A plain loop for exp (the loop vectoriser handles it; exp and sum in one 8-lane loop did not vectorise).
+    for x in row.iter_mut() {
+        *x = exp_poly(*x - max);
+    }
+    let mut sum = [0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            sum[i] += c[i];
+        }
+    }
+    let total: f32 = chunks.remainder().iter().sum();
+    let inv = 1.0 / (total + sum.iter().sum::<f32>());
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+}
+
+/// `exp(x)` in f32 from branch-free arithmetic (Cephes' `expf` scheme: `x = n ln2 + r` with `|r| <= ln2/2`, a
+/// degree-7 polynomial in `r`, `2^n` built in the exponent bits), so that loops over it vectorise. Relative error
+/// below 3e-7 for `x` in [-87, 88]; inputs below -87 give 0 (more precisely: a value below `f32::MIN_POSITIVE`
+/// flushed to 0), which is what a softmax over `x - max <= 0` needs; NaN gives NaN.
+#[inline(always)]
+pub fn exp_poly(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in a part exact in f32 and the rest (Cody-Waite).
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let below = x < -87.0;
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 0.166_666_65;
+    let p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    // n + 127 in the exponent field: t's bits are 0x4B40_0000 + n.
+    let scale = f32::from_bits((t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127)) << 23);
+    if below {
+        0.0
+    } else {
+        y * scale
+    }
 }
 
 /// Straightforward f64 implementation of the op contract, for tests.
@@ -355,6 +459,47 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(err < 1e-5, "B{batch} S{seq} H{heads} Dh{dh}: max abs err {err}");
+    }
+
+    #[test]
+    fn exp_poly_is_within_3e7_relative_of_exp() {
+        let mut worst = 0f64;
+        let n = 200_000;
+        for i in 0..=n {
+            let x = -87.0 + 175.0 * i as f64 / n as f64;
+            let got = f64::from(exp_poly(x as f32));
+            let want = (x as f32 as f64).exp();
+            worst = worst.max((got - want).abs() / want);
+        }
+        eprintln!("exp_poly: max relative error {worst:e}");
+        assert!(worst < 3e-7, "max relative error {worst:e}");
+        assert_eq!(exp_poly(0.0), 1.0);
+        assert_eq!(exp_poly(-100.0), 0.0);
+        assert_eq!(exp_poly(f32::NEG_INFINITY), 0.0);
+        assert!(exp_poly(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn softmax_matches_f64_for_every_length_and_lane_split() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for len in [1, 2, 7, 8, 9, 16, 31, 256, 1000] {
+            let x = random(len, &mut rng).iter().map(|v| v * 20.0).collect::<Vec<_>>();
+            // The dispatched path (AVX2 + FMA here when the CPU has them) and the baseline one.
+            let (mut dispatched, mut baseline) = (x.clone(), x.clone());
+            softmax_in_place(&mut dispatched);
+            softmax_lanes(&mut baseline);
+            let m = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+            let z: f64 = x.iter().map(|&v| (f64::from(v) - m).exp()).sum();
+            for got in [&dispatched, &baseline] {
+                for (g, &v) in got.iter().zip(&x) {
+                    let want = (f64::from(v) - m).exp() / z;
+                    assert!(
+                        (f64::from(*g) - want).abs() <= 1e-6 * want + 1e-12,
+                        "len {len}: {g} vs {want}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

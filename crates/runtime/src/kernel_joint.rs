@@ -4,10 +4,10 @@
 //! It is `RotaryAttention` over the concatenation `[text; image]` whose rows come from two qkv tensors and are
 //! normalised with per-stream weights: per `(batch, head)` the kernel gathers q, k and v of all `St + Si` tokens
 //! into contiguous `[S, Dh]` buffers (normalising and rotating q and k on the way with row `s` of the stacked RoPE
-//! table), then runs a stable softmax attention per query row. Work is split over `(batch, head)` pairs on scoped
-//! threads when large enough.
+//! table), then runs the same two-GEMM softmax attention as `RotaryAttention` ([`crate::kernel`]). Work is split
+//! over `(batch, head)` pairs on scoped threads when large enough.
 
-use crate::kernel::{norm_rope, run_heads, KernelShapeError, RotaryAttentionParams, Scratch};
+use crate::kernel::{gather_and_attend, run_heads, KernelShapeError, RotaryAttentionParams, Scratch};
 
 /// The operands of one call, as flat row-major slices.
 #[derive(Debug, Clone, Copy)]
@@ -115,66 +115,20 @@ pub fn joint_rotary_attention(
         )));
     }
     let s = inp.seq_txt + inp.seq_img;
-    run_heads(inp.batch, p.num_heads, s, dh, s, out, |pair, sc| {
+    run_heads(inp.batch, p.num_heads, s, dh, s * s, out, |pair, sc| {
         head(inp, p, dh, pair, sc)
     });
     Ok(())
 }
 
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
-}
-
+/// One `(batch, head)` pair of `JointRotaryAttention`.
 fn head(inp: &JointAttentionInputs<'_>, p: &RotaryAttentionParams, dh: usize, pair: usize, sc: &mut Scratch) {
-    let h = p.num_heads;
-    let (b, hh) = (pair / h, pair % h);
-    let width = 3 * h * dh;
-    let half = dh / 2;
+    let width = 3 * p.num_heads * dh;
+    let b = pair / p.num_heads;
     let s = inp.seq_txt + inp.seq_img;
-    for tok in 0..s {
-        let (row, qw, kw) = inp.row(b, tok, width);
-        let (cos, sin) = (
-            &inp.cos[tok * half..(tok + 1) * half],
-            &inp.sin[tok * half..(tok + 1) * half],
-        );
-        let dst = tok * dh..(tok + 1) * dh;
-        sc.q[dst.clone()].copy_from_slice(&row[hh * dh..(hh + 1) * dh]);
-        norm_rope(&mut sc.q[dst.clone()], qw, p.epsilon, cos, sin);
-        sc.k[dst.clone()].copy_from_slice(&row[(h + hh) * dh..(h + hh + 1) * dh]);
-        norm_rope(&mut sc.k[dst.clone()], kw, p.epsilon, cos, sin);
-        sc.v[dst].copy_from_slice(&row[(2 * h + hh) * dh..(2 * h + hh + 1) * dh]);
-    }
-    for i in 0..s {
-        let qi = &sc.q[i * dh..(i + 1) * dh];
-        let mut max = f32::NEG_INFINITY;
-        for (j, l) in sc.logits.iter_mut().enumerate() {
-            *l = p.scale * dot(qi, &sc.k[j * dh..(j + 1) * dh]);
-            max = max.max(*l);
-        }
-        let mut denom = 0.0f32;
-        for l in sc.logits.iter_mut() {
-            *l = (*l - max).exp();
-            denom += *l;
-        }
-        let inv = 1.0 / denom;
-        let oi = &mut sc.o[i * dh..(i + 1) * dh];
-        oi.fill(0.0);
-        for (j, &w) in sc.logits.iter().enumerate() {
-            let w = w * inv;
-            for (o, v) in oi.iter_mut().zip(&sc.v[j * dh..(j + 1) * dh]) {
-                *o += w * v;
-            }
-        }
-    }
+    gather_and_attend(sc, p, dh, pair % p.num_heads, s, (inp.cos, inp.sin), |tok| {
+        inp.row(b, tok, width)
+    });
 }
 
 fn params_from(num_heads: i64, epsilon: Option<f32>, scale: Option<f32>, dh: usize) -> RotaryAttentionParams {
