@@ -169,7 +169,7 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--impls", default="ort,tract,ortpy,torch")
+    ap.add_argument("--impls", default="ort,ortspin,ortdec,tract,ortpy,torch")
     ap.add_argument("--table", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--no-table", action="store_true")
     ap.add_argument("--torch-python", default=str(ROOT / ".cache" / "bench-venv" / "bin" / "python"))
@@ -215,14 +215,18 @@ def main():
         common = ["--batch", str(a.batch), "--runs", str(a.runs), "--warmup", str(a.warmup)]
         for impl in impls:
             load = os.getloadavg()[0]
-            if impl in ("ort", "tract"):
-                cmd = [prun, "bench", models["custom"], "--backend", impl, "--device", "cpu", "--no-table",
-                       "--threads", str(a.threads)] + common
+            if impl in ("ort", "ortspin", "ortdec", "tract"):
+                att = "decomposed" if impl == "ortdec" else "custom"
+                backend = "tract" if impl == "tract" else "ort"
+                cmd = [prun, "bench", models[att], "--backend", backend, "--device", "cpu", "--no-table",
+                       "--threads", str(a.threads)] + (["--ort-spin"] if impl == "ortspin" else []) + common
                 out, _, rss = run_measured(cmd)
                 med = float(re.search(r"median ([0-9.]+) ms", out).group(1))
                 label = {"ort": "pixeldit-run, ORT CPU (custom attention kernel)",
+                         "ortspin": "pixeldit-run, ORT CPU (custom attention kernel, --ort-spin)",
+                         "ortdec": "pixeldit-run, ORT CPU (decomposed attention)",
                          "tract": "pixeldit-run, tract (custom attention kernel)"}[impl]
-                model = models["custom"].name
+                model = models[att].name
             else:
                 py = sys.executable if impl == "ortpy" else a.torch_python
                 save = CACHE / f"out-{preset}-{impl}.npy"

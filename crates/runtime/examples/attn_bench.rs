@@ -1,7 +1,7 @@
 //! Times the `pixeldit.RotaryAttention` CPU kernel alone at a model's shape (default: B @256, batch 2:
 //! S = 256 tokens, 12 heads of 64) and prints ms per call and GFLOP/s of the attention core (4*S^2*C per image).
 //! `cargo run --release -p pixeldit-runtime --example attn_bench -- [batch seq heads head_dim runs]`
-use pixeldit_runtime::kernel::{rotary_attention, RotaryAttentionInputs, RotaryAttentionParams};
+use pixeldit_runtime::kernel::{rotary_attention, RotaryAttentionInputs, RotaryAttentionParams, Threads};
 use std::time::Instant;
 
 fn main() {
@@ -42,11 +42,11 @@ fn main() {
         scale: 1.0 / (dh as f32).sqrt(),
     };
     let mut out = vec![0f32; inp.output_len(&p)];
-    rotary_attention(&inp, &p, &mut out).unwrap();
+    rotary_attention(&inp, &p, Threads::Own, &mut out).unwrap();
     let mut ms: Vec<f64> = (0..runs)
         .map(|_| {
             let t = Instant::now();
-            rotary_attention(&inp, &p, &mut out).unwrap();
+            rotary_attention(&inp, &p, Threads::Own, &mut out).unwrap();
             t.elapsed().as_secs_f64() * 1e3
         })
         .collect();

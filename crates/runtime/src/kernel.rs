@@ -100,10 +100,28 @@ impl RotaryAttentionInputs<'_> {
 /// Below this many multiply-adds (`B*H*S*S*Dh`) the kernel stays on the calling thread.
 const PARALLEL_THRESHOLD: usize = 1 << 22;
 
+/// A host's parallel-for (ONNX Runtime's intra-op pool through `KernelContext_ParallelFor`): calls `task(i)` once
+/// for every `i < n`, possibly on several threads, and returns when all calls are done. Calls it could not make
+/// are made by the kernel on the calling thread.
+pub trait ParallelFor {
+    /// Runs `task(0..n)`.
+    fn parallel_for(&self, n: usize, task: &(dyn Fn(usize) + Sync + Send));
+}
+
+/// Where a kernel runs its independent `(batch, head)` tasks.
+#[derive(Clone, Copy)]
+pub enum Threads<'a> {
+    /// Scoped threads of its own, one per available core, when the work is large enough (tract, tests).
+    Own,
+    /// The host's thread pool, so that the kernel does not compete with it for the cores.
+    Host(&'a dyn ParallelFor),
+}
+
 /// Computes `RotaryAttention` into `out` (`[B, S, H*Dh]`, length [`RotaryAttentionInputs::output_len`]).
 pub fn rotary_attention(
     inp: &RotaryAttentionInputs<'_>,
     p: &RotaryAttentionParams,
+    threads: Threads<'_>,
     out: &mut [f32],
 ) -> Result<(), KernelShapeError> {
     let dh = inp.validate(p)?;
@@ -114,47 +132,92 @@ pub fn rotary_attention(
             inp.output_len(p)
         )));
     }
-    run_heads(
-        inp.batch,
-        p.num_heads,
-        inp.seq,
-        dh,
-        inp.seq * inp.seq,
-        out,
-        |pair, sc| head(inp, p, dh, pair, sc),
-    );
+    let shape = HeadsShape {
+        batch: inp.batch,
+        heads: p.num_heads,
+        seq: inp.seq,
+        head_dim: dh,
+    };
+    run_heads(shape, threads, out, |pair, sc| head(inp, p, dh, pair, sc));
     Ok(())
 }
 
+/// Sizes of a `[B, S, H*Dh]` attention output.
+#[derive(Clone, Copy)]
+pub(crate) struct HeadsShape {
+    pub(crate) batch: usize,
+    pub(crate) heads: usize,
+    pub(crate) seq: usize,
+    pub(crate) head_dim: usize,
+}
+
+/// Tasks that a host pool did not run (made on the calling thread instead); read by tests.
+static HOST_POOL_MISSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many `(batch, head)` tasks handed to a [`Threads::Host`] pool so far were not run by it (the kernel ran
+/// them itself). For tests: 0 means the host's parallel-for works.
+#[doc(hidden)]
+pub fn host_pool_misses() -> usize {
+    HOST_POOL_MISSES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+thread_local! {
+    /// The [`Scratch`] of the current pool thread, kept between calls.
+    static POOL_SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::new(0, 0));
+}
+
 /// Runs `head` for every `(batch, head)` pair of a `[B, S, H*Dh]` attention output and scatters each pair's
-/// `[S, Dh]` result (`Scratch::o`) into `out`: on the calling thread below [`PARALLEL_THRESHOLD`], else on a scoped
-/// pool where each worker takes a contiguous range of pairs with its own [`Scratch`] (`logits_len` logits).
+/// `[S, Dh]` result (`Scratch::o`) into `out`: on the calling thread below [`PARALLEL_THRESHOLD`]; else on the
+/// host's pool (one task per pair, with a per-thread [`Scratch`]), or on scoped threads of its own where each
+/// takes a contiguous range of pairs.
 pub(crate) fn run_heads(
-    batch: usize,
-    h: usize,
-    s: usize,
-    dh: usize,
-    logits_len: usize,
+    shape: HeadsShape,
+    threads: Threads<'_>,
     out: &mut [f32],
     head: impl Fn(usize, &mut Scratch) + Sync,
 ) {
+    let HeadsShape {
+        batch,
+        heads: h,
+        seq: s,
+        head_dim: dh,
+    } = shape;
     let pairs = batch * h;
     let work = pairs * s * s * dh;
-    let threads = if work >= PARALLEL_THRESHOLD {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(pairs)
-    } else {
-        1
-    };
-    if threads <= 1 {
-        let mut scratch = Scratch::new(s, dh, logits_len);
+    if work < PARALLEL_THRESHOLD {
+        let mut scratch = Scratch::new(s, dh);
         for pair in 0..pairs {
             head(pair, &mut scratch);
             scatter(&scratch.o, pair, h, s, dh, out);
         }
         return;
     }
+    if let Threads::Host(pool) = threads {
+        let slots: Vec<std::sync::OnceLock<Vec<f32>>> = (0..pairs).map(|_| Default::default()).collect();
+        let task = |pair: usize| {
+            POOL_SCRATCH.with_borrow_mut(|scratch| {
+                scratch.reserve(s, dh);
+                head(pair, scratch);
+                let _ = slots[pair].set(scratch.o[..s * dh].to_vec());
+            })
+        };
+        pool.parallel_for(pairs, &task);
+        for (pair, slot) in slots.iter().enumerate() {
+            match slot.get() {
+                Some(o) => scatter(o, pair, h, s, dh, out),
+                None => {
+                    HOST_POOL_MISSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut scratch = Scratch::new(s, dh);
+                    head(pair, &mut scratch);
+                    scatter(&scratch.o, pair, h, s, dh, out);
+                }
+            }
+        }
+        return;
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(pairs);
     // Each worker takes a contiguous range of (batch, head) pairs and returns their [S, Dh] results.
     let per = pairs.div_ceil(threads);
     let head = &head;
@@ -162,7 +225,7 @@ pub(crate) fn run_heads(
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 scope.spawn(move || {
-                    let mut scratch = Scratch::new(s, dh, logits_len);
+                    let mut scratch = Scratch::new(s, dh);
                     (t * per..((t + 1) * per).min(pairs))
                         .map(|pair| {
                             head(pair, &mut scratch);
@@ -192,13 +255,25 @@ pub(crate) struct Scratch {
 }
 
 impl Scratch {
-    fn new(s: usize, dh: usize, logits_len: usize) -> Self {
+    fn new(s: usize, dh: usize) -> Self {
         Scratch {
             q: vec![0.0; s * dh],
             k: vec![0.0; s * dh],
             v: vec![0.0; s * dh],
             o: vec![0.0; s * dh],
-            logits: vec![0.0; logits_len],
+            logits: vec![0.0; s * s],
+        }
+    }
+
+    /// Grows the buffers to hold `s` tokens of `dh` (kept when already large enough).
+    fn reserve(&mut self, s: usize, dh: usize) {
+        for buf in [&mut self.q, &mut self.k, &mut self.v, &mut self.o] {
+            if buf.len() < s * dh {
+                buf.resize(s * dh, 0.0);
+            }
+        }
+        if self.logits.len() < s * s {
+            self.logits.resize(s * s, 0.0);
         }
     }
 }
@@ -451,7 +526,7 @@ mod tests {
             scale: 1.0 / (dh as f32).sqrt(),
         };
         let mut out = vec![0f32; inp.output_len(&p)];
-        rotary_attention(&inp, &p, &mut out).unwrap();
+        rotary_attention(&inp, &p, Threads::Own, &mut out).unwrap();
         let naive = rotary_attention_naive(&inp, &p);
         let err = out
             .iter()
@@ -535,13 +610,13 @@ mod tests {
             scale: 0.5,
         };
         let mut out = vec![0f32; 16];
-        assert!(rotary_attention(&inp, &p, &mut out).is_ok());
+        assert!(rotary_attention(&inp, &p, Threads::Own, &mut out).is_ok());
         let p3 = RotaryAttentionParams { num_heads: 3, ..p };
-        assert!(rotary_attention(&inp, &p3, &mut out)
+        assert!(rotary_attention(&inp, &p3, Threads::Own, &mut out)
             .unwrap_err()
             .0
             .contains("qkv has 48 elements"));
         let mut short = vec![0f32; 15];
-        assert!(rotary_attention(&inp, &p, &mut short).is_err());
+        assert!(rotary_attention(&inp, &p, Threads::Own, &mut short).is_err());
     }
 }

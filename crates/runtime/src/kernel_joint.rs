@@ -7,7 +7,9 @@
 //! table), then runs the same two-GEMM softmax attention as `RotaryAttention` ([`crate::kernel`]). Work is split
 //! over `(batch, head)` pairs on scoped threads when large enough.
 
-use crate::kernel::{gather_and_attend, run_heads, KernelShapeError, RotaryAttentionParams, Scratch};
+use crate::kernel::{
+    gather_and_attend, run_heads, HeadsShape, KernelShapeError, RotaryAttentionParams, Scratch, Threads,
+};
 
 /// The operands of one call, as flat row-major slices.
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +106,7 @@ impl JointAttentionInputs<'_> {
 pub fn joint_rotary_attention(
     inp: &JointAttentionInputs<'_>,
     p: &RotaryAttentionParams,
+    threads: Threads<'_>,
     out: &mut [f32],
 ) -> Result<(), KernelShapeError> {
     let dh = inp.validate(p)?;
@@ -115,9 +118,13 @@ pub fn joint_rotary_attention(
         )));
     }
     let s = inp.seq_txt + inp.seq_img;
-    run_heads(inp.batch, p.num_heads, s, dh, s * s, out, |pair, sc| {
-        head(inp, p, dh, pair, sc)
-    });
+    let shape = HeadsShape {
+        batch: inp.batch,
+        heads: p.num_heads,
+        seq: s,
+        head_dim: dh,
+    };
+    run_heads(shape, threads, out, |pair, sc| head(inp, p, dh, pair, sc));
     Ok(())
 }
 
@@ -143,6 +150,8 @@ fn params_from(num_heads: i64, epsilon: Option<f32>, scale: Option<f32>, dh: usi
 #[cfg(feature = "ort")]
 pub(crate) mod ort_op {
     use super::{joint_rotary_attention, params_from, JointAttentionInputs};
+    use crate::backend::ort::OrtPool;
+    use crate::kernel::Threads;
     use ort::operator::{
         BoxedKernel, ComputeContext, KernelContext, Operator, OperatorInput, OperatorOutput,
         ShapeInferenceContext,
@@ -241,7 +250,7 @@ pub(crate) mod ort_op {
                     .output(0, vec![b as i64, (st + si) as i64, (w / 3) as i64])?
                     .ok_or_else(|| ort::Error::new("JointRotaryAttention: no output buffer"))?;
                 let (_, o) = out.try_extract_tensor_mut::<f32>()?;
-                joint_rotary_attention(&inp, &p, o)
+                joint_rotary_attention(&inp, &p, Threads::Host(&OrtPool(ctx)), o)
                     .map_err(|e| ort::Error::new(format!("node '{node}': {e}")))
             }))
         }
@@ -252,6 +261,7 @@ pub(crate) mod ort_op {
 #[cfg(feature = "tract")]
 pub(crate) mod tract_op {
     use super::{joint_rotary_attention, params_from, JointAttentionInputs};
+    use crate::kernel::Threads;
     use tract_onnx::model::ParsingContext;
     use tract_onnx::pb;
     use tract_onnx::prelude::*;
@@ -371,7 +381,7 @@ pub(crate) mod tract_op {
             let mut out = Tensor::zero::<f32>(&[ts[0], ts[1] + is[1], ts[2] / 3])?;
             {
                 let mut view = out.try_as_plain_ram_mut()?;
-                joint_rotary_attention(&inp, &p, view.as_slice_mut::<f32>()?)?;
+                joint_rotary_attention(&inp, &p, Threads::Own, view.as_slice_mut::<f32>()?)?;
             }
             Ok(tvec!(out.into_tvalue()))
         }
@@ -434,7 +444,7 @@ mod tests {
             sin: &sin,
         };
         let mut out = vec![0f32; inp.output_len(&p)];
-        joint_rotary_attention(&inp, &p, &mut out).unwrap();
+        joint_rotary_attention(&inp, &p, Threads::Own, &mut out).unwrap();
         let mut joint = Vec::new();
         for b in 0..batch {
             joint.extend_from_slice(&qt[b * st * width..(b + 1) * st * width]);
@@ -498,7 +508,7 @@ mod tests {
             sin: &sin,
         };
         let mut out = vec![0f32; inp.output_len(&p)];
-        joint_rotary_attention(&inp, &p, &mut out).unwrap();
+        joint_rotary_attention(&inp, &p, Threads::Own, &mut out).unwrap();
         // The same with a doubled softmax scale on the text rows' queries (q norm 2 == scale x2, identity RoPE).
         let joint: Vec<f32> = qt.iter().chain(&qi).copied().collect();
         let mk = |scale: f32| {
@@ -524,7 +534,7 @@ mod tests {
             cos: &cos[1..],
             ..inp
         };
-        assert!(joint_rotary_attention(&bad, &p, &mut out)
+        assert!(joint_rotary_attention(&bad, &p, Threads::Own, &mut out)
             .unwrap_err()
             .0
             .contains("cos has"));

@@ -71,6 +71,10 @@ struct BackendArgs {
     /// into a u8s8 kernel that can saturate on CPUs without AVX-VNNI; use 1 to compare int8 variants.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=3))]
     ort_opt_level: u8,
+    /// Let idle ONNX Runtime worker threads spin. Faster on an idle machine (B-256 batch 2: ~4%), slower when other
+    /// work shares the cores (up to ~30%), hence off by default.
+    #[arg(long)]
+    ort_spin: bool,
 }
 
 impl BackendArgs {
@@ -83,6 +87,7 @@ impl BackendArgs {
             .with_precision(Some(precision));
         o.threads = self.threads;
         o.ort_opt_level = Some(self.ort_opt_level);
+        o.ort_spinning = self.ort_spin;
         Ok(o)
     }
 }

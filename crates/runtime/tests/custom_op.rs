@@ -1,5 +1,7 @@
 //! `pixeldit.RotaryAttention` in ONNX Runtime and tract against the same math built from ONNX primitives and
-//! against the naive f64 kernel (fixtures `rotary_attention_{custom,primitives}.onnx`: H=2, Dh=8, S=6).
+//! against the naive f64 kernel (fixtures `rotary_attention_{custom,primitives}.onnx`: H=2, Dh=8, S=6). Batch
+//! 8192 is large enough (B*H*S*S*Dh >= 2^22) for the kernel to run its heads in parallel: on its own threads in
+//! tract, on the session's intra-op pool in ONNX Runtime.
 
 use crate::util::*;
 use ndarray::{ArrayD, IxDyn};
@@ -57,7 +59,7 @@ fn check(name: &str, got: &ArrayD<f32>, want: &[f32], batch: usize) {
 
 #[test]
 fn tract_custom_op_matches_primitives_and_naive() {
-    for batch in [1, 3] {
+    for batch in [1, 3, 8192] {
         let inp = inputs(batch);
         let views: Vec<_> = inp.iter().map(|a| a.view()).collect();
         let want = naive(&inp);
@@ -82,9 +84,10 @@ fn ort_custom_op_matches_primitives_and_naive() {
     };
     let opts = OrtOptions {
         library: Some(lib),
+        threads: Some(2),
         ..Default::default()
     };
-    for batch in [1, 3] {
+    for batch in [1, 3, 8192] {
         let inp = inputs(batch);
         let views: Vec<_> = inp.iter().map(|a| a.view()).collect();
         let want = naive(&inp);
@@ -99,4 +102,9 @@ fn ort_custom_op_matches_primitives_and_naive() {
         check("ort custom", &custom[0], &want, batch);
         check("ort primitives", &prim[0], &want, batch);
     }
+    assert_eq!(
+        pixeldit_runtime::kernel::host_pool_misses(),
+        0,
+        "ONNX Runtime's parallel-for left attention heads to the calling thread"
+    );
 }

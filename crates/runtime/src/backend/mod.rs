@@ -148,6 +148,8 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// ONNX Runtime graph optimization level 0..=3 (`None`: 3, all).
     pub ort_opt_level: Option<u8>,
+    /// Let idle ONNX Runtime intra-op threads spin (`OrtOptions::intra_op_spinning`, default off).
+    pub ort_spinning: bool,
 }
 
 impl LoadOptions {

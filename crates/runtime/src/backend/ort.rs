@@ -7,7 +7,7 @@
 
 use super::Backend;
 use crate::error::{Result, RuntimeError};
-use crate::kernel::{rotary_attention, RotaryAttentionInputs, RotaryAttentionParams};
+use crate::kernel::{rotary_attention, ParallelFor, RotaryAttentionInputs, RotaryAttentionParams, Threads};
 use crate::model::ModelInfo;
 use ndarray::{Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewD, IxDyn};
 use ort::environment::Environment;
@@ -66,8 +66,8 @@ pub struct OrtOptions {
     /// level 2+ fuses INT8 Q/DQ MatMuls into a u8s8 kernel that can saturate; use 1 to compare int8 variants.
     pub opt_level: u8,
     /// Let idle intra-op worker threads spin (`session.intra_op.allow_spinning`). Off by default: on a shared or
-    /// small CPU the spinning workers take cycles from the GEMMs and from the custom-op kernel's own threads
-    /// (B-256 batch 2 on a loaded 2-core box: 3757 ms with spinning, 2626 ms without, see BENCHMARKS.md).
+    /// small CPU the spinning workers take cycles from the GEMMs (B-256 batch 2 on a loaded 2-core box: 3757 ms
+    /// with spinning, 2626 ms without); on an idle one spinning gains ~4% (see BENCHMARKS.md).
     pub intra_op_spinning: bool,
     /// CUDA device index.
     pub device_id: i32,
@@ -83,7 +83,7 @@ impl OrtOptions {
             precision: o.precision,
             threads: o.threads,
             opt_level: o.ort_opt_level.unwrap_or(3),
-            intra_op_spinning: false,
+            intra_op_spinning: o.ort_spinning,
             device_id: 0,
         }
     }
@@ -508,6 +508,16 @@ impl Backend for OrtBackend {
     }
 }
 
+/// ONNX Runtime's intra-op thread pool of the running session, for the custom-op kernels.
+pub(crate) struct OrtPool<'a>(pub(crate) &'a ComputeContext);
+
+impl ParallelFor for OrtPool<'_> {
+    fn parallel_for(&self, n: usize, task: &(dyn Fn(usize) + Sync + Send)) {
+        // One batch per task. On an error ONNX Runtime may have made only some calls; the kernel makes the rest.
+        let _ = self.0.par_for(n, n, task);
+    }
+}
+
 /// Counter for the names of unknown dims in [`RotaryAttentionOp`]'s shape inference.
 static UNKNOWN_DIMS: AtomicUsize = AtomicUsize::new(0);
 
@@ -601,7 +611,8 @@ impl Operator for RotaryAttentionOp {
                 .output(0, vec![b as i64, s as i64, (w / 3) as i64])?
                 .ok_or_else(|| ort::Error::new("RotaryAttention: no output buffer"))?;
             let (_, o) = out.try_extract_tensor_mut::<f32>()?;
-            rotary_attention(&inp, &p, o).map_err(|e| ort::Error::new(format!("node '{node}': {e}")))
+            rotary_attention(&inp, &p, Threads::Host(&OrtPool(ctx)), o)
+                .map_err(|e| ort::Error::new(format!("node '{node}': {e}")))
         }))
     }
 }

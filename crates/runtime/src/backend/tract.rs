@@ -3,7 +3,7 @@
 
 use super::Backend;
 use crate::error::{Result, RuntimeError};
-use crate::kernel::{rotary_attention, RotaryAttentionInputs, RotaryAttentionParams};
+use crate::kernel::{rotary_attention, RotaryAttentionInputs, RotaryAttentionParams, Threads};
 use crate::lowp::LowFloat;
 use ndarray::{Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewD, IxDyn};
 use std::collections::{HashMap, HashSet};
@@ -338,7 +338,7 @@ impl EvalOp for RotaryAttentionOp {
         let mut out = Tensor::zero::<f32>(&[shape[0], shape[1], shape[2] / 3])?;
         {
             let mut view = out.try_as_plain_ram_mut()?;
-            rotary_attention(&inp, &p, view.as_slice_mut::<f32>()?)?;
+            rotary_attention(&inp, &p, Threads::Own, view.as_slice_mut::<f32>()?)?;
         }
         Ok(tvec!(out.into_tvalue()))
     }
