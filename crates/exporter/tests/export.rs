@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{python, root};
+use common::{python, python_check_models, reference_rel_l2, root};
 use pixeldit_exporter::{build_graph, load_weights, ExportOptions, WeightsSpec};
 use pixeldit_spec::{AttentionMode, ModelConfig};
 use std::path::{Path, PathBuf};
@@ -330,27 +330,9 @@ fn onnx_checker_ort_and_reference_agree() {
             if *mode == AttentionMode::Custom {
                 continue; // numerics of the custom op are checked by the runtime's tests (Rust kernels)
             }
-            let out = Command::new(&py)
-                .current_dir(root())
-                .arg(&tool)
-                .args(["forward", p.to_str().unwrap(), case])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            let rel: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+            let rel = reference_rel_l2(&py, &tool, &[p.to_str().unwrap(), case]);
             assert!(rel < 1e-4, "{mode} {case}: relative L2 {rel}");
         }
     }
-    let out = Command::new(&py)
-        .arg(&tool)
-        .arg("check")
-        .args(&paths)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_check_models(&py, &tool, &paths);
 }

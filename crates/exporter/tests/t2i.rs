@@ -4,12 +4,11 @@
 
 mod common;
 
-use common::{python, root};
+use common::{python, python_check_models, reference_rel_l2, root};
 use pixeldit_exporter::model::t2i::dead_keys;
 use pixeldit_exporter::{build_graph, export_to_file, load_weights, ExportOptions, WeightsSpec};
 use pixeldit_spec::{AttentionMode, ModelConfig};
 use std::path::PathBuf;
-use std::process::Command;
 
 fn golden() -> PathBuf {
     root().join("tests/golden/t2i/t2i_tiny.safetensors")
@@ -107,27 +106,9 @@ fn t2i_checker_ort_and_reference_agree() {
             if *mode == AttentionMode::Custom {
                 continue; // the custom ops run in the Rust runtime (crates/runtime/tests/t2i.rs)
             }
-            let out = Command::new(&py)
-                .current_dir(root())
-                .arg(&tool)
-                .args(["forward", p.to_str().unwrap(), case, cases.to_str().unwrap()])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            let rel: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+            let rel = reference_rel_l2(&py, &tool, &[p.to_str().unwrap(), case, cases.to_str().unwrap()]);
             assert!(rel < 1e-4, "{mode} {case}: relative L2 {rel}");
         }
     }
-    let out = Command::new(&py)
-        .arg(&tool)
-        .arg("check")
-        .args(&paths)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_check_models(&py, &tool, &paths);
 }

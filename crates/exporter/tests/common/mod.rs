@@ -50,3 +50,34 @@ pub fn proc_kb(file: &str, key: &str) -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Runs `python tool forward <args>` (a reference comparison that prints one relative L2) from the workspace root
+/// and returns the printed value; panics with the tool's stderr when it fails.
+pub fn reference_rel_l2(py: &Path, tool: &Path, args: &[&str]) -> f64 {
+    let out = std::process::Command::new(py)
+        .current_dir(root())
+        .arg(tool)
+        .arg("forward")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Runs `python tool check <paths>` (onnx.checker and ONNX Runtime on each model); panics with its output when it
+/// fails.
+pub fn python_check_models(py: &Path, tool: &Path, paths: &[PathBuf]) {
+    let out = std::process::Command::new(py)
+        .arg(tool)
+        .arg("check")
+        .args(paths)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
