@@ -64,7 +64,7 @@ struct BackendArgs {
     /// TensorRT engine cache directory (default: .trt-cache next to the model).
     #[arg(long, value_name = "DIR")]
     trt_cache: Option<PathBuf>,
-    /// ONNX Runtime intra-op threads.
+    /// Threads for ONNX Runtime's intra-op pool and tract's matrix products (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
     /// ONNX Runtime graph optimization level: 0 off, 1 basic, 2 extended, 3 all. Level 2+ fuses INT8 Q/DQ MatMuls

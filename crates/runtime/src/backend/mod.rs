@@ -144,7 +144,7 @@ pub struct LoadOptions {
     pub trt_cache_dir: Option<PathBuf>,
     /// Model precision (TensorRT builder flags).
     pub precision: Option<Precision>,
-    /// ONNX Runtime intra-op threads.
+    /// Threads: ONNX Runtime's intra-op pool, tract's matrix products (`None`: the backend's default, one per core).
     pub threads: Option<usize>,
     /// ONNX Runtime graph optimization level 0..=3 (`None`: 3, all).
     pub ort_opt_level: Option<u8>,
@@ -304,7 +304,10 @@ pub fn load_candidate(
         Candidate::Tract => {
             #[cfg(feature = "tract")]
             {
-                Ok(Box::new(tract::TractBackend::open(path)?))
+                Ok(Box::new(tract::TractBackend::open_with_threads(
+                    path,
+                    opts.threads,
+                )?))
             }
             #[cfg(not(feature = "tract"))]
             {

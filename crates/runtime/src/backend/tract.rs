@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb;
+use tract_onnx::prelude::tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
@@ -21,6 +22,8 @@ pub const ROUND_OP: &str = "PixelditFloatRound";
 /// A model loaded and optimized by tract.
 pub struct TractBackend {
     plan: Arc<TypedRunnableModel>,
+    /// tract's executor for this model's matrix products: a rayon pool of `threads`, or single-threaded.
+    executor: Executor,
     inputs: Vec<String>,
     output_v: usize,
     outputs: Vec<String>,
@@ -48,8 +51,21 @@ pub fn framework() -> tract_onnx::Onnx {
 }
 
 impl TractBackend {
-    /// Loads, rewrites (FLOAT8/BF16), checks ops, and optimizes `path`.
+    /// Loads, rewrites (FLOAT8/BF16), checks ops, and optimizes `path`; runs on one thread per available core.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with_threads(path, None)
+    }
+
+    /// [`TractBackend::open`] with `threads` threads for tract's matrix products (`None`: one per available core).
+    pub fn open_with_threads(path: &Path, threads: Option<usize>) -> Result<Self> {
+        let threads = threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1);
+        let executor = if threads == 1 {
+            Executor::SingleThread
+        } else {
+            Executor::multithread_with_name(threads, "pixeldit-tract")
+        };
         if !path.exists() {
             return Err(RuntimeError::ModelNotFound {
                 path: path.to_path_buf(),
@@ -104,6 +120,7 @@ impl TractBackend {
             .map_err(tract_err)?;
         Ok(TractBackend {
             plan,
+            executor,
             inputs,
             output_v,
             outputs,
@@ -137,13 +154,18 @@ impl TractBackend {
             };
             feeds.push(tensor.into_tvalue());
         }
-        self.plan.run(feeds).map_err(tract_err)
+        self.run_plan(feeds)
+    }
+
+    /// Runs the plan on this backend's executor.
+    fn run_plan(&self, feeds: TVec<TValue>) -> Result<TVec<TValue>> {
+        multithread_tract_scope(self.executor.clone(), || self.plan.run(feeds)).map_err(tract_err)
     }
 
     /// Runs a graph whose inputs are all f32, in graph-input order; returns every output (must be f32).
     pub fn run_f32(&mut self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>> {
         let feeds: TVec<TValue> = inputs.iter().map(|a| to_tensor(a.view()).into_tvalue()).collect();
-        let outs = self.plan.run(feeds).map_err(tract_err)?;
+        let outs = self.run_plan(feeds)?;
         outs.iter().map(|t| from_tensor(t)).collect()
     }
 }
@@ -170,7 +192,7 @@ impl Backend for TractBackend {
                 opts.device
             )));
         }
-        TractBackend::open(path)
+        TractBackend::open_with_threads(path, opts.threads)
     }
 
     fn name(&self) -> &'static str {
