@@ -4,7 +4,7 @@ use crate::backend::Backend;
 use crate::error::Result;
 use crate::io::seeded_noise;
 use ndarray::Array1;
-use pixeldit_spec::ModelMetadata;
+use pixeldit_spec::{ModelKind, ModelMetadata};
 use std::path::Path;
 use std::time::Instant;
 
@@ -21,7 +21,9 @@ pub struct BenchStats {
     pub max_ms: f64,
 }
 
-/// Times `runs` forwards of batch `batch` after `warmup` untimed ones (x: seeded noise, t = 0.5, classes 0, 1, ..).
+/// Times `runs` forwards of batch `batch` after `warmup` untimed ones. Inputs: x seeded noise; class-conditional
+/// models t = 0.5 and classes 0, 1, ..; text-to-image models t = 500 (sigma 0.5 x 1000) and seeded noise as the
+/// `[batch, max_length, embed_dim]` text embeddings.
 pub fn bench_forward(
     backend: &mut dyn Backend,
     meta: &ModelMetadata,
@@ -31,15 +33,28 @@ pub fn bench_forward(
 ) -> Result<BenchStats> {
     let c = meta.config.in_channels;
     let x = seeded_noise(0, [batch, c, meta.height, meta.width]);
-    let t = Array1::from_elem(batch, 0.5f32);
-    let y: Array1<i64> = (0..batch).map(|i| (i % meta.config.num_classes) as i64).collect();
+    let mut forward: Box<dyn FnMut(&mut dyn Backend) -> Result<()>> = match &meta.config.text {
+        Some(text) if meta.config.kind == ModelKind::T2i => {
+            let t = Array1::from_elem(batch, 500.0f32);
+            let emb = seeded_noise(1, [batch, text.max_length, text.embed_dim, 1])
+                .into_shape_with_order((batch, text.max_length, text.embed_dim))
+                .expect("same element count");
+            Box::new(move |b| b.run_text(x.view(), t.view(), emb.view()).map(drop))
+        }
+        _ => {
+            let t = Array1::from_elem(batch, 0.5f32);
+            let classes = meta.config.num_classes.max(1);
+            let y: Array1<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
+            Box::new(move |b| b.run(x.view(), t.view(), y.view()).map(drop))
+        }
+    };
     for _ in 0..warmup {
-        backend.run(x.view(), t.view(), y.view())?;
+        forward(backend)?;
     }
     let mut ms = Vec::with_capacity(runs.max(1));
     for _ in 0..runs.max(1) {
         let start = Instant::now();
-        backend.run(x.view(), t.view(), y.view())?;
+        forward(backend)?;
         ms.push(start.elapsed().as_secs_f64() * 1e3);
     }
     Ok(stats(ms))

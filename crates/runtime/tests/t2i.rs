@@ -268,3 +268,25 @@ fn t2i_cli_reproduces_the_golden_sample() {
         "at least 2 steps",
     );
 }
+
+#[test]
+fn bench_runs_a_text_to_image_model_on_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = export(d, AttentionMode::Custom, Precision::Fp32, 32, 32);
+    let mut cmd = bin();
+    cmd.current_dir(d)
+        .arg("bench")
+        .arg(&model)
+        .args(["--runs", "2", "--warmup", "1", "--batch", "2", "--table", "B.md"]);
+    let lib = need_ort("bench_runs_a_text_to_image_model_on_every_backend");
+    if let Some(lib) = &lib {
+        cmd.arg("--ort-lib").arg(lib);
+    }
+    let out = run(&mut cmd);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = std::fs::read_to_string(d.join("B.md")).unwrap();
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| 2")).collect();
+    assert_eq!(rows.len(), if lib.is_some() { 2 } else { 1 }, "{table}");
+    assert!(rows.iter().all(|r| r.contains("t2i-tiny")), "{table}");
+}
