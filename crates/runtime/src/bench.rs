@@ -21,6 +21,9 @@ pub struct BenchStats {
     pub max_ms: f64,
 }
 
+/// One forward of a fixed input on a backend.
+type OneForward = Box<dyn FnMut(&mut dyn Backend) -> Result<()>>;
+
 /// Times `runs` forwards of batch `batch` after `warmup` untimed ones. Inputs: x seeded noise; class-conditional
 /// models t = 0.5 and classes 0, 1, ..; text-to-image models t = 500 (sigma 0.5 x 1000) and seeded noise as the
 /// `[batch, max_length, embed_dim]` text embeddings.
@@ -33,7 +36,7 @@ pub fn bench_forward(
 ) -> Result<BenchStats> {
     let c = meta.config.in_channels;
     let x = seeded_noise(0, [batch, c, meta.height, meta.width]);
-    let mut forward: Box<dyn FnMut(&mut dyn Backend) -> Result<()>> = match &meta.config.text {
+    let mut forward: OneForward = match &meta.config.text {
         Some(text) if meta.config.kind == ModelKind::T2i => {
             let t = Array1::from_elem(batch, 500.0f32);
             let emb = seeded_noise(1, [batch, text.max_length, text.embed_dim, 1])
