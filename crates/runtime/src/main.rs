@@ -313,8 +313,7 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
         _ => bail!("a model file is required"),
     };
     if meta.config.kind == pixeldit_spec::ModelKind::T2i {
-        let model = a.model.as_deref().context("a model file is required")?;
-        return t2i_cli::run(a, model, &meta);
+        return t2i_cli::run(a, remote.map(|(r, _)| r), &meta);
     }
     if a.text_embeddings.is_some() || a.negative_embeddings.is_some() {
         bail!("--text-embeddings and --negative-embeddings are for text-to-image models; this one is class-conditional");

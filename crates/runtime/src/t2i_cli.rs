@@ -1,15 +1,15 @@
 //! `pixeldit-run MODEL --text-embeddings FILE [--negative-embeddings FILE]` for text-to-image models: DPM-Solver++ 2M
 //! ([`pixeldit_runtime::t2i`]) with the model's sampler defaults, on any backend that implements
-//! `Backend::run_text` (ONNX Runtime, tract).
+//! `Backend::run_text` (ONNX Runtime, tract, a Triton server with `--triton`).
 
 use super::SampleArgs;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Axis};
+use pixeldit_runtime::backend::{self, Backend};
+use pixeldit_runtime::io;
 use pixeldit_runtime::t2i::{self, T2iSamplerConfig};
-use pixeldit_runtime::{backend, io};
 use pixeldit_spec::ModelMetadata;
-use std::path::Path;
 use std::time::Instant;
 
 /// Repeats a `[1, L, E]` array K times, or checks that it already has K rows.
@@ -21,26 +21,25 @@ fn broadcast(a: Array3<f32>, k: usize, what: &str) -> Result<Array3<f32>> {
     }
 }
 
-pub(super) fn run(a: &SampleArgs, model: &Path, meta: &ModelMetadata) -> Result<()> {
+pub(super) fn run(a: &SampleArgs, remote: Option<Box<dyn Backend>>, meta: &ModelMetadata) -> Result<()> {
+    // What the messages and the report call the model: the file, else the Triton model.
+    let model_name = match (&a.model, &a.triton_model) {
+        (Some(p), _) => p.display().to_string(),
+        (None, Some(name)) => format!("Triton model {name}"),
+        (None, None) => bail!("a model file is required"),
+    };
     let cfg_m = &meta.config;
     let text_cfg = cfg_m
         .text
         .as_ref()
         .context("the model metadata has no text section")?;
     if a.class.is_some() || a.classes.is_some() {
-        bail!(
-            "{} is a text-to-image model: pass --text-embeddings, not class labels",
-            model.display()
-        );
-    }
-    if a.triton.is_some() {
-        bail!("text-to-image sampling on a Triton server is not supported; run the model file locally");
+        bail!("{model_name} is a text-to-image model: pass --text-embeddings, not class labels");
     }
     let text_path = a.text_embeddings.as_deref().with_context(|| {
         format!(
-            "{} is a text-to-image model: pass --text-embeddings FILE ([{}, {}] hidden states of the text encoder, \
-             see --help)",
-            model.display(),
+            "{model_name} is a text-to-image model: pass --text-embeddings FILE ([{}, {}] hidden states of the text \
+             encoder, see --help)",
             text_cfg.max_length,
             text_cfg.embed_dim
         )
@@ -97,8 +96,18 @@ pub(super) fn run(a: &SampleArgs, model: &Path, meta: &ModelMetadata) -> Result<
     let out_paths = super::checked_output_paths(a, k)?;
 
     let opts = a.backend.options(meta.precision)?;
-    let mut sel = backend::load(model, &opts)?;
-    super::report_selection(&sel);
+    let mut runner: Box<dyn Backend> = match remote {
+        Some(r) => {
+            eprintln!("pixeldit-run: using triton ({})", r.provider());
+            r
+        }
+        None => {
+            let model = a.model.as_deref().context("a model file is required")?;
+            let sel = backend::load(model, &opts)?;
+            super::report_selection(&sel);
+            sel.backend
+        }
+    };
     let bar = if a.quiet {
         ProgressBar::hidden()
     } else {
@@ -110,7 +119,6 @@ pub(super) fn run(a: &SampleArgs, model: &Path, meta: &ModelMetadata) -> Result<
             .progress_chars("=> "),
     );
     let start = Instant::now();
-    let runner = &mut sel.backend;
     let mut guided_steps = 0usize;
     let x = t2i::sample(
         &mut |x, t, text| runner.run_text(x, t, text),
@@ -128,10 +136,10 @@ pub(super) fn run(a: &SampleArgs, model: &Path, meta: &ModelMetadata) -> Result<
 
     let mut files = super::encode_outputs(a, &x, &out_paths, meta.width, meta.height)?;
     let summary = serde_json::json!({
-        "model": model.display().to_string(),
+        "model": model_name,
         "kind": "t2i",
-        "backend": sel.backend.name(),
-        "provider": sel.backend.provider(),
+        "backend": runner.name(),
+        "provider": runner.provider(),
         "precision": meta.precision.to_string(),
         "sampler": t2i::SAMPLER_NAME,
         "steps": scfg.steps,
@@ -153,8 +161,8 @@ pub(super) fn run(a: &SampleArgs, model: &Path, meta: &ModelMetadata) -> Result<
     }
     println!(
         "backend {} | provider {} | precision {} | {} {} steps, cfg {} ({} guided) | {:.1} ms/step ({:.2} s total)",
-        sel.backend.name(),
-        sel.backend.provider(),
+        runner.name(),
+        runner.provider(),
         meta.precision,
         t2i::SAMPLER_NAME,
         scfg.steps,

@@ -4,6 +4,7 @@
 //! * `pixeldit-run --triton` samples the same image as local ONNX Runtime CPU (PSNR > 60 dB);
 //! * 16 concurrent clients are all answered correctly and the server's statistics show dynamic batching
 //!   (fewer executions than requests);
+//! * a text-to-image model (t2i-tiny) served beside it samples the same image remotely as locally;
 //! * the generated config.pbtxt parses with Triton's ModelConfig schema (`tools/triton/check_config.py`).
 //!
 //! The server runs `tools/triton/serve.sh` (python backend + the onnxruntime stand-in, loopback, free ports,
@@ -28,6 +29,8 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 const MODEL: &str = "pixeldit_tiny";
+/// The text-to-image model served beside it (t2i-tiny, random weights).
+const T2I_MODEL: &str = "pixeldit_t2i_tiny";
 /// Upper bound of the server's lifetime (serve.sh wraps it in `timeout`).
 const SERVER_LIMIT_S: u64 = 900;
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -186,6 +189,20 @@ fn write_repo(repo: &Path, topts: &TritonOptions) -> PathBuf {
     onnx
 }
 
+/// Adds the t2i-tiny model (random weights, seed 0) to `repo` as [`T2I_MODEL`].
+fn write_t2i_model(repo: &Path, topts: &TritonOptions) -> PathBuf {
+    let mut opts = ExportOptions::new(
+        ModelConfig::preset("t2i-tiny").unwrap(),
+        WeightsSpec::RandomInit { seed: 0 },
+    );
+    opts.attention = AttentionMode::Decomposed;
+    let onnx = onnx_path(repo, T2I_MODEL, topts.platform);
+    std::fs::create_dir_all(onnx.parent().unwrap()).unwrap();
+    let report = export_to_file(&opts, &onnx).expect("export t2i-tiny");
+    write_model_config(repo, &report.metadata, topts).expect("write config.pbtxt");
+    onnx
+}
+
 fn check_schema(env: &BTreeMap<String, String>, repo: &Path) {
     let out = Command::new(&env["TRITON_PYTHON"])
         .arg(workspace().join("tools/triton/check_config.py"))
@@ -278,6 +295,7 @@ fn triton_server_sampling_batching_and_schema() {
         ..Default::default()
     };
     let onnx = write_repo(&repo, &topts);
+    let t2i_onnx = write_t2i_model(&repo, &topts);
     // Schema check of both platforms (the TensorRT plan repository is not served: no GPU, no TensorRT backend).
     let plan_repo = dir.path().join("plan_repo");
     write_repo(
@@ -427,6 +445,56 @@ fn triton_server_sampling_batching_and_schema() {
         "{}",
         stderr(&out)
     );
+
+    // 4. A text-to-image model through the same server: same embeddings and noise, same image as locally.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let text: Vec<f32> = (0..2 * 8 * 48).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let text_path = dir.path().join("text.npy");
+    io::write_atomic(&text_path, &io::npy_bytes(&[2, 8, 48], text)).unwrap();
+    let t2i_args = |out: &str| -> Vec<String> {
+        [
+            "--text-embeddings",
+            text_path.to_str().unwrap(),
+            "--steps",
+            "4",
+            "--cfg",
+            "1",
+            "--seed",
+            "0",
+            "-q",
+            "--save-raw",
+            out,
+            "-o",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([dir.path().join(format!("{out}.png")).display().to_string()])
+        .collect()
+    };
+    let remote_t2i = dir.path().join("t2i_remote.npy");
+    let out = run(bin()
+        .args(["--triton", &server.url, "--model", T2I_MODEL])
+        .args(t2i_args(remote_t2i.to_str().unwrap())));
+    assert!(out.status.success(), "pixeldit-run --triton (t2i) failed");
+    assert!(stdout(&out).contains("backend triton"), "{}", stdout(&out));
+    let local_t2i = dir.path().join("t2i_local.npy");
+    let mut local = bin();
+    local.arg(&t2i_onnx).args(t2i_args(local_t2i.to_str().unwrap()));
+    match need_ort("triton") {
+        Some(lib) => local
+            .args(["--backend", "ort", "--device", "cpu", "--ort-lib"])
+            .arg(lib),
+        None => local.args(["--backend", "tract"]),
+    };
+    assert!(run(&mut local).status.success(), "local t2i pixeldit-run failed");
+    let (a, b) = (
+        io::read_npy(&remote_t2i).unwrap(),
+        io::read_npy(&local_t2i).unwrap(),
+    );
+    assert_eq!(a.shape(), &[2, 3, 32, 32]);
+    let t2i_db = psnr_f32(a.as_slice().unwrap(), b.as_slice().unwrap());
+    eprintln!("t2i triton vs local: PSNR {t2i_db:.1} dB (float)");
+    assert!(t2i_db > 60.0, "t2i PSNR {t2i_db} dB <= 60");
 
     drop(server);
     eprintln!("triton test: {:.1} s in total", t_test.elapsed().as_secs_f64());

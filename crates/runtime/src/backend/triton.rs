@@ -8,14 +8,15 @@
 //!   `pixeldit-export --triton-repo`), so a client needs nothing but the server.
 //! * Each [`Backend::run`] is one `POST /v2/models/NAME/infer` per chunk of at most `max_batch_size` images:
 //!   a JSON header (length in the `Inference-Header-Content-Length` header) followed by the raw little-endian
-//!   tensors `x`, `t`, `y`; the output `v` comes back the same way. Shapes follow the server's model metadata: with
+//!   tensors `x`, `t`, `y` (or `text` for a text-to-image model, [`Backend::run_text`]); the output `v` comes back the
+//!   same way. Shapes follow the server's model metadata: with
 //!   `max_batch_size > 0` Triton reports `t`/`y` as `[-1, 1]` (config dims `[1]`, reshape `[]`), so they are sent as
 //!   `[B, 1]`.
 //! * Plain `http://` only (no TLS in this build); every request has a timeout ([`TritonOptions::timeout`]).
 
 use super::{Backend, LoadOptions};
 use crate::error::{Result, RuntimeError};
-use ndarray::{concatenate, Array4, ArrayView1, ArrayView4, Axis};
+use ndarray::{concatenate, Array4, ArrayView1, ArrayView3, ArrayView4, Axis};
 use pixeldit_spec::{ModelMetadata, META_FORMAT_VERSION, META_KEY};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -155,7 +156,13 @@ impl TritonBackend {
                 .unwrap_or_default()
         };
         let (ins, outs) = (tensors("inputs"), tensors("outputs"));
-        for (name, dt) in [("x", "FP32"), ("t", "FP32"), ("y", "INT64")] {
+        // Class-conditional exports take x, t, y; text-to-image ones x, t, text (pixeldit_spec::io).
+        let (cond, cond_dt) = if ins.iter().any(|t| t.name == "text") {
+            ("text", "FP32")
+        } else {
+            ("y", "INT64")
+        };
+        for (name, dt) in [("x", "FP32"), ("t", "FP32"), (cond, cond_dt)] {
             match ins.iter().find(|t| t.name == name) {
                 Some(t) if t.datatype == dt && t.shape.first() == Some(&-1) => b.inputs.push(t.clone()),
                 Some(t) => {
@@ -171,7 +178,7 @@ impl TritonBackend {
                     return Err(err(
                         &b.base,
                         format!(
-                            "model '{}' has no input '{name}' (inputs: {}); is it a PixelDiT C2I export?",
+                            "model '{}' has no input '{name}' (inputs: {}); is it a PixelDiT export?",
                             b.model,
                             ins.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
                         ),
@@ -230,18 +237,48 @@ impl TritonBackend {
 
     /// One inference request (batch at most `max_batch_size` when that is > 0).
     pub fn infer(&self, x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>) -> Result<Array4<f32>> {
+        self.request(x, t, Condition::Classes(y))
+    }
+
+    /// One inference request of a text-to-image model: `x`, `t` (sigma x 1000) and `text` `[B, L, E]`.
+    pub fn infer_text(
+        &self,
+        x: ArrayView4<f32>,
+        t: ArrayView1<f32>,
+        text: ArrayView3<f32>,
+    ) -> Result<Array4<f32>> {
+        self.request(x, t, Condition::Text(text))
+    }
+
+    fn request(&self, x: ArrayView4<f32>, t: ArrayView1<f32>, cond: Condition<'_>) -> Result<Array4<f32>> {
         let b = x.shape()[0];
-        if t.len() != b || y.len() != b {
+        if t.len() != b || cond.batch() != b {
             return Err(RuntimeError::Shape(format!(
-                "x has batch {b} but t has {} and y {} elements",
+                "x has batch {b} but t has {} and {} {} elements",
                 t.len(),
-                y.len()
+                cond.name(),
+                cond.batch()
             )));
         }
         let mut header_inputs = Vec::new();
-        let mut payload: Vec<u8> = Vec::with_capacity(x.len() * 4 + b * 12);
-        let per_item = [x.len() / b.max(1), 1, 1];
-        for (spec, n) in self.inputs.iter().zip(per_item) {
+        let mut payload: Vec<u8> = Vec::with_capacity((x.len() + cond.per_item() * b) * 4 + b * 4);
+        for spec in &self.inputs {
+            let n = match spec.name.as_str() {
+                "x" => x.len() / b.max(1),
+                "t" => 1,
+                name if name == cond.name() => cond.per_item(),
+                name => {
+                    return Err(err(
+                        &self.base,
+                        format!(
+                            "model '{}' takes an input '{name}' that a {} request does not have (inputs: x, t, {})",
+                            self.model,
+                            cond.kind(),
+                            cond.name()
+                        ),
+                    ))
+                }
+            };
             let mut shape: Vec<i64> = vec![b as i64];
             shape.extend(spec.shape[1..].iter().map(|&d| if d < 0 { 1 } else { d }));
             let count: i64 = shape[1..].iter().product();
@@ -250,19 +287,24 @@ impl TritonBackend {
                     &self.base,
                     format!(
                         "input '{}' of model '{}' has shape {:?} on the server, which does not hold {n} value(s) per \
-                         image (the local arrays are x {:?}, t [{b}], y [{b}])",
+                         image (the local arrays are x {:?}, t [{b}], {} {:?})",
                         spec.name,
                         self.model,
                         spec.shape,
-                        x.shape()
+                        x.shape(),
+                        cond.name(),
+                        cond.shape()
                     ),
                 ));
             }
             let start = payload.len();
-            match spec.name.as_str() {
-                "x" => payload.extend(x.iter().flat_map(|v| v.to_le_bytes())),
-                "t" => payload.extend(t.iter().flat_map(|v| v.to_le_bytes())),
-                _ => payload.extend(y.iter().flat_map(|v| v.to_le_bytes())),
+            match (spec.name.as_str(), cond) {
+                ("x", _) => payload.extend(x.iter().flat_map(|v| v.to_le_bytes())),
+                ("t", _) => payload.extend(t.iter().flat_map(|v| v.to_le_bytes())),
+                (_, Condition::Classes(y)) => payload.extend(y.iter().flat_map(|v| v.to_le_bytes())),
+                (_, Condition::Text(e)) => {
+                    payload.extend(e.as_standard_layout().iter().flat_map(|v| v.to_le_bytes()))
+                }
             }
             header_inputs.push(json!({
                 "name": spec.name,
@@ -424,6 +466,82 @@ fn error_text(body: &[u8]) -> Option<String> {
         .and_then(|v| v["error"].as_str().map(str::to_string))
 }
 
+impl TritonBackend {
+    /// Requests of at most `max_batch_size` images (the server's dynamic batcher may merge them with other clients'
+    /// requests again), concatenated.
+    fn chunked(&self, x: ArrayView4<f32>, t: ArrayView1<f32>, cond: Condition<'_>) -> Result<Array4<f32>> {
+        let b = x.shape()[0];
+        let chunk = if self.max_batch_size == 0 {
+            b.max(1)
+        } else {
+            self.max_batch_size
+        };
+        if b <= chunk {
+            return self.request(x, t, cond);
+        }
+        let mut parts = Vec::new();
+        for s in (0..b).step_by(chunk) {
+            let e = (s + chunk).min(b);
+            parts.push(self.request(
+                x.slice_axis(Axis(0), (s..e).into()),
+                t.slice_axis(Axis(0), (s..e).into()),
+                cond.slice(s, e),
+            )?);
+        }
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        concatenate(Axis(0), &views).map_err(|e| RuntimeError::Shape(e.to_string()))
+    }
+}
+
+/// The conditioning input of one request.
+#[derive(Clone, Copy)]
+enum Condition<'a> {
+    /// Class labels `y` `[B]` (class-conditional models).
+    Classes(ArrayView1<'a, i64>),
+    /// Text-encoder hidden states `text` `[B, L, E]` (text-to-image models).
+    Text(ArrayView3<'a, f32>),
+}
+
+impl<'a> Condition<'a> {
+    fn name(&self) -> &'static str {
+        match self {
+            Condition::Classes(_) => "y",
+            Condition::Text(_) => "text",
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Condition::Classes(_) => "class-conditional",
+            Condition::Text(_) => "text-to-image",
+        }
+    }
+
+    fn shape(&self) -> Vec<usize> {
+        match self {
+            Condition::Classes(y) => y.shape().to_vec(),
+            Condition::Text(e) => e.shape().to_vec(),
+        }
+    }
+
+    fn batch(&self) -> usize {
+        self.shape()[0]
+    }
+
+    /// Values per image.
+    fn per_item(&self) -> usize {
+        self.shape()[1..].iter().product()
+    }
+
+    /// Images `start..end`.
+    fn slice(&self, start: usize, end: usize) -> Condition<'a> {
+        match *self {
+            Condition::Classes(y) => Condition::Classes(y.slice_axis_move(Axis(0), (start..end).into())),
+            Condition::Text(e) => Condition::Text(e.slice_axis_move(Axis(0), (start..end).into())),
+        }
+    }
+}
+
 impl Backend for TritonBackend {
     /// A Triton backend is reached by URL and model name, not a file: use [`TritonBackend::connect`].
     fn load(path: &Path, _opts: &LoadOptions) -> Result<Self> {
@@ -445,26 +563,17 @@ impl Backend for TritonBackend {
     /// Splits the batch into requests of at most `max_batch_size` images (the server's dynamic batcher may merge
     /// them with other clients' requests again).
     fn run(&mut self, x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>) -> Result<Array4<f32>> {
-        let b = x.shape()[0];
-        let chunk = if self.max_batch_size == 0 {
-            b.max(1)
-        } else {
-            self.max_batch_size
-        };
-        if b <= chunk {
-            return self.infer(x, t, y);
-        }
-        let mut parts = Vec::new();
-        for s in (0..b).step_by(chunk) {
-            let e = (s + chunk).min(b);
-            parts.push(self.infer(
-                x.slice_axis(Axis(0), (s..e).into()),
-                t.slice_axis(Axis(0), (s..e).into()),
-                y.slice_axis(Axis(0), (s..e).into()),
-            )?);
-        }
-        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-        concatenate(Axis(0), &views).map_err(|e| RuntimeError::Shape(e.to_string()))
+        self.chunked(x, t, Condition::Classes(y))
+    }
+
+    /// Text-to-image forward passes, split like [`Backend::run`].
+    fn run_text(
+        &mut self,
+        x: ArrayView4<f32>,
+        t: ArrayView1<f32>,
+        text: ArrayView3<f32>,
+    ) -> Result<Array4<f32>> {
+        self.chunked(x, t, Condition::Text(text))
     }
 
     fn notes(&self) -> Vec<String> {
