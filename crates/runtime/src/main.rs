@@ -211,6 +211,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// The backend that runs the forward passes: the Triton server when `--triton` connected one, else the model file
+/// on the backend chosen by the backend flags (the choice and the skipped candidates are reported on stderr).
+fn open_runner(
+    a: &SampleArgs,
+    remote: Option<Box<dyn Backend>>,
+    precision: pixeldit_spec::Precision,
+) -> Result<Box<dyn Backend>> {
+    // The backend flags are checked even when a server runs the model.
+    let opts = a.backend.options(precision)?;
+    if let Some(r) = remote {
+        eprintln!("pixeldit-run: using triton ({})", r.provider());
+        return Ok(r);
+    }
+    let model = a.model.as_deref().context("a model file is required")?;
+    let sel = backend::load(model, &opts)?;
+    report_selection(&sel);
+    Ok(sel.backend)
+}
+
 fn report_selection(sel: &Selection) {
     for (names, reason) in backend::grouped_skips(&sel.skipped) {
         eprintln!("pixeldit-run: skipped {names}: {reason}");
@@ -374,19 +393,7 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
     // Output paths (checked before the expensive part).
     let out_paths = checked_output_paths(a, k)?;
 
-    let opts = a.backend.options(meta.precision)?;
-    let mut runner: Box<dyn Backend> = match remote {
-        Some((r, _)) => {
-            eprintln!("pixeldit-run: using triton ({})", r.provider());
-            r
-        }
-        None => {
-            let model = a.model.as_deref().context("a model file is required")?;
-            let sel = backend::load(model, &opts)?;
-            report_selection(&sel);
-            sel.backend
-        }
-    };
+    let mut runner = open_runner(a, remote.map(|(r, _)| r), meta.precision)?;
 
     let bar = if a.quiet {
         ProgressBar::hidden()

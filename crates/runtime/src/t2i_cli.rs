@@ -6,7 +6,7 @@ use super::SampleArgs;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Axis};
-use pixeldit_runtime::backend::{self, Backend};
+use pixeldit_runtime::backend::Backend;
 use pixeldit_runtime::io;
 use pixeldit_runtime::t2i::{self, T2iSamplerConfig};
 use pixeldit_spec::ModelMetadata;
@@ -95,19 +95,7 @@ pub(super) fn run(a: &SampleArgs, remote: Option<Box<dyn Backend>>, meta: &Model
 
     let out_paths = super::checked_output_paths(a, k)?;
 
-    let opts = a.backend.options(meta.precision)?;
-    let mut runner: Box<dyn Backend> = match remote {
-        Some(r) => {
-            eprintln!("pixeldit-run: using triton ({})", r.provider());
-            r
-        }
-        None => {
-            let model = a.model.as_deref().context("a model file is required")?;
-            let sel = backend::load(model, &opts)?;
-            super::report_selection(&sel);
-            sel.backend
-        }
-    };
+    let mut runner = super::open_runner(a, remote, meta.precision)?;
     let bar = if a.quiet {
         ProgressBar::hidden()
     } else {
