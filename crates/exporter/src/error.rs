@@ -26,15 +26,9 @@ pub enum ExportError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
-    /// Quantization, calibration or the accuracy report failed.
-    #[error(transparent)]
-    Quantize(#[from] pixeldit_quantize::QuantizeError),
     /// A combination of options that is not supported.
     #[error("unsupported: {0}")]
     Unsupported(String),
-    /// A Triton model repository that cannot be written or is invalid (`reason` lists every problem).
-    #[error("Triton repository {path}: {reason}")]
-    Triton { path: String, reason: String },
 }
 
 /// Result alias of the exporter.

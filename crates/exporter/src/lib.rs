@@ -24,8 +24,6 @@ pub mod checkpoint;
 mod error;
 pub mod model;
 pub mod nn;
-pub mod quantized;
-pub mod triton;
 pub mod weights;
 
 pub use error::{ExportError, Result};
@@ -196,8 +194,9 @@ pub fn write_graph(
     Ok((report, meta_out.expect("finalize ran")))
 }
 
-/// Exports a model to `path`. bf16, int8, fp8 and the weight-only variants go through [`quantized`] with the
-/// defaults of [`pixeldit_quantize::QuantConfig::for_precision`] (calibrating when activations are quantized).
+/// Exports an fp32 or fp16 model to `path`. The quantized variants (bf16, int8, fp8, weight-only) are graph
+/// rewrites of the fp32 graph ([`build_graph`] with [`Precision::Fp32`]) by `pixeldit-quantize`, orchestrated by
+/// `pixeldit-cli` (calibration runs the model); asking this crate for them is [`ExportError::Unsupported`].
 pub fn export_to_file(opts: &ExportOptions, path: &Path) -> Result<ExportReport> {
     export_with_progress(opts, path, None)
 }
@@ -208,8 +207,12 @@ pub fn export_with_progress(
     path: &Path,
     progress: Option<Progress>,
 ) -> Result<ExportReport> {
-    if let Some(cfg) = pixeldit_quantize::QuantConfig::for_precision(opts.precision) {
-        return quantized::export_quantized(opts, &cfg, path, progress).map(|q| q.report);
+    if !matches!(opts.precision, Precision::Fp32 | Precision::Fp16) {
+        return Err(ExportError::Unsupported(format!(
+            "precision {} is a quantized variant: export it with pixeldit-export (pixeldit-cli), which calibrates \
+             and quantizes the fp32 graph",
+            opts.precision
+        )));
     }
     let (weights, keys) = load_weights(opts)?;
     let graph = build_graph(opts, &weights)?;

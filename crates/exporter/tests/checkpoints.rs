@@ -8,7 +8,6 @@ use common::root;
 use pixeldit_exporter::{export_to_file, load_weights, ExportOptions, Weights, WeightsSpec};
 use pixeldit_spec::ModelConfig;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/golden/checkpoints").join(name)
@@ -83,18 +82,11 @@ fn lightning_ckpt_exports_like_plain_safetensors() {
     let a = export_bytes(&cfg, &fixture("c2i_nano_lightning.ckpt"), dir.path(), "a.onnx");
     let b = export_bytes(&cfg, &fixture("c2i_nano.safetensors"), dir.path(), "b.onnx");
     assert!(a == b, "model bytes differ");
-    // The CLI detects the format by its magic bytes whatever the extension.
+    // The format is detected by its magic bytes whatever the extension.
     let renamed = dir.path().join("weights.bin");
     std::fs::copy(fixture("c2i_nano_lightning.ckpt"), &renamed).unwrap();
-    let c = dir.path().join("c.onnx");
-    let out = Command::new(env!("CARGO_BIN_EXE_pixeldit-export"))
-        .args(["--config", fixture("c2i-nano.json").to_str().unwrap()])
-        .args(["--checkpoint", renamed.to_str().unwrap(), "-q", "-o"])
-        .arg(&c)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(std::fs::read(c).unwrap() == b, "CLI export differs");
+    let c = export_bytes(&cfg, &renamed, dir.path(), "c.onnx");
+    assert!(c == b, "export of the renamed checkpoint differs");
 }
 
 #[test]
@@ -109,17 +101,12 @@ fn t2i_pth_and_bf16_repack_read_like_plain_safetensors() {
     assert!(report.dropped.iter().all(|k| k.starts_with("_repa_projector.")));
 }
 
-/// Runs the CLI on a bad checkpoint and checks its message and that nothing is left behind.
+/// Exports a bad checkpoint and checks the error message and that nothing is left behind.
 fn fails(dir: &Path, ck: &Path, expect: &[&str]) {
     let out_path = dir.join("bad.onnx");
-    let out = Command::new(env!("CARGO_BIN_EXE_pixeldit-export"))
-        .args(["--config", fixture("c2i-nano.json").to_str().unwrap()])
-        .args(["--checkpoint", ck.to_str().unwrap(), "-q", "-o"])
-        .arg(&out_path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{} should fail", ck.display());
+    let opts = ExportOptions::new(nano(), WeightsSpec::Checkpoint(ck.to_path_buf()));
+    let err = export_to_file(&opts, &out_path).expect_err("a bad checkpoint must fail");
+    let stderr = err.to_string();
     for e in expect {
         assert!(
             stderr.contains(e),

@@ -20,8 +20,23 @@ pub enum ExternalData {
     Never,
 }
 
-/// Progress callback: (tensors done, tensors total, tensor name).
-pub type Progress<'a> = &'a dyn Fn(usize, usize, &str);
+/// Where a model write stands, passed to the [`Progress`] callback before each initializer is written.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteProgress<'n> {
+    /// Initializers written so far.
+    pub tensors_done: usize,
+    /// Initializers in the graph.
+    pub tensors_total: usize,
+    /// Bytes (as stored) of the initializers written so far.
+    pub bytes_done: u64,
+    /// Bytes (as stored) of all initializers.
+    pub bytes_total: u64,
+    /// Name of the initializer about to be written.
+    pub name: &'n str,
+}
+
+/// Progress callback of [`write_model`].
+pub type Progress<'a> = &'a dyn Fn(WriteProgress<'_>);
 
 /// Options of [`write_model`].
 pub struct WriteOptions<'a> {
@@ -33,7 +48,7 @@ pub struct WriteOptions<'a> {
     pub auto_total_bytes: usize,
     /// `producer_name` and `producer_version`.
     pub producer: (&'a str, &'a str),
-    /// Progress callback: (tensors done, tensors total, name).
+    /// Progress callback, called before each initializer.
     pub progress: Option<Progress<'a>>,
 }
 
@@ -132,11 +147,21 @@ pub fn write_model(
     let total = graph.initializers.len();
     let mut initializers = Vec::with_capacity(total);
     let mut inline_bytes: u64 = 0;
+    let stored = |i: &crate::tensor::Initializer| (i.numel() * i.dtype.size()) as u64;
+    let bytes_total: u64 = graph.initializers.iter().map(|(_, i)| stored(i)).sum();
+    let mut bytes_done: u64 = 0;
 
     for (n, (_, init)) in graph.initializers.iter().enumerate() {
         if let Some(cb) = opts.progress {
-            cb(n, total, &init.name);
+            cb(WriteProgress {
+                tensors_done: n,
+                tensors_total: total,
+                bytes_done,
+                bytes_total,
+                name: &init.name,
+            });
         }
+        bytes_done += stored(init);
         let bytes = match &init.data {
             TensorData::Bytes(b) => b.clone(),
             TensorData::Deferred { source, encoding } => {

@@ -1,20 +1,16 @@
-//! Timestep-aware calibration: the fp32 model, with every selected Linear input added as an extra graph output
-//! ("tap"), runs through the runtime's sampler (CFG batches on the model's time grid, from noise at t = 0 to data
-//! at t = 1) for a set of classes and seeds. For each tap and each forward it records max |x|, a percentile of
+//! Timestep-aware calibration statistics. A driver outside this crate (`pixeldit-cli`'s `calibrate`) runs the
+//! fp32 model, with every selected Linear input added as an extra graph output ("tap", [`add_taps`]), through the
+//! runtime's sampler (CFG batches on the model's time grid, from noise to data) for a set of conditions and
+//! seeds, and folds each forward in with [`TensorStats::observe`]. For each tap and each forward it records max |x|, a percentile of
 //! |x| and the per-channel max |x_j| (for SmoothQuant), tagged with the forward's t. A static scale must cover
 //! every timestep, so the chosen range is the largest per-forward statistic over the whole trajectory; the
 //! per-timestep values are kept in the report to show how the range moves with t.
 
-use crate::config::CalibConfig;
 use crate::select::Linear;
-use crate::{QuantizeError, Result};
-use ndarray::{ArrayView1, ArrayView4};
+use crate::Result;
 use pixeldit_graph::{Graph, Value};
-use pixeldit_runtime::{backend, io, model, sampler, LoadOptions};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-use std::time::Instant;
 
 /// Statistics of one timestep (all forwards at that t, all seeds).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -42,7 +38,8 @@ pub struct TensorStats {
 }
 
 impl TensorStats {
-    fn new(channels: usize) -> Self {
+    /// Empty statistics of a tap with `channels` input channels.
+    pub fn new(channels: usize) -> Self {
         TensorStats {
             amax: 0.0,
             pct: 0.0,
@@ -52,7 +49,7 @@ impl TensorStats {
     }
 
     /// Folds one forward's tap (row-major `[rows, channels]`) in.
-    fn observe(&mut self, data: &[f32], t: f32, percentile: f64) {
+    pub fn observe(&mut self, data: &[f32], t: f32, percentile: f64) {
         let channels = self.channel_amax.len();
         let mut abs: Vec<f32> = data.iter().map(|v| v.abs()).collect();
         for row in abs.chunks(channels.max(1)) {
@@ -114,9 +111,6 @@ pub struct Calibration {
     pub layers: BTreeMap<String, TensorStats>,
 }
 
-/// Writes a graph to a file with the PixelDiT metadata of the fp32 model (the exporter's writer).
-pub type ModelWriter<'a> = &'a mut dyn FnMut(&Graph, &Path) -> Result<()>;
-
 /// Name of the graph output that taps the `i`-th distinct Linear input.
 pub fn tap_name(i: usize) -> String {
     format!("pixeldit.calib.{i}")
@@ -143,130 +137,6 @@ pub fn add_taps(g: &mut Graph, layers: &[&Linear]) -> Result<(Vec<String>, HashM
         of_scope.insert(l.scope.clone(), i);
     }
     Ok((names, of_scope))
-}
-
-/// Runs the calibration of `layers` on the fp32 graph `g` (which is not modified): writes a tapped copy with
-/// `write` into a temporary directory, loads it with `cfg.backend` on the CPU and samples.
-pub fn calibrate(
-    g: &Graph,
-    layers: &[&Linear],
-    cfg: &CalibConfig,
-    write: ModelWriter,
-) -> Result<Calibration> {
-    let start = Instant::now();
-    let inputs: Vec<&str> = g.inputs().iter().map(|v| g.info(*v).name.as_str()).collect();
-    if inputs != ["x", "t", "y"] {
-        return Err(QuantizeError::Invalid(format!(
-            "activation calibration runs the class-conditional sampler (inputs x, t, y), this graph has inputs {inputs:?}; \
-             use bf16, int8-weights or fp8-weights"
-        )));
-    }
-    let mut tapped = g.clone();
-    let (names, of_scope) = add_taps(&mut tapped, layers)?;
-    let dir = tempfile::Builder::new()
-        .prefix("pixeldit-calib.")
-        .tempdir()
-        .map_err(|source| QuantizeError::Io {
-            path: std::env::temp_dir(),
-            source,
-        })?;
-    let path = dir.path().join("calibration.onnx");
-    write(&tapped, &path)?;
-    drop(tapped);
-    let meta = model::read_metadata(&path)?;
-    let opts = LoadOptions::default()
-        .with_backend(cfg.backend)
-        .with_device(pixeldit_runtime::Device::Cpu);
-    let mut sel = backend::load(&path, &opts)?;
-    let backend_name = sel.candidate.to_string();
-
-    let mut scfg = sampler::SamplerConfig::from_defaults(&meta.sampler)?;
-    scfg.steps = cfg.steps.unwrap_or(scfg.steps.min(25));
-    if let Some(w) = cfg.cfg_scale {
-        scfg.cfg_scale = w;
-    }
-    scfg.validate()?;
-    let classes = if cfg.classes.is_empty() {
-        spread_classes(meta.config.num_classes, 8)
-    } else {
-        cfg.classes.clone()
-    };
-    if let Some(c) = classes
-        .iter()
-        .find(|c| **c < 0 || **c >= meta.config.num_classes as i64)
-    {
-        return Err(pixeldit_runtime::RuntimeError::ClassOutOfRange {
-            class: *c,
-            num_classes: meta.config.num_classes,
-        }
-        .into());
-    }
-
-    let channels: Vec<usize> = {
-        let mut c = vec![0; names.len()];
-        for l in layers {
-            c[of_scope[&l.scope]] = l.in_features;
-        }
-        c
-    };
-    let mut stats: Vec<TensorStats> = channels.iter().map(|c| TensorStats::new(*c)).collect();
-    let mut forwards = 0usize;
-    let mut timesteps: Vec<f32> = Vec::new();
-    for &seed in &cfg.seeds {
-        let noise = io::seeded_noise(seed, [classes.len(), 3, meta.height, meta.width]);
-        let mut model = |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| {
-            let (v, taps) = sel.backend.run_with_outputs(x, t, y, &names)?;
-            let tt = t[0];
-            for ((s, tap), name) in stats.iter_mut().zip(&taps).zip(&names) {
-                let data = tap
-                    .as_slice()
-                    .filter(|d| d.len() % s.channel_amax.len().max(1) == 0);
-                let data = data.ok_or_else(|| {
-                    pixeldit_runtime::RuntimeError::Shape(format!(
-                        "tap '{name}' has shape {:?}, expected [rows, {}]",
-                        tap.shape(),
-                        s.channel_amax.len()
-                    ))
-                })?;
-                s.observe(data, tt, cfg.percentile);
-            }
-            if !timesteps.contains(&tt) {
-                timesteps.push(tt);
-            }
-            forwards += 1;
-            Ok(v)
-        };
-        sampler::sample(
-            &mut model,
-            noise,
-            &classes,
-            meta.config.null_class(),
-            &scfg,
-            &mut |_| {},
-        )?;
-    }
-    for s in &mut stats {
-        s.per_t.sort_by(|a, b| a.t.total_cmp(&b.t));
-    }
-    timesteps.sort_by(f32::total_cmp);
-    let layers_out = layers
-        .iter()
-        .map(|l| (l.scope.clone(), stats[of_scope[&l.scope]].clone()))
-        .collect();
-    Ok(Calibration {
-        classes,
-        seeds: cfg.seeds.clone(),
-        steps: scfg.steps,
-        sampler: scfg.kind.to_string(),
-        cfg_scale: scfg.cfg_scale,
-        time_shift: scfg.shift,
-        percentile: cfg.percentile,
-        backend: backend_name,
-        forwards,
-        timesteps,
-        seconds: start.elapsed().as_secs_f64(),
-        layers: layers_out,
-    })
 }
 
 /// `n` classes spread evenly over `0..num_classes` (all of them when there are at most `n`).

@@ -2,7 +2,6 @@
 //! activation scales are chosen and how calibration runs.
 
 use crate::{QuantizeError, Result};
-use pixeldit_runtime::BackendKind;
 use pixeldit_spec::Precision;
 use serde::Serialize;
 
@@ -96,9 +95,6 @@ pub struct CalibConfig {
     pub cfg_scale: Option<f32>,
     /// Percentile recorded next to the max (and used by [`CalibMethod::Percentile`]).
     pub percentile: f64,
-    /// Backend that runs the fp32 model (auto: ONNX Runtime CPU, else tract).
-    #[serde(skip)]
-    pub backend: BackendKind,
 }
 
 impl Default for CalibConfig {
@@ -109,7 +105,6 @@ impl Default for CalibConfig {
             steps: None,
             cfg_scale: None,
             percentile: 99.99,
-            backend: BackendKind::Auto,
         }
     }
 }

@@ -1,27 +1,20 @@
 //! The one error type of the crate.
 
 use pixeldit_graph::GraphError;
-use pixeldit_runtime::RuntimeError;
 use std::path::PathBuf;
 
-/// Everything that can go wrong while quantizing, calibrating or measuring accuracy.
+/// Everything that can go wrong while rewriting a graph or reading calibration statistics.
 #[derive(Debug, thiserror::Error)]
 pub enum QuantizeError {
     /// Building or writing the graph failed.
     #[error(transparent)]
     Graph(#[from] GraphError),
-    /// Running a model (calibration, accuracy) failed.
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
     /// A setting that cannot be used (bad glob, empty class list, precision without a quantizer pass, ...).
     #[error("invalid quantization setting: {0}")]
     Invalid(String),
     /// A selected layer has no calibration statistics.
     #[error("no calibration statistics for layer '{0}' (was the calibration run on another graph?)")]
     MissingStats(String),
-    /// A failure of a caller-supplied step (the exporter's model writer).
-    #[error(transparent)]
-    External(Box<dyn std::error::Error + Send + Sync>),
     /// Reading or writing a file failed.
     #[error("{}: {source}", path.display())]
     Io {

@@ -6,27 +6,30 @@
 //! * **How**: weights per output channel (axis 0 of `[out, in]`), activations per tensor with zero point 0, as
 //!   explicit `QuantizeLinear`/`DequantizeLinear` ([`passes::qdq`]); weight-only variants dequantize the weights
 //!   and keep f32 math; BF16 stores weights as bfloat16 and rounds activations ([`passes::bf16`]).
-//! * **Scales**: weights from their own maxima; activations from a timestep-aware calibration that runs the fp32
-//!   model through the runtime's sampler over classes, seeds and the full time grid ([`calib`]).
-//! * **Accuracy**: [`accuracy::evaluate`] compares a variant with the fp32 model (relative error of `v` at
-//!   several t, PSNR of full samples).
+//! * **Scales**: weights from their own maxima; activations from timestep-aware calibration statistics
+//!   ([`calib`]: taps, per-forward observation, per-t ranges) that a driver collects by running the tapped fp32
+//!   model through the runtime's sampler (`pixeldit-cli`'s `calibrate`); this crate never runs a model.
 //!
-//! The crate depends on `pixeldit-graph` and `pixeldit-runtime`, not on the exporter: the exporter builds the
-//! fp32 graph, hands it here with a writer for its metadata, and writes the result ([`quantize`]).
+//! Module map:
+//! * [`config`]: [`QuantConfig`] (format, activations, globs, calibration and SmoothQuant settings).
+//! * [`select`]: finds the Linear layers by scope and matches the fnmatch globs.
+//! * [`calib`]: calibration taps and statistics ([`Calibration`], [`calib::TensorStats`]).
+//! * [`scales`]: weight and activation scales (max, percentile, SmoothQuant).
+//! * [`passes`]: the graph rewrites (`qdq`, `bf16`, `opset`).
+//!
+//! The crate depends on `pixeldit-graph` and `pixeldit-spec` only.
 //!
 //! ```no_run
-//! # fn demo(mut graph: pixeldit_graph::Graph,
-//! #         write: &mut dyn FnMut(&pixeldit_graph::Graph, &std::path::Path) -> pixeldit_quantize::Result<()>)
+//! # fn demo(mut graph: pixeldit_graph::Graph, calibration: pixeldit_quantize::Calibration)
 //! #         -> pixeldit_quantize::Result<()> {
-//! use pixeldit_quantize::{quantize, QuantConfig};
+//! use pixeldit_quantize::{apply, QuantConfig};
 //! use pixeldit_spec::Precision;
 //! let cfg = QuantConfig::for_precision(Precision::Fp8).expect("fp8 is quantized");
-//! let summary = quantize(&mut graph, &cfg, write)?; // calibrates with `write`, then inserts Q/DQ
+//! let summary = apply(&mut graph, &cfg, Some(calibration))?; // inserts Q/DQ with the calibrated ranges
 //! println!("{}", summary.to_json());
 //! # Ok(()) }
 //! ```
 
-pub mod accuracy;
 pub mod calib;
 pub mod config;
 mod error;
@@ -34,7 +37,7 @@ pub mod passes;
 pub mod scales;
 pub mod select;
 
-pub use calib::{calibrate, Calibration, ModelWriter};
+pub use calib::{add_taps, Calibration, TensorStats};
 pub use config::{CalibConfig, CalibMethod, Format, QuantConfig};
 pub use error::{QuantizeError, Result};
 pub use passes::qdq::LayerReport;
@@ -141,17 +144,4 @@ pub fn apply(g: &mut Graph, cfg: &QuantConfig, calibration: Option<Calibration>)
         layers,
         calibration,
     })
-}
-
-/// Calibrates when `cfg` needs it (writing the tapped fp32 model with `write`), then [`apply`]s.
-pub fn quantize(g: &mut Graph, cfg: &QuantConfig, write: ModelWriter) -> Result<QuantSummary> {
-    cfg.validate()?;
-    let calibration = if cfg.needs_calibration() {
-        let (selected, _) = partition(g, cfg);
-        let refs: Vec<&Linear> = selected.iter().collect();
-        Some(calibrate(g, &refs, &cfg.calib, write)?)
-    } else {
-        None
-    };
-    apply(g, cfg, calibration)
 }

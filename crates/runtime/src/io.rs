@@ -2,7 +2,7 @@
 //! the target directory and renamed, so an error never leaves a partial file.
 
 use crate::error::{Result, RuntimeError};
-use ndarray::{Array4, ArrayD, ArrayView3, ArrayView4, IxDyn};
+use ndarray::{Array3, Array4, ArrayD, ArrayView3, ArrayView4, Axis, IxDyn};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use std::io::Write;
@@ -227,6 +227,117 @@ pub fn write_all_atomic(files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
         }
     }
     result
+}
+
+/// Reads text-encoder hidden states from `.npy` (f32) or safetensors (F32, F16 or BF16; the only tensor, or the
+/// one named `text`, `embeddings`, `prompt_embeds` or `hidden_states`). Accepts `[L, E]` (one prompt) or
+/// `[K, L, E]`; `L` and `E` must be the model's `len` and `dim`.
+pub fn read_text_embeddings(path: &Path, len: usize, dim: usize) -> Result<Array3<f32>> {
+    let bad = |reason: String| RuntimeError::Npy {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let head = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| RuntimeError::io(path, e))?;
+        let mut h = [0u8; 9];
+        let n = f.read(&mut h).map_err(|e| RuntimeError::io(path, e))?;
+        h[..n].to_vec()
+    };
+    let arr: ArrayD<f32> = if head.starts_with(b"\x93NUMPY") {
+        crate::io::read_npy(path)?
+    } else if head.len() == 9 && head[8] == b'{' {
+        read_safetensors_tensor(path).map_err(bad)?
+    } else {
+        return Err(bad(
+            "not a .npy or safetensors file (text embeddings: f32 .npy, or F32/F16/BF16 safetensors)".into(),
+        ));
+    };
+    let shape = arr.shape().to_vec();
+    let arr = match shape.len() {
+        2 => arr.insert_axis(Axis(0)),
+        3 => arr,
+        _ => {
+            return Err(bad(format!(
+                "text embeddings have shape {shape:?}; expected [{len}, {dim}] or [K, {len}, {dim}]"
+            )))
+        }
+    };
+    let a3: Array3<f32> = arr.into_dimensionality().expect("rank 3");
+    if a3.shape()[1] != len || a3.shape()[2] != dim {
+        return Err(bad(format!(
+            "text embeddings have shape {shape:?}; the model takes [K, {len}, {dim}] ({len} tokens of the text \
+             encoder's {dim}-wide last hidden state)"
+        )));
+    }
+    if a3.iter().any(|v| !v.is_finite()) {
+        return Err(bad("text embeddings contain NaN or infinity".into()));
+    }
+    Ok(a3)
+}
+
+fn read_safetensors_tensor(path: &Path) -> std::result::Result<ArrayD<f32>, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: serde_json::Value = bytes
+        .get(8..8 + n)
+        .and_then(|h| serde_json::from_slice(h).ok())
+        .ok_or("truncated or invalid safetensors header")?;
+    let obj = header.as_object().ok_or("safetensors header is not an object")?;
+    let names: Vec<&String> = obj.keys().filter(|k| *k != "__metadata__").collect();
+    let name = if names.len() == 1 {
+        names[0].as_str()
+    } else {
+        ["text", "embeddings", "prompt_embeds", "hidden_states"]
+            .into_iter()
+            .find(|k| obj.contains_key(*k))
+            .ok_or_else(|| {
+                format!(
+                    "{} tensors ({}): keep one, or name it text / embeddings / prompt_embeds / hidden_states",
+                    names.len(),
+                    names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            })?
+    };
+    let info = &obj[name];
+    let dtype = info["dtype"].as_str().unwrap_or("?");
+    let shape: Vec<usize> = info["shape"]
+        .as_array()
+        .ok_or("tensor without shape")?
+        .iter()
+        .map(|d| d.as_u64().map(|d| d as usize).ok_or("bad shape entry"))
+        .collect::<std::result::Result<_, _>>()?;
+    let off = info["data_offsets"]
+        .as_array()
+        .ok_or("tensor without data_offsets")?;
+    let (a, b) = (
+        off[0].as_u64().ok_or("bad offset")? as usize,
+        off[1].as_u64().ok_or("bad offset")? as usize,
+    );
+    let data = bytes
+        .get(8 + n + a..8 + n + b)
+        .ok_or("tensor data runs past the end of the file")?;
+    let vals: Vec<f32> = match dtype {
+        "F32" => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        "F16" => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        "BF16" => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(format!(
+                "tensor '{name}' has dtype {other}, expected F32, F16 or BF16"
+            ))
+        }
+    };
+    ArrayD::from_shape_vec(shape.clone(), vals)
+        .map_err(|_| format!("tensor '{name}': {} values for shape {shape:?}", data.len()))
 }
 
 #[cfg(test)]

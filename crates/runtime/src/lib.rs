@@ -1,26 +1,30 @@
 //! Runs exported PixelDiT models (`pixeldit-export` ONNX files) and samples images from them.
 //!
-//! * [`backend`]: the [`Backend`] trait with ONNX Runtime (`ort`, CPU / CUDA / TensorRT execution providers, library
-//!   loaded at run time) and tract (pure Rust) implementations, and [`backend::load`], whose `auto` mode tries
-//!   TensorRT, CUDA, ORT CPU and tract in that order and records why each one it passed over was skipped.
-//! * [`kernel`]: the f32 kernel of the custom op `pixeldit.RotaryAttention`, registered in both backends.
-//! * [`lowp`]: BFLOAT16/FLOAT8 decoding and rounding, used by tract's load-time rewrite
-//!   ([`backend::tract::rewrite_low_precision`]) because tract has no such types.
-//! * [`sampler`]: time grid, `flow_dpm` / `euler` / `heun` updates and batched classifier-free guidance, as pure
-//!   functions.
+//! Module map:
+//! * [`backend`]: the [`Backend`] trait (named tensors in, named f32 outputs out) with ONNX Runtime (`ort`: CPU,
+//!   CUDA, TensorRT; library loaded at run time) and tract (pure Rust) implementations, and [`backend::load`],
+//!   whose `auto` mode tries TensorRT, CUDA, ORT CPU and tract and records why each skipped one was skipped.
+//! * [`denoiser`]: the model adapter that owns a denoiser's input/output names (`x`, `t`, `y`|`text` -> `v`).
+//! * [`tensor`]: [`TensorRef`], the borrowed f32/i64 input tensors of a forward.
+//! * [`kernel`], [`kernel_joint`]: the f32 kernels of the custom ops `pixeldit.RotaryAttention` and
+//!   `pixeldit.JointRotaryAttention`, registered in both backends.
+//! * [`lowp`]: BFLOAT16/FLOAT8 decoding and rounding for tract's load-time rewrite (tract has no such types).
+//! * [`samplers`]: the class-conditional flow sampler and the text-to-image DPM-Solver++ 2M, as pure functions.
 //! * [`model`]: reads the `pixeldit.metadata` JSON and the node list of a model file without a backend.
-//! * [`io`]: seeded noise, `.npy`, PNG, atomic writes. [`bench`]: latency measurement and `BENCHMARKS.md` rows.
+//! * [`io`]: seeded noise, `.npy`, text embeddings, PNG, atomic writes.
+//! * [`bench`]: per-forward latency measurement.
 //!
 //! ```no_run
-//! use pixeldit_runtime::{backend, io, model, sampler};
+//! use pixeldit_runtime::{backend, io, model, samplers::flow, Denoiser};
 //! # fn main() -> pixeldit_runtime::Result<()> {
 //! let path = std::path::Path::new("tiny.onnx");
 //! let meta = model::read_metadata(path)?;
-//! let mut sel = backend::load(path, &backend::LoadOptions::default())?;
-//! let cfg = sampler::SamplerConfig::from_defaults(&meta.sampler)?;
+//! let sel = backend::load(path, &backend::LoadOptions::default())?;
+//! let mut denoiser = Denoiser::new(sel.backend, &meta);
+//! let cfg = flow::FlowSamplerConfig::from_defaults(&meta.sampler)?;
 //! let noise = io::seeded_noise(0, [1, 3, meta.height, meta.width]);
-//! let x = sampler::sample(
-//!     &mut |x, t, y| sel.backend.run(x, t, y),
+//! let x = flow::sample(
+//!     &mut |x, t, y| denoiser.class_velocity(x, t, y),
 //!     noise,
 //!     &[1],
 //!     meta.config.null_class(),
@@ -32,22 +36,26 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Errors are one enum, [`RuntimeError`]; the `pixeldit-run` binary wraps them with `anyhow`.
+//! Errors are one enum, [`RuntimeError`].
 
 pub mod backend;
 pub mod bench;
+pub mod denoiser;
 mod error;
 pub mod io;
 pub mod kernel;
 pub mod kernel_joint;
 pub mod lowp;
 pub mod model;
-pub mod sampler;
-pub mod t2i;
+pub mod samplers;
+pub mod tensor;
 
 pub use backend::{Backend, BackendKind, Device, LoadOptions};
+pub use denoiser::{Conditioning, Denoiser};
 pub use error::{Result, RuntimeError};
-pub use sampler::{SamplerConfig, SamplerKind};
+pub use samplers::dpm_solver::DpmSolverConfig;
+pub use samplers::flow::{FlowSamplerConfig, SamplerKind};
+pub use tensor::TensorRef;
 
 impl From<kernel::KernelShapeError> for RuntimeError {
     fn from(e: kernel::KernelShapeError) -> Self {

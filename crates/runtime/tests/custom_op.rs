@@ -7,6 +7,7 @@ use crate::util::*;
 use ndarray::{ArrayD, IxDyn};
 use pixeldit_runtime::backend::tract::TractBackend;
 use pixeldit_runtime::kernel::{rotary_attention_naive, RotaryAttentionInputs, RotaryAttentionParams};
+use pixeldit_runtime::Backend;
 use rand::{Rng, SeedableRng};
 
 const H: usize = 2;

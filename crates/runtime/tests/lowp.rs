@@ -4,6 +4,7 @@
 use crate::util::*;
 use pixeldit_runtime::backend::tract::TractBackend;
 use pixeldit_runtime::io::read_npy;
+use pixeldit_runtime::Backend;
 
 #[test]
 fn tract_rewrites_float8_and_bf16_and_matches_reference() {

@@ -2,9 +2,7 @@
 
 #![allow(dead_code)]
 
-use pixeldit_runtime::backend::{self, Candidate, LoadOptions};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -54,66 +52,7 @@ pub fn need_ort(test: &str) -> Option<PathBuf> {
     lib
 }
 
-pub fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pixeldit-run"));
-    c.env_remove("ORT_DYLIB_PATH");
-    c
-}
-
-pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("spawn pixeldit-run");
-    eprintln!(
-        "--- {:?}\nstatus {:?}\nstdout:\n{}\nstderr:\n{}",
-        cmd,
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Names of the files in `dir`.
-pub fn files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
-pub fn rel_l2(a: &[f32], reference: &[f32]) -> f64 {
-    assert_eq!(a.len(), reference.len());
-    let num: f64 = a
-        .iter()
-        .zip(reference)
-        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
-        .sum();
-    let den: f64 = reference.iter().map(|y| f64::from(*y).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
-}
-
-/// The backends to test: tract always, ORT CPU when a library is available.
-pub fn candidates(test: &str) -> Vec<(Candidate, LoadOptions)> {
-    let mut v = vec![(Candidate::Tract, LoadOptions::default())];
-    if let Some(lib) = need_ort(test) {
-        v.push((
-            Candidate::Ort(backend::ort::OrtProvider::Cpu),
-            LoadOptions::default().with_ort_lib(Some(lib)),
-        ));
-    }
-    v
 }

@@ -4,66 +4,82 @@
 pub mod ort;
 #[cfg(feature = "tract")]
 pub mod tract;
-#[cfg(feature = "triton")]
-pub mod triton;
 
 use crate::error::{Result, RuntimeError};
 use crate::model::ModelInfo;
-use ndarray::{Array4, ArrayD, ArrayView1, ArrayView4};
+use crate::tensor::{Feed, TensorRef};
+use ndarray::ArrayD;
 use pixeldit_spec::Precision;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-/// A loaded model that maps `(x [B,3,H,W] f32, t [B] f32, y [B] i64)` to `v [B,3,H,W] f32`.
+/// A loaded model: named input tensors in, the named f32 outputs out. Backends are built by their own
+/// constructors ([`ort::OrtBackend::with_options`], [`tract::TractBackend::open_with_threads`], a remote server's
+/// client) or by [`load`]; what the inputs mean is the model adapter's business ([`crate::Denoiser`]).
 pub trait Backend {
-    /// Loads a model file with these options (one concrete backend; see [`load`] for the `auto` chain).
-    fn load(path: &Path, opts: &LoadOptions) -> Result<Self>
-    where
-        Self: Sized;
-    /// `ort` or `tract`.
+    /// `ort`, `tract` or `triton`.
     fn name(&self) -> &'static str;
     /// Execution provider / device, e.g. `CPUExecutionProvider` or `tract-cpu`.
     fn provider(&self) -> String;
-    /// One forward pass.
-    fn run(&mut self, x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>) -> Result<Array4<f32>>;
     /// What the loader changed in the model (e.g. tract's FLOAT8/BF16 rewrite), one line each.
     fn notes(&self) -> Vec<String> {
         Vec::new()
     }
-    /// One forward pass that also returns the f32 graph outputs named in `extra` (debug or calibration taps added
-    /// at export), in that order. The default says the backend cannot.
-    fn run_with_outputs(
-        &mut self,
-        x: ArrayView4<f32>,
-        t: ArrayView1<f32>,
-        y: ArrayView1<i64>,
-        extra: &[String],
-    ) -> Result<(Array4<f32>, Vec<ArrayD<f32>>)> {
-        let _ = (x, t, y, extra);
-        Err(RuntimeError::InvalidArgument(format!(
-            "the {} backend cannot return extra outputs",
-            self.name()
-        )))
+    /// One forward pass: `inputs` by graph-input name (every graph input exactly once), returning the f32 graph
+    /// outputs named in `outputs`, in that order.
+    fn run(&mut self, inputs: &[Feed<'_, '_>], outputs: &[&str]) -> Result<Vec<ArrayD<f32>>>;
+    /// The graph's input names, in graph order.
+    fn input_names(&self) -> Vec<String>;
+    /// The graph's output names, in graph order.
+    fn output_names(&self) -> Vec<String>;
+    /// Runs a graph whose inputs are all f32, fed in graph-input order, and returns every output (tests, tools).
+    fn run_f32(&mut self, inputs: &[ndarray::ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>> {
+        let names = self.input_names();
+        if names.len() != inputs.len() {
+            return Err(RuntimeError::Shape(format!(
+                "{} inputs given, the model has {} ({})",
+                inputs.len(),
+                names.len(),
+                names.join(", ")
+            )));
+        }
+        let feeds: Vec<Feed> = names
+            .iter()
+            .zip(inputs)
+            .map(|(n, a)| (n.as_str(), TensorRef::F32(a.view())))
+            .collect();
+        let outputs = self.output_names();
+        let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+        self.run(&feeds, &outputs)
     }
-    /// One forward pass of a text-to-image model: `(x [B,3,H,W], t [B] = sigma*1000, text [B,L,E])` -> `v`
-    /// (see [`crate::t2i`]). The default says the backend cannot.
-    fn run_text(
-        &mut self,
-        x: ArrayView4<f32>,
-        t: ArrayView1<f32>,
-        text: ndarray::ArrayView3<f32>,
-    ) -> Result<Array4<f32>> {
-        let _ = (x, t, text);
-        Err(RuntimeError::InvalidArgument(format!(
-            "the {} backend cannot run text-to-image models",
-            self.name()
-        )))
+}
+
+/// Checks that `feeds` name every input of `expected` exactly once and nothing else.
+pub fn check_feeds(expected: &[String], feeds: &[Feed<'_, '_>]) -> Result<()> {
+    for (i, (name, _)) in feeds.iter().enumerate() {
+        if !expected.iter().any(|e| e == name) {
+            return Err(RuntimeError::Shape(format!(
+                "the model has no input named '{name}' (inputs: {})",
+                expected.join(", ")
+            )));
+        }
+        if feeds[..i].iter().any(|(n, _)| n == name) {
+            return Err(RuntimeError::Shape(format!("input '{name}' is fed twice")));
+        }
     }
+    if let Some(missing) = expected.iter().find(|e| !feeds.iter().any(|(n, _)| n == e)) {
+        return Err(RuntimeError::Shape(format!(
+            "input '{missing}' is not fed (inputs: {})",
+            expected.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// `--backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum BackendKind {
     /// Best available: ONNX Runtime (TensorRT, CUDA, CPU), then tract.
     #[default]
@@ -76,11 +92,13 @@ pub enum BackendKind {
 
 /// `--device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Device {
     /// Best available.
     #[default]
     Auto,
     /// ONNX Runtime TensorRT execution provider (explicit: failing is an error).
+    #[cfg_attr(feature = "clap", value(name = "tensorrt"))]
     TensorRt,
     /// ONNX Runtime CUDA execution provider (explicit: failing is an error).
     Cuda,

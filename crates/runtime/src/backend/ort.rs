@@ -9,7 +9,8 @@ use super::Backend;
 use crate::error::{Result, RuntimeError};
 use crate::kernel::{rotary_attention, ParallelFor, RotaryAttentionInputs, RotaryAttentionParams, Threads};
 use crate::model::ModelInfo;
-use ndarray::{Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewD, IxDyn};
+use crate::tensor::{self, Feed};
+use ndarray::{ArrayD, IxDyn};
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider};
 use ort::operator::{
@@ -327,50 +328,6 @@ impl OrtBackend {
             message: e.to_string(),
         }
     }
-
-    /// Runs a class-conditional graph on its inputs `x`, `t`, `y`.
-    fn run_xty(
-        &mut self,
-        x: ArrayView4<f32>,
-        t: ArrayView1<f32>,
-        y: ArrayView1<i64>,
-    ) -> Result<ort::session::SessionOutputs<'_>> {
-        let err = self.ort_err();
-        let (x, t, y) = (
-            x.as_standard_layout(),
-            t.as_standard_layout(),
-            y.as_standard_layout(),
-        );
-        let inputs = ort::inputs![
-            "x" => tensor_ref(x.shape(), x.as_slice().expect("standard layout")).map_err(err)?,
-            "t" => tensor_ref(t.shape(), t.as_slice().expect("standard layout")).map_err(err)?,
-            "y" => tensor_ref(y.shape(), y.as_slice().expect("standard layout")).map_err(err)?,
-        ];
-        self.session.run(inputs).map_err(err)
-    }
-
-    /// Runs a graph whose inputs are all f32, feeding them in graph-input order; returns every output as f32.
-    /// For tests and tools (the sampler uses [`Backend::run`]).
-    pub fn run_f32(&mut self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>> {
-        let err = self.ort_err();
-        let contiguous: Vec<_> = inputs.iter().map(|a| a.as_standard_layout()).collect();
-        let values = contiguous
-            .iter()
-            .map(|a| tensor_ref(a.shape(), a.as_slice().expect("standard layout")).map(Into::into))
-            .collect::<std::result::Result<Vec<ort::session::SessionInputValue>, _>>()
-            .map_err(err)?;
-        let outputs = self.session.run(values.as_slice()).map_err(err)?;
-        let mut result = Vec::new();
-        for (_, v) in outputs.iter() {
-            let (shape, data) = v.try_extract_tensor::<f32>().map_err(err)?;
-            let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-            result.push(
-                ArrayD::from_shape_vec(IxDyn(&dims), data.to_vec())
-                    .map_err(|e| RuntimeError::Shape(e.to_string()))?,
-            );
-        }
-        Ok(result)
-    }
 }
 
 /// A borrowed ONNX Runtime tensor over a contiguous slice (independent of the ndarray version `ort` uses).
@@ -433,17 +390,6 @@ fn check_ops(info: &ModelInfo) -> Result<()> {
 }
 
 impl Backend for OrtBackend {
-    /// Loads with exactly one provider: `--device tensorrt|cuda` select those, `cpu` and `auto` the CPU (the
-    /// TensorRT -> CUDA -> CPU chain is [`crate::backend::load`]'s job).
-    fn load(path: &Path, opts: &super::LoadOptions) -> Result<Self> {
-        let provider = match opts.device {
-            super::Device::TensorRt => OrtProvider::TensorRt,
-            super::Device::Cuda => OrtProvider::Cuda,
-            super::Device::Cpu | super::Device::Auto => OrtProvider::Cpu,
-        };
-        OrtBackend::with_options(path, &OrtOptions::from_load_options(provider, opts))
-    }
-
     fn name(&self) -> &'static str {
         "ort"
     }
@@ -452,60 +398,68 @@ impl Backend for OrtBackend {
         self.provider.ep_name().to_string()
     }
 
-    fn run_text(
-        &mut self,
-        x: ArrayView4<f32>,
-        t: ArrayView1<f32>,
-        text: ndarray::ArrayView3<f32>,
-    ) -> Result<Array4<f32>> {
-        // A T2I graph's inputs are all f32, in the order x, t, text (pixeldit_spec::io::t2i_io).
-        let outs = self.run_f32(&[x.view().into_dyn(), t.view().into_dyn(), text.view().into_dyn()])?;
-        crate::t2i::velocity_output(outs)
+    fn input_names(&self) -> Vec<String> {
+        self.session
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect()
     }
 
-    fn run(&mut self, x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>) -> Result<Array4<f32>> {
+    fn output_names(&self) -> Vec<String> {
+        self.session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect()
+    }
+
+    fn run(&mut self, inputs: &[Feed<'_, '_>], outputs: &[&str]) -> Result<Vec<ArrayD<f32>>> {
         let err = self.ort_err();
-        let outputs = self.run_xty(x, t, y)?;
-        let (shape, data) = outputs
-            .get("v")
-            .ok_or_else(|| RuntimeError::Shape("the model has no output named 'v'".into()))?
-            .try_extract_tensor::<f32>()
-            .map_err(err)?;
-        let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-        if dims.len() != 4 {
-            return Err(RuntimeError::Shape(format!(
-                "output 'v' has shape {dims:?}, expected 4-D"
-            )));
+        super::check_feeds(&self.input_names(), inputs)?;
+        let contiguous: Vec<(&str, Contiguous)> = inputs
+            .iter()
+            .map(|(name, t)| {
+                let c = match t {
+                    tensor::TensorRef::F32(a) => Contiguous::F32(a.as_standard_layout()),
+                    tensor::TensorRef::I64(a) => Contiguous::I64(a.as_standard_layout()),
+                };
+                (*name, c)
+            })
+            .collect();
+        let mut values: Vec<(&str, ort::session::SessionInputValue)> = Vec::with_capacity(contiguous.len());
+        for (name, c) in &contiguous {
+            let v = match c {
+                Contiguous::F32(a) => tensor_ref(a.shape(), a.as_slice().expect("standard layout"))
+                    .map_err(err)?
+                    .into(),
+                Contiguous::I64(a) => tensor_ref(a.shape(), a.as_slice().expect("standard layout"))
+                    .map_err(err)?
+                    .into(),
+            };
+            values.push((name, v));
         }
-        Array4::from_shape_vec([dims[0], dims[1], dims[2], dims[3]], data.to_vec())
-            .map_err(|e| RuntimeError::Shape(e.to_string()))
+        let result = self.session.run(values).map_err(err)?;
+        outputs
+            .iter()
+            .map(|name| {
+                let (shape, data) = result
+                    .get(name)
+                    .ok_or_else(|| RuntimeError::Shape(format!("the model has no output named '{name}'")))?
+                    .try_extract_tensor::<f32>()
+                    .map_err(err)?;
+                let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+                ArrayD::from_shape_vec(IxDyn(&dims), data.to_vec())
+                    .map_err(|e| RuntimeError::Shape(e.to_string()))
+            })
+            .collect()
     }
+}
 
-    fn run_with_outputs(
-        &mut self,
-        x: ArrayView4<f32>,
-        t: ArrayView1<f32>,
-        y: ArrayView1<i64>,
-        extra: &[String],
-    ) -> Result<(Array4<f32>, Vec<ArrayD<f32>>)> {
-        let err = self.ort_err();
-        let outputs = self.run_xty(x, t, y)?;
-        let get = |name: &str| -> Result<ArrayD<f32>> {
-            let (shape, data) = outputs
-                .get(name)
-                .ok_or_else(|| RuntimeError::Shape(format!("the model has no output named '{name}'")))?
-                .try_extract_tensor::<f32>()
-                .map_err(err)?;
-            let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-            ArrayD::from_shape_vec(IxDyn(&dims), data.to_vec())
-                .map_err(|e| RuntimeError::Shape(e.to_string()))
-        };
-        let v = get("v")?
-            .into_dimensionality()
-            .map_err(|_| RuntimeError::Shape("output 'v' is not 4-D".into()))?;
-        let taps = extra.iter().map(|n| get(n)).collect::<Result<Vec<_>>>()?;
-        Ok((v, taps))
-    }
+/// An input in standard layout, borrowed when it already is.
+enum Contiguous<'a> {
+    F32(ndarray::CowArray<'a, f32, IxDyn>),
+    I64(ndarray::CowArray<'a, i64, IxDyn>),
 }
 
 /// ONNX Runtime's intra-op thread pool of the running session, for the custom-op kernels.

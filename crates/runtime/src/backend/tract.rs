@@ -5,7 +5,8 @@ use super::Backend;
 use crate::error::{Result, RuntimeError};
 use crate::kernel::{rotary_attention, RotaryAttentionInputs, RotaryAttentionParams, Threads};
 use crate::lowp::LowFloat;
-use ndarray::{Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewD, IxDyn};
+use crate::tensor::{Feed, TensorRef};
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -25,7 +26,6 @@ pub struct TractBackend {
     /// tract's executor for this model's matrix products: a rayon pool of `threads`, or single-threaded.
     executor: Executor,
     inputs: Vec<String>,
-    output_v: usize,
     outputs: Vec<String>,
     notes: Vec<String>,
 }
@@ -104,7 +104,6 @@ impl TractBackend {
             .filter(|i| !inits.contains(i.name.as_str()))
             .map(|i| i.name.clone())
             .collect();
-        let output_v = graph.output.iter().position(|o| o.name == "v").unwrap_or(0);
         let outputs: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
         let parsed = onnx.parse(&proto, dir.to_str()).map_err(tract_err)?;
         if !parsed.unresolved_inputs.is_empty() {
@@ -122,7 +121,6 @@ impl TractBackend {
             plan,
             executor,
             inputs,
-            output_v,
             outputs,
             notes,
         })
@@ -133,40 +131,9 @@ impl TractBackend {
         &self.notes
     }
 
-    /// Runs a class-conditional graph, feeding `x`, `t`, `y` in graph-input order.
-    fn run_xty(
-        &mut self,
-        x: ArrayView4<f32>,
-        t: ArrayView1<f32>,
-        y: ArrayView1<i64>,
-    ) -> Result<TVec<TValue>> {
-        let mut feeds: TVec<TValue> = tvec![];
-        for name in &self.inputs {
-            let tensor = match name.as_str() {
-                "x" => to_tensor(x.into_dyn()),
-                "t" => to_tensor(t.into_dyn()),
-                "y" => to_tensor(y.into_dyn()),
-                other => {
-                    return Err(RuntimeError::Shape(format!(
-                        "unexpected graph input '{other}' (want x, t, y)"
-                    )))
-                }
-            };
-            feeds.push(tensor.into_tvalue());
-        }
-        self.run_plan(feeds)
-    }
-
     /// Runs the plan on this backend's executor.
     fn run_plan(&self, feeds: TVec<TValue>) -> Result<TVec<TValue>> {
         multithread_tract_scope(self.executor.clone(), || self.plan.run(feeds)).map_err(tract_err)
-    }
-
-    /// Runs a graph whose inputs are all f32, in graph-input order; returns every output (must be f32).
-    pub fn run_f32(&mut self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>> {
-        let feeds: TVec<TValue> = inputs.iter().map(|a| to_tensor(a.view()).into_tvalue()).collect();
-        let outs = self.run_plan(feeds)?;
-        outs.iter().map(|t| from_tensor(t)).collect()
     }
 }
 
@@ -184,17 +151,6 @@ fn from_tensor(t: &Tensor) -> Result<ArrayD<f32>> {
 }
 
 impl Backend for TractBackend {
-    /// [`TractBackend::open`]; a GPU `--device` is an error (tract runs on the CPU).
-    fn load(path: &Path, opts: &super::LoadOptions) -> Result<Self> {
-        if matches!(opts.device, super::Device::Cuda | super::Device::TensorRt) {
-            return Err(RuntimeError::InvalidArgument(format!(
-                "tract runs on the CPU only, not --device {}",
-                opts.device
-            )));
-        }
-        TractBackend::open_with_threads(path, opts.threads)
-    }
-
     fn name(&self) -> &'static str {
         "tract"
     }
@@ -207,48 +163,39 @@ impl Backend for TractBackend {
         self.notes.clone()
     }
 
-    fn run_text(
-        &mut self,
-        x: ArrayView4<f32>,
-        t: ArrayView1<f32>,
-        text: ndarray::ArrayView3<f32>,
-    ) -> Result<Array4<f32>> {
-        // A T2I graph's inputs are all f32, in the order x, t, text (pixeldit_spec::io::t2i_io).
-        let outs = self.run_f32(&[x.view().into_dyn(), t.view().into_dyn(), text.view().into_dyn()])?;
-        crate::t2i::velocity_output(outs)
+    fn input_names(&self) -> Vec<String> {
+        self.inputs.clone()
     }
 
-    fn run(&mut self, x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>) -> Result<Array4<f32>> {
-        let outs = self.run_xty(x, t, y)?;
-        let v = outs
-            .get(self.output_v)
-            .ok_or_else(|| RuntimeError::Shape("the model has no output".into()))?;
-        from_tensor(v)?
-            .into_dimensionality()
-            .map_err(|_| RuntimeError::Shape("output 'v' is not 4-D".into()))
+    fn output_names(&self) -> Vec<String> {
+        self.outputs.clone()
     }
 
-    fn run_with_outputs(
-        &mut self,
-        x: ArrayView4<f32>,
-        t: ArrayView1<f32>,
-        y: ArrayView1<i64>,
-        extra: &[String],
-    ) -> Result<(Array4<f32>, Vec<ArrayD<f32>>)> {
-        let outs = self.run_xty(x, t, y)?;
-        let get = |name: &str| -> Result<ArrayD<f32>> {
-            let i = self
-                .outputs
-                .iter()
-                .position(|o| o == name)
-                .ok_or_else(|| RuntimeError::Shape(format!("the model has no output named '{name}'")))?;
-            from_tensor(&outs[i])
-        };
-        let v = from_tensor(&outs[self.output_v])?
-            .into_dimensionality()
-            .map_err(|_| RuntimeError::Shape("output 'v' is not 4-D".into()))?;
-        let taps = extra.iter().map(|n| get(n)).collect::<Result<Vec<_>>>()?;
-        Ok((v, taps))
+    fn run(&mut self, inputs: &[Feed<'_, '_>], outputs: &[&str]) -> Result<Vec<ArrayD<f32>>> {
+        super::check_feeds(&self.inputs, inputs)?;
+        let feeds: TVec<TValue> = self
+            .inputs
+            .iter()
+            .map(|name| {
+                let (_, t) = inputs.iter().find(|(n, _)| n == name).expect("checked feeds");
+                match t {
+                    TensorRef::F32(a) => to_tensor(a.view()),
+                    TensorRef::I64(a) => to_tensor(a.view()),
+                }
+                .into_tvalue()
+            })
+            .collect();
+        let outs = self.run_plan(feeds)?;
+        outputs
+            .iter()
+            .map(|name| {
+                let i =
+                    self.outputs.iter().position(|o| o == name).ok_or_else(|| {
+                        RuntimeError::Shape(format!("the model has no output named '{name}'"))
+                    })?;
+                from_tensor(&outs[i])
+            })
+            .collect()
     }
 }
 

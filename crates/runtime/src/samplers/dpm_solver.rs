@@ -1,7 +1,7 @@
 //! Text-to-image sampling (architecture notes sections 4.2 and 5.1): the DPM-Solver++ 2M sampler of the official
 //! T2I pipeline (SANA's `dpm_solver.py`) as pure functions, and the text-embedding files it consumes.
 //!
-//! Convention, reversed relative to the class-conditional [`crate::sampler`]: sigma in [0, 1] is the noise level,
+//! Convention, reversed relative to the class-conditional [`super::flow`]: sigma in [0, 1] is the noise level,
 //! `x_sigma = (1 - sigma) * x0 + sigma * noise`, the network gets `t = sigma * 1000` and predicts the flow velocity
 //! `v = noise - x0`.
 //!
@@ -21,22 +21,19 @@
 //!   is first order with `lambda = +inf`, i.e. it returns the last data prediction: handled explicitly, no infinity
 //!   is computed. N network evaluations for N steps (N >= 2, as the official solver asserts).
 //!
-//! Text embeddings ([`read_text_embeddings`]): the last hidden state of Gemma-2-2B-IT after its final norm,
-//! `[L, E]` or `[K, L, E]` with `L = 300` and `E = 2304` for the released model, as `.npy` (f32) or safetensors
-//! (F32/F16/BF16). The text encoder stays outside this crate.
+//! Prompt embeddings come from [`crate::io::read_text_embeddings`].
 
+use super::flow::{check_interval, widen};
 use crate::error::{Result, RuntimeError};
-use crate::sampler::{check_interval, widen};
-use ndarray::{concatenate, s, Array1, Array3, Array4, ArrayD, ArrayView1, ArrayView3, ArrayView4, Axis};
+use ndarray::{concatenate, s, Array1, Array4, ArrayView1, ArrayView3, ArrayView4, Axis};
 use pixeldit_spec::SamplerDefaults;
-use std::path::Path;
 
 /// Name of the sampler in model metadata and on the command line.
 pub const SAMPLER_NAME: &str = "dpmpp_2m";
 
 /// Settings of the text-to-image sampler.
 #[derive(Debug, Clone, PartialEq)]
-pub struct T2iSamplerConfig {
+pub struct DpmSolverConfig {
     /// Steps N (network evaluations), at least 2.
     pub steps: usize,
     /// CFG weight w (1 disables guidance and the negative branch).
@@ -47,7 +44,7 @@ pub struct T2iSamplerConfig {
     pub shift: f64,
 }
 
-impl T2iSamplerConfig {
+impl DpmSolverConfig {
     /// Settings from a model's metadata (its sampler must be `dpmpp_2m`).
     pub fn from_defaults(d: &SamplerDefaults) -> Result<Self> {
         if d.name != SAMPLER_NAME {
@@ -56,7 +53,7 @@ impl T2iSamplerConfig {
                 d.name
             )));
         }
-        let c = T2iSamplerConfig {
+        let c = DpmSolverConfig {
             steps: d.steps,
             cfg_scale: d.cfg_scale,
             interval: (widen(d.guidance_interval[0]), widen(d.guidance_interval[1])),
@@ -114,7 +111,7 @@ pub fn guidance_active(sigma: f64, interval: (f64, f64)) -> bool {
 
 /// Progress of one finished step.
 #[derive(Debug, Clone, Copy)]
-pub struct T2iStepInfo {
+pub struct DpmSolverStep {
     /// 1-based index of the finished step.
     pub step: usize,
     /// Total steps.
@@ -132,7 +129,7 @@ fn data_prediction<M>(
     sigma: f64,
     cond: ArrayView3<f32>,
     uncond: Option<ArrayView3<f32>>,
-    cfg: &T2iSamplerConfig,
+    cfg: &DpmSolverConfig,
 ) -> Result<(Array4<f32>, bool)>
 where
     M: FnMut(ArrayView4<f32>, ArrayView1<f32>, ArrayView3<f32>) -> Result<Array4<f32>>,
@@ -185,8 +182,8 @@ pub fn sample<M>(
     noise: Array4<f32>,
     cond: ArrayView3<f32>,
     uncond: Option<ArrayView3<f32>>,
-    cfg: &T2iSamplerConfig,
-    on_step: &mut dyn FnMut(T2iStepInfo),
+    cfg: &DpmSolverConfig,
+    on_step: &mut dyn FnMut(DpmSolverStep),
 ) -> Result<Array4<f32>>
 where
     M: FnMut(ArrayView4<f32>, ArrayView1<f32>, ArrayView3<f32>) -> Result<Array4<f32>>,
@@ -221,7 +218,7 @@ where
         if step == cfg.steps {
             // First order onto sigma = 0: sigma_t / sigma_s = 0 and alpha_t * expm1(-inf) = -1, so x = x0.
             x = m0;
-            on_step(T2iStepInfo {
+            on_step(DpmSolverStep {
                 step,
                 steps: cfg.steps,
                 sigma: sig[step - 1],
@@ -250,7 +247,7 @@ where
                     .for_each(|x, &m, &p| *x = a * *x + b * m + c * p);
             }
         }
-        on_step(T2iStepInfo {
+        on_step(DpmSolverStep {
             step,
             steps: cfg.steps,
             sigma: ss,
@@ -263,134 +260,13 @@ where
     Ok(x)
 }
 
-/// The first output of a text-to-image forward, as `[B,3,H,W]` (used by the backends' `run_text`).
-pub fn velocity_output(outs: Vec<ArrayD<f32>>) -> Result<Array4<f32>> {
-    let v = outs
-        .into_iter()
-        .next()
-        .ok_or_else(|| RuntimeError::Shape("the model has no output".into()))?;
-    let shape = v.shape().to_vec();
-    v.into_dimensionality()
-        .map_err(|_| RuntimeError::Shape(format!("output 'v' has shape {shape:?}, expected 4-D")))
-}
-
-/// Reads text-encoder hidden states from `.npy` (f32) or safetensors (F32, F16 or BF16; the only tensor, or the
-/// one named `text`, `embeddings`, `prompt_embeds` or `hidden_states`). Accepts `[L, E]` (one prompt) or
-/// `[K, L, E]`; `L` and `E` must be the model's `len` and `dim`.
-pub fn read_text_embeddings(path: &Path, len: usize, dim: usize) -> Result<Array3<f32>> {
-    let bad = |reason: String| RuntimeError::Npy {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let head = {
-        use std::io::Read;
-        let mut f = std::fs::File::open(path).map_err(|e| RuntimeError::io(path, e))?;
-        let mut h = [0u8; 9];
-        let n = f.read(&mut h).map_err(|e| RuntimeError::io(path, e))?;
-        h[..n].to_vec()
-    };
-    let arr: ArrayD<f32> = if head.starts_with(b"\x93NUMPY") {
-        crate::io::read_npy(path)?
-    } else if head.len() == 9 && head[8] == b'{' {
-        read_safetensors_tensor(path).map_err(bad)?
-    } else {
-        return Err(bad(
-            "not a .npy or safetensors file (text embeddings: f32 .npy, or F32/F16/BF16 safetensors)".into(),
-        ));
-    };
-    let shape = arr.shape().to_vec();
-    let arr = match shape.len() {
-        2 => arr.insert_axis(Axis(0)),
-        3 => arr,
-        _ => {
-            return Err(bad(format!(
-                "text embeddings have shape {shape:?}; expected [{len}, {dim}] or [K, {len}, {dim}]"
-            )))
-        }
-    };
-    let a3: Array3<f32> = arr.into_dimensionality().expect("rank 3");
-    if a3.shape()[1] != len || a3.shape()[2] != dim {
-        return Err(bad(format!(
-            "text embeddings have shape {shape:?}; the model takes [K, {len}, {dim}] ({len} tokens of the text \
-             encoder's {dim}-wide last hidden state)"
-        )));
-    }
-    if a3.iter().any(|v| !v.is_finite()) {
-        return Err(bad("text embeddings contain NaN or infinity".into()));
-    }
-    Ok(a3)
-}
-
-fn read_safetensors_tensor(path: &Path) -> std::result::Result<ArrayD<f32>, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
-    let header: serde_json::Value = bytes
-        .get(8..8 + n)
-        .and_then(|h| serde_json::from_slice(h).ok())
-        .ok_or("truncated or invalid safetensors header")?;
-    let obj = header.as_object().ok_or("safetensors header is not an object")?;
-    let names: Vec<&String> = obj.keys().filter(|k| *k != "__metadata__").collect();
-    let name = if names.len() == 1 {
-        names[0].as_str()
-    } else {
-        ["text", "embeddings", "prompt_embeds", "hidden_states"]
-            .into_iter()
-            .find(|k| obj.contains_key(*k))
-            .ok_or_else(|| {
-                format!(
-                    "{} tensors ({}): keep one, or name it text / embeddings / prompt_embeds / hidden_states",
-                    names.len(),
-                    names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                )
-            })?
-    };
-    let info = &obj[name];
-    let dtype = info["dtype"].as_str().unwrap_or("?");
-    let shape: Vec<usize> = info["shape"]
-        .as_array()
-        .ok_or("tensor without shape")?
-        .iter()
-        .map(|d| d.as_u64().map(|d| d as usize).ok_or("bad shape entry"))
-        .collect::<std::result::Result<_, _>>()?;
-    let off = info["data_offsets"]
-        .as_array()
-        .ok_or("tensor without data_offsets")?;
-    let (a, b) = (
-        off[0].as_u64().ok_or("bad offset")? as usize,
-        off[1].as_u64().ok_or("bad offset")? as usize,
-    );
-    let data = bytes
-        .get(8 + n + a..8 + n + b)
-        .ok_or("tensor data runs past the end of the file")?;
-    let vals: Vec<f32> = match dtype {
-        "F32" => data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        "F16" => data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        "BF16" => data
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        other => {
-            return Err(format!(
-                "tensor '{name}' has dtype {other}, expected F32, F16 or BF16"
-            ))
-        }
-    };
-    ArrayD::from_shape_vec(shape.clone(), vals)
-        .map_err(|_| format!("tensor '{name}': {} values for shape {shape:?}", data.len()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ndarray::Array3;
 
-    fn cfg(steps: usize, w: f32, interval: (f64, f64), shift: f64) -> T2iSamplerConfig {
-        T2iSamplerConfig {
+    fn cfg(steps: usize, w: f32, interval: (f64, f64), shift: f64) -> DpmSolverConfig {
+        DpmSolverConfig {
             steps,
             cfg_scale: w,
             interval,
@@ -559,8 +435,8 @@ mod tests {
             guidance_interval: [0.0, 1.0],
             time_shift: 4.0,
         };
-        assert!(T2iSamplerConfig::from_defaults(&d).is_err());
-        let c = T2iSamplerConfig::from_defaults(&SamplerDefaults {
+        assert!(DpmSolverConfig::from_defaults(&d).is_err());
+        let c = DpmSolverConfig::from_defaults(&SamplerDefaults {
             name: SAMPLER_NAME.into(),
             ..d
         })

@@ -78,7 +78,7 @@ impl FromStr for SamplerKind {
 
 /// Complete sampler settings.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SamplerConfig {
+pub struct FlowSamplerConfig {
     /// Update rule.
     pub kind: SamplerKind,
     /// Number of steps N (>= 1).
@@ -107,10 +107,10 @@ pub(crate) fn check_interval((lo, hi): (f64, f64)) -> Result<()> {
     Ok(())
 }
 
-impl SamplerConfig {
+impl FlowSamplerConfig {
     /// Settings from a model's metadata.
     pub fn from_defaults(d: &SamplerDefaults) -> Result<Self> {
-        let cfg = SamplerConfig {
+        let cfg = FlowSamplerConfig {
             kind: d.name.parse()?,
             steps: d.steps,
             cfg_scale: d.cfg_scale,
@@ -216,7 +216,7 @@ fn guided_velocity<M>(
     t: f64,
     labels: ArrayView1<i64>,
     null_class: i64,
-    cfg: &SamplerConfig,
+    cfg: &FlowSamplerConfig,
 ) -> Result<(Array4<f32>, bool)>
 where
     M: FnMut(ArrayView4<f32>, ArrayView1<f32>, ArrayView1<i64>) -> Result<Array4<f32>>,
@@ -261,7 +261,7 @@ pub fn sample<M>(
     noise: Array4<f32>,
     labels: &[i64],
     null_class: i64,
-    cfg: &SamplerConfig,
+    cfg: &FlowSamplerConfig,
     on_step: &mut dyn FnMut(StepInfo),
 ) -> Result<Array4<f32>>
 where
@@ -352,7 +352,7 @@ mod tests {
         assert!(!guidance_active(0.0, iv));
         assert!(!guidance_active(1.0, (0.0, 1.0)));
         // metadata floats compare as their decimal spelling: 0.1f32 -> 0.1
-        let cfg = SamplerConfig::from_defaults(&SamplerDefaults {
+        let cfg = FlowSamplerConfig::from_defaults(&SamplerDefaults {
             name: "flow_dpm".into(),
             steps: 10,
             cfg_scale: 2.0,
@@ -363,8 +363,8 @@ mod tests {
         assert_eq!(cfg.interval, (0.1, 0.9));
     }
 
-    fn cfg(kind: SamplerKind, steps: usize, w: f32, interval: (f64, f64)) -> SamplerConfig {
-        SamplerConfig {
+    fn cfg(kind: SamplerKind, steps: usize, w: f32, interval: (f64, f64)) -> FlowSamplerConfig {
+        FlowSamplerConfig {
             kind,
             steps,
             cfg_scale: w,
@@ -378,7 +378,7 @@ mod tests {
         Ok(x.mapv(|v| v + 1.0))
     }
 
-    fn run(c: &SamplerConfig, x0: f32) -> f32 {
+    fn run(c: &FlowSamplerConfig, x0: f32) -> f32 {
         let noise = Array4::from_elem((1, 1, 1, 1), x0);
         sample(&mut affine, noise, &[0], 10, c, &mut |_| {}).unwrap()[[0, 0, 0, 0]]
     }
@@ -447,7 +447,7 @@ mod tests {
     fn rejects_bad_configs() {
         assert!(cfg(SamplerKind::Euler, 0, 1.0, (0.0, 1.0)).validate().is_err());
         assert!(cfg(SamplerKind::Euler, 1, 1.0, (0.9, 0.1)).validate().is_err());
-        assert!(SamplerConfig {
+        assert!(FlowSamplerConfig {
             shift: 0.0,
             ..cfg(SamplerKind::Euler, 1, 1.0, (0.0, 1.0))
         }

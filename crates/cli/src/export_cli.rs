@@ -1,15 +1,15 @@
-//! `pixeldit-export`: writes a PixelDiT preset or checkpoint as ONNX.
+//! `pixeldit-export`: writes a PixelDiT preset or checkpoint as ONNX, in any precision, optionally as a Triton
+//! model repository.
 
+use crate::progress;
+use crate::quant_args::QuantArgs;
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use pixeldit_exporter::{ExportOptions, ExternalData, WeightsSpec};
+use pixeldit_graph::WriteProgress;
 use pixeldit_spec::{AttentionMode, ModelConfig, Precision, PRESET_NAMES};
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-mod quant_cli;
-mod triton_cli;
 
 /// Export PixelDiT (arXiv 2511.20645) to ONNX.
 ///
@@ -23,7 +23,7 @@ mod triton_cli;
 ///   pixeldit-export --preset digits --precision fp8 --accuracy-report fp8.json -o digits-fp8.onnx
 #[derive(Parser, Debug)]
 #[command(name = "pixeldit-export", version, verbatim_doc_comment)]
-struct Args {
+pub struct ExportArgs {
     /// Model preset (tiny, digits, B, L, XL = XL-256, XL-512, t2i, t2i-tiny).
     #[arg(long, default_value = "digits")]
     preset: String,
@@ -55,29 +55,39 @@ struct Args {
     #[arg(long)]
     attention: Option<AttentionMode>,
     /// External data for weights: auto (past 512 MiB of weights), always, never.
-    #[arg(long, default_value = "auto", value_parser = parse_external)]
-    external_data: ExternalData,
+    #[arg(long, value_enum, default_value_t = ExternalDataArg::Auto)]
+    external_data: ExternalDataArg,
     /// Output model path (external data goes to `<path>.data`).
     #[arg(short, long, default_value = "model.onnx")]
     output: PathBuf,
     /// Print the stable text dump of the graph instead of writing a model.
     #[arg(long)]
     dump: bool,
-    /// No progress output.
+    /// No progress output (progress is drawn only when stderr is a terminal anyway).
     #[arg(short, long)]
     quiet: bool,
     #[command(flatten)]
-    triton: triton_cli::TritonArgs,
-    #[command(flatten)]
-    quant: quant_cli::QuantArgs,
+    quant: QuantArgs,
 }
 
-fn parse_external(s: &str) -> Result<ExternalData, String> {
-    match s {
-        "auto" => Ok(ExternalData::Auto),
-        "always" => Ok(ExternalData::Always),
-        "never" => Ok(ExternalData::Never),
-        _ => Err(format!("expected auto, always or never, got '{s}'")),
+/// `--external-data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExternalDataArg {
+    /// External data past 512 MiB of weights.
+    Auto,
+    /// Always external data.
+    Always,
+    /// Never (fails past protobuf's 2 GiB limit).
+    Never,
+}
+
+impl From<ExternalDataArg> for ExternalData {
+    fn from(a: ExternalDataArg) -> Self {
+        match a {
+            ExternalDataArg::Auto => ExternalData::Auto,
+            ExternalDataArg::Always => ExternalData::Always,
+            ExternalDataArg::Never => ExternalData::Never,
+        }
     }
 }
 
@@ -86,17 +96,11 @@ fn default_checkpoint(preset: &str) -> Option<PathBuf> {
     if preset != "digits" {
         return None;
     }
-    let candidates = [
-        PathBuf::from("graphs/digits.safetensors"),
-        PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../graphs/digits.safetensors"
-        )),
-    ];
-    candidates.into_iter().find(|p| p.exists())
+    crate::workspace_file("graphs/digits.safetensors")
 }
 
-fn run(args: Args) -> Result<()> {
+/// The export options of the command line.
+fn export_options(args: &ExportArgs) -> Result<ExportOptions> {
     let config = match &args.config {
         Some(p) => {
             let text =
@@ -123,41 +127,66 @@ fn run(args: Args) -> Result<()> {
     opts.height = args.height.unwrap_or(opts.height);
     opts.width = args.width.unwrap_or(opts.width);
     opts.precision = args.precision;
-    opts.attention = args.attention.unwrap_or_else(|| args.triton.default_attention());
-    opts.external_data = args.external_data;
+    opts.attention = args.attention.unwrap_or(AttentionMode::Custom);
+    opts.external_data = args.external_data.into();
     opts.config.check_size(opts.height, opts.width)?;
+    Ok(opts)
+}
+
+/// Runs `pixeldit-export` with parsed arguments.
+pub fn run(args: ExportArgs) -> Result<()> {
+    let opts = export_options(&args)?;
+    let quant = args.quant.config(opts.precision)?;
 
     if args.dump {
         let (weights, _) = pixeldit_exporter::load_weights(&opts)?;
-        let g = args.quant.dump_graph(&opts, &weights)?;
+        let g = match &quant {
+            Some(q) => crate::variant::build_quantized_graph(&opts, q, &weights, Default::default())?.0,
+            None => pixeldit_exporter::build_graph(&opts, &weights)?,
+        };
         print!("{}", g.dump());
         return Ok(());
     }
 
-    let quiet = args.quiet;
-    let progress = move |i: usize, n: usize, name: &str| {
-        if !quiet {
-            eprint!("\r\x1b[2K[{:>4}/{n}] {name}", i + 1);
-            let _ = std::io::stderr().flush();
-        }
+    let output = args.output.clone();
+    let bar = progress::bytes(0, args.quiet);
+    let on_tensor = |p: WriteProgress<'_>| {
+        bar.set_length(p.bytes_total);
+        bar.set_position(p.bytes_done);
+        bar.set_message(p.name.to_string());
     };
-    let triton = args.triton.plan(&opts)?;
-    let output = match &triton {
-        Some(t) => t.onnx_path()?,
-        None => args.output.clone(),
-    };
-    let report = args
-        .quant
-        .export(&opts, &output, Some(&progress))
+    let exported = crate::variant::export_variant(&opts, quant.as_ref(), &output, Some(&on_tensor))
         .with_context(|| format!("exporting {}", output.display()))?;
-    if !quiet {
-        eprintln!("\r\x1b[2K");
+    bar.finish_and_clear();
+    let report = &exported.report;
+    if !args.quiet {
         for k in &report.keys.unused {
             eprintln!("warning: unused checkpoint key '{k}'");
         }
         if !report.keys.dropped.is_empty() {
             eprintln!("dropped {} training-only key(s)", report.keys.dropped.len());
         }
+    }
+    if let (Some(q), Some(summary), Some(path)) = (&quant, &exported.summary, &exported.summary_path) {
+        if let Some(c) = &summary.calibration {
+            eprintln!(
+                "calibrated {} layer(s): {} forwards over {} timesteps (classes {:?}, seeds {:?}, {}) in {:.1} s",
+                summary.quantized.len(),
+                c.forwards,
+                c.timesteps.len(),
+                c.classes,
+                c.seeds,
+                c.backend,
+                c.seconds
+            );
+        }
+        eprintln!(
+            "{}: {} Linear layer(s) rewritten, {} kept in f32; settings and scales in {}",
+            q.precision,
+            summary.quantized.len(),
+            summary.kept.len(),
+            path.display()
+        );
     }
     let w = &report.write;
     println!(
@@ -175,18 +204,10 @@ fn run(args: Args) -> Result<()> {
             .unwrap_or_default()
     );
     args.quant.report(&opts, &output)?;
-    if let Some(t) = triton {
-        t.finish(&report.metadata)?;
-    }
     Ok(())
 }
 
-fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+/// `main` of `pixeldit-export`: errors print their whole chain and exit 2.
+pub fn main() -> ExitCode {
+    crate::exit_code(run(ExportArgs::parse()), "pixeldit-export")
 }

@@ -1,12 +1,10 @@
-//! The quantization options of `pixeldit-export` (binary only; the work is [`pixeldit_exporter::quantized`] and
-//! the `pixeldit-quantize` crate).
+//! The quantization options of `pixeldit-export` (the work is [`crate::variant`], [`crate::calibrate`] and the
+//! `pixeldit-quantize` crate).
 
+use crate::accuracy::{accuracy_report, EvalConfig};
 use anyhow::{Context, Result};
-use clap::Args;
-use pixeldit_exporter::quantized::{accuracy_report, build_quantized_graph, export_quantized};
-use pixeldit_exporter::{export_with_progress, ExportOptions, ExportReport, Weights};
-use pixeldit_graph::{Graph, Progress};
-use pixeldit_quantize::accuracy::EvalConfig;
+use clap::{Args, ValueEnum};
+use pixeldit_exporter::ExportOptions;
 use pixeldit_quantize::{CalibMethod, QuantConfig};
 use std::path::{Path, PathBuf};
 
@@ -47,8 +45,8 @@ pub struct QuantArgs {
     pub smoothquant: Option<Alpha>,
     /// INT8 weight range: reduced (+-63, 7 bits: ONNX Runtime's fused u8s8 kernels cannot saturate on AVX2 CPUs
     /// without VNNI) or full (+-127, for TensorRT / VNNI CPUs) [default: reduced for int8, full for int8-weights].
-    #[arg(long, value_name = "RANGE", value_parser = ["reduced", "full"])]
-    pub int8_weight_range: Option<String>,
+    #[arg(long, value_name = "RANGE", value_enum)]
+    pub int8_weight_range: Option<Int8WeightRange>,
     /// After exporting, compare the model with an fp32 export of the same weights on the CPU (relative error of
     /// v at t = 0, 0.25, 0.5, 0.75, 0.95 and PSNR of full samples), print it and write it as JSON to FILE.
     /// Works for every precision.
@@ -60,6 +58,15 @@ pub struct QuantArgs {
     /// Sampler steps of the accuracy report [default: the model's].
     #[arg(long, value_name = "N")]
     pub eval_steps: Option<usize>,
+}
+
+/// `--int8-weight-range`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Int8WeightRange {
+    /// +-63 (7 bits).
+    Reduced,
+    /// +-127.
+    Full,
 }
 
 /// `--smoothquant` value: `off` or alpha.
@@ -96,56 +103,15 @@ impl QuantArgs {
         if let Some(Alpha(a)) = self.smoothquant {
             q.smoothquant = a;
         }
-        match self.int8_weight_range.as_deref() {
-            Some("full") => q.int8_weight_qmax = pixeldit_quantize::config::INT8_MAX,
-            Some(_) => q.int8_weight_qmax = pixeldit_quantize::config::INT8_REDUCED_MAX,
+        match self.int8_weight_range {
+            Some(Int8WeightRange::Full) => q.int8_weight_qmax = pixeldit_quantize::config::INT8_MAX,
+            Some(Int8WeightRange::Reduced) => {
+                q.int8_weight_qmax = pixeldit_quantize::config::INT8_REDUCED_MAX
+            }
             None => {}
         }
         q.validate()?;
         Ok(Some(q))
-    }
-
-    /// The graph `--dump` prints (quantized variants are calibrated first).
-    pub fn dump_graph(&self, opts: &ExportOptions, weights: &Weights) -> Result<Graph> {
-        Ok(match self.config(opts.precision)? {
-            Some(q) => build_quantized_graph(opts, &q, weights)?.0,
-            None => pixeldit_exporter::build_graph(opts, weights)?,
-        })
-    }
-
-    /// Exports `opts` to `path`, through the quantizer when the precision needs it.
-    pub fn export(
-        &self,
-        opts: &ExportOptions,
-        path: &Path,
-        progress: Option<Progress>,
-    ) -> Result<ExportReport> {
-        match self.config(opts.precision)? {
-            Some(q) => {
-                let e = export_quantized(opts, &q, path, progress)?;
-                if let Some(c) = &e.summary.calibration {
-                    eprintln!(
-                        "calibrated {} layer(s): {} forwards over {} timesteps (classes {:?}, seeds {:?}, {}) in {:.1} s",
-                        e.summary.quantized.len(),
-                        c.forwards,
-                        c.timesteps.len(),
-                        c.classes,
-                        c.seeds,
-                        c.backend,
-                        c.seconds
-                    );
-                }
-                eprintln!(
-                    "{}: {} Linear layer(s) rewritten, {} kept in f32; settings and scales in {}",
-                    q.precision,
-                    e.summary.quantized.len(),
-                    e.summary.kept.len(),
-                    e.summary_path.display()
-                );
-                Ok(e.report)
-            }
-            None => Ok(export_with_progress(opts, path, progress)?),
-        }
     }
 
     /// Writes and prints the accuracy report when `--accuracy-report` was given.
@@ -161,7 +127,8 @@ impl QuantArgs {
         let r = accuracy_report(opts, model, &eval).context("accuracy report")?;
         println!("{}", r.line());
         let text = serde_json::to_string_pretty(&r).expect("report serializes") + "\n";
-        std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+        pixeldit_runtime::io::write_atomic(out, text.as_bytes())
+            .with_context(|| format!("writing {}", out.display()))?;
         println!("accuracy report written to {}", out.display());
         Ok(())
     }

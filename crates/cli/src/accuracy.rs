@@ -1,4 +1,4 @@
-//! Accuracy of a variant against the fp32 model of the same weights, both run by the runtime on the CPU:
+//! `--accuracy-report`: a variant against the fp32 model of the same weights, both run by the runtime on the CPU:
 //!
 //! * **v error at fixed t**: for each t, the input is `x_t = t * x0 + (1 - t) * noise` with `x0` the fp32 model's
 //!   own sample (clipped to [-1, 1]) and `noise` its starting noise; the error is `||v_q - v_32|| / ||v_32||`
@@ -10,10 +10,12 @@
 //! the sampler never evaluates the network at t = 1 (its last step starts at 1 - 1/N), and there `v` is
 //! ill-conditioned (even fp16 differs by ~1e-2 on the `digits` model).
 
-use crate::calib::spread_classes;
-use crate::Result;
+use anyhow::{bail, Context, Result};
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
-use pixeldit_runtime::{backend, io, model, sampler, BackendKind, Device, LoadOptions};
+use pixeldit_exporter::ExportOptions;
+use pixeldit_quantize::calib::spread_classes;
+use pixeldit_runtime::samplers::flow;
+use pixeldit_runtime::{backend, io, model, BackendKind, Denoiser, Device, LoadOptions};
 use serde::Serialize;
 use std::path::Path;
 
@@ -122,17 +124,21 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
     let meta = model::read_metadata(reference)?;
     let vmeta = model::read_metadata(variant)?;
     if meta.config.kind != pixeldit_spec::ModelKind::C2i {
-        return Err(crate::QuantizeError::Invalid(format!(
+        bail!(
             "accuracy reports run the class-conditional sampler; {} is a {:?} model",
-            meta.config.name, meta.config.kind
-        )));
+            meta.config.name,
+            meta.config.kind
+        );
     }
     let opts = LoadOptions::default()
         .with_backend(cfg.backend)
         .with_device(Device::Cpu);
-    let mut r = backend::load(reference, &opts)?;
-    let mut q = backend::load(variant, &opts)?;
-    let mut scfg = sampler::SamplerConfig::from_defaults(&meta.sampler)?;
+    let r = backend::load(reference, &opts)?;
+    let q = backend::load(variant, &opts)?;
+    let backend_name = q.candidate.to_string();
+    let mut r = Denoiser::new(r.backend, &meta);
+    let mut q = Denoiser::new(q.backend, &vmeta);
+    let mut scfg = flow::FlowSamplerConfig::from_defaults(&meta.sampler)?;
     if let Some(s) = cfg.steps {
         scfg.steps = s;
     }
@@ -151,9 +157,10 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
     let (mut se_all, mut ref_all, mut n_all) = (0.0f64, 0.0f64, 0usize);
     for &seed in &cfg.seeds {
         let noise = io::seeded_noise(seed, shape);
-        let run = |b: &mut backend::Selection| -> Result<Array4<f32>> {
-            let mut m = |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| b.backend.run(x, t, y);
-            Ok(sampler::sample(
+        let run = |d: &mut Denoiser| -> Result<Array4<f32>> {
+            let mut m =
+                |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| d.class_velocity(x, t, y);
+            Ok(flow::sample(
                 &mut m,
                 noise.clone(),
                 &classes,
@@ -182,8 +189,8 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
         for (i, &t) in cfg.t_points.iter().enumerate() {
             let xt = &xr * t + &noise * (1.0 - t);
             let tt = Array1::from_elem(classes.len(), t);
-            let vr = r.backend.run(xt.view(), tt.view(), y.view())?;
-            let vq = q.backend.run(xt.view(), tt.view(), y.view())?;
+            let vr = r.class_velocity(xt.view(), tt.view(), y.view())?;
+            let vq = q.class_velocity(xt.view(), tt.view(), y.view())?;
             let acc = &mut t_acc[i];
             for (a, b) in vr.iter().zip(vq.iter()) {
                 acc.0 += ((a - b) as f64).powi(2);
@@ -197,7 +204,7 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
         precision: vmeta.precision.to_string(),
         model: variant.display().to_string(),
         reference: reference.display().to_string(),
-        backend: q.candidate.to_string(),
+        backend: backend_name,
         classes,
         seeds: cfg.seeds.clone(),
         steps: scfg.steps,
@@ -217,4 +224,19 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
         sample_psnr_pooled_db: pooled,
         sample_rel_l2: (se_all / ref_all.max(f64::MIN_POSITIVE)).sqrt(),
     })
+}
+
+/// Compares the exported model at `variant` with an fp32 export of the same options (written to a temporary
+/// directory) on the CPU.
+pub fn accuracy_report(opts: &ExportOptions, variant: &Path, eval: &EvalConfig) -> Result<AccuracyReport> {
+    let f = crate::variant::fp32(opts);
+    let dir = tempfile::Builder::new()
+        .prefix("pixeldit-accuracy.")
+        .tempdir()
+        .context("creating a temporary directory for the fp32 reference")?;
+    let reference = dir.path().join("fp32.onnx");
+    pixeldit_exporter::export_to_file(&f, &reference)?;
+    let mut r = evaluate(&reference, variant, eval)?;
+    r.reference = format!("fp32 export of the same weights ({})", f.config.name);
+    Ok(r)
 }

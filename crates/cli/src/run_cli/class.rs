@@ -1,0 +1,105 @@
+//! Class-conditional sampling: labels from `--class`/`--classes`, the flow sampler with the model's defaults.
+
+use super::{finish, prepare, steps_bar, Finished, SampleArgs, SamplerArg, Target};
+use anyhow::{bail, Result};
+use pixeldit_runtime::samplers::flow::{self, FlowSamplerConfig, SamplerKind};
+use pixeldit_runtime::RuntimeError;
+use std::time::Instant;
+
+/// The labels of the images: `--classes`, or `--class` (default 0) repeated `--batch` times.
+fn labels(a: &SampleArgs, num_classes: usize) -> Result<Vec<i64>> {
+    let labels: Vec<i64> = match (&a.classes, a.class) {
+        (Some(list), _) => {
+            if let Some(b) = a.batch.filter(|b| *b != list.len()) {
+                bail!(
+                    "--batch {b} does not match the {} labels of --classes",
+                    list.len()
+                );
+            }
+            list.clone()
+        }
+        (None, c) => vec![c.unwrap_or(0); a.batch.unwrap_or(1)],
+    };
+    if let Some(&c) = labels.iter().find(|&&c| c < 0 || c >= num_classes as i64) {
+        return Err(RuntimeError::ClassOutOfRange {
+            class: c,
+            num_classes,
+        }
+        .into());
+    }
+    Ok(labels)
+}
+
+/// The sampler settings: the model's defaults, then the flags.
+fn sampler_config(a: &SampleArgs, target: &Target) -> Result<FlowSamplerConfig> {
+    let mut scfg = FlowSamplerConfig::from_defaults(&target.meta.sampler)?;
+    match a.sampler {
+        Some(SamplerArg::FlowDpm) => scfg.kind = SamplerKind::FlowDpm,
+        Some(SamplerArg::Euler) => scfg.kind = SamplerKind::Euler,
+        Some(SamplerArg::Heun) => scfg.kind = SamplerKind::Heun,
+        Some(SamplerArg::Dpmpp2m) => bail!(
+            "{} is class-conditional: its samplers are flow_dpm, euler and heun, not dpmpp_2m",
+            target.name
+        ),
+        None => {}
+    }
+    scfg.steps = a.steps.unwrap_or(scfg.steps);
+    scfg.cfg_scale = a.cfg.unwrap_or(scfg.cfg_scale);
+    scfg.shift = a.shift.unwrap_or(scfg.shift);
+    scfg.interval = a.interval.unwrap_or(scfg.interval);
+    scfg.validate()?;
+    Ok(scfg)
+}
+
+pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
+    if a.text_embeddings.is_some() || a.negative_embeddings.is_some() {
+        bail!("--text-embeddings and --negative-embeddings are for text-to-image models; {} is class-conditional", target.name);
+    }
+    let labels = labels(a, target.meta.config.num_classes)?;
+    let scfg = sampler_config(a, &target)?;
+    let prepared = prepare(a, &target.meta, labels.len())?;
+    let null = target.meta.config.null_class();
+    let (mut denoiser, meta) = target.open(a)?;
+
+    let bar = steps_bar(a, scfg.steps);
+    let start = Instant::now();
+    let x = flow::sample(
+        &mut |x, t, y| denoiser.class_velocity(x, t, y),
+        prepared.noise,
+        &labels,
+        null,
+        &scfg,
+        &mut |_| bar.inc(1),
+    )?;
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+
+    let forwards = scfg.network_calls();
+    let batch = if scfg.cfg_scale == 1.0 {
+        labels.len()
+    } else {
+        2 * labels.len()
+    };
+    finish(
+        a,
+        &x,
+        &prepared.out_paths,
+        Finished {
+            meta: &meta,
+            backend: denoiser.backend(),
+            steps: scfg.steps,
+            seconds,
+            report: serde_json::json!({
+                "sampler": scfg.kind.to_string(),
+                "cfg_scale": scfg.cfg_scale,
+                "interval": [scfg.interval.0, scfg.interval.1],
+                "shift": scfg.shift,
+                "classes": labels,
+                "forwards": forwards,
+                "forward_batch": batch,
+            }),
+            sampler_line: format!("{} {} steps, cfg {}", scfg.kind, scfg.steps, scfg.cfg_scale),
+            forwards_line: format!("{forwards} forwards of batch {batch}, "),
+        },
+    )
+}

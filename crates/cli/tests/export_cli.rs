@@ -1,0 +1,281 @@
+//! `pixeldit-export`: determinism, bad input, and (with the project's Python venv) the official ONNX checker,
+//! ONNX Runtime and the independent numpy reference of `reference/`.
+
+use crate::common::{python, python_check_models, reference_rel_l2, root};
+use pixeldit_spec::AttentionMode;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn golden_ckpt() -> PathBuf {
+    root().join("tests/golden/forward/tiny.safetensors")
+}
+
+fn export_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pixeldit-export"))
+        .args(args)
+        .arg("-q")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn export_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.onnx");
+    let b = dir.path().join("b.onnx");
+    let ck = golden_ckpt();
+    for p in [&a, &b] {
+        let out = export_cli(&[
+            "--preset",
+            "tiny",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "-o",
+            p.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(
+        std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+        "model bytes differ"
+    );
+    let out = export_cli(&[
+        "--preset",
+        "tiny",
+        "--random-init",
+        "--seed",
+        "3",
+        "--external-data",
+        "always",
+        "-o",
+        a.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let data1 = std::fs::read(dir.path().join("a.onnx.data")).unwrap();
+    let out = export_cli(&[
+        "--preset",
+        "tiny",
+        "--random-init",
+        "--seed",
+        "3",
+        "--external-data",
+        "always",
+        "-o",
+        b.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert!(
+        data1 == std::fs::read(dir.path().join("b.onnx.data")).unwrap(),
+        "external data differs"
+    );
+}
+
+fn write_safetensors(path: &Path, tensors: Vec<(String, Vec<usize>, Vec<f32>)>) {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(k, s, v)| (k, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(k, s, b)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+fn read_golden() -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(golden_ckpt()).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, t)| {
+            let vals = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (k, t.shape().to_vec(), vals)
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Runs a failing export and checks exit code, message and that no model file is left behind.
+fn assert_fails(dir: &Path, args: &[&str], expect: &[&str]) {
+    let out_path = dir.join("bad.onnx");
+    let mut all = args.to_vec();
+    all.extend(["-o", out_path.to_str().unwrap()]);
+    let out = export_cli(&all);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure for {args:?}");
+    for e in expect {
+        assert!(stderr.contains(e), "stderr for {args:?} lacks '{e}':\n{stderr}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains("bad.onnx"))
+        .collect();
+    assert!(left.is_empty(), "partial output left behind: {left:?}");
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let golden = read_golden();
+
+    let missing = d.join("missing.safetensors");
+    write_safetensors(
+        &missing,
+        golden
+            .iter()
+            .filter(|t| t.0 != "patch_blocks.1.attn.proj.bias")
+            .cloned()
+            .collect(),
+    );
+    assert_fails(
+        d,
+        &["--preset", "tiny", "--checkpoint", missing.to_str().unwrap()],
+        &["missing key", "patch_blocks.1.attn.proj.bias"],
+    );
+
+    let wrong = d.join("wrong.safetensors");
+    let mut w = golden.clone();
+    let t = w
+        .iter_mut()
+        .find(|t| t.0 == "pixel_blocks.0.mlp.fc1.weight")
+        .unwrap();
+    t.1 = vec![16, 64];
+    write_safetensors(&wrong, w);
+    assert_fails(
+        d,
+        &["--preset", "tiny", "--checkpoint", wrong.to_str().unwrap()],
+        &["pixel_blocks.0.mlp.fc1.weight", "[16, 64]", "[64, 16]"],
+    );
+
+    let ck = golden_ckpt();
+    assert_fails(
+        d,
+        &[
+            "--preset",
+            "tiny",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--height",
+            "40",
+        ],
+        &["40x32", "multiples of the patch size 16"],
+    );
+
+    let corrupt = d.join("corrupt.safetensors");
+    let mut bytes = std::fs::read(&ck).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&corrupt, bytes).unwrap();
+    assert_fails(
+        d,
+        &["--preset", "tiny", "--checkpoint", corrupt.to_str().unwrap()],
+        &["corrupt.safetensors", "not a valid safetensors"],
+    );
+
+    assert_fails(
+        d,
+        &[
+            "--preset",
+            "tiny",
+            "--checkpoint",
+            d.join("nope.safetensors").to_str().unwrap(),
+        ],
+        &["nope.safetensors"],
+    );
+    assert_fails(
+        d,
+        &["--preset", "XXL", "--random-init"],
+        &["unknown preset 'XXL'"],
+    );
+
+    // A prefixed official layout with training-only keys loads and gives the same model bytes.
+    let prefixed = d.join("prefixed.safetensors");
+    let mut p: Vec<_> = golden
+        .iter()
+        .map(|(k, s, v)| (format!("ema_denoiser.{k}"), s.clone(), v.clone()))
+        .collect();
+    p.push((
+        "diffusion_trainer.proj.0.0.weight".into(),
+        vec![2, 2],
+        vec![0.0; 4],
+    ));
+    write_safetensors(&prefixed, p);
+    let a = d.join("a.onnx");
+    let b = d.join("b.onnx");
+    assert!(export_cli(&[
+        "--preset",
+        "tiny",
+        "--checkpoint",
+        prefixed.to_str().unwrap(),
+        "-o",
+        a.to_str().unwrap()
+    ])
+    .status
+    .success());
+    assert!(export_cli(&[
+        "--preset",
+        "tiny",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "-o",
+        b.to_str().unwrap()
+    ])
+    .status
+    .success());
+    assert!(
+        std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+        "model bytes differ"
+    );
+}
+
+#[test]
+fn onnx_checker_ort_and_reference_agree() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ck = golden_ckpt();
+    let tool = root().join("tools/onnx_check.py");
+    let mut paths = Vec::new();
+    for mode in AttentionMode::ALL {
+        for (case, h, w) in [
+            ("case_a", "32", "48"),
+            ("case_b", "32", "32"),
+            ("case_c", "48", "32"),
+        ] {
+            let p = dir.path().join(format!("{mode}_{case}.onnx"));
+            let out = export_cli(&[
+                "--preset",
+                "tiny",
+                "--checkpoint",
+                ck.to_str().unwrap(),
+                "--attention",
+                mode.as_str(),
+                "--height",
+                h,
+                "--width",
+                w,
+                "-o",
+                p.to_str().unwrap(),
+            ]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            paths.push(p.clone());
+            if *mode == AttentionMode::Custom {
+                continue; // numerics of the custom op are checked by the runtime's tests (Rust kernels)
+            }
+            let rel = reference_rel_l2(&py, &tool, &[p.to_str().unwrap(), case]);
+            assert!(rel < 1e-4, "{mode} {case}: relative L2 {rel}");
+        }
+    }
+    python_check_models(&py, &tool, &paths);
+}
