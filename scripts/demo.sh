@@ -14,7 +14,7 @@ out=${1:-out}
 scripts/setup.sh
 export ORT_DYLIB_PATH="$PWD/.cache/onnxruntime/libonnxruntime.so.1.31.1"
 echo "== building (release)" >&2
-cargo build --release --locked -q -p pixeldit-exporter -p pixeldit-runtime
+cargo build --release --locked -q -p pixeldit-cli
 bin=${CARGO_TARGET_DIR:-target}/release
 
 precisions=${PRECISIONS:-"fp32 fp16 bf16 int8 fp8 int8-weights fp8-weights"}

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIXELDIT_T2I_PRECISION="${1:-fp32}"
 cargo test --release -p pixeldit-exporter --test t2i_large -- --nocapture
-cargo build --release -p pixeldit-exporter --bin pixeldit-export
+cargo build --release -p pixeldit-cli --bin pixeldit-export
 dir="$(mktemp -d "${PIXELDIT_MEMORY_DIR:-${TMPDIR:-/tmp}}/t2i.XXXXXX")"
 trap 'rm -rf "$dir"' EXIT
 target/release/pixeldit-export --preset t2i --random-init --precision "$PIXELDIT_T2I_PRECISION" -q -o "$dir/t2i.onnx"

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/tmp/pixeldit-xl}
 mkdir -p "$out"
-cargo build --release -q -p pixeldit-exporter
+cargo build --release -q -p pixeldit-cli --bin pixeldit-export
 for mode in custom onnx23 decomposed; do
   /usr/bin/time -f "$mode: export wall %e s, peak RSS %M KB" \
     target/release/pixeldit-export --preset XL --random-init -q --attention $mode -o "$out/xl_$mode.onnx"

@@ -218,10 +218,11 @@ def main():
             if impl in ("ort", "ortspin", "ortdec", "tract"):
                 att = "decomposed" if impl == "ortdec" else "custom"
                 backend = "tract" if impl == "tract" else "ort"
-                cmd = [prun, "bench", models[att], "--backend", backend, "--device", "cpu", "--no-table",
+                cmd = [prun, "bench", models[att], "--backend", backend, "--device", "cpu",
                        "--threads", str(a.threads)] + (["--ort-spin"] if impl == "ortspin" else []) + common
                 out, _, rss = run_measured(cmd)
-                med = float(re.search(r"median ([0-9.]+) ms", out).group(1))
+                # `pixeldit-run bench` prints a Markdown table: ... | median ms | min ms | max ms |
+                med = float(re.search(r"\| ([0-9.]+) \| [0-9.]+ \| [0-9.]+ \|\s*$", out, re.M).group(1))
                 label = {"ort": "pixeldit-run, ORT CPU (custom attention kernel)",
                          "ortspin": "pixeldit-run, ORT CPU (custom attention kernel, --ort-spin)",
                          "ortdec": "pixeldit-run, ORT CPU (decomposed attention)",

@@ -8,7 +8,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 [ -x .venv/bin/python ] || scripts/setup.sh
 tools/bench/setup_torch.sh >/dev/null
-if ! cargo build --release -q -p pixeldit-runtime -p pixeldit-exporter; then
+if ! cargo build --release -q -p pixeldit-cli; then
   [ -x target/release/pixeldit-run ] && [ -x target/release/pixeldit-export ] || exit 1
   echo "warning: release build failed (tree mid-edit?); measuring the existing target/release binaries" >&2
 fi

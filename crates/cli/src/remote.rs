@@ -5,10 +5,18 @@ use anyhow::{bail, Result};
 use pixeldit_runtime::Backend;
 use pixeldit_spec::ModelMetadata;
 
-/// The remote backend and, when no local model file is given, the model's metadata from the server.
-pub(crate) fn connect(a: &SampleArgs) -> Result<(Option<Box<dyn Backend>>, Option<ModelMetadata>)> {
+/// A model served by Triton: the backend that runs its forwards and its metadata from the server.
+pub(crate) struct Remote {
+    /// Runs the forwards on the server.
+    pub backend: Box<dyn Backend>,
+    /// The model's metadata from its Triton configuration.
+    pub meta: ModelMetadata,
+}
+
+/// The served model when `--triton` is given.
+pub(crate) fn connect(a: &SampleArgs) -> Result<Option<Remote>> {
     if a.triton_url().is_some() {
         bail!("--triton: not available in this build yet");
     }
-    Ok((None, None))
+    Ok(None)
 }

@@ -7,11 +7,12 @@
 
 use crate::util::*;
 use ndarray::{Array4, ArrayView1, ArrayView4, Axis};
-use pixeldit_exporter::{build_graph, export_to_file, load_weights, ExportOptions, WeightsSpec};
+use pixeldit_cli::variant::export_to_file;
+use pixeldit_exporter::{build_graph, load_weights, ExportOptions, WeightsSpec};
 use pixeldit_runtime::backend::{self, Candidate, LoadOptions};
 use pixeldit_runtime::io;
 use pixeldit_runtime::model::ModelInfo;
-use pixeldit_runtime::sampler::{self, SamplerConfig};
+use pixeldit_runtime::samplers::flow::{self, FlowSamplerConfig};
 use pixeldit_spec::{ModelConfig, Precision};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -198,12 +199,11 @@ pub fn golden_check(
     let meta = ModelInfo::read(model)
         .and_then(|i| i.pixeldit_metadata())
         .map_err(|e| fail(e.to_string()))?;
-    let scfg = SamplerConfig::from_defaults(&meta.sampler).map_err(|e| fail(e.to_string()))?;
-    let mut b =
-        backend::load_candidate(model, candidate, opts, false).map_err(|e| fail(format!("load: {e}")))?;
+    let scfg = FlowSamplerConfig::from_defaults(&meta.sampler).map_err(|e| fail(e.to_string()))?;
+    let mut b = load_denoiser(model, candidate, opts).map_err(|e| fail(format!("load: {e}")))?;
     let start = Instant::now();
-    let mut f = |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| b.run(x, t, y);
-    let x = sampler::sample(
+    let mut f = |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| b.class_velocity(x, t, y);
+    let x = flow::sample(
         &mut f,
         g.noise.clone(),
         &g.classes,
@@ -295,12 +295,12 @@ fn digits_golden_matches_the_model_defaults() {
     let g = golden();
     assert_eq!(g.classes, (0..10).collect::<Vec<i64>>());
     let cfg = ModelConfig::preset("digits").unwrap();
-    let s = SamplerConfig::from_defaults(&cfg.sampler).unwrap();
-    let grid = sampler::time_grid(s.steps, s.shift);
+    let s = FlowSamplerConfig::from_defaults(&cfg.sampler).unwrap();
+    let grid = flow::time_grid(s.steps, s.shift);
     assert_eq!(grid, g.timesteps, "time grid");
     let guided: Vec<i64> = grid[..s.steps]
         .iter()
-        .map(|&t| i64::from(sampler::guidance_active(t, s.interval)))
+        .map(|&t| i64::from(flow::guidance_active(t, s.interval)))
         .collect();
     assert_eq!(guided, g.guided, "CFG decisions");
     // The PNGs are the official fp2uint8 of the raw x (the runtime's own conversion).
@@ -421,7 +421,7 @@ fn dump(precision: Precision) -> String {
             q.calib.seeds = vec![0];
             q.calib.classes = vec![0, 1];
             q.calib.steps = Some(2);
-            pixeldit_exporter::quantized::build_quantized_graph(&opts, &q, &w)
+            pixeldit_cli::variant::build_quantized_graph(&opts, &q, &w, Default::default())
                 .unwrap()
                 .0
                 .dump()

@@ -279,3 +279,24 @@ fn onnx_checker_ort_and_reference_agree() {
     }
     python_check_models(&py, &tool, &paths);
 }
+
+#[test]
+fn progress_leaves_no_escape_codes_in_logs() {
+    // stderr is a pipe here, as in `pixeldit-export ... 2>log`: no progress bar, no terminal escapes.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tiny.onnx");
+    let out = Command::new(env!("CARGO_BIN_EXE_pixeldit-export"))
+        .args(["--preset", "tiny", "--random-init", "-o"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (what, bytes) in [("stderr", &out.stderr), ("stdout", &out.stdout)] {
+        assert!(
+            !bytes.iter().any(|&b| b == 0x1b || b == b'\r'),
+            "{what} has escape codes or carriage returns: {:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    assert!(String::from_utf8_lossy(&out.stdout).contains("wrote "));
+}

@@ -1,9 +1,7 @@
 //! `pixeldit-export` quantization options end to end: the side JSON, the metadata, `--accuracy-report`, globs and
 //! bad values (the quantizer itself is tested in `crates/quantize/tests`).
 
-mod common;
-
-use common::root;
+use crate::common::root;
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -5,9 +5,11 @@
 
 use crate::util::*;
 use ndarray::{Array4, ArrayView1, ArrayView4};
-use pixeldit_exporter::{export_to_file, ExportOptions, WeightsSpec};
-use pixeldit_runtime::backend::{self, Backend, Candidate, LoadOptions};
-use pixeldit_runtime::sampler::{self, SamplerConfig, SamplerKind};
+use pixeldit_cli::variant::export_to_file;
+use pixeldit_exporter::{ExportOptions, WeightsSpec};
+use pixeldit_runtime::backend::{self, Candidate, LoadOptions};
+use pixeldit_runtime::samplers::flow::{self, FlowSamplerConfig, SamplerKind};
+use pixeldit_runtime::Denoiser;
 use pixeldit_runtime::{io, Result};
 use pixeldit_spec::{AttentionMode, ModelConfig, Precision};
 use std::path::{Path, PathBuf};
@@ -57,8 +59,8 @@ fn golden() -> Golden {
     }
 }
 
-fn golden_config() -> SamplerConfig {
-    SamplerConfig {
+fn golden_config() -> FlowSamplerConfig {
+    FlowSamplerConfig {
         kind: SamplerKind::FlowDpm,
         steps: 10,
         cfg_scale: 2.0,
@@ -80,9 +82,9 @@ fn export(dir: &Path, attention: AttentionMode, precision: Precision) -> PathBuf
     path
 }
 
-fn sample_with(b: &mut dyn Backend, g: &Golden) -> Result<Array4<f32>> {
-    let mut f = |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| b.run(x, t, y);
-    sampler::sample(
+fn sample_with(b: &mut Denoiser, g: &Golden) -> Result<Array4<f32>> {
+    let mut f = |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| b.class_velocity(x, t, y);
+    flow::sample(
         &mut f,
         g.noise.clone(),
         &g.classes,
@@ -96,11 +98,11 @@ fn sample_with(b: &mut dyn Backend, g: &Golden) -> Result<Array4<f32>> {
 fn sampler_grid_and_guidance_match_the_reference() {
     let g = golden();
     assert_eq!(g.classes, vec![1, 7]);
-    let grid = sampler::time_grid(10, 1.0);
+    let grid = flow::time_grid(10, 1.0);
     assert_eq!(grid, g.timesteps, "time grid");
     let guided: Vec<i64> = grid[..10]
         .iter()
-        .map(|&t| i64::from(sampler::guidance_active(t, (0.1, 0.9))))
+        .map(|&t| i64::from(flow::guidance_active(t, (0.1, 0.9))))
         .collect();
     assert_eq!(guided, g.guided);
 }
@@ -113,8 +115,8 @@ fn check_golden(attention: AttentionMode, precision: Precision, tol: f64, skip_o
         if skip_ort && c != Candidate::Tract {
             continue;
         }
-        let mut b = backend::load_candidate(&path, c, &opts, false).unwrap_or_else(|e| panic!("{c}: {e}"));
-        let x = sample_with(b.as_mut(), &g).unwrap();
+        let mut b = load_denoiser(&path, c, &opts).unwrap_or_else(|e| panic!("{c}: {e}"));
+        let x = sample_with(&mut b, &g).unwrap();
         let err = rel_l2(x.as_slice().unwrap(), &g.x);
         eprintln!("{attention} {precision} {c}: relative L2 vs reference {err:.3e}");
         assert!(
@@ -207,12 +209,12 @@ fn random_init_tiny_agrees_between_backends() {
     let x = io::seeded_noise(1, [3, 3, 32, 32]);
     let t = ndarray::arr1(&[0.0f32, 0.5, 1.0]);
     let y = ndarray::arr1(&[0i64, 9, 10]);
-    let mut tr = backend::load_candidate(&path, Candidate::Tract, &LoadOptions::default(), false).unwrap();
+    let mut tr = load_denoiser(&path, Candidate::Tract, &LoadOptions::default()).unwrap();
     let ort_opts = LoadOptions::default().with_ort_lib(Some(lib));
     let cpu = Candidate::Ort(backend::ort::OrtProvider::Cpu);
-    let mut ort = backend::load_candidate(&path, cpu, &ort_opts, false).unwrap();
-    let a = tr.run(x.view(), t.view(), y.view()).unwrap();
-    let b = ort.run(x.view(), t.view(), y.view()).unwrap();
+    let mut ort = load_denoiser(&path, cpu, &ort_opts).unwrap();
+    let a = tr.class_velocity(x.view(), t.view(), y.view()).unwrap();
+    let b = ort.class_velocity(x.view(), t.view(), y.view()).unwrap();
     let err = rel_l2(a.as_slice().unwrap(), b.as_slice().unwrap());
     assert!(err < 1e-5, "tract vs ORT relative L2 {err}");
 }

@@ -75,9 +75,10 @@ fn forward_matches_reference_for_every_attention_mode() {
             let path = dir.path().join(format!("{}_{mode}.onnx", case.name));
             export_to_file(&opts, &path).unwrap();
             for (c, lo) in &candidates {
-                let mut b =
-                    backend::load_candidate(&path, *c, lo, false).unwrap_or_else(|e| panic!("{c}: {e}"));
-                let v = b.run(case.x.view(), case.t.view(), case.y.view()).unwrap();
+                let mut b = load_denoiser(&path, *c, lo).unwrap_or_else(|e| panic!("{c}: {e}"));
+                let v = b
+                    .class_velocity(case.x.view(), case.t.view(), case.y.view())
+                    .unwrap();
                 let err = rel_l2(v.as_slice().unwrap(), &case.v);
                 eprintln!("{} {mode} {c}: relative L2 {err:.2e}", case.name);
                 assert!(err < 1e-4, "{} {mode} {c}: relative L2 {err} >= 1e-4", case.name);

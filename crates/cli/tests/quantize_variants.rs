@@ -6,23 +6,18 @@
 //! The thresholds sit 1.4-2x above the errors measured when they were set (in brackets); the broken-scale tests
 //! show that a wrong scale lands 2-13x above them.
 
+use crate::common::root;
 use ndarray::{Array1, Array4};
-use pixeldit_exporter::quantized::export_quantized;
-use pixeldit_exporter::{build_graph, export_to_file, load_weights, write_graph, ExportOptions, WeightsSpec};
+use pixeldit_cli::calibrate::calibrate;
+use pixeldit_cli::variant::{export_to_file, export_variant, VariantExport};
+use pixeldit_exporter::{build_graph, load_weights, write_graph, ExportOptions, WeightsSpec};
 use pixeldit_graph::{DType, Graph, TensorData};
-use pixeldit_quantize::{apply, calibrate, partition, QuantConfig, QuantizeError};
+use pixeldit_quantize::{apply, partition, QuantConfig};
 use pixeldit_runtime::backend::ort::{OrtBackend, OrtOptions};
 use pixeldit_runtime::backend::tract::TractBackend;
-use pixeldit_runtime::{io, model, Backend};
+use pixeldit_runtime::{io, model, BackendKind, Denoiser};
 use pixeldit_spec::{AttentionMode, ModelConfig, Precision};
-use std::path::{Path, PathBuf};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+use std::path::Path;
 
 fn opts(precision: Precision, attention: AttentionMode) -> ExportOptions {
     let mut o = ExportOptions::new(
@@ -47,20 +42,33 @@ fn inputs() -> (Array4<f32>, Array1<f32>, Array1<i64>) {
     )
 }
 
-fn ort(path: &Path, opt_level: u8) -> OrtBackend {
-    OrtBackend::with_options(
+/// The model at `path` on ONNX Runtime CPU with graph optimization level `opt_level`.
+fn ort(path: &Path, opt_level: u8) -> Denoiser {
+    let b = OrtBackend::with_options(
         path,
         &OrtOptions {
             opt_level,
             ..Default::default()
         },
     )
-    .unwrap()
+    .unwrap();
+    Denoiser::new(Box::new(b), &model::read_metadata(path).unwrap())
 }
 
-fn forward(b: &mut dyn Backend) -> Array4<f32> {
+/// The model at `path` on tract.
+fn tract(path: &Path) -> Denoiser {
+    let b = TractBackend::open(path).unwrap();
+    Denoiser::new(Box::new(b), &model::read_metadata(path).unwrap())
+}
+
+/// Exports the variant `q.precision` of `o` with the settings `q`.
+fn export_quantized(o: &ExportOptions, q: &QuantConfig, path: &Path) -> VariantExport {
+    export_variant(o, Some(q), path, None).unwrap()
+}
+
+fn forward(b: &mut Denoiser) -> Array4<f32> {
     let (x, t, y) = inputs();
-    b.run(x.view(), t.view(), y.view()).unwrap()
+    b.class_velocity(x.view(), t.view(), y.view()).unwrap()
 }
 
 fn rel(a: &Array4<f32>, b: &Array4<f32>) -> f64 {
@@ -87,12 +95,7 @@ fn export_with(path: &Path, q: &QuantConfig, tamper: impl FnOnce(&mut Graph)) {
     if q.needs_calibration() {
         let (sel, _) = partition(&g, q);
         let refs: Vec<_> = sel.iter().collect();
-        let mut writer = |g: &Graph, p: &Path| {
-            write_graph(g, &f, &w, p, None, None)
-                .map(|_| ())
-                .map_err(|e| QuantizeError::External(Box::new(e)))
-        };
-        calib = Some(calibrate(&g, &refs, &q.calib, &mut writer).unwrap());
+        calib = Some(calibrate(&g, &refs, &q.calib, &f, &w, BackendKind::Auto).unwrap());
     }
     let summary = apply(&mut g, q, calib).unwrap();
     tamper(&mut g);
@@ -100,7 +103,7 @@ fn export_with(path: &Path, q: &QuantConfig, tamper: impl FnOnce(&mut Graph)) {
 }
 
 fn export_default(path: &Path, p: Precision) {
-    export_quantized(&opts(p, AttentionMode::Custom), &cfg(p), path, None).unwrap();
+    export_quantized(&opts(p, AttentionMode::Custom), &cfg(p), path);
 }
 
 /// Multiplies the scale initializer `name` by `factor`.
@@ -119,7 +122,7 @@ fn scale_initializer(g: &mut Graph, name: &str, factor: f32) {
 /// Errors of a variant on ORT (opt level 3) and tract, both against the fp32 reference.
 fn errors(path: &Path, r: &Array4<f32>) -> (f64, f64) {
     let o = forward(&mut ort(path, 3));
-    let t = forward(&mut TractBackend::open(path).unwrap());
+    let t = forward(&mut tract(path));
     (rel(&o, r), rel(&t, r))
 }
 
@@ -151,10 +154,7 @@ fn variants_match_fp32_on_ort_and_tract() {
         // summation-order differences (e.g. ORT's prepacked vs plain SGEMM) flip a few codes, and this random-weight
         // model amplifies them (bf16: ORT opt level 0 vs 3 differ by 3e-3 on these inputs), so the bound is relative
         // to the quantization error itself.
-        let d = rel(
-            &forward(&mut ort(&path, 3)),
-            &forward(&mut TractBackend::open(&path).unwrap()),
-        );
+        let d = rel(&forward(&mut ort(&path, 3)), &forward(&mut tract(&path)));
         assert!(d < (0.25 * e_ort).max(1e-3), "{p}: ort vs tract {d}");
     }
 }
@@ -246,7 +246,7 @@ fn reduced_int8_weights_agree_with_the_fused_integer_kernels() {
         export_with(&path, &q, |_| {});
         let fused = forward(&mut ort(&path, 3));
         let unfused = forward(&mut ort(&path, 0));
-        let tract = forward(&mut TractBackend::open(&path).unwrap());
+        let tract = forward(&mut tract(&path));
         let (d0, dt) = (rel(&fused, &unfused), rel(&fused, &tract));
         eprintln!("int8 {range} weights: fused vs unfused {d0:.2e}, fused vs tract {dt:.2e}");
         if range == "reduced" {
@@ -263,12 +263,7 @@ fn calibration_covers_the_time_grid() {
     let g = build_graph(&f, &w).unwrap();
     let (sel, kept) = partition(&g, &q);
     let refs: Vec<_> = sel.iter().collect();
-    let mut writer = |g: &Graph, p: &Path| {
-        write_graph(g, &f, &w, p, None, None)
-            .map(|_| ())
-            .map_err(|e| QuantizeError::External(Box::new(e)))
-    };
-    let c = calibrate(&g, &refs, &q.calib, &mut writer).unwrap();
+    let c = calibrate(&g, &refs, &q.calib, &f, &w, BackendKind::Auto).unwrap();
     // tiny: flow_dpm, 10 steps, CFG 2 -> one forward of batch 2K per step and seed.
     assert_eq!(c.steps, 10);
     assert_eq!(c.forwards, 10 * q.calib.seeds.len());
@@ -298,9 +293,7 @@ fn layers_names_and_metadata() {
         &opts(Precision::Int8, AttentionMode::Custom),
         &cfg(Precision::Int8),
         &path,
-        None,
-    )
-    .unwrap();
+    );
     let info = model::ModelInfo::read(&path).unwrap();
     let ty = |n: &str| {
         info.initializer_types
@@ -348,7 +341,7 @@ fn layers_names_and_metadata() {
     let side: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("int8.quant.json")).unwrap()).unwrap();
     assert_eq!(q, side);
-    assert_eq!(e.summary_path, dir.path().join("int8.quant.json"));
+    assert_eq!(e.summary_path, Some(dir.path().join("int8.quant.json")));
     assert_eq!(q["quantized"].as_array().unwrap().len(), 17);
     assert_eq!(q["config"]["smoothquant"], 0.5);
     assert!(q["calibration"]["layers"]["pixel_blocks.0.adaLN_modulation.0"]["per_t"].is_array());
@@ -412,7 +405,7 @@ fn onnx_checker_and_python_onnxruntime_accept_every_variant() {
     ] {
         for a in [AttentionMode::Decomposed, AttentionMode::Onnx23] {
             let path = dir.path().join(format!("{p}-{a}.onnx"));
-            export_quantized(&opts(p, a), &cfg(p), &path, None).unwrap();
+            export_quantized(&opts(p, a), &cfg(p), &path);
             paths.push(path);
         }
     }

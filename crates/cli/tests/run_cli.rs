@@ -2,7 +2,8 @@
 
 use crate::util::*;
 use ndarray::Array4;
-use pixeldit_runtime::{io, sampler};
+use pixeldit_runtime::io;
+use pixeldit_runtime::samplers::flow;
 
 #[test]
 fn missing_model_file() {
@@ -152,8 +153,8 @@ fn unknown_custom_op_names_op_and_node() {
 
 /// The dummy model `v = 0.5 x + t + 0.01 y`, sampled in-process with the library sampler.
 fn dummy_reference(labels: &[i64], seed: u64, steps: usize) -> Array4<f32> {
-    let cfg = sampler::SamplerConfig {
-        kind: sampler::SamplerKind::FlowDpm,
+    let cfg = flow::FlowSamplerConfig {
+        kind: flow::SamplerKind::FlowDpm,
         steps,
         cfg_scale: 2.0,
         interval: (0.0, 1.0),
@@ -168,7 +169,7 @@ fn dummy_reference(labels: &[i64], seed: u64, steps: usize) -> Array4<f32> {
             Ok(v)
         };
     let noise = io::seeded_noise(seed, [labels.len(), 3, 32, 32]);
-    sampler::sample(&mut model, noise, labels, 10, &cfg, &mut |_| {}).unwrap()
+    flow::sample(&mut model, noise, labels, 10, &cfg, &mut |_| {}).unwrap()
 }
 
 #[test]
@@ -272,13 +273,36 @@ fn given_noise_reproduces_the_seeded_run_and_grid_output() {
 }
 
 #[test]
+fn bench_prints_its_table_and_writes_no_file_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = bin();
+    cmd.current_dir(dir.path())
+        .args(["bench"])
+        .arg(fixture("dummy_tiny.onnx"))
+        .args(["--runs", "2", "--warmup", "0", "--backend", "tract"]);
+    let out = run(&mut cmd);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("| median ms |"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("| tract/tract-cpu | 1 |"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        files(dir.path()).is_empty(),
+        "bench wrote {:?}",
+        files(dir.path())
+    );
+}
+
+#[test]
 fn bench_appends_a_row_per_backend() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = bin();
     cmd.current_dir(dir.path())
         .args(["bench"])
         .arg(fixture("dummy_tiny.onnx"))
-        .args(["--runs", "3", "--warmup", "1", "--batch", "2", "--table", "B.md"]);
+        .args(["--runs", "3", "--warmup", "1", "--batch", "2", "--append", "B.md"]);
     let lib = need_ort("bench_appends_a_row_per_backend");
     if let Some(lib) = &lib {
         cmd.arg("--ort-lib").arg(lib);

@@ -4,9 +4,11 @@
 
 use crate::util::*;
 use ndarray::{Array3, Array4, ArrayView1, ArrayView3, ArrayView4};
-use pixeldit_exporter::{export_to_file, ExportOptions, WeightsSpec};
-use pixeldit_runtime::backend::{self, Backend, Candidate};
-use pixeldit_runtime::t2i::{self, T2iSamplerConfig};
+use pixeldit_cli::variant::export_to_file;
+use pixeldit_exporter::{ExportOptions, WeightsSpec};
+use pixeldit_runtime::backend::Candidate;
+use pixeldit_runtime::samplers::dpm_solver::{self, DpmSolverConfig};
+use pixeldit_runtime::Denoiser;
 use pixeldit_runtime::{io, Result};
 use pixeldit_spec::{AttentionMode, ModelConfig, Precision};
 use std::collections::HashMap;
@@ -79,9 +81,8 @@ fn check_forward(attention: AttentionMode) {
         let t = ndarray::Array1::from(cases[&format!("{case}.t")].1.clone());
         let v_ref = &cases[&format!("{case}.v")].1;
         for (c, opts) in candidates("t2i check_forward") {
-            let mut b =
-                backend::load_candidate(&path, c, &opts, false).unwrap_or_else(|e| panic!("{c}: {e}"));
-            let v = b.run_text(x.view(), t.view(), text.view()).unwrap();
+            let mut b = load_denoiser(&path, c, &opts).unwrap_or_else(|e| panic!("{c}: {e}"));
+            let v = b.text_velocity(x.view(), t.view(), text.view()).unwrap();
             let err = rel_l2(v.as_slice().unwrap(), v_ref);
             eprintln!("t2i {attention} {case} {c}: relative L2 vs reference {err:.3e}");
             assert!(err < 1e-4, "t2i {attention} {case} {c}: relative L2 {err}");
@@ -104,8 +105,8 @@ fn t2i_forward_decomposed_attention() {
     check_forward(AttentionMode::Decomposed);
 }
 
-fn golden_sampler() -> T2iSamplerConfig {
-    T2iSamplerConfig {
+fn golden_sampler() -> DpmSolverConfig {
+    DpmSolverConfig {
         steps: 6,
         cfg_scale: 3.0,
         interval: (0.0, 0.99),
@@ -114,15 +115,15 @@ fn golden_sampler() -> T2iSamplerConfig {
 }
 
 fn sample_with(
-    b: &mut dyn Backend,
+    b: &mut Denoiser,
     g: &HashMap<String, (Vec<usize>, Vec<f32>)>,
 ) -> Result<(Array4<f32>, Vec<bool>)> {
     let (noise, text) = (a4(&g["noise"]), a3(&g["text"]));
     let neg = a3(&g["negative"]);
     let neg = ndarray::concatenate(ndarray::Axis(0), &[neg.view(), neg.view()]).unwrap();
-    let mut f = |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView3<f32>| b.run_text(x, t, y);
+    let mut f = |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView3<f32>| b.text_velocity(x, t, y);
     let mut guided = Vec::new();
-    let x = t2i::sample(
+    let x = dpm_solver::sample(
         &mut f,
         noise,
         text.view(),
@@ -145,13 +146,13 @@ fn t2i_sigmas_and_guidance_match_the_reference() {
         .chunks_exact(8)
         .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
         .collect();
-    let ours = t2i::flow_sigmas(6, 4.0);
+    let ours = dpm_solver::flow_sigmas(6, 4.0);
     for (a, b) in ours.iter().zip(&sig) {
         assert!((a - b).abs() < 1e-15, "{ours:?} vs {sig:?}");
     }
     let guided: Vec<f32> = ours[..6]
         .iter()
-        .map(|&s| f32::from(u8::from(t2i::guidance_active(s, (0.0, 0.99)))))
+        .map(|&s| f32::from(u8::from(dpm_solver::guidance_active(s, (0.0, 0.99)))))
         .collect();
     assert_eq!(guided, g["guided"].1);
 }
@@ -164,8 +165,8 @@ fn check_sample(attention: AttentionMode, precision: Precision, tol: f64) {
         if precision == Precision::Bf16 && c != Candidate::Tract {
             continue; // ONNX Runtime's CPU provider has no bf16 Gemm
         }
-        let mut b = backend::load_candidate(&path, c, &opts, false).unwrap_or_else(|e| panic!("{c}: {e}"));
-        let (x, guided) = sample_with(b.as_mut(), &g).unwrap();
+        let mut b = load_denoiser(&path, c, &opts).unwrap_or_else(|e| panic!("{c}: {e}"));
+        let (x, guided) = sample_with(&mut b, &g).unwrap();
         assert_eq!(guided, vec![false, true, true, true, true, true]);
         let err = rel_l2(x.as_slice().unwrap(), &g["x"].1);
         eprintln!("t2i sample {attention} {precision} {c}: relative L2 vs reference {err:.3e}");
@@ -278,7 +279,7 @@ fn bench_runs_a_text_to_image_model_on_every_backend() {
     cmd.current_dir(d)
         .arg("bench")
         .arg(&model)
-        .args(["--runs", "2", "--warmup", "1", "--batch", "2", "--table", "B.md"]);
+        .args(["--runs", "2", "--warmup", "1", "--batch", "2", "--append", "B.md"]);
     let lib = need_ort("bench_runs_a_text_to_image_model_on_every_backend");
     if let Some(lib) = &lib {
         cmd.arg("--ort-lib").arg(lib);

@@ -3,14 +3,13 @@
 #![allow(dead_code)]
 
 use pixeldit_runtime::backend::{self, Candidate, LoadOptions};
+use pixeldit_runtime::Denoiser;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// A committed fixture model of the runtime's tests.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
-        .join(name)
+    workspace().join("crates/runtime/tests/fixtures").join(name)
 }
 
 pub fn workspace() -> PathBuf {
@@ -116,4 +115,11 @@ pub fn candidates(test: &str) -> Vec<(Candidate, LoadOptions)> {
         ));
     }
     v
+}
+
+/// `model` loaded on candidate `c` (explicitly: a failure is an error), behind its model adapter.
+pub fn load_denoiser(model: &Path, c: Candidate, opts: &LoadOptions) -> pixeldit_runtime::Result<Denoiser> {
+    let meta = pixeldit_runtime::model::read_metadata(model)?;
+    let b = backend::load_candidate(model, c, opts, false)?;
+    Ok(Denoiser::new(b, &meta))
 }

@@ -3,7 +3,6 @@
 
 mod common;
 
-use common::root;
 use pixeldit_exporter::{build_graph, load_weights, ExportOptions, WeightsSpec};
 use pixeldit_spec::{AttentionMode, ModelConfig};
 

@@ -233,10 +233,10 @@ pub(crate) struct Target {
 }
 
 fn run_sample(a: &SampleArgs) -> Result<()> {
-    let (remote, remote_meta) = crate::remote::connect(a)?;
-    let meta = match (a.model.as_deref(), remote_meta) {
-        (Some(model), _) => ModelInfo::read(model)?.pixeldit_metadata()?,
-        (None, Some(m)) => m,
+    let remote = crate::remote::connect(a)?;
+    let (meta, remote) = match (a.model.as_deref(), remote) {
+        (Some(model), r) => (ModelInfo::read(model)?.pixeldit_metadata()?, r.map(|r| r.backend)),
+        (None, Some(r)) => (r.meta, Some(r.backend)),
         (None, None) => bail!("a model file is required"),
     };
     let name = match (&a.model, &a.triton_model) {
