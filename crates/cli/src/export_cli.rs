@@ -3,6 +3,7 @@
 
 use crate::progress;
 use crate::quant_args::QuantArgs;
+use crate::triton_args::TritonArgs;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use pixeldit_exporter::{ExportOptions, ExternalData, WeightsSpec};
@@ -67,6 +68,8 @@ pub struct ExportArgs {
     #[arg(short, long)]
     quiet: bool,
     #[command(flatten)]
+    triton: TritonArgs,
+    #[command(flatten)]
     quant: QuantArgs,
 }
 
@@ -127,7 +130,7 @@ fn export_options(args: &ExportArgs) -> Result<ExportOptions> {
     opts.height = args.height.unwrap_or(opts.height);
     opts.width = args.width.unwrap_or(opts.width);
     opts.precision = args.precision;
-    opts.attention = args.attention.unwrap_or(AttentionMode::Custom);
+    opts.attention = args.attention.unwrap_or_else(|| args.triton.default_attention());
     opts.external_data = args.external_data.into();
     opts.config.check_size(opts.height, opts.width)?;
     Ok(opts)
@@ -148,7 +151,11 @@ pub fn run(args: ExportArgs) -> Result<()> {
         return Ok(());
     }
 
-    let output = args.output.clone();
+    let triton = args.triton.plan(&opts)?;
+    let output = match &triton {
+        Some(t) => t.onnx_path()?,
+        None => args.output.clone(),
+    };
     let bar = progress::bytes(0, args.quiet);
     let on_tensor = |p: WriteProgress<'_>| {
         bar.set_length(p.bytes_total);
@@ -204,6 +211,9 @@ pub fn run(args: ExportArgs) -> Result<()> {
             .unwrap_or_default()
     );
     args.quant.report(&opts, &output)?;
+    if let Some(t) = triton {
+        t.finish(&report.metadata)?;
+    }
     Ok(())
 }
 

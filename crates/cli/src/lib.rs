@@ -3,7 +3,8 @@
 //! side by side and never depend on each other.
 //!
 //! Module map:
-//! * [`export_cli`]: `pixeldit-export` (flags, progress, summary); [`quant_args`]: its quantization flags.
+//! * [`export_cli`]: `pixeldit-export` (flags, progress, summary); [`quant_args`], [`triton_args`]: its
+//!   quantization and Triton repository flags.
 //! * [`run_cli`]: `pixeldit-run` (sampling, `bench`).
 //! * [`variant`]: one exported variant of any precision (exporter graph -> calibration -> quantizer -> file).
 //! * [`calibrate`]: the calibration driver (tapped fp32 model through the runtime's sampler).
@@ -22,6 +23,7 @@ pub mod progress;
 pub mod quant_args;
 mod remote;
 pub mod run_cli;
+pub mod triton_args;
 pub mod variant;
 
 use std::path::PathBuf;

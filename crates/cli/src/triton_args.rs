@@ -1,10 +1,12 @@
-//! The `--triton-repo` options of `pixeldit-export` (binary only; the writer is [`pixeldit_exporter::triton`]).
+//! The `--triton-repo` options of `pixeldit-export` (the writer is `pixeldit-triton`).
 
 use anyhow::{Context, Result};
-use clap::Args;
-use pixeldit_exporter::triton::{self, InstanceKind, Platform, RepositoryReport, TritonOptions};
+use clap::{Args, ValueEnum};
 use pixeldit_exporter::ExportOptions;
 use pixeldit_spec::{AttentionMode, ModelMetadata};
+use pixeldit_triton::config::{self as triton, README_FILE};
+use pixeldit_triton::repository::onnx_path;
+use pixeldit_triton::{InstanceKind, Platform, RepositoryReport, TritonOptions};
 use std::path::{Path, PathBuf};
 
 /// Triton Inference Server model repository.
@@ -22,8 +24,8 @@ pub struct TritonArgs {
     /// Triton platform: onnxruntime_onnx (serves 1/model.onnx; TensorRT accelerator block unless
     /// --no-tensorrt-accelerator) or tensorrt_plan (writes NAME/model.onnx and README.txt with the trtexec command
     /// that builds 1/model.plan on the target GPU).
-    #[arg(long, default_value = "onnxruntime_onnx", value_parser = ["onnxruntime_onnx", "tensorrt_plan"])]
-    pub triton_platform: String,
+    #[arg(long, value_enum, default_value_t = PlatformArg::OnnxruntimeOnnx)]
+    pub triton_platform: PlatformArg,
     /// max_batch_size (> 0: batch axis implicit in dims, dynamic batching possible; 0: no batching).
     #[arg(long, default_value_t = 16)]
     pub max_batch_size: usize,
@@ -40,8 +42,8 @@ pub struct TritonArgs {
     #[arg(long, default_value_t = 1)]
     pub instance_count: usize,
     /// instance_group kind: auto, gpu or cpu [default: auto for onnxruntime_onnx, gpu for tensorrt_plan].
-    #[arg(long, value_name = "KIND")]
-    pub instance_kind: Option<String>,
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub instance_kind: Option<InstanceKindArg>,
     /// onnxruntime_onnx: no TensorRT execution accelerator block (plain CUDA / CPU execution).
     #[arg(long)]
     pub no_tensorrt_accelerator: bool,
@@ -51,6 +53,28 @@ pub struct TritonArgs {
     /// Accept --attention custom for Triton (only for servers that load a pixeldit.RotaryAttention kernel).
     #[arg(long)]
     pub triton_allow_custom_op: bool,
+}
+
+/// `--triton-platform`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlatformArg {
+    /// Triton's onnxruntime backend.
+    #[value(name = "onnxruntime_onnx")]
+    OnnxruntimeOnnx,
+    /// Triton's TensorRT backend (engine built on the target GPU).
+    #[value(name = "tensorrt_plan")]
+    TensorrtPlan,
+}
+
+/// `--instance-kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InstanceKindArg {
+    /// KIND_AUTO.
+    Auto,
+    /// KIND_GPU.
+    Gpu,
+    /// KIND_CPU.
+    Cpu,
 }
 
 /// A planned repository export.
@@ -74,7 +98,10 @@ impl TritonArgs {
         let Some(repo) = &self.triton_repo else {
             return Ok(None);
         };
-        let platform: Platform = self.triton_platform.parse()?;
+        let platform = match self.triton_platform {
+            PlatformArg::OnnxruntimeOnnx => Platform::OnnxRuntime,
+            PlatformArg::TensorrtPlan => Platform::TensorRtPlan,
+        };
         triton::check_attention(export.attention, platform, self.triton_allow_custom_op)?;
         let mbs = self.max_batch_size;
         let preferred = if self.no_dynamic_batching || mbs == 0 {
@@ -93,11 +120,11 @@ impl TritonArgs {
             preferred_batch_sizes: preferred,
             max_queue_delay_us: self.max_queue_delay_us,
             instance_count: self.instance_count,
-            instance_kind: self
-                .instance_kind
-                .as_deref()
-                .map(str::parse::<InstanceKind>)
-                .transpose()?,
+            instance_kind: self.instance_kind.map(|k| match k {
+                InstanceKindArg::Auto => InstanceKind::Auto,
+                InstanceKindArg::Gpu => InstanceKind::Gpu,
+                InstanceKindArg::Cpu => InstanceKind::Cpu,
+            }),
             tensorrt_accelerator: !self.no_tensorrt_accelerator,
             trt_workspace_bytes: self.trt_workspace_mib << 20,
         };
@@ -121,7 +148,7 @@ impl TritonPlan {
     /// Where the ONNX goes (its directories are created).
     pub fn onnx_path(&self) -> Result<PathBuf> {
         let name = self.opts.model_name.as_deref().expect("set by plan");
-        let p = triton::onnx_path(&self.repo, name, self.opts.platform);
+        let p = onnx_path(&self.repo, name, self.opts.platform);
         let dir = p.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(p)
@@ -129,7 +156,7 @@ impl TritonPlan {
 
     /// Writes config.pbtxt (and README.txt) for the exported model and validates the model directory.
     pub fn finish(&self, meta: &ModelMetadata) -> Result<RepositoryReport> {
-        let r = triton::write_model_config(&self.repo, meta, &self.opts)?;
+        let r = pixeldit_triton::write_model_config(&self.repo, meta, &self.opts)?;
         println!(
             "wrote Triton model {} ({}): {}",
             self.opts.model_name.as_deref().unwrap_or_default(),
@@ -140,7 +167,7 @@ impl TritonPlan {
             println!(
                 "build {}/1/model.plan on the target GPU (see {}):\n  cd {} && {}",
                 r.model_dir.display(),
-                r.model_dir.join(triton::README_FILE).display(),
+                r.model_dir.join(README_FILE).display(),
                 r.model_dir.display(),
                 cmd
             );

@@ -16,3 +16,5 @@ mod forward;
 mod quantize_variants;
 mod run_cli;
 mod t2i;
+mod triton;
+mod triton_repo;

@@ -14,12 +14,16 @@
 
 use crate::util::*;
 use ndarray::{Array1, Array4};
-use pixeldit_exporter::triton::{onnx_path, write_model_config, InstanceKind, Platform, TritonOptions};
-use pixeldit_exporter::{export_to_file, ExportOptions, WeightsSpec};
-use pixeldit_runtime::backend::triton::{TritonBackend, TritonOptions as ClientOptions};
-use pixeldit_runtime::backend::{self, Backend, Candidate, LoadOptions};
+use pixeldit_cli::variant::export_to_file;
+use pixeldit_exporter::{ExportOptions, WeightsSpec};
+use pixeldit_runtime::backend::{self, Candidate, LoadOptions};
 use pixeldit_runtime::io;
+use pixeldit_runtime::Denoiser;
 use pixeldit_spec::{AttentionMode, ModelConfig};
+use pixeldit_triton::repository::onnx_path;
+use pixeldit_triton::{
+    write_model_config, ClientOptions, InstanceKind, Platform, TritonModel, TritonOptions,
+};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -261,20 +265,19 @@ fn requests(v: &serde_json::Value) -> u64 {
 }
 
 /// The local reference backend: ORT CPU when a library is available, else tract.
-fn local_backend(model: &Path) -> (Box<dyn Backend>, &'static str) {
+fn local_backend(model: &Path) -> (Denoiser, &'static str) {
     match need_ort("triton") {
         Some(lib) => (
-            backend::load_candidate(
+            load_denoiser(
                 model,
                 Candidate::Ort(backend::ort::OrtProvider::Cpu),
                 &LoadOptions::default().with_ort_lib(Some(lib)),
-                false,
             )
             .expect("ORT CPU"),
             "ort",
         ),
         None => (
-            backend::load_candidate(model, Candidate::Tract, &LoadOptions::default(), false).expect("tract"),
+            load_denoiser(model, Candidate::Tract, &LoadOptions::default()).expect("tract"),
             "tract",
         ),
     }
@@ -380,9 +383,9 @@ fn triton_server_sampling_batching_and_schema() {
         .collect();
     let expected: Vec<Array4<f32>> = cases
         .iter()
-        .map(|(x, t, y)| reference.run(x.view(), t.view(), y.view()).unwrap())
+        .map(|(x, t, y)| reference.class_velocity(x.view(), t.view(), y.view()).unwrap())
         .collect();
-    let probe = TritonBackend::connect(&server.url, MODEL, &ClientOptions::default()).unwrap();
+    let probe = TritonModel::connect(&server.url, MODEL, &ClientOptions::default()).unwrap();
     let before = probe.statistics().unwrap();
     let cases = Arc::new(cases);
     let barrier = Arc::new(Barrier::new(clients));
@@ -391,12 +394,17 @@ fn triton_server_sampling_batching_and_schema() {
         .map(|c| {
             let (cases, barrier, url) = (cases.clone(), barrier.clone(), server.url.clone());
             std::thread::spawn(move || {
-                let mut b = TritonBackend::connect(&url, MODEL, &ClientOptions::default()).unwrap();
+                let remote = TritonModel::connect(&url, MODEL, &ClientOptions::default()).unwrap();
+                let meta = remote.metadata().unwrap().clone();
+                let mut b = Denoiser::new(Box::new(remote), &meta);
                 (0..rounds)
                     .map(|r| {
                         barrier.wait();
                         let (x, t, y) = &cases[c * rounds + r];
-                        (c * rounds + r, b.run(x.view(), t.view(), y.view()).unwrap())
+                        (
+                            c * rounds + r,
+                            b.class_velocity(x.view(), t.view(), y.view()).unwrap(),
+                        )
                     })
                     .collect::<Vec<_>>()
             })

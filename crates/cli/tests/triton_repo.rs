@@ -3,9 +3,9 @@
 //! repositories give clear errors, and the custom-op attention is refused for Triton unless forced.
 //! Serving the repository with a real tritonserver is tested in `crates/runtime/tests/triton.rs`.
 
-
 use crate::common::root;
-use pixeldit_exporter::triton::{validate_repository, CONFIG_FILE};
+use pixeldit_triton::config::CONFIG_FILE;
+use pixeldit_triton::validate_repository;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

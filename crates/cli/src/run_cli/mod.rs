@@ -202,6 +202,18 @@ impl SampleArgs {
     pub(crate) fn triton_url(&self) -> Option<&str> {
         self.triton.as_deref()
     }
+    /// `--model NAME` (with `--triton`).
+    pub(crate) fn triton_model_name(&self) -> Option<&str> {
+        self.triton_model.as_deref()
+    }
+    /// `--triton-version V`.
+    pub(crate) fn triton_version(&self) -> Option<&str> {
+        self.triton_version.as_deref()
+    }
+    /// The local model file, when given.
+    pub(crate) fn model_path(&self) -> Option<&Path> {
+        self.model.as_deref()
+    }
 }
 
 fn parse_interval(s: &str) -> std::result::Result<(f64, f64), String> {
@@ -236,8 +248,14 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
     let remote = crate::remote::connect(a)?;
     let (meta, remote) = match (a.model.as_deref(), remote) {
         (Some(model), r) => (ModelInfo::read(model)?.pixeldit_metadata()?, r.map(|r| r.backend)),
-        (None, Some(r)) => (r.meta, Some(r.backend)),
-        (None, None) => bail!("a model file is required"),
+        (
+            None,
+            Some(crate::remote::Remote {
+                backend,
+                meta: Some(meta),
+            }),
+        ) => (meta, Some(backend)),
+        (None, _) => bail!("a model file is required"),
     };
     let name = match (&a.model, &a.triton_model) {
         (Some(p), _) => p.display().to_string(),

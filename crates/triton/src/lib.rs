@@ -1,0 +1,24 @@
+//! Triton Inference Server for PixelDiT, in one place.
+//!
+//! Module map:
+//! * [`pb`]: Triton's `inference.ModelConfig` as Rust types, generated from the vendored `model_config.proto`.
+//! * [`pbtxt`]: `config.pbtxt` read and written through prost-reflect's text format over those types.
+//! * [`config`]: the `ModelConfig` of an exported model, from its metadata and `pixeldit_spec::io` ([`TritonOptions`]).
+//! * [`repository`]: the repository layout ([`write_model_config`]) and the checks Triton's schema does not make
+//!   ([`validate_repository`]).
+//! * [`client`]: [`TritonModel`], a served model behind the runtime's `Backend` trait (KServe v2 HTTP, binary
+//!   tensors).
+//!
+//! Errors are one enum, [`TritonError`].
+
+pub mod client;
+pub mod config;
+mod error;
+pub mod pb;
+pub mod pbtxt;
+pub mod repository;
+
+pub use client::{ClientOptions, TritonModel};
+pub use config::{InstanceKind, Platform, TritonOptions};
+pub use error::{Result, TritonError};
+pub use repository::{validate_model_dir, validate_repository, write_model_config, RepositoryReport};
