@@ -1,7 +1,8 @@
 //! Times the `pixeldit.RotaryAttention` CPU kernel alone at a model's shape (default: B @256, batch 2:
 //! S = 256 tokens, 12 heads of 64) and prints ms per call and GFLOP/s of the attention core (4*S^2*C per image).
 //! `cargo run --release -p pixeldit-runtime --example attn_bench -- [batch seq heads head_dim runs]`
-use pixeldit_runtime::kernel::{rotary_attention, RotaryAttentionInputs, RotaryAttentionParams, Threads};
+use pixeldit_runtime::ops::rotary_attention::{rotary_attention, RotaryAttentionInputs};
+use pixeldit_runtime::ops::{AttentionParams, Threads};
 use std::time::Instant;
 
 fn main() {
@@ -36,7 +37,7 @@ fn main() {
         cos: &cos,
         sin: &sin,
     };
-    let p = RotaryAttentionParams {
+    let p = AttentionParams {
         num_heads: h,
         epsilon: 1e-6,
         scale: 1.0 / (dh as f32).sqrt(),

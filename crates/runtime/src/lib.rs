@@ -6,8 +6,8 @@
 //!   whose `auto` mode tries TensorRT, CUDA, ORT CPU and tract and records why each skipped one was skipped.
 //! * [`denoiser`]: the model adapter that owns a denoiser's input/output names (`x`, `t`, `y`|`text` -> `v`).
 //! * [`tensor`]: [`TensorRef`], the borrowed f32/i64 input tensors of a forward.
-//! * [`kernel`], [`kernel_joint`]: the f32 kernels of the custom ops `pixeldit.RotaryAttention` and
-//!   `pixeldit.JointRotaryAttention`, registered in both backends.
+//! * [`ops`]: the custom ops `pixeldit.RotaryAttention` and `pixeldit.JointRotaryAttention`, one module each
+//!   (kernel), their ORT and tract adapters, and the one registry both backends read.
 //! * [`lowp`]: BFLOAT16/FLOAT8 decoding and rounding for tract's load-time rewrite (tract has no such types).
 //! * [`samplers`]: the class-conditional flow sampler and the text-to-image DPM-Solver++ 2M, as pure functions.
 //! * [`model`]: reads the `pixeldit.metadata` JSON and the node list of a model file without a backend.
@@ -43,10 +43,9 @@ pub mod bench;
 pub mod denoiser;
 mod error;
 pub mod io;
-pub mod kernel;
-pub mod kernel_joint;
 pub mod lowp;
 pub mod model;
+pub mod ops;
 pub mod samplers;
 pub mod tensor;
 
@@ -57,8 +56,8 @@ pub use samplers::dpm_solver::DpmSolverConfig;
 pub use samplers::flow::{FlowSamplerConfig, SamplerKind};
 pub use tensor::TensorRef;
 
-impl From<kernel::KernelShapeError> for RuntimeError {
-    fn from(e: kernel::KernelShapeError) -> Self {
+impl From<ops::KernelShapeError> for RuntimeError {
+    fn from(e: ops::KernelShapeError) -> Self {
         RuntimeError::Shape(e.to_string())
     }
 }

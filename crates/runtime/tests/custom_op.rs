@@ -6,7 +6,8 @@
 use crate::util::*;
 use ndarray::{ArrayD, IxDyn};
 use pixeldit_runtime::backend::tract::TractBackend;
-use pixeldit_runtime::kernel::{rotary_attention_naive, RotaryAttentionInputs, RotaryAttentionParams};
+use pixeldit_runtime::ops::rotary_attention::{rotary_attention_naive, RotaryAttentionInputs};
+use pixeldit_runtime::ops::AttentionParams;
 use pixeldit_runtime::Backend;
 use rand::{Rng, SeedableRng};
 
@@ -44,7 +45,7 @@ fn naive(inp: &[ArrayD<f32>]) -> Vec<f32> {
     };
     rotary_attention_naive(
         &i,
-        &RotaryAttentionParams {
+        &AttentionParams {
             num_heads: H,
             epsilon: 1e-6,
             scale: 1.0 / (DH as f32).sqrt(),
@@ -104,7 +105,7 @@ fn ort_custom_op_matches_primitives_and_naive() {
         check("ort primitives", &prim[0], &want, batch);
     }
     assert_eq!(
-        pixeldit_runtime::kernel::host_pool_misses(),
+        pixeldit_runtime::ops::attention_core::host_pool_misses(),
         0,
         "ONNX Runtime's parallel-for left attention heads to the calling thread"
     );

@@ -60,6 +60,13 @@ pub const OP_TYPE: &str = "RotaryAttention";
 pub const VERSION: i64 = 1;
 /// Op type of the MM-DiT joint attention (same domain and version).
 pub const JOINT_OP_TYPE: &str = "JointRotaryAttention";
+/// Default of the `epsilon` attribute (RMSNorm epsilon) of both ops.
+pub const DEFAULT_EPSILON: f32 = 1e-6;
+
+/// Default of the `scale` attribute of both ops: `1/sqrt(Dh)`.
+pub fn default_scale(head_dim: usize) -> f32 {
+    1.0 / (head_dim.max(1) as f32).sqrt()
+}
 
 /// Computes the 1D RoPE tables of the T2I text stream `(cos, sin)`, each `[len, dim/2]` row-major: pair `j` of
 /// token `p` uses `angle = p * theta^(-2j/dim)` (official `fetch_pos_text`), in f64 then cast to f32.

@@ -7,22 +7,18 @@
 
 use super::Backend;
 use crate::error::{Result, RuntimeError};
-use crate::kernel::{rotary_attention, ParallelFor, RotaryAttentionInputs, RotaryAttentionParams, Threads};
 use crate::model::ModelInfo;
+use crate::ops::CustomOp;
 use crate::tensor::{self, Feed};
 use ndarray::{ArrayD, IxDyn};
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider};
-use ort::operator::{
-    BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
-    ShapeInferenceContext,
-};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
-use ort::value::{Shape, SymbolicDimensions, TensorElementType, TensorRef, ValueType};
+use ort::value::TensorRef;
 use pixeldit_spec::Precision;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// File name of the ONNX Runtime library this crate is built against (`api-31`).
@@ -244,10 +240,7 @@ impl OrtBackend {
                 ),
             });
         }
-        let domain = OperatorDomain::new(pixeldit_spec::CUSTOM_DOMAIN)
-            .and_then(|d| d.add(RotaryAttentionOp))
-            .and_then(|d| d.add(crate::kernel_joint::ort_op::JointRotaryAttentionOp))
-            .map_err(simple)?;
+        let domain = crate::ops::ort::domain().map_err(simple)?;
         let mut builder = Session::builder(&env)
             .map_err(simple)?
             .with_optimization_level(match opts.opt_level {
@@ -373,10 +366,7 @@ fn tensorrt(model: &Path, opts: &OrtOptions) -> ort::ep::ExecutionProviderDispat
 /// Rejects nodes of the `pixeldit` domain that have no kernel here.
 fn check_ops(info: &ModelInfo) -> Result<()> {
     for n in info.custom_nodes() {
-        if n.domain == pixeldit_spec::CUSTOM_DOMAIN
-            && (n.op_type == pixeldit_spec::custom_op::OP_TYPE
-                || n.op_type == pixeldit_spec::custom_op::JOINT_OP_TYPE)
-        {
+        if CustomOp::from_node(&n.domain, &n.op_type).is_some() {
             continue;
         }
         return Err(RuntimeError::UnsupportedOp {
@@ -460,113 +450,4 @@ impl Backend for OrtBackend {
 enum Contiguous<'a> {
     F32(ndarray::CowArray<'a, f32, IxDyn>),
     I64(ndarray::CowArray<'a, i64, IxDyn>),
-}
-
-/// ONNX Runtime's intra-op thread pool of the running session, for the custom-op kernels.
-pub(crate) struct OrtPool<'a>(pub(crate) &'a ComputeContext);
-
-impl ParallelFor for OrtPool<'_> {
-    fn parallel_for(&self, n: usize, task: &(dyn Fn(usize) + Sync + Send)) {
-        // One batch per task. On an error ONNX Runtime may have made only some calls; the kernel makes the rest.
-        let _ = self.0.par_for(n, n, task);
-    }
-}
-
-/// Counter for the names of unknown dims in [`RotaryAttentionOp`]'s shape inference.
-static UNKNOWN_DIMS: AtomicUsize = AtomicUsize::new(0);
-
-/// `pixeldit.RotaryAttention` for ONNX Runtime (CPU kernel; with CUDA/TensorRT it runs on the host).
-struct RotaryAttentionOp;
-
-impl Operator for RotaryAttentionOp {
-    type Kernel<'a> = BoxedKernel<'a>;
-
-    fn name(&self) -> &str {
-        pixeldit_spec::custom_op::OP_TYPE
-    }
-
-    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        [const { OperatorInput::required(TensorElementType::Float32) }; 5]
-    }
-
-    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        [OperatorOutput::required(TensorElementType::Float32)]
-    }
-
-    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
-        let inputs = ctx.inputs();
-        if let Some(ValueType::Tensor {
-            shape,
-            dimension_symbols,
-            ..
-        }) = inputs.first()
-        {
-            if shape.len() == 3 {
-                let w = if shape[2] > 0 { shape[2] / 3 } else { -1 };
-                // An unknown dim without a symbol would reach ONNX Runtime as the value -1, which its Reshape
-                // inference then multiplies into bogus negative dims (seen on graphs with extra outputs): name it.
-                let symbol = |i: usize| match dimension_symbols.get(i) {
-                    Some(s) if !s.is_empty() || shape[i] >= 0 => s.clone(),
-                    _ => format!("pixeldit_unk_{}", UNKNOWN_DIMS.fetch_add(1, Ordering::Relaxed)),
-                };
-                let out = ValueType::Tensor {
-                    ty: TensorElementType::Float32,
-                    shape: Shape::new([shape[0], shape[1], w]),
-                    dimension_symbols: SymbolicDimensions::new([symbol(0), symbol(1), String::new()]),
-                };
-                return ctx.set_output(0, &out);
-            }
-        }
-        Ok(())
-    }
-
-    fn create_kernel<'a>(&self, k: &KernelContext<'a>) -> ort::Result<Self::Kernel<'a>> {
-        let node = k.node_name().unwrap_or_default();
-        let num_heads = k.get::<i64>("num_heads").filter(|&h| h > 0).ok_or_else(|| {
-            ort::Error::new(format!(
-                "pixeldit.RotaryAttention node '{node}': missing or invalid 'num_heads'"
-            ))
-        })? as usize;
-        let epsilon = k.get::<f32>("epsilon").unwrap_or(1e-6);
-        let scale = k.get::<f32>("scale");
-        Ok(Box::new(move |ctx: &ComputeContext| {
-            let input = |i: usize| {
-                ctx.input(i)?
-                    .ok_or_else(|| ort::Error::new(format!("RotaryAttention: input {i} is missing")))
-            };
-            let (qkv, qw, kw, cos, sin) = (input(0)?, input(1)?, input(2)?, input(3)?, input(4)?);
-            let (qkv_shape, qkv) = qkv.try_extract_tensor::<f32>()?;
-            if qkv_shape.len() != 3 {
-                return Err(ort::Error::new(format!(
-                    "RotaryAttention '{node}': qkv must be 3-D, got {qkv_shape}"
-                )));
-            }
-            let (b, s, w) = (
-                qkv_shape[0] as usize,
-                qkv_shape[1] as usize,
-                qkv_shape[2] as usize,
-            );
-            let qw = qw.try_extract_tensor::<f32>()?.1;
-            let inp = RotaryAttentionInputs {
-                qkv,
-                batch: b,
-                seq: s,
-                q_norm_weight: qw,
-                k_norm_weight: kw.try_extract_tensor::<f32>()?.1,
-                cos: cos.try_extract_tensor::<f32>()?.1,
-                sin: sin.try_extract_tensor::<f32>()?.1,
-            };
-            let p = RotaryAttentionParams {
-                num_heads,
-                epsilon,
-                scale: scale.unwrap_or_else(|| 1.0 / (qw.len().max(1) as f32).sqrt()),
-            };
-            let mut out = ctx
-                .output(0, vec![b as i64, s as i64, (w / 3) as i64])?
-                .ok_or_else(|| ort::Error::new("RotaryAttention: no output buffer"))?;
-            let (_, o) = out.try_extract_tensor_mut::<f32>()?;
-            rotary_attention(&inp, &p, Threads::Host(&OrtPool(ctx)), o)
-                .map_err(|e| ort::Error::new(format!("node '{node}': {e}")))
-        }))
-    }
 }

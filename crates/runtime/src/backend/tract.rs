@@ -3,7 +3,6 @@
 
 use super::Backend;
 use crate::error::{Result, RuntimeError};
-use crate::kernel::{rotary_attention, RotaryAttentionInputs, RotaryAttentionParams, Threads};
 use crate::lowp::LowFloat;
 use crate::tensor::{Feed, TensorRef};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
@@ -40,13 +39,8 @@ fn tract_err(e: impl std::fmt::Display) -> RuntimeError {
 /// The tract ONNX framework with this crate's custom ops registered.
 pub fn framework() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
-    onnx.op_register
-        .insert(pixeldit_spec::custom_op::OP_TYPE, rotary_attention_builder);
+    crate::ops::tract::register(&mut onnx);
     onnx.op_register.insert(ROUND_OP, float_round_builder);
-    onnx.op_register.insert(
-        pixeldit_spec::custom_op::JOINT_OP_TYPE,
-        crate::kernel_joint::tract_op::builder,
-    );
     onnx
 }
 
@@ -197,130 +191,6 @@ impl Backend for TractBackend {
             })
             .collect()
     }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// pixeldit.RotaryAttention
-
-fn rotary_attention_builder(
-    _ctx: &ParsingContext,
-    node: &pb::NodeProto,
-) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let num_heads: i64 = node.get_attr("num_heads")?;
-    ensure!(
-        num_heads > 0,
-        "RotaryAttention node '{}': num_heads must be positive",
-        node.name
-    );
-    let epsilon = node.get_attr_opt::<f32>("epsilon")?.unwrap_or(1e-6);
-    let scale = node.get_attr_opt::<f32>("scale")?;
-    let op = RotaryAttentionOp {
-        num_heads: num_heads as usize,
-        epsilon_bits: epsilon.to_bits(),
-        scale_bits: scale.map(f32::to_bits),
-    };
-    Ok((expand(op), vec![]))
-}
-
-/// tract op of `pixeldit.RotaryAttention`; floats are kept as bits for `Eq + Hash`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct RotaryAttentionOp {
-    num_heads: usize,
-    epsilon_bits: u32,
-    scale_bits: Option<u32>,
-}
-
-impl Expansion for RotaryAttentionOp {
-    fn name(&self) -> StaticName {
-        "PixelditRotaryAttention".into()
-    }
-
-    fn rules<'r, 'p: 'r, 's: 'r>(
-        &'s self,
-        s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
-        outputs: &'p [TensorProxy],
-    ) -> InferenceResult {
-        check_input_arity(inputs, 5)?;
-        check_output_arity(outputs, 1)?;
-        for i in inputs {
-            s.equals(&i.datum_type, f32::datum_type())?;
-        }
-        s.equals(&outputs[0].datum_type, f32::datum_type())?;
-        s.equals(&inputs[0].rank, 3)?;
-        s.equals(&outputs[0].rank, 3)?;
-        s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
-        s.equals(&outputs[0].shape[1], &inputs[0].shape[1])?;
-        s.given(&inputs[0].shape[2], move |s, w| {
-            s.equals(&outputs[0].shape[2], w / 3)
-        })
-    }
-
-    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        model.wire_node(prefix, self.clone(), inputs)
-    }
-}
-
-impl Op for RotaryAttentionOp {
-    fn name(&self) -> StaticName {
-        "PixelditRotaryAttention".into()
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for RotaryAttentionOp {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        ensure!(inputs.len() == 5, "RotaryAttention takes 5 inputs");
-        let shape = inputs[0].shape().to_vec();
-        ensure!(
-            shape.len() == 3,
-            "RotaryAttention: qkv must be 3-D, got {shape:?}"
-        );
-        let views = inputs
-            .iter()
-            .map(|t| t.try_as_plain_ram())
-            .collect::<TractResult<Vec<_>>>()?;
-        let slices = views
-            .iter()
-            .map(|v| v.as_slice::<f32>())
-            .collect::<TractResult<Vec<_>>>()?;
-        let inp = RotaryAttentionInputs {
-            qkv: slices[0],
-            batch: shape[0],
-            seq: shape[1],
-            q_norm_weight: slices[1],
-            k_norm_weight: slices[2],
-            cos: slices[3],
-            sin: slices[4],
-        };
-        let p = RotaryAttentionParams {
-            num_heads: self.num_heads,
-            epsilon: f32::from_bits(self.epsilon_bits),
-            scale: self
-                .scale_bits
-                .map(f32::from_bits)
-                .unwrap_or_else(|| 1.0 / (inp.q_norm_weight.len().max(1) as f32).sqrt()),
-        };
-        let mut out = Tensor::zero::<f32>(&[shape[0], shape[1], shape[2] / 3])?;
-        {
-            let mut view = out.try_as_plain_ram_mut()?;
-            rotary_attention(&inp, &p, Threads::Own, view.as_slice_mut::<f32>()?)?;
-        }
-        Ok(tvec!(out.into_tvalue()))
-    }
-}
-
-impl TypedOp for RotaryAttentionOp {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let s = &inputs[0].shape;
-        ensure!(s.rank() == 3, "RotaryAttention: qkv must be 3-D");
-        Ok(tvec!(f32::fact([s[0].clone(), s[1].clone(), s[2].clone() / 3])))
-    }
-
-    as_op!();
 }
 
 // ---------------------------------------------------------------------------------------------------------------

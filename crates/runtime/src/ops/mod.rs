@@ -1,0 +1,227 @@
+//! The custom ops of domain `pixeldit` (contracts: [`pixeldit_spec::custom_op`]), one home each, and the one
+//! registry both backends read ([`CustomOp::ALL`]).
+//!
+//! * [`rotary_attention`], [`joint_rotary_attention`]: the f32 kernels; they import no backend.
+//! * [`attention_core`]: what the two kernels share (work split, gather with QK-RMSNorm and RoPE, softmax attention).
+//! * `ort`, `tract`: one adapter per backend, generic over [`CustomOp`] (attributes, shapes, kernel dispatch).
+
+pub mod attention_core;
+pub mod joint_rotary_attention;
+#[cfg(feature = "ort")]
+pub(crate) mod ort;
+pub mod rotary_attention;
+#[cfg(feature = "tract")]
+pub(crate) mod tract;
+
+use pixeldit_spec::custom_op;
+use std::fmt;
+
+/// The custom ops this runtime has kernels for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CustomOp {
+    /// `pixeldit.RotaryAttention(qkv, q_norm_weight, k_norm_weight, cos, sin)`.
+    RotaryAttention,
+    /// `pixeldit.JointRotaryAttention(qkv_txt, qkv_img, q_norm_txt, k_norm_txt, q_norm_img, k_norm_img, cos, sin)`.
+    JointRotaryAttention,
+}
+
+impl CustomOp {
+    /// Every op, in registration order.
+    pub const ALL: [CustomOp; 2] = [CustomOp::RotaryAttention, CustomOp::JointRotaryAttention];
+
+    /// The ONNX op type.
+    pub fn op_type(self) -> &'static str {
+        match self {
+            CustomOp::RotaryAttention => custom_op::OP_TYPE,
+            CustomOp::JointRotaryAttention => custom_op::JOINT_OP_TYPE,
+        }
+    }
+
+    /// The op of a node of domain `pixeldit`, if this runtime has it.
+    pub fn from_node(domain: &str, op_type: &str) -> Option<CustomOp> {
+        (domain == custom_op::DOMAIN)
+            .then(|| CustomOp::ALL.into_iter().find(|o| o.op_type() == op_type))
+            .flatten()
+    }
+
+    /// Number of (f32) inputs.
+    pub fn num_inputs(self) -> usize {
+        match self {
+            CustomOp::RotaryAttention => 5,
+            CustomOp::JointRotaryAttention => 8,
+        }
+    }
+
+    /// Indices of the inputs whose sequence lengths add up to the output's (`[B, S, 3*H*Dh]` qkv inputs).
+    fn qkv_inputs(self) -> &'static [usize] {
+        match self {
+            CustomOp::RotaryAttention => &[0],
+            CustomOp::JointRotaryAttention => &[0, 1],
+        }
+    }
+
+    /// Output dims `[B, S, H*Dh]` from the qkv inputs' dims (`None` = unknown).
+    pub fn output_dims(self, qkv_dims: &[[Option<i64>; 3]]) -> [Option<i64>; 3] {
+        let first = qkv_dims[0];
+        let seq = qkv_dims.iter().try_fold(0i64, |acc, d| d[1].map(|s| acc + s));
+        [first[0], seq, first[2].map(|w| w / 3)]
+    }
+
+    /// Runs the kernel: `inputs` are the op's inputs in order with their shapes, `out` is `[B, S, H*Dh]`.
+    pub fn compute(
+        self,
+        inputs: &[(&[usize], &[f32])],
+        params: &AttentionParams,
+        threads: Threads<'_>,
+        out: &mut [f32],
+    ) -> Result<(), KernelShapeError> {
+        if inputs.len() != self.num_inputs() {
+            return Err(KernelShapeError(format!(
+                "{} takes {} inputs, got {}",
+                self.op_type(),
+                self.num_inputs(),
+                inputs.len()
+            )));
+        }
+        for &i in self.qkv_inputs() {
+            if inputs[i].0.len() != 3 {
+                return Err(KernelShapeError(format!(
+                    "{}: input {i} must be 3-D [B, S, 3*H*Dh], got {:?}",
+                    self.op_type(),
+                    inputs[i].0
+                )));
+            }
+        }
+        let data = |i: usize| inputs[i].1;
+        match self {
+            CustomOp::RotaryAttention => rotary_attention::rotary_attention(
+                &rotary_attention::RotaryAttentionInputs {
+                    qkv: data(0),
+                    batch: inputs[0].0[0],
+                    seq: inputs[0].0[1],
+                    q_norm_weight: data(1),
+                    k_norm_weight: data(2),
+                    cos: data(3),
+                    sin: data(4),
+                },
+                params,
+                threads,
+                out,
+            ),
+            CustomOp::JointRotaryAttention => joint_rotary_attention::joint_rotary_attention(
+                &joint_rotary_attention::JointAttentionInputs {
+                    qkv_txt: data(0),
+                    qkv_img: data(1),
+                    batch: inputs[0].0[0],
+                    seq_txt: inputs[0].0[1],
+                    seq_img: inputs[1].0[1],
+                    q_norm_txt: data(2),
+                    k_norm_txt: data(3),
+                    q_norm_img: data(4),
+                    k_norm_img: data(5),
+                    cos: data(6),
+                    sin: data(7),
+                },
+                params,
+                threads,
+                out,
+            ),
+        }
+    }
+
+    /// Index of the input whose length is the head dim Dh (the first q norm weight).
+    fn head_dim_input(self) -> usize {
+        match self {
+            CustomOp::RotaryAttention => 1,
+            CustomOp::JointRotaryAttention => 2,
+        }
+    }
+}
+
+impl fmt::Display for CustomOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", custom_op::DOMAIN, self.op_type())
+    }
+}
+
+/// The attributes of one attention node (both ops take the same ones).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionParams {
+    /// Number of heads H.
+    pub num_heads: usize,
+    /// RMSNorm epsilon.
+    pub epsilon: f32,
+    /// Softmax scale (usually `1/sqrt(Dh)`).
+    pub scale: f32,
+}
+
+/// The attributes as read from a node, before the defaults that depend on the input shapes are applied.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionAttributes {
+    /// `num_heads` (required, > 0).
+    pub num_heads: usize,
+    /// `epsilon`, if given.
+    pub epsilon: Option<f32>,
+    /// `scale`, if given.
+    pub scale: Option<f32>,
+}
+
+impl AttentionAttributes {
+    /// Checks `num_heads` (named `node` in the error).
+    pub fn new(
+        op: CustomOp,
+        node: &str,
+        num_heads: Option<i64>,
+        epsilon: Option<f32>,
+        scale: Option<f32>,
+    ) -> Result<Self, KernelShapeError> {
+        let num_heads = num_heads
+            .filter(|&h| h > 0)
+            .ok_or_else(|| KernelShapeError(format!("{op} node '{node}': missing or invalid 'num_heads'")))?;
+        Ok(AttentionAttributes {
+            num_heads: num_heads as usize,
+            epsilon,
+            scale,
+        })
+    }
+
+    /// The kernel parameters for inputs whose head dim is that of `op`'s first q norm weight (the defaults of
+    /// [`pixeldit_spec::custom_op`] where an attribute is absent).
+    pub fn params(&self, op: CustomOp, inputs: &[(&[usize], &[f32])]) -> AttentionParams {
+        let dh = inputs.get(op.head_dim_input()).map_or(0, |(_, d)| d.len());
+        AttentionParams {
+            num_heads: self.num_heads,
+            epsilon: self.epsilon.unwrap_or(custom_op::DEFAULT_EPSILON),
+            scale: self.scale.unwrap_or_else(|| custom_op::default_scale(dh)),
+        }
+    }
+}
+
+/// Operand sizes that do not match the op contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelShapeError(pub String);
+
+impl fmt::Display for KernelShapeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pixeldit custom op: {}", self.0)
+    }
+}
+
+impl std::error::Error for KernelShapeError {}
+
+/// A host's parallel-for (ONNX Runtime's intra-op pool through `KernelContext_ParallelFor`): calls `task(i)` once
+/// for every `i < n`, possibly on several threads, and returns when all calls are done. Calls it could not make
+/// are made by the kernel on the calling thread.
+pub trait ParallelFor {
+    /// Runs `task(0..n)`.
+    fn parallel_for(&self, n: usize, task: &(dyn Fn(usize) + Sync + Send));
+}
+
+/// Where a kernel runs its independent `(batch, head)` tasks.
+#[derive(Clone, Copy)]
+pub enum Threads<'a> {
+    /// Scoped threads of its own, one per available core, when the work is large enough (tract, tests).
+    Own,
+    /// The host's thread pool, so that the kernel does not compete with it for the cores.
+    Host(&'a dyn ParallelFor),
+}
