@@ -48,12 +48,12 @@ pub struct ExportArgs {
     /// Image width (multiple of 16); the preset's default when omitted.
     #[arg(long)]
     width: Option<usize>,
-    /// Numeric precision: fp32, fp16, bf16, int8, fp8, int8-weights, fp8-weights.
-    #[arg(long, default_value = "fp32")]
+    /// Numeric precision.
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
     precision: Precision,
     /// Attention lowering: custom (pixeldit.RotaryAttention), onnx23 (opset-23 ops), decomposed (opset 17)
     /// [default: custom; decomposed with --triton-repo].
-    #[arg(long)]
+    #[arg(long, value_enum)]
     attention: Option<AttentionMode>,
     /// External data for weights: auto (past 512 MiB of weights), always, never.
     #[arg(long, value_enum, default_value_t = ExternalDataArg::Auto)]

@@ -392,7 +392,8 @@ macro_rules! string_enum {
     ($(#[$m:meta])* $name:ident, $what:literal, { $($(#[$vm:meta])* $var:ident => $s:literal),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        pub enum $name { $($(#[$vm])* #[serde(rename = $s)] $var),+ }
+        #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+        pub enum $name { $($(#[$vm])* #[serde(rename = $s)] #[cfg_attr(feature = "clap", value(name = $s))] $var),+ }
         impl $name {
             /// All values, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$var),+];
