@@ -98,14 +98,15 @@ pub struct ExportReport {
     pub nodes: usize,
 }
 
-/// Opens the weights of an export and checks every key and shape against the config.
+/// Opens the weights of an export and checks them against the model before anything is written: the graph is
+/// built once, and every key is checked where the model files read it (all missing keys are listed at once);
+/// returns the unused and dropped keys.
 pub fn load_weights(opts: &ExportOptions) -> Result<(Weights, KeyReport)> {
-    let shapes = opts.config.parameter_shapes();
     let weights = match &opts.weights {
         WeightsSpec::Checkpoint(p) => Weights::from_checkpoint(p)?,
-        WeightsSpec::RandomInit { seed } => Weights::random(&shapes, *seed),
+        WeightsSpec::RandomInit { seed } => Weights::random(*seed),
     };
-    let keys = weights.check(&shapes)?;
+    let (_, keys) = build_graph_and_report(opts, &weights)?;
     Ok((weights, keys))
 }
 
@@ -120,6 +121,11 @@ pub fn linear_dtype(precision: Precision) -> DType {
 
 /// Builds the graph of an export (no file is written).
 pub fn build_graph(opts: &ExportOptions, weights: &Weights) -> Result<Graph> {
+    build_graph_and_report(opts, weights).map(|(g, _)| g)
+}
+
+/// [`build_graph`] and the key report of the weights.
+pub fn build_graph_and_report(opts: &ExportOptions, weights: &Weights) -> Result<(Graph, KeyReport)> {
     opts.config.check_size(opts.height, opts.width)?;
     let cx = nn::Ctx::new(
         weights,
@@ -127,7 +133,7 @@ pub fn build_graph(opts: &ExportOptions, weights: &Weights) -> Result<Graph> {
         opts.attention,
         opts.config.norm_eps as f32,
     );
-    let mut g = model::build_graph(cx, &opts.config, opts.height, opts.width)?;
+    let (mut g, report) = model::build_graph(cx, &opts.config, opts.height, opts.width)?;
     g.set_name(&format!("pixeldit_{}", opts.config.name));
     g.set_doc(&format!(
         "PixelDiT {} ({}x{}, {}, attention {}), exported by pixeldit-exporter {}",
@@ -138,7 +144,7 @@ pub fn build_graph(opts: &ExportOptions, weights: &Weights) -> Result<Graph> {
         opts.attention,
         env!("CARGO_PKG_VERSION")
     ));
-    Ok(g)
+    Ok((g, report))
 }
 
 /// The metadata of an export, with the weight hash filled in by the writer.

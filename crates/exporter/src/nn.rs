@@ -1,11 +1,45 @@
 //! Reusable layers: linear, RMSNorm, modulation, SwiGLU, GELU and the three attention lowerings.
 //! A model file composes these and never emits raw ops where a layer exists.
 
-use crate::weights::Weights;
+use crate::weights::{KeyReport, Lookup, Weights};
 use crate::{ExportError, Result};
 use pixeldit_graph::{Attr, DType, Dim, Encoding, Graph, TensorData, Value};
 use pixeldit_spec::{custom_op, AttentionMode};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+
+/// The six adaLN modulation chunks, in the official order.
+#[derive(Debug, Clone, Copy)]
+pub struct AdaLn {
+    /// Shift before attention.
+    pub shift_msa: Value,
+    /// Scale before attention.
+    pub scale_msa: Value,
+    /// Gate of the attention branch.
+    pub gate_msa: Value,
+    /// Shift before the MLP.
+    pub shift_mlp: Value,
+    /// Scale before the MLP.
+    pub scale_mlp: Value,
+    /// Gate of the MLP branch.
+    pub gate_mlp: Value,
+}
+
+impl AdaLn {
+    /// From six chunks in the official order (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp).
+    pub fn from_chunks(chunks: &[Value]) -> Self {
+        let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] = chunks[..] else {
+            panic!("adaLN modulation has six chunks, got {}", chunks.len())
+        };
+        AdaLn {
+            shift_msa,
+            scale_msa,
+            gate_msa,
+            shift_mlp,
+            scale_mlp,
+            gate_mlp,
+        }
+    }
+}
 
 /// The builder state shared by every layer of one export.
 pub struct Ctx<'w> {
@@ -20,6 +54,24 @@ pub struct Ctx<'w> {
     /// RMSNorm epsilon.
     pub eps: f32,
     position_ids: HashMap<usize, Value>,
+    /// Checkpoint keys the model read (or declared), with their shapes, in reading order: the schema.
+    read: Vec<(String, Vec<usize>)>,
+    /// Keys the model asked for that the checkpoint lacks.
+    missing: Vec<String>,
+    /// The first key whose shape or dtype differs from what the model reads (reported after missing keys).
+    mismatch: Option<ExportError>,
+}
+
+/// A tensor that stands in for a missing checkpoint key while the rest of the graph is built (the build then
+/// fails listing every missing key; it is never read).
+struct Absent;
+
+impl pixeldit_graph::F32Source for Absent {
+    fn read(&self) -> std::result::Result<Vec<f32>, pixeldit_graph::GraphError> {
+        Err(pixeldit_graph::GraphError::Write(
+            "a missing checkpoint key was read".into(),
+        ))
+    }
 }
 
 impl<'w> Ctx<'w> {
@@ -36,29 +88,88 @@ impl<'w> Ctx<'w> {
             attention,
             eps,
             position_ids: HashMap::new(),
+            read: Vec::new(),
+            missing: Vec::new(),
+            mismatch: None,
         }
     }
 
-    /// Adds the checkpoint tensor `key` as an initializer stored as `dtype`.
-    pub fn weight(&mut self, key: &str, dtype: DType) -> Result<Value> {
+    /// Records that the model reads `key` with `shape`; `Ok(None)` when the checkpoint lacks it (remembered for
+    /// [`Ctx::finish`]).
+    fn lookup(
+        &mut self,
+        key: &str,
+        shape: &[usize],
+    ) -> Result<Option<std::sync::Arc<dyn pixeldit_graph::F32Source>>> {
+        if !self.read.iter().any(|(k, _)| k == key) {
+            self.read.push((key.to_string(), shape.to_vec()));
+        }
+        match self.weights.source_for(key, shape) {
+            Ok(Lookup::Found(s)) => Ok(Some(s)),
+            Ok(Lookup::Missing) => {
+                if !self.missing.iter().any(|k| k == key) {
+                    self.missing.push(key.to_string());
+                }
+                Ok(None)
+            }
+            // Keep building so that every missing key can be listed first; the mismatch is reported by `finish`.
+            Err(e @ (ExportError::ShapeMismatch { .. } | ExportError::Checkpoint { .. })) => {
+                self.mismatch.get_or_insert(e);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Declares a checkpoint key that the graph does not use (dead in the official model) with its shape: it
+    /// must exist with that shape, and is not reported as unused.
+    pub fn declare_unused(&mut self, key: &str, shape: &[usize]) -> Result<()> {
+        self.lookup(key, shape).map(drop)
+    }
+
+    /// The checkpoint keys and shapes the model read or declared, in reading order.
+    pub fn schema(&self) -> &[(String, Vec<usize>)] {
+        &self.read
+    }
+
+    /// After the build: an error listing every missing key, else the first shape or dtype mismatch, else the
+    /// unused and dropped keys.
+    pub fn finish(&mut self) -> Result<KeyReport> {
+        let read: BTreeSet<String> = self.read.iter().map(|(k, _)| k.clone()).collect();
+        let report = self.weights.report(&read, &self.missing)?;
+        match self.mismatch.take() {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    /// Adds the checkpoint tensor `key`, which the model reads with `shape` (checked against the checkpoint,
+    /// errors name file and key), as an initializer stored as `dtype`.
+    pub fn weight(&mut self, key: &str, shape: &[usize], dtype: DType) -> Result<Value> {
         if let Some(v) = self.g.value_by_name(key) {
             return Ok(v);
         }
-        let shape = self.weights.shape(key).ok_or_else(|| ExportError::MissingKeys {
-            path: self.weights.origin().to_string(),
-            keys: vec![key.to_string()],
-        })?;
-        let shape = shape.to_vec();
-        let source = self.weights.source(key).expect("key exists");
+        let source = self
+            .lookup(key, shape)?
+            .unwrap_or_else(|| std::sync::Arc::new(Absent));
         Ok(self.g.initializer(
             key,
             dtype,
-            shape,
+            shape.to_vec(),
             TensorData::Deferred {
                 source,
                 encoding: Encoding::Float(dtype),
             },
         )?)
+    }
+
+    /// The fixed size of the last axis of `x`.
+    fn last_dim(&self, x: Value) -> usize {
+        self.g
+            .shape(x)
+            .last()
+            .and_then(|d| d.fixed())
+            .expect("the feature axis has a fixed size")
     }
 
     /// A named f32 constant table (RoPE, positional embedding); not a checkpoint key.
@@ -72,13 +183,14 @@ impl<'w> Ctx<'w> {
             .initializer(name, DType::F32, shape, TensorData::Bytes(bytes))?)
     }
 
-    /// `y = x W^T + b` on the last axis of `x` (any rank), with `{prefix}.weight` [out,in] and
-    /// optional `{prefix}.bias`. Runs in the linear dtype; returns f32.
-    pub fn linear(&mut self, x: Value, prefix: &str, bias: bool) -> Result<Value> {
+    /// `y = x W^T + b` on the last axis of `x` (any rank, `in` features), with `{prefix}.weight` `[out, in]` and
+    /// optional `{prefix}.bias` `[out]`. Runs in the linear dtype; returns f32.
+    pub fn linear(&mut self, x: Value, prefix: &str, out_features: usize, bias: bool) -> Result<Value> {
         let dt = self.linear_dtype;
-        let w = self.weight(&format!("{prefix}.weight"), dt)?;
+        let in_features = self.last_dim(x);
+        let w = self.weight(&format!("{prefix}.weight"), &[out_features, in_features], dt)?;
         let b = if bias {
-            Some(self.weight(&format!("{prefix}.bias"), dt)?)
+            Some(self.weight(&format!("{prefix}.bias"), &[out_features], dt)?)
         } else {
             None
         };
@@ -107,9 +219,10 @@ impl<'w> Ctx<'w> {
         .map_err(Into::into)
     }
 
-    /// RMSNorm over the last axis in f32, times the f32 weight `key` (spec 2.2: eps 1e-6).
+    /// RMSNorm over the last axis in f32, times the f32 weight `key` `[features]` (spec 2.2: eps 1e-6).
     pub fn rms_norm(&mut self, x: Value, key: &str) -> Result<Value> {
-        let w = self.weight(key, DType::F32)?;
+        let features = self.last_dim(x);
+        let w = self.weight(key, &[features], DType::F32)?;
         let eps = self.eps;
         let onnx23 = self.attention == AttentionMode::Onnx23;
         let scope = key.strip_suffix(".weight").unwrap_or(key).to_string();
@@ -129,6 +242,18 @@ impl<'w> Ctx<'w> {
             .map_err(Into::into)
     }
 
+    /// `{prefix}.0` (Linear `D -> 6D`) on the conditioning `c [B, D]`, split into the six named adaLN chunks, each
+    /// `[B, 1, D]` (patch blocks and both streams of an MM-DiT block).
+    pub fn adaln(&mut self, c: Value, prefix: &str, d: usize) -> Result<AdaLn> {
+        let b = self.g.shape(c)[0];
+        let m = self.linear(c, &format!("{prefix}.0"), 6 * d, true)?;
+        let chunks = self.g.scoped(prefix, |g| {
+            let m = g.reshape(m, &[b, Dim::Fixed(1), Dim::Fixed(6 * d)])?;
+            g.split(m, -1, &[d; 6])
+        })?;
+        Ok(AdaLn::from_chunks(&chunks))
+    }
+
     /// `x * (1 + scale) + shift` with broadcasting.
     pub fn modulate(&mut self, x: Value, shift: Value, scale: Value) -> Result<Value> {
         let g = &mut self.g;
@@ -138,15 +263,16 @@ impl<'w> Ctx<'w> {
         Ok(g.add(y, shift)?)
     }
 
-    /// SwiGLU `w2(SiLU(w1 x) * w3 x)`, no biases.
-    pub fn swiglu(&mut self, x: Value, prefix: &str) -> Result<Value> {
-        let a = self.linear(x, &format!("{prefix}.w1"), false)?;
-        let b = self.linear(x, &format!("{prefix}.w3"), false)?;
+    /// SwiGLU `w2(SiLU(w1 x) * w3 x)` with `hidden` features, no biases.
+    pub fn swiglu(&mut self, x: Value, prefix: &str, hidden: usize) -> Result<Value> {
+        let d = self.last_dim(x);
+        let a = self.linear(x, &format!("{prefix}.w1"), hidden, false)?;
+        let b = self.linear(x, &format!("{prefix}.w3"), hidden, false)?;
         let h = self.g.scoped(prefix, |g| {
             let a = g.silu(a)?;
             g.mul(a, b)
         })?;
-        self.linear(h, &format!("{prefix}.w2"), false)
+        self.linear(h, &format!("{prefix}.w2"), d, false)
     }
 
     /// Exact erf GELU `0.5 x (1 + erf(x / sqrt 2))`.
@@ -178,9 +304,9 @@ impl<'w> Ctx<'w> {
         let width = shape[2].fixed().expect("fixed width");
         let dh = width / heads;
         let s = hs * ws;
-        let qkv = self.linear(x, &format!("{prefix}.qkv"), false)?;
-        let qn = self.weight(&format!("{prefix}.q_norm.weight"), DType::F32)?;
-        let kn = self.weight(&format!("{prefix}.k_norm.weight"), DType::F32)?;
+        let qkv = self.linear(x, &format!("{prefix}.qkv"), 3 * width, false)?;
+        let qn = self.weight(&format!("{prefix}.q_norm.weight"), &[dh], DType::F32)?;
+        let kn = self.weight(&format!("{prefix}.k_norm.weight"), &[dh], DType::F32)?;
         let (cos, sin) = custom_op::rope_2d_tables(hs, ws, dh, theta);
         let table_shape = if self.attention == AttentionMode::Decomposed {
             vec![s, dh / 2, 1]
@@ -236,7 +362,7 @@ impl<'w> Ctx<'w> {
                 })?
             }
         };
-        self.linear(o, &format!("{prefix}.proj"), true)
+        self.linear(o, &format!("{prefix}.proj"), width, true)
     }
 
     /// Position ids `[B, S]` (0..S per row) for opset-23 `RotaryEmbedding`, built once per S.

@@ -54,12 +54,24 @@ pub struct KeyReport {
     pub dropped: Vec<String>,
 }
 
-/// A set of named weight tensors.
+/// A set of named weight tensors: an opened checkpoint, or deterministic random values made on request. Which
+/// keys exist and their shapes is the model files' business: they ask for each tensor with its shape
+/// ([`Weights::source_for`]), and the unused keys are the ones nobody asked for.
 pub struct Weights {
     entries: BTreeMap<String, Entry>,
     origin: String,
     path: Option<PathBuf>,
     dropped: Vec<String>,
+    /// `Some(seed)`: every requested key is made up from (seed, key) ([`Weights::random`]).
+    random_seed: Option<u64>,
+}
+
+/// What [`Weights::source_for`] found for a key.
+pub enum Lookup {
+    /// The tensor, with the requested shape.
+    Found(Arc<dyn F32Source>),
+    /// No such key.
+    Missing,
 }
 
 impl Weights {
@@ -176,42 +188,19 @@ impl Weights {
             origin: "checkpoint".into(),
             path: Some(path.to_path_buf()),
             dropped,
+            random_seed: None,
         })
     }
 
-    /// Deterministic random weights for every key of `shapes`: norm weights are 1, other tensors
-    /// N(0, 1/fan_in) (N(0, 0.02) for 1-D), each from a ChaCha8 stream seeded by (seed, key).
-    pub fn random(shapes: &[(String, Vec<usize>)], seed: u64) -> Self {
-        let entries = shapes
-            .iter()
-            .map(|(k, s)| {
-                // `norm_x1.`, `q_norm_y.`: the per-stream norms of the T2I MM-DiT blocks.
-                let is_norm = k.ends_with("norm.weight")
-                    || k.contains("norm1.")
-                    || k.contains("norm2.")
-                    || k.contains("norm_");
-                let kind = if is_norm {
-                    InitKind::Ones
-                } else if s.len() == 1 {
-                    InitKind::Normal(0.02)
-                } else {
-                    InitKind::Normal(1.0 / (s[s.len() - 1] as f32).sqrt())
-                };
-                (
-                    k.clone(),
-                    Entry::Random {
-                        seed: seed ^ fnv1a(k.as_bytes()),
-                        shape: s.clone(),
-                        kind,
-                    },
-                )
-            })
-            .collect();
+    /// Deterministic random weights: any key requested with a shape gets norm weights 1, other tensors N(0,
+    /// 1/fan_in) (N(0, 0.02) for 1-D), each from a ChaCha8 stream seeded by (seed, key).
+    pub fn random(seed: u64) -> Self {
         Weights {
-            entries,
+            entries: BTreeMap::new(),
             origin: format!("random-init:seed={seed}"),
             path: None,
             dropped: Vec::new(),
+            random_seed: Some(seed),
         }
     }
 
@@ -227,62 +216,75 @@ impl Weights {
             .unwrap_or_else(|| self.origin.clone())
     }
 
-    /// Checks that every expected key exists with the expected shape; returns unused and dropped keys.
-    pub fn check(&self, expected: &[(String, Vec<usize>)]) -> Result<KeyReport> {
-        let missing: Vec<String> = expected
-            .iter()
-            .filter(|(k, _)| !self.entries.contains_key(k))
-            .map(|(k, _)| k.clone())
-            .collect();
+    /// The tensor `key`, which the model reads with `shape`: its lazy f32 source (converted from f16/bf16 when
+    /// stored so), [`Lookup::Missing`] when the checkpoint has no such key, or an error naming the file and key
+    /// when its shape or dtype differs.
+    pub fn source_for(&self, key: &str, shape: &[usize]) -> Result<Lookup> {
+        let entry = match (self.entries.get(key), self.random_seed) {
+            (Some(e), _) => e.clone(),
+            (None, Some(seed)) => Entry::Random {
+                seed: seed ^ fnv1a(key.as_bytes()),
+                shape: shape.to_vec(),
+                kind: init_kind(key, shape),
+            },
+            (None, None) => return Ok(Lookup::Missing),
+        };
+        if let Entry::Mapped {
+            dtype, shape: found, ..
+        } = &entry
+        {
+            if found.as_slice() != shape {
+                return Err(ExportError::ShapeMismatch {
+                    path: self.path_str(),
+                    key: key.to_string(),
+                    expected: shape.to_vec(),
+                    found: found.clone(),
+                });
+            }
+            if !matches!(
+                dtype,
+                safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16
+            ) {
+                return Err(ExportError::Checkpoint {
+                    path: self.path_str(),
+                    reason: format!("key '{key}' has dtype {dtype:?}, expected F32, F16 or BF16"),
+                });
+            }
+        }
+        Ok(Lookup::Found(Arc::new(Lazy {
+            key: key.to_string(),
+            entry,
+        })))
+    }
+
+    /// The report for a model that read exactly `read`: checkpoint keys it did not read, and the training-only
+    /// keys dropped on load; an error listing every key of `missing` (keys it asked for that are absent).
+    pub fn report(&self, read: &BTreeSet<String>, missing: &[String]) -> Result<KeyReport> {
         if !missing.is_empty() {
             return Err(ExportError::MissingKeys {
                 path: self.path_str(),
-                keys: missing,
+                keys: missing.to_vec(),
             });
         }
-        for (k, shape) in expected {
-            let found = self.shape(k).expect("checked above");
-            if found != shape.as_slice() {
-                return Err(ExportError::ShapeMismatch {
-                    path: self.path_str(),
-                    key: k.clone(),
-                    expected: shape.clone(),
-                    found: found.to_vec(),
-                });
-            }
-            if let Some(Entry::Mapped { dtype, .. }) = self.entries.get(k) {
-                if !matches!(
-                    dtype,
-                    safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16
-                ) {
-                    return Err(ExportError::Checkpoint {
-                        path: self.path_str(),
-                        reason: format!("key '{k}' has dtype {dtype:?}, expected F32, F16 or BF16"),
-                    });
-                }
-            }
-        }
-        let wanted: BTreeSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
-        let unused = self
-            .entries
-            .keys()
-            .filter(|k| !wanted.contains(k.as_str()))
-            .cloned()
-            .collect();
         Ok(KeyReport {
-            unused,
+            unused: self
+                .entries
+                .keys()
+                .filter(|k| !read.contains(*k))
+                .cloned()
+                .collect(),
             dropped: self.dropped.clone(),
         })
     }
 
-    /// Shape of a key.
+    /// Shape of a key stored in the checkpoint.
     pub fn shape(&self, key: &str) -> Option<&[usize]> {
         self.entries.get(key).map(|e| match e {
             Entry::Mapped { shape, .. } | Entry::Random { shape, .. } => shape.as_slice(),
         })
     }
 
-    /// A lazy f32 source for a key (converted from f16/bf16 when stored so).
+    /// A lazy f32 source for a key stored in the checkpoint (no shape check; tools and tests).
     pub fn source(&self, key: &str) -> Option<Arc<dyn F32Source>> {
         self.entries.get(key).map(|e| {
             Arc::new(Lazy {
@@ -290,6 +292,27 @@ impl Weights {
                 entry: e.clone(),
             }) as Arc<dyn F32Source>
         })
+    }
+
+    /// Keys stored in the checkpoint (after prefix stripping), sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+}
+
+/// How a random tensor is initialised: norm weights 1 (`norm_x1.`, `q_norm_y.`: the per-stream norms of the T2I
+/// MM-DiT blocks), 1-D tensors N(0, 0.02), others N(0, 1/fan_in).
+fn init_kind(key: &str, shape: &[usize]) -> InitKind {
+    let is_norm = key.ends_with("norm.weight")
+        || key.contains("norm1.")
+        || key.contains("norm2.")
+        || key.contains("norm_");
+    if is_norm {
+        InitKind::Ones
+    } else if shape.len() == 1 {
+        InitKind::Normal(0.02)
+    } else {
+        InitKind::Normal(1.0 / (shape[shape.len() - 1] as f32).sqrt())
     }
 }
 

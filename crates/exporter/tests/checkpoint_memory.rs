@@ -269,8 +269,8 @@ fn official_size_lightning_checkpoint_converts_with_bounded_memory() {
     let base = std::env::var_os("PIXELDIT_MEMORY_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    let shapes = cfg.parameter_shapes();
-    let params = cfg.parameter_count() as u64;
+    let shapes = pixeldit_exporter::model::parameter_shapes(&cfg).unwrap();
+    let params = pixeldit_exporter::model::parameter_count(&cfg).unwrap() as u64;
     let (ckpt_bytes, onnx_bytes) = (16 * params, 4 * params);
     let need = ckpt_bytes + onnx_bytes + (1 << 30);
     match free_disk_bytes(&base) {

@@ -46,9 +46,8 @@ fn parameter_counts_from_initializers() {
             .filter(|(_, i)| i.is_weight())
             .map(|(_, i)| i.name.clone())
             .collect();
-        let expected: Vec<_> = opts
-            .config
-            .parameter_shapes()
+        let expected: Vec<_> = pixeldit_exporter::model::parameter_shapes(&opts.config)
+            .unwrap()
             .into_iter()
             .map(|(k, _)| k)
             .collect();

@@ -20,14 +20,18 @@ pub fn timestep_embedder(cx: &mut Ctx, cfg: &ModelConfig, t: Value) -> Result<Va
         let s = g.sin(args)?;
         g.concat(&[c, s], -1)
     })?;
-    let h = cx.linear(emb, "t_embedder.mlp.0", true)?;
+    let h = cx.linear(emb, "t_embedder.mlp.0", cfg.hidden_size, true)?;
     let h = cx.g.scoped("t_embedder.mlp.1", |g| g.silu(h))?;
-    cx.linear(h, "t_embedder.mlp.2", true)
+    cx.linear(h, "t_embedder.mlp.2", cfg.hidden_size, true)
 }
 
 /// Class embedding table lookup: `[B] int64 -> [B, D]` (row `num_classes` is the null class).
-pub fn label_embedder(cx: &mut Ctx, y: Value) -> Result<Value> {
-    let table = cx.weight("y_embedder.embedding_table.weight", DType::F32)?;
+pub fn label_embedder(cx: &mut Ctx, cfg: &ModelConfig, y: Value) -> Result<Value> {
+    let table = cx.weight(
+        "y_embedder.embedding_table.weight",
+        &[cfg.num_classes + 1, cfg.hidden_size],
+        DType::F32,
+    )?;
     Ok(cx.g.scoped("y_embedder", |g| g.gather(table, y, 0))?)
 }
 
@@ -51,7 +55,7 @@ pub fn patch_embedder(cx: &mut Ctx, cfg: &ModelConfig, x: Value, hs: usize, ws: 
         let t = g.transpose(r, &[0, 2, 4, 1, 3, 5])?;
         g.reshape(t, &[b, Dim::Fixed(hs * ws), Dim::Fixed(c * p * p)])
     })?;
-    cx.linear(tokens, "s_embedder.proj", true)
+    cx.linear(tokens, "s_embedder.proj", cfg.hidden_size, true)
 }
 
 /// The fixed 2D sin-cos pixel positional embedding `[H, W, 16]` (spec 2.3 step 9): per pixel
@@ -82,7 +86,7 @@ pub fn pixel_embedder(cx: &mut Ctx, cfg: &ModelConfig, x: Value, hs: usize, ws: 
     let dp = cfg.pixel_hidden_size;
     let b = cx.g.shape(x)[0];
     let pixels = cx.g.scoped("pixel_embedder", |g| g.transpose(x, &[0, 2, 3, 1]))?;
-    let e = cx.linear(pixels, "pixel_embedder.proj", true)?;
+    let e = cx.linear(pixels, "pixel_embedder.proj", cfg.pixel_hidden_size, true)?;
     let pe = cx.table(
         &format!("pixeldit.pixel_pos_embed.{h}x{w}"),
         vec![h, w, dp],

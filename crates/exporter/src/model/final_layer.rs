@@ -17,7 +17,7 @@ pub fn final_layer(
     let p = cfg.patch_size;
     let c = cfg.in_channels;
     let h = cx.rms_norm(x, "final_layer.norm.weight")?;
-    let o = cx.linear(h, "final_layer.linear", true)?;
+    let o = cx.linear(h, "final_layer.linear", cfg.in_channels, true)?;
     Ok(cx.g.scoped("final_layer", |g| {
         let r = g.reshape(
             o,

@@ -1,7 +1,7 @@
 //! `pixel_blocks.{i}`: the PiT block (pixel-wise AdaLN, token compaction, attention, GELU MLP),
 //! spec 2.3 step 10.
 
-use crate::nn::Ctx;
+use crate::nn::{AdaLn, Ctx};
 use crate::Result;
 use pixeldit_graph::{Dim, Value};
 use pixeldit_spec::ModelConfig;
@@ -29,7 +29,7 @@ pub fn pixel_block(
     let pix = [rows, Dim::Fixed(p2), Dim::Fixed(dp)];
 
     // Pixel-wise AdaLN: rows are laid out [pixel][6][D_pix].
-    let m = cx.linear(s_cond, &format!("{pre}.adaLN_modulation.0"), true)?;
+    let m = cx.linear(s_cond, &format!("{pre}.adaLN_modulation.0"), 6 * dp * p2, true)?;
     let chunks = cx.g.scoped(&format!("{pre}.adaLN_modulation"), |g| {
         let m = g.reshape(m, &[rows, Dim::Fixed(p2), Dim::Fixed(6), Dim::Fixed(dp)])?;
         let parts = g.split(m, 2, &[1; 6])?;
@@ -38,16 +38,21 @@ pub fn pixel_block(
             .map(|v| g.reshape(v, &pix))
             .collect::<pixeldit_graph::Result<Vec<_>>>()
     })?;
-    let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] = chunks[..] else {
-        unreachable!()
-    };
+    let AdaLn {
+        shift_msa,
+        scale_msa,
+        gate_msa,
+        shift_mlp,
+        scale_mlp,
+        gate_mlp,
+    } = AdaLn::from_chunks(&chunks);
 
     let xn = cx.rms_norm(x, &format!("{pre}.norm1.weight"))?;
     let xn = cx.modulate(xn, shift_msa, scale_msa)?;
     // Token compaction: one token per patch.
     let flat =
         cx.g.scoped(&pre, |g| g.reshape(xn, &[rows, Dim::Fixed(p2 * dp)]))?;
-    let tok = cx.linear(flat, &format!("{pre}.compress_to_attn"), true)?;
+    let tok = cx.linear(flat, &format!("{pre}.compress_to_attn"), a, true)?;
     let tok =
         cx.g.scoped(&pre, |g| g.reshape(tok, &[batch, Dim::Fixed(l), Dim::Fixed(a)]))?;
     let att = cx.rotary_attention(
@@ -59,7 +64,7 @@ pub fn pixel_block(
         cfg.rope_theta,
     )?;
     let att = cx.g.scoped(&pre, |g| g.reshape(att, &[rows, Dim::Fixed(a)]))?;
-    let exp = cx.linear(att, &format!("{pre}.expand_from_attn"), true)?;
+    let exp = cx.linear(att, &format!("{pre}.expand_from_attn"), p2 * dp, true)?;
     let x = cx.g.scoped(&pre, |g| {
         let e = g.reshape(exp, &pix)?;
         let ge = g.mul(gate_msa, e)?;
@@ -68,9 +73,9 @@ pub fn pixel_block(
 
     let h = cx.rms_norm(x, &format!("{pre}.norm2.weight"))?;
     let h = cx.modulate(h, shift_mlp, scale_mlp)?;
-    let h = cx.linear(h, &format!("{pre}.mlp.fc1"), true)?;
+    let h = cx.linear(h, &format!("{pre}.mlp.fc1"), dp * cfg.pixel_mlp_ratio, true)?;
     let h = cx.gelu(h, &format!("{pre}.mlp.act"))?;
-    let h = cx.linear(h, &format!("{pre}.mlp.fc2"), true)?;
+    let h = cx.linear(h, &format!("{pre}.mlp.fc2"), dp, true)?;
     Ok(cx.g.scoped(&pre, |g| {
         let gh = g.mul(gate_mlp, h)?;
         g.add(x, gh)

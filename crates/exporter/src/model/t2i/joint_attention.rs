@@ -35,8 +35,8 @@ pub fn joint_rotary_attention(
     let si = hs * ws;
     let st = cx.g.shape(y)[1].fixed().expect("fixed text length");
     let batch = cx.g.shape(x)[0];
-    let qkv_x = cx.linear(x, &format!("{prefix}.qkv_x"), false)?;
-    let qkv_y = cx.linear(y, &format!("{prefix}.qkv_y"), false)?;
+    let qkv_x = cx.linear(x, &format!("{prefix}.qkv_x"), 3 * width, false)?;
+    let qkv_y = cx.linear(y, &format!("{prefix}.qkv_y"), 3 * width, false)?;
     let (icos, isin) = custom_op::rope_2d_tables(hs, ws, dh, cfg.rope_theta);
     let (tcos, tsin) = custom_op::rope_1d_tables(st, dh, text.rope_theta);
     let scale = 1.0 / (dh as f32).sqrt();
@@ -52,7 +52,7 @@ pub fn joint_rotary_attention(
             let sin = cx.table(&format!("{name}.sin"), vec![st + si, dh / 2], &sin)?;
             let mut norms = Vec::new();
             for k in ["q_norm_y", "k_norm_y", "q_norm_x", "k_norm_x"] {
-                norms.push(cx.weight(&format!("{prefix}.{k}.weight"), DType::F32)?);
+                norms.push(cx.weight(&format!("{prefix}.{k}.weight"), &[dh], DType::F32)?);
             }
             cx.g.scoped(prefix, |g| {
                 g.set_domain_version(custom_op::DOMAIN, custom_op::VERSION);
@@ -144,9 +144,9 @@ pub fn joint_rotary_attention(
         }
     };
     let parts = cx.g.scoped(prefix, |g| g.split(out, 1, &[st, si]))?;
-    let ox = cx.linear(parts[1], &format!("{prefix}.proj_x"), true)?;
+    let ox = cx.linear(parts[1], &format!("{prefix}.proj_x"), width, true)?;
     let oy = if text_out {
-        Some(cx.linear(parts[0], &format!("{prefix}.proj_y"), true)?)
+        Some(cx.linear(parts[0], &format!("{prefix}.proj_y"), width, true)?)
     } else {
         None
     };

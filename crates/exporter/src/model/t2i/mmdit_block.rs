@@ -4,19 +4,8 @@
 use super::joint_attention::joint_rotary_attention;
 use crate::nn::Ctx;
 use crate::Result;
-use pixeldit_graph::{Dim, Value};
+use pixeldit_graph::Value;
 use pixeldit_spec::ModelConfig;
-
-/// `adaLN_modulation_{img,txt}.0` on `c [B, D]`, chunked as shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp,
-/// gate_mlp, each `[B, 1, D]`.
-fn modulation(cx: &mut Ctx, prefix: &str, c: Value, d: usize) -> Result<Vec<Value>> {
-    let b = cx.g.shape(c)[0];
-    let m = cx.linear(c, &format!("{prefix}.0"), true)?;
-    Ok(cx.g.scoped(prefix, |g| {
-        let m = g.reshape(m, &[b, Dim::Fixed(1), Dim::Fixed(6 * d)])?;
-        g.split(m, -1, &[d; 6])
-    })?)
-}
 
 /// `x + gate * f`.
 fn gated(cx: &mut Ctx, scope: &str, x: Value, gate: Value, f: Value) -> Result<Value> {
@@ -42,26 +31,41 @@ pub fn mmdit_block(
 ) -> Result<(Value, Option<Value>)> {
     let pre = format!("patch_blocks.{i}");
     let d = cfg.hidden_size;
-    let mx = modulation(cx, &format!("{pre}.adaLN_modulation_img"), c, d)?;
-    let my = modulation(cx, &format!("{pre}.adaLN_modulation_txt"), c, d)?;
+    let f = cfg.mlp_hidden();
+    let mx = cx.adaln(c, &format!("{pre}.adaLN_modulation_img"), d)?;
+    let my = cx.adaln(c, &format!("{pre}.adaLN_modulation_txt"), d)?;
 
     let xn = cx.rms_norm(x, &format!("{pre}.norm_x1.weight"))?;
-    let xn = cx.modulate(xn, mx[0], mx[1])?;
+    let xn = cx.modulate(xn, mx.shift_msa, mx.scale_msa)?;
     let yn = cx.rms_norm(y, &format!("{pre}.norm_y1.weight"))?;
-    let yn = cx.modulate(yn, my[0], my[1])?;
+    let yn = cx.modulate(yn, my.shift_msa, my.scale_msa)?;
     let (ax, ay) = joint_rotary_attention(cx, cfg, &format!("{pre}.attn"), xn, yn, hs, ws, text_out)?;
 
-    let x = gated(cx, &format!("{pre}.x"), x, mx[2], ax)?;
+    let x = gated(cx, &format!("{pre}.x"), x, mx.gate_msa, ax)?;
     let h = cx.rms_norm(x, &format!("{pre}.norm_x2.weight"))?;
-    let h = cx.modulate(h, mx[3], mx[4])?;
-    let f = cx.swiglu(h, &format!("{pre}.mlp_x"))?;
-    let x = gated(cx, &format!("{pre}.x"), x, mx[5], f)?;
+    let h = cx.modulate(h, mx.shift_mlp, mx.scale_mlp)?;
+    let h = cx.swiglu(h, &format!("{pre}.mlp_x"), f)?;
+    let x = gated(cx, &format!("{pre}.x"), x, mx.gate_mlp, h)?;
 
-    let Some(ay) = ay else { return Ok((x, None)) };
-    let y = gated(cx, &format!("{pre}.y"), y, my[2], ay)?;
+    let Some(ay) = ay else {
+        // The last block's text stream output is dead in the official model: its keys exist in checkpoints but
+        // feed nothing.
+        for (key, shape) in [
+            ("attn.proj_y.weight", vec![d, d]),
+            ("attn.proj_y.bias", vec![d]),
+            ("norm_y2.weight", vec![d]),
+            ("mlp_y.w1.weight", vec![f, d]),
+            ("mlp_y.w3.weight", vec![f, d]),
+            ("mlp_y.w2.weight", vec![d, f]),
+        ] {
+            cx.declare_unused(&format!("{pre}.{key}"), &shape)?;
+        }
+        return Ok((x, None));
+    };
+    let y = gated(cx, &format!("{pre}.y"), y, my.gate_msa, ay)?;
     let h = cx.rms_norm(y, &format!("{pre}.norm_y2.weight"))?;
-    let h = cx.modulate(h, my[3], my[4])?;
-    let f = cx.swiglu(h, &format!("{pre}.mlp_y"))?;
-    let y = gated(cx, &format!("{pre}.y"), y, my[5], f)?;
+    let h = cx.modulate(h, my.shift_mlp, my.scale_mlp)?;
+    let h = cx.swiglu(h, &format!("{pre}.mlp_y"), f)?;
+    let y = gated(cx, &format!("{pre}.y"), y, my.gate_mlp, h)?;
     Ok((x, Some(y)))
 }

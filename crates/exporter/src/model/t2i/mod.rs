@@ -20,26 +20,6 @@ use crate::nn::Ctx;
 use crate::{ExportError, Result};
 use pixeldit_spec::{io, ModelConfig};
 
-/// Checkpoint keys the graph does not use: the text-side output of the last MM-DiT block (dead in the official
-/// model).
-pub fn dead_keys(cfg: &ModelConfig) -> Vec<String> {
-    if cfg.patch_depth == 0 {
-        return Vec::new();
-    }
-    let b = format!("patch_blocks.{}.", cfg.patch_depth - 1);
-    [
-        "attn.proj_y.weight",
-        "attn.proj_y.bias",
-        "norm_y2.weight",
-        "mlp_y.w1.weight",
-        "mlp_y.w3.weight",
-        "mlp_y.w2.weight",
-    ]
-    .iter()
-    .map(|k| format!("{b}{k}"))
-    .collect()
-}
-
 /// Builds `v = model(x, t, text)` at a fixed `height x width` into `cx.g`.
 pub fn build(cx: &mut Ctx, cfg: &ModelConfig, height: usize, width: usize) -> Result<()> {
     cfg.check_size(height, width)?;
@@ -62,7 +42,7 @@ pub fn build(cx: &mut Ctx, cfg: &ModelConfig, height: usize, width: usize) -> Re
     // Conditioning c = SiLU(t_emb), no pooled text.
     let t_emb = embedders::timestep_embedder(cx, cfg, t)?;
     let c = cx.g.scoped("c", |g| g.silu(t_emb))?;
-    let mut y = text_embedder::text_embedder(cx, text)?;
+    let mut y = text_embedder::text_embedder(cx, cfg, text)?;
 
     // Patch level: MM-DiT blocks over [text; image].
     let mut s = embedders::patch_embedder(cx, cfg, x, hs, ws)?;
