@@ -9,6 +9,7 @@
 //! * [`sampler`]: time grid, `flow_dpm` / `euler` / `heun` updates and batched classifier-free guidance, as pure
 //!   functions.
 //! * [`model`]: reads the `pixeldit.metadata` JSON and the node list of a model file without a backend.
+//! * [`prompt`]: the Gemma-2 tokenizer (`tokenizer.json`) and the official text-to-image prompt recipe.
 //! * [`io`]: seeded noise, `.npy`, PNG, atomic writes. [`bench`]: latency measurement and `BENCHMARKS.md` rows.
 //!
 //! ```no_run
@@ -42,6 +43,7 @@ pub mod kernel;
 pub mod kernel_joint;
 pub mod lowp;
 pub mod model;
+pub mod prompt;
 pub mod sampler;
 pub mod t2i;
 
