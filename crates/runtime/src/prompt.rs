@@ -133,10 +133,11 @@ impl PromptTokenizer {
     /// its own. The vocabulary must contain [`PAD_TOKEN`].
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| RuntimeError::io(path, e))?;
-        let mut tokenizer = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| RuntimeError::Tokenizer {
-            path: path.to_path_buf(),
-            reason: format!("not a Hugging Face tokenizer.json: {e}"),
-        })?;
+        let mut tokenizer =
+            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| RuntimeError::Tokenizer {
+                path: path.to_path_buf(),
+                reason: format!("not a Hugging Face tokenizer.json: {e}"),
+            })?;
         tokenizer
             .with_truncation(None)
             .map_err(|e| RuntimeError::Tokenizer {
@@ -148,7 +149,9 @@ impl PromptTokenizer {
             .token_to_id(PAD_TOKEN)
             .ok_or_else(|| RuntimeError::Tokenizer {
                 path: path.to_path_buf(),
-                reason: format!("the vocabulary has no padding token '{PAD_TOKEN}' (is this Gemma's tokenizer?)"),
+                reason: format!(
+                    "the vocabulary has no padding token '{PAD_TOKEN}' (is this Gemma's tokenizer?)"
+                ),
             })?;
         let mut this = PromptTokenizer {
             tokenizer,
@@ -276,9 +279,21 @@ mod tests {
                 k => panic!("unknown kind {k}"),
             };
             let got = tok.encode_for(kind, text).unwrap();
-            assert_eq!(got.input_ids, golden_i64(&st, &format!("{name}.input_ids")), "{name} ids");
-            assert_eq!(got.attention_mask, golden_i64(&st, &format!("{name}.attention_mask")), "{name} mask");
-            assert_eq!(got.truncated.is_some(), case["truncated"].as_bool().unwrap(), "{name} truncation");
+            assert_eq!(
+                got.input_ids,
+                golden_i64(&st, &format!("{name}.input_ids")),
+                "{name} ids"
+            );
+            assert_eq!(
+                got.attention_mask,
+                golden_i64(&st, &format!("{name}.attention_mask")),
+                "{name} mask"
+            );
+            assert_eq!(
+                got.truncated.is_some(),
+                case["truncated"].as_bool().unwrap(),
+                "{name} truncation"
+            );
             assert_eq!(got.keep.len(), TEXT_TOKENS);
             assert_eq!(*got.keep.last().unwrap(), got.len() - 1);
             let text_rows = st.tensor(&format!("{name}.text")).unwrap().shape()[0];
@@ -290,7 +305,11 @@ mod tests {
     fn truncation_is_reported_with_counts() {
         let tok = tokenizer();
         let long = "the digit seven ".repeat(200);
-        let t = tok.prompt(&long).unwrap().truncated.expect("a long prompt is truncated");
+        let t = tok
+            .prompt(&long)
+            .unwrap()
+            .truncated
+            .expect("a long prompt is truncated");
         assert_eq!(t.limit, tok.chi_tokens() + TEXT_TOKENS - 2);
         assert!(t.tokens > t.limit);
         assert!(tok.prompt("a 7").unwrap().truncated.is_none());
@@ -305,9 +324,15 @@ mod tests {
         let hidden: Vec<usize> = (0..input.len() * width).collect();
         let text = input.select(&hidden, width).unwrap();
         assert_eq!(text.len(), TEXT_TOKENS * width);
-        assert_eq!(&text[..4], &[0, 1, (input.len() - 299) * 2, (input.len() - 299) * 2 + 1]);
+        assert_eq!(
+            &text[..4],
+            &[0, 1, (input.len() - 299) * 2, (input.len() - 299) * 2 + 1]
+        );
         assert_eq!(*text.last().unwrap(), hidden.len() - 1);
-        assert!(matches!(input.select(&hidden[1..], width), Err(RuntimeError::Shape(_))));
+        assert!(matches!(
+            input.select(&hidden[1..], width),
+            Err(RuntimeError::Shape(_))
+        ));
     }
 
     #[test]
