@@ -130,7 +130,7 @@ fn self_attention(
     let kt = g.transpose(k, &[0, 2, 3, 4, 1])?; // [B, KV, 1, Dh, S]
     let v = g.transpose(v, &[0, 2, 3, 1, 4])?; // [B, KV, 1, S, Dh]
     let scores = g.matmul(q, kt)?; // [B, KV, G, S, S]
-    let scaling = g.scalar(DType::F32, (cfg.query_pre_attn_scalar as f64).powf(-0.5) as f32)?;
+    let scaling = g.scalar(DType::F32, cfg.query_pre_attn_scalar.powf(-0.5) as f32)?;
     let mut scores = g.mul(scores, scaling)?;
     if let Some(cap) = cfg.attn_logit_softcapping {
         let c = g.scalar(DType::F32, cap)?;
