@@ -12,9 +12,9 @@ Writes ``[300, 2304]`` float32 safetensors files for ``pixeldit-run --text-embed
 
 No attention mask reaches PixelDiT: the padding positions' hidden states are part of the input.
 
-NOT RUN IN THIS REPOSITORY: it needs ``torch``, ``transformers`` and the Gemma weights
-(``Efficient-Large-Model/gemma-2-2b-it``, SANA's copy), none of which the project installs; it transcribes the
-upstream code path for users who have them.
+Needs ``torch``, ``transformers`` and the Gemma weights (``Efficient-Large-Model/gemma-2-2b-it``, SANA's copy),
+none of which the project's tests install; it transcribes the upstream code path. ``reference/gen_gemma_golden.py``
+runs it (``prompt_embeddings``/``negative_embeddings``) on a tiny random Gemma-2 for ``tests/golden/gemma/``.
 
 Usage: gemma_text_embeddings.py "a cat on a windowsill" prompt.safetensors [--negative "" neg.safetensors]
 """
@@ -39,36 +39,73 @@ CHI_PROMPT = "\n".join([
 MAX_LENGTH = 300
 
 
+def load(model, device="cpu", dtype="bfloat16", tokenizer=None):
+    """Tokenizer (right padding) and the Gemma-2 decoder of ``model`` (a Hugging Face name or directory)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer or model)
+    tok.padding_side = "right"
+    enc = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).get_decoder().to(device).eval()
+    return tok, enc
+
+
+def prompt_embeddings(tok, enc, prompt):
+    """The official prompt path: CHI + prompt, ``len(tokenize(chi)) + 300 - 2`` tokens, keep token 0 and the last 299.
+
+    Returns ``(input_ids [L], attention_mask [L], text [300, D] float32, truncated)``, torch tensors on the CPU.
+    """
+    import torch
+
+    text = CHI_PROMPT + prompt.strip()
+    max_len = len(tok.encode(CHI_PROMPT)) + MAX_LENGTH - 2
+    t = tok([text], max_length=max_len, padding="max_length", truncation=True, return_tensors="pt").to(enc.device)
+    with torch.no_grad():
+        h = enc(t.input_ids, t.attention_mask)[0]
+    select = [0] + list(range(-MAX_LENGTH + 1, 0))
+    truncated = len(tok.encode(text)) > max_len
+    return t.input_ids[0].cpu(), t.attention_mask[0].cpu(), h[0, select].float().cpu().contiguous(), truncated
+
+
+def negative_embeddings(tok, enc, negative):
+    """The official negative-prompt path: no CHI, 300 tokens, all kept. Same return values as prompt_embeddings."""
+    import torch
+
+    t = tok([negative], max_length=MAX_LENGTH, padding="max_length", truncation=True,
+            return_tensors="pt").to(enc.device)
+    with torch.no_grad():
+        h = enc(t.input_ids, t.attention_mask)[0]
+    truncated = len(tok.encode(negative)) > MAX_LENGTH
+    return t.input_ids[0].cpu(), t.attention_mask[0].cpu(), h[0, :MAX_LENGTH].float().cpu().contiguous(), truncated
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("prompt")
     ap.add_argument("out")
     ap.add_argument("--negative", nargs=2, metavar=("TEXT", "OUT"))
     ap.add_argument("--model", default="Efficient-Large-Model/gemma-2-2b-it")
+    ap.add_argument("--tokenizer", help="tokenizer name or directory (default: --model)")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                    help="the official pipeline runs the encoder in bfloat16")
     a = ap.parse_args()
 
-    import torch
+    import sys
+
     from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(a.model)
-    tok.padding_side = "right"
-    enc = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.bfloat16).get_decoder().to(a.device).eval()
-
-    with torch.no_grad():
-        max_len = len(tok.encode(CHI_PROMPT)) + MAX_LENGTH - 2
-        t = tok([CHI_PROMPT + a.prompt.strip()], max_length=max_len, padding="max_length", truncation=True,
-                return_tensors="pt").to(a.device)
-        h = enc(t.input_ids, t.attention_mask)[0]
-        select = [0] + list(range(-MAX_LENGTH + 1, 0))
-        save_file({"text": h[0, select].float().cpu().contiguous()}, a.out)
-        if a.negative:
-            text, out = a.negative
-            t = tok([text], max_length=MAX_LENGTH, padding="max_length", truncation=True,
-                    return_tensors="pt").to(a.device)
-            h = enc(t.input_ids, t.attention_mask)[0]
-            save_file({"text": h[0, :MAX_LENGTH].float().cpu().contiguous()}, out)
+    tok, enc = load(a.model, a.device, a.dtype, a.tokenizer)
+    _, _, text, truncated = prompt_embeddings(tok, enc, a.prompt)
+    if truncated:
+        print("warning: the prompt was truncated to the official token limit", file=sys.stderr)
+    save_file({"text": text}, a.out)
+    if a.negative:
+        negative, out = a.negative
+        _, _, text, truncated = negative_embeddings(tok, enc, negative)
+        if truncated:
+            print(f"warning: the negative prompt was truncated to {MAX_LENGTH} tokens", file=sys.stderr)
+        save_file({"text": text}, out)
 
 
 if __name__ == "__main__":

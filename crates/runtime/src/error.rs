@@ -82,6 +82,9 @@ pub enum RuntimeError {
     /// A Triton Inference Server request failed or the served model does not fit (names the server).
     #[error("Triton server {url}: {message}")]
     Triton { url: String, message: String },
+    /// A `tokenizer.json` that cannot be loaded or used for the prompt recipe (names the file and what is wrong).
+    #[error("tokenizer {}: {reason}", path.display())]
+    Tokenizer { path: PathBuf, reason: String },
     /// PNG encoding failed.
     #[error("{}: PNG encoding failed: {message}", path.display())]
     Png { path: PathBuf, message: String },

@@ -11,6 +11,7 @@
 //! * [`lowp`]: BFLOAT16/FLOAT8 decoding and rounding for tract's load-time rewrite (tract has no such types).
 //! * [`samplers`]: the class-conditional flow sampler and the text-to-image DPM-Solver++ 2M, as pure functions.
 //! * [`model`]: reads the `pixeldit.metadata` JSON and the node list of a model file without a backend.
+//! * [`prompt`]: the Gemma-2 tokenizer (`tokenizer.json`) and the official text-to-image prompt recipe.
 //! * [`io`]: seeded noise, `.npy`, text embeddings, PNG, atomic writes.
 //! * [`bench`]: per-forward latency measurement.
 //!
@@ -46,6 +47,7 @@ pub mod io;
 pub mod lowp;
 pub mod model;
 pub mod ops;
+pub mod prompt;
 pub mod samplers;
 pub mod tensor;
 

@@ -4,6 +4,7 @@
 
 mod embedders;
 mod final_layer;
+pub mod gemma;
 mod patch_block;
 mod pixel_block;
 pub mod t2i;

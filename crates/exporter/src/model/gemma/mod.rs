@@ -1,0 +1,389 @@
+//! The Gemma-2 text encoder of PixelDiT-T2I (transformers' `Gemma2Model`, i.e.
+//! `AutoModelForCausalLM.from_pretrained("Efficient-Large-Model/gemma-2-2b-it").get_decoder()`) as ONNX.
+//!
+//! * Inputs `input_ids [B, S]` int64 and `attention_mask [B, S]` int64 (1 = token, 0 = padding); output
+//!   `last_hidden_state [B, S, D]` f32, after the final norm, at every position (padding included: the official
+//!   pipeline keeps padded positions, whose values depend on the mask). S is fixed per export.
+//! * Everything Gemma-2 does: embedding times `sqrt(D)` (rounded to the weights' dtype, as transformers does),
+//!   RMSNorm with `(1 + w)`, grouped-query attention, RoPE (rotate_half form), attention-logit soft-capping, the
+//!   sliding window on the layers transformers marks `sliding_attention` (even layers by default), the four norms
+//!   per layer, the tanh-GELU gated MLP, the final norm. Attention is decomposed into opset-17 ops.
+//! * Initializer names are the official checkpoint keys (`model.layers.3.self_attn.q_proj.weight`).
+
+mod checkpoint;
+mod decoder_layer;
+
+use std::path::Path;
+
+use pixeldit_graph::{DType, Dim, Graph, Progress, WriteOptions, WriteReport};
+
+pub use checkpoint::{GemmaWeights, INDEX_FILE, SINGLE_FILE};
+use decoder_layer::{additive_mask, decoder_layer, scoped, GemmaCtx, LayerInputs};
+
+use crate::{ExportError, Result};
+
+/// `metadata_props` key of the text-encoder description (JSON; see [`encoder_metadata`]).
+pub const TEXT_ENCODER_META_KEY: &str = "pixeldit.text_encoder";
+
+/// The hyper-parameters of a Gemma-2 decoder, with transformers' `Gemma2Config` names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GemmaConfig {
+    /// Preset or checkpoint name.
+    pub name: String,
+    /// Rows of the embedding table.
+    pub vocab_size: usize,
+    /// Model width D.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention).
+    pub num_key_value_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Attention scale is `query_pre_attn_scalar^-0.5`.
+    pub query_pre_attn_scalar: f64,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// Window of the sliding-window layers (keys `q - window < k <= q`).
+    pub sliding_window: usize,
+    /// `tanh(logits / c) * c` on the attention logits when set.
+    pub attn_logit_softcapping: Option<f32>,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f32,
+    /// Per layer: true for `sliding_attention`, false for `full_attention`.
+    pub sliding_layers: Vec<bool>,
+    /// Sequence length of an export when none is given.
+    pub default_sequence_length: usize,
+}
+
+const PRESETS: [(&str, &str); 2] = [
+    (
+        "gemma-2-2b",
+        include_str!("../../../../../graphs/gemma-2-2b.json"),
+    ),
+    (
+        "gemma-tiny",
+        include_str!("../../../../../graphs/gemma-tiny.json"),
+    ),
+];
+
+fn cfg_err(source: &str, reason: impl Into<String>) -> ExportError {
+    ExportError::Unsupported(format!("Gemma-2 config {source}: {}", reason.into()))
+}
+
+impl GemmaConfig {
+    /// A preset from `graphs/` (`gemma-2-2b`, `gemma-tiny`).
+    pub fn preset(name: &str) -> Result<Self> {
+        let (_, text) = PRESETS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+            let names: Vec<_> = PRESETS.iter().map(|(n, _)| *n).collect();
+            cfg_err(name, format!("unknown preset (known: {})", names.join(", ")))
+        })?;
+        Self::from_json(name, text)
+    }
+
+    /// Reads a Hugging Face `config.json` (or a preset in the same format).
+    pub fn from_hf_config(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| cfg_err(&path.display().to_string(), e.to_string()))?;
+        Self::from_json(&path.display().to_string(), &text)
+    }
+
+    /// Parses `Gemma2Config` JSON (`rope_theta` at the top level or under `rope_parameters`).
+    pub fn from_json(source: &str, text: &str) -> Result<Self> {
+        let j: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| cfg_err(source, format!("invalid JSON: {e}")))?;
+        let uint = |k: &str| -> Result<usize> {
+            j.get(k)
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .ok_or_else(|| cfg_err(source, format!("'{k}' must be a non-negative integer")))
+        };
+        let float = |v: Option<&serde_json::Value>, k: &str| -> Result<f64> {
+            v.and_then(|v| v.as_f64())
+                .ok_or_else(|| cfg_err(source, format!("'{k}' must be a number")))
+        };
+        if let Some(act) = j.get("hidden_activation").and_then(|v| v.as_str()) {
+            if act != "gelu_pytorch_tanh" {
+                return Err(cfg_err(
+                    source,
+                    format!("hidden_activation '{act}' (only gelu_pytorch_tanh)"),
+                ));
+            }
+        }
+        let layers = uint("num_hidden_layers")?;
+        let sliding_layers = match j.get("layer_types").and_then(|v| v.as_array()) {
+            Some(types) => {
+                let v: Vec<bool> = types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        Some("sliding_attention") => Ok(true),
+                        Some("full_attention") => Ok(false),
+                        _ => Err(cfg_err(
+                            source,
+                            format!("layer type {t} (sliding_attention|full_attention)"),
+                        )),
+                    })
+                    .collect::<Result<_>>()?;
+                if v.len() != layers {
+                    return Err(cfg_err(
+                        source,
+                        format!("{} layer_types for {layers} layers", v.len()),
+                    ));
+                }
+                v
+            }
+            // transformers' default: layers 0, 2, 4, ... slide.
+            None => (0..layers).map(|i| i % 2 == 0).collect(),
+        };
+        let rope_theta = float(
+            j.get("rope_theta")
+                .or_else(|| j.get("rope_parameters").and_then(|r| r.get("rope_theta"))),
+            "rope_theta",
+        )?;
+        if let Some(t) = j
+            .get("rope_parameters")
+            .and_then(|r| r.get("rope_type"))
+            .and_then(|t| t.as_str())
+        {
+            if t != "default" {
+                return Err(cfg_err(source, format!("rope_type '{t}' (only default)")));
+            }
+        }
+        let cfg = GemmaConfig {
+            name: j
+                .get("name")
+                .and_then(|v| v.as_str())
+                .unwrap_or(source)
+                .to_string(),
+            vocab_size: uint("vocab_size")?,
+            hidden_size: uint("hidden_size")?,
+            intermediate_size: uint("intermediate_size")?,
+            num_hidden_layers: layers,
+            num_attention_heads: uint("num_attention_heads")?,
+            num_key_value_heads: uint("num_key_value_heads")?,
+            head_dim: uint("head_dim")?,
+            query_pre_attn_scalar: float(j.get("query_pre_attn_scalar"), "query_pre_attn_scalar")?,
+            rope_theta,
+            sliding_window: uint("sliding_window")?,
+            attn_logit_softcapping: match j.get("attn_logit_softcapping") {
+                None | Some(serde_json::Value::Null) => None,
+                v => Some(float(v, "attn_logit_softcapping")? as f32),
+            },
+            rms_norm_eps: float(j.get("rms_norm_eps"), "rms_norm_eps")? as f32,
+            sliding_layers,
+            default_sequence_length: j
+                .get("default_sequence_length")
+                .and_then(|v| v.as_u64())
+                .map_or(300, |v| v as usize),
+        };
+        if cfg.num_key_value_heads == 0 || cfg.num_attention_heads % cfg.num_key_value_heads != 0 {
+            return Err(cfg_err(
+                source,
+                "num_attention_heads must be a multiple of num_key_value_heads",
+            ));
+        }
+        if cfg.head_dim % 2 != 0 {
+            return Err(cfg_err(source, "head_dim must be even (RoPE)"));
+        }
+        Ok(cfg)
+    }
+
+    /// Whether layer `i` uses the sliding window.
+    pub fn is_sliding(&self, i: usize) -> bool {
+        self.sliding_layers[i]
+    }
+
+    /// Every checkpoint key the encoder reads, with its shape (official names).
+    pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (d, i, dh) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        let (nh, nkv) = (self.num_attention_heads, self.num_key_value_heads);
+        let mut v = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, d])];
+        for l in 0..self.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            v.push((format!("{p}.self_attn.q_proj.weight"), vec![nh * dh, d]));
+            v.push((format!("{p}.self_attn.k_proj.weight"), vec![nkv * dh, d]));
+            v.push((format!("{p}.self_attn.v_proj.weight"), vec![nkv * dh, d]));
+            v.push((format!("{p}.self_attn.o_proj.weight"), vec![d, nh * dh]));
+            v.push((format!("{p}.mlp.gate_proj.weight"), vec![i, d]));
+            v.push((format!("{p}.mlp.up_proj.weight"), vec![i, d]));
+            v.push((format!("{p}.mlp.down_proj.weight"), vec![d, i]));
+            for n in [
+                "input_layernorm",
+                "post_attention_layernorm",
+                "pre_feedforward_layernorm",
+                "post_feedforward_layernorm",
+            ] {
+                v.push((format!("{p}.{n}.weight"), vec![d]));
+            }
+        }
+        v.push(("model.norm.weight".to_string(), vec![d]));
+        v
+    }
+}
+
+/// RoPE tables `[S, 1, 1, Dh]`: `cos(p f)` and `sin(p f)` with the first half negated, `f` repeated over the two
+/// halves, `f_j = theta^(-2j/Dh)` (transformers computes these in f32; f64 here, rounded once).
+fn rope_tables(cfg: &GemmaConfig, s: usize) -> (Vec<f32>, Vec<f32>) {
+    let dh = cfg.head_dim;
+    let (mut cos, mut sin) = (Vec::with_capacity(s * dh), Vec::with_capacity(s * dh));
+    for p in 0..s {
+        for j in 0..dh {
+            let k = j % (dh / 2);
+            let inv = 1.0 / cfg.rope_theta.powf((2 * k) as f64 / dh as f64);
+            let a = p as f64 * inv;
+            cos.push(a.cos() as f32);
+            sin.push(if j < dh / 2 { -a.sin() } else { a.sin() } as f32);
+        }
+    }
+    (cos, sin)
+}
+
+/// Builds the encoder graph for sequence length `seq` (weights must have passed [`GemmaWeights::check`]).
+pub fn build_graph(cfg: &GemmaConfig, weights: &GemmaWeights, seq: usize) -> Result<Graph> {
+    if seq == 0 {
+        return Err(ExportError::Unsupported(
+            "Gemma-2 export: sequence length 0".into(),
+        ));
+    }
+    let mut g = Graph::new(17);
+    let (d, s) = (cfg.hidden_size, seq);
+    let ids = g.input("input_ids", DType::I64, vec![Dim::Batch(1), Dim::Fixed(s)])?;
+    let mask_in = g.input("attention_mask", DType::I64, vec![Dim::Batch(1), Dim::Fixed(s)])?;
+    let cx = GemmaCtx { weights, cfg, seq: s };
+
+    let h = scoped(&mut g, "model.embed_tokens", |g| {
+        let table = cx.weight(g, "model.embed_tokens.weight", vec![cfg.vocab_size, d])?;
+        let e = g.gather(table, ids, 0)?; // [B, S, D]
+        let scale = g.scalar(DType::F32, (d as f64).sqrt() as f32)?;
+        let e = g.mul(e, scale)?;
+        Ok(g.reshape(e, &[Dim::Batch(s), Dim::Fixed(d)])?)
+    })?;
+
+    let inputs = scoped(&mut g, "model.mask", |g| {
+        let valid = g.cast(mask_in, DType::Bool)?;
+        let valid = g.unsqueeze(valid, &[1])?; // [B, 1, S]
+        let causal: Vec<bool> = (0..s * s).map(|i| i % s <= i / s).collect();
+        let full_mask = additive_mask(g, valid, &causal, s)?;
+        let w = cfg.sliding_window;
+        let sliding: Vec<bool> = (0..s * s)
+            .map(|i| {
+                let (q, k) = (i / s, i % s);
+                k <= q && k + w > q
+            })
+            .collect();
+        let sliding_mask = if sliding == causal {
+            full_mask
+        } else {
+            additive_mask(g, valid, &sliding, s)?
+        };
+        let (cos, sin) = rope_tables(cfg, s);
+        let cos = g.const_f32(vec![s, 1, 1, cfg.head_dim], &cos)?;
+        let sin_signed = g.const_f32(vec![s, 1, 1, cfg.head_dim], &sin)?;
+        Ok(LayerInputs {
+            cos,
+            sin_signed,
+            full_mask,
+            sliding_mask,
+        })
+    })?;
+
+    let mut h = h;
+    for layer in 0..cfg.num_hidden_layers {
+        h = decoder_layer(&cx, &mut g, h, layer, &inputs)?;
+    }
+    let h = scoped(&mut g, "model.norm", |g| cx.rms_norm(g, h, "model.norm.weight"))?;
+    let out = g.reshape(h, &[Dim::Batch(1), Dim::Fixed(s), Dim::Fixed(d)])?;
+    g.output("last_hidden_state", out)?;
+    g.set_name(&format!("gemma2_{}", cfg.name));
+    g.set_doc(&format!(
+        "Gemma-2 text encoder {} (last hidden state after the final norm, S = {s}), exported by pixeldit-exporter {}",
+        cfg.name,
+        env!("CARGO_PKG_VERSION")
+    ));
+    Ok(g)
+}
+
+/// The JSON stored under [`TEXT_ENCODER_META_KEY`]: what `pixeldit-run` needs to check an encoder against a
+/// tokenizer (vocabulary) and a T2I model (text width).
+pub fn encoder_metadata(
+    cfg: &GemmaConfig,
+    seq: usize,
+    weights: &GemmaWeights,
+    sha256: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "format_version": 1,
+        "architecture": "gemma2",
+        "name": cfg.name,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "sequence_length": seq,
+        "inputs": ["input_ids", "attention_mask"],
+        "output": "last_hidden_state",
+        "weights_source": weights.origin(),
+        "weights_sha256": sha256,
+        "exporter_version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// Exports the encoder (fp32) to `path`: checks the weights against `cfg`, builds the graph for `seq` tokens and
+/// writes it (external data for large models, temp files renamed at the end).
+pub fn export_to_file(
+    cfg: &GemmaConfig,
+    weights: &GemmaWeights,
+    seq: usize,
+    path: &Path,
+    progress: Option<Progress>,
+) -> Result<WriteReport> {
+    weights.check(&cfg.parameter_shapes())?;
+    let graph = build_graph(cfg, weights, seq)?;
+    let wopts = WriteOptions {
+        progress,
+        producer: ("pixeldit-exporter", env!("CARGO_PKG_VERSION")),
+        ..Default::default()
+    };
+    Ok(pixeldit_graph::write_model(&graph, path, &wopts, |r, props| {
+        let meta = encoder_metadata(cfg, seq, weights, &r.weights_sha256);
+        props.push((TEXT_ENCODER_META_KEY.to_string(), meta.to_string()));
+    })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_parse_and_match_the_official_shapes() {
+        let big = GemmaConfig::preset("gemma-2-2b").unwrap();
+        assert_eq!(
+            (big.hidden_size, big.num_hidden_layers, big.vocab_size),
+            (2304, 26, 256000)
+        );
+        assert_eq!(big.sliding_layers.iter().filter(|s| **s).count(), 13);
+        let params: usize = big
+            .parameter_shapes()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        // Gemma-2-2B without the tied LM head: 2,614,341,888 parameters.
+        assert_eq!(params, 2_614_341_888);
+        let tiny = GemmaConfig::preset("gemma-tiny").unwrap();
+        assert!(tiny.sliding_window < tiny.default_sequence_length);
+        assert!(GemmaConfig::preset("gemma-9b").is_err());
+    }
+
+    #[test]
+    fn tiny_graph_builds_with_random_weights() {
+        let cfg = GemmaConfig::preset("gemma-tiny").unwrap();
+        let w = GemmaWeights::random(&cfg.parameter_shapes(), 0);
+        assert!(w.check(&cfg.parameter_shapes()).unwrap().is_empty());
+        let g = build_graph(&cfg, &w, 20).unwrap();
+        let dump = g.dump();
+        assert!(dump.contains("model.layers.3.mlp"), "{dump}");
+        assert_eq!(g.outputs().len(), 1);
+    }
+}
