@@ -23,6 +23,8 @@ use std::sync::Mutex;
 
 /// File name of the ONNX Runtime library this crate is built against (`api-31`).
 pub const LIBRARY_FILE: &str = "libonnxruntime.so.1.31.1";
+/// Directory under `.cache/` holding the GPU build (onnxruntime-gpu) of the library.
+pub const GPU_LIBRARY_DIR: &str = "onnxruntime-gpu";
 
 /// Which execution provider a session uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,8 +104,10 @@ impl Default for OrtOptions {
 }
 
 /// Finds the ONNX Runtime library: `explicit` (the `--ort-lib` flag), then `ORT_DYLIB_PATH`, then
-/// `.cache/onnxruntime/libonnxruntime.so.1.31.1` under the current directory and under the workspace root. An
-/// explicit path or `ORT_DYLIB_PATH` that does not exist is an error (no search continues past it).
+/// `.cache/onnxruntime/libonnxruntime.so.1.31.1` under the current directory and under the workspace root; when an
+/// NVIDIA GPU is present ([`super::nvidia_gpu_present`]) the GPU build in `.cache/onnxruntime-gpu/` (written by
+/// `scripts/setup.sh`) comes before it in each place. An explicit path or `ORT_DYLIB_PATH` that does not exist is
+/// an error (no search continues past it).
 pub fn locate_library(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit {
         return if p.is_file() {
@@ -124,7 +128,10 @@ pub fn locate_library(explicit: Option<&Path>) -> Result<PathBuf> {
             })
         };
     }
-    let rel = Path::new(".cache").join("onnxruntime").join(LIBRARY_FILE);
+    let mut rels = vec![Path::new(".cache").join("onnxruntime").join(LIBRARY_FILE)];
+    if super::nvidia_gpu_present() {
+        rels.insert(0, Path::new(".cache").join(GPU_LIBRARY_DIR).join(LIBRARY_FILE));
+    }
     let mut tried = Vec::new();
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let workspace = manifest
@@ -136,11 +143,13 @@ pub fn locate_library(explicit: Option<&Path>) -> Result<PathBuf> {
         .into_iter()
         .flatten()
     {
-        let p = base.join(&rel);
-        if p.is_file() {
-            return Ok(p.canonicalize().unwrap_or(p));
+        for rel in &rels {
+            let p = base.join(rel);
+            if p.is_file() {
+                return Ok(p.canonicalize().unwrap_or(p));
+            }
+            tried.push(p.display().to_string());
         }
-        tried.push(p.display().to_string());
     }
     Err(RuntimeError::OrtLibraryNotFound {
         tried: format!(
@@ -274,17 +283,19 @@ impl OrtBackend {
             OrtProvider::Cpu => vec![],
             OrtProvider::Cuda => vec![cuda(opts).error_on_failure()],
             OrtProvider::TensorRt => vec![
-                tensorrt(path, opts).error_on_failure(),
+                tensorrt(path, &info, opts).error_on_failure(),
                 cuda(opts).error_on_failure(),
             ],
         };
         if !eps.is_empty() {
+            // The providers dlopen CUDA/TensorRT by name: load the pip wheels' copies by path first.
+            let preloaded = super::gpu_libs::preload_once(&library);
             builder =
                 builder
                     .with_execution_providers(eps)
                     .map_err(|err| RuntimeError::ProviderUnavailable {
                         provider: provider.ep_name().into(),
-                        reason: err.to_string(),
+                        reason: provider_failure(&err.to_string(), preloaded),
                     })?;
         }
         let session = {
@@ -323,6 +334,21 @@ impl OrtBackend {
     }
 }
 
+/// The reason of a failed CUDA/TensorRT registration: ONNX Runtime's message (it names the library that did not
+/// load), what was preloaded from pip wheels, and whether a GPU is visible at all.
+fn provider_failure(ort_message: &str, preloaded: &super::gpu_libs::Preloaded) -> String {
+    let mut reason = format!("{ort_message} ({})", preloaded.summary());
+    if !super::nvidia_gpu_present() {
+        let [dev, proc] = super::nvidia_probe_paths();
+        reason.push_str(&format!(
+            "; no NVIDIA GPU found ({} and {} missing)",
+            dev.display(),
+            proc.display()
+        ));
+    }
+    reason
+}
+
 /// A borrowed ONNX Runtime tensor over a contiguous slice (independent of the ndarray version `ort` uses).
 fn tensor_ref<'a, T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
     shape: &[usize],
@@ -335,14 +361,55 @@ fn cuda(opts: &OrtOptions) -> ort::ep::ExecutionProviderDispatch {
     ep::CUDA::default().with_device_id(opts.device_id).build()
 }
 
-fn tensorrt(model: &Path, opts: &OrtOptions) -> ort::ep::ExecutionProviderDispatch {
-    let cache = opts.trt_cache_dir.clone().unwrap_or_else(|| {
+/// The subdirectory of the TensorRT cache for one model: `<weights_sha256[..16]>-<precision>-<attention>-<H>x<W>`
+/// from the PixelDiT metadata (`<file stem>-<size in bytes>-<precision>` without it), so engines and timing caches
+/// of different weights, precisions or image shapes never share a directory. The batch size is a dynamic input
+/// dimension and not part of the key.
+pub fn trt_cache_key(info: &ModelInfo, precision: Option<Precision>) -> String {
+    let safe = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    match info.pixeldit_metadata() {
+        Ok(m) => format!(
+            "{}-{}-{}-{}x{}",
+            safe(&m.weights_sha256.chars().take(16).collect::<String>()),
+            precision.unwrap_or(m.precision),
+            m.attention,
+            m.height,
+            m.width
+        ),
+        Err(_) => {
+            let stem = info
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let size = std::fs::metadata(&info.path).map(|m| m.len()).unwrap_or(0);
+            let p = precision
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "unknown".into());
+            format!("{}-{size}-{p}", safe(&stem))
+        }
+    }
+}
+
+fn tensorrt(model: &Path, info: &ModelInfo, opts: &OrtOptions) -> ort::ep::ExecutionProviderDispatch {
+    let base = opts.trt_cache_dir.clone().unwrap_or_else(|| {
         model
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .join(".trt-cache")
     });
+    let cache = base.join(trt_cache_key(info, opts.precision));
     let p = opts.precision;
     let low = matches!(
         p,
