@@ -518,3 +518,40 @@ enum Contiguous<'a> {
     F32(ndarray::CowArray<'a, f32, IxDyn>),
     I64(ndarray::CowArray<'a, i64, IxDyn>),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trt_cache_key_separates_weights_precision_and_shape() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let info = ModelInfo::read(&fixtures.join("dummy_tiny.onnx")).unwrap();
+        let meta = info.pixeldit_metadata().unwrap();
+        let sha: String = meta.weights_sha256.chars().take(16).collect();
+        assert_eq!(
+            trt_cache_key(&info, None),
+            format!(
+                "{sha}-{}-{}-{}x{}",
+                meta.precision, meta.attention, meta.height, meta.width
+            )
+        );
+        assert_ne!(
+            trt_cache_key(&info, Some(Precision::Fp16)),
+            trt_cache_key(&info, Some(Precision::Int8))
+        );
+        let mut other_weights = info.clone();
+        for (k, v) in other_weights.metadata_props.iter_mut() {
+            if *v == info.metadata_prop(k).unwrap() && v.contains(&meta.weights_sha256) {
+                *v = v.replace(&meta.weights_sha256, &"f".repeat(64));
+            }
+        }
+        assert_ne!(trt_cache_key(&other_weights, None), trt_cache_key(&info, None));
+        let nometa = ModelInfo::read(&fixtures.join("dummy_nometa.onnx")).unwrap();
+        let key = trt_cache_key(&nometa, Some(Precision::Fp32));
+        assert!(
+            key.starts_with("dummy_nometa-") && key.ends_with("-fp32"),
+            "{key}"
+        );
+    }
+}
