@@ -22,3 +22,5 @@ echo "== reference golden files are current" >&2
 .venv/bin/python reference/check_golden.py
 echo "== cargo test" >&2
 cargo test --workspace --locked 2>&1
+echo "== tools/gpu/check.sh: the parts that need no GPU" >&2
+PIXELDIT_CHECK_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" tools/gpu/check.sh --self-test
