@@ -15,11 +15,12 @@
 #   --providers LIST      comma list of cuda, tensorrt, cpu (default: cuda,tensorrt)
 #   --variants LIST       digits variants (default: fp32,fp16,bf16,int8,fp8,int8-weights,fp8-weights)
 #   --xl-precisions LIST  XL-256 precisions (default: fp32,fp16,bf16,fp8,int8); --no-xl skips XL
+#   --xl-preset P, --xl-size N   the latency model (default XL-256 at 256; the self-test uses tiny)
 #   --no-torch            skip the PyTorch rows
 #   --runs N, --warmup N  timed / warm-up forwards per XL row (default 10 / 3)
-#   --budget-s N          stop starting new steps after N seconds (default 450), so the run stays under 8 minutes;
-#                         steps not started are rows marked "skipped: over the time budget"
-#   --step-timeout-s N    limit of one step (default 150)
+#   --budget-s N          stop starting new steps after N seconds (default 330; with the step limit the run stays
+#                         under 8 minutes); steps not started are rows marked "skipped: over the time budget"
+#   --step-timeout-s N    limit of one step (default 120)
 #   --print-plan          print the steps and exit
 #   --self-test           test the parts that need no GPU (arguments, reassembly and checksums, golden
 #                         comparison, table) on this machine; run by scripts/test.sh
@@ -37,11 +38,13 @@ work=out/gpu-check
 providers=cuda,tensorrt
 variants=fp32,fp16,bf16,int8,fp8,int8-weights,fp8-weights
 xl_precisions=fp32,fp16,bf16,fp8,int8
+xl_preset=XL-256
+xl_size=256
 torch_rows=1
 runs=10
 warmup=3
-budget_s=450
-step_timeout_s=150
+budget_s=330
+step_timeout_s=120
 print_plan=0
 self_test=0
 PYTHON=${PYTHON:-python3}
@@ -70,6 +73,8 @@ parse_args() {
       --variants) need_value "$@"; variants=$2; shift 2 ;;
       --xl-precisions) need_value "$@"; xl_precisions=$2; shift 2 ;;
       --no-xl) xl_precisions=; shift ;;
+      --xl-preset) need_value "$@"; xl_preset=$2; shift 2 ;;
+      --xl-size) need_value "$@"; is_count "$1" "$2"; xl_size=$2; shift 2 ;;
       --no-torch) torch_rows=0; shift ;;
       --runs) need_value "$@"; is_count "$1" "$2"; runs=$2; shift 2 ;;
       --warmup) need_value "$@"; is_count "$1" "$2"; warmup=$2; shift 2 ;;
@@ -164,18 +169,30 @@ run_xl() { # precision provider
   local v=$1 p=$2 d=$work/xl
   mkdir -p "$d"
   if over_budget; then skip_row latency "$v" "$p" "skipped: over the time budget"; return; fi
-  local model=$d/xl256_$v.onnx rc=0
+  local name=${xl_preset}_${xl_size}_$v model rc=0
+  model=$d/$name.onnx
   if [ ! -f "$model" ]; then
-    timeout "$step_timeout_s" "$bin/pixeldit-export" --preset XL-256 --random-init --seed 0 --precision "$v" \
-      --attention decomposed -q -o "$model.tmp.onnx" >"$d/export-$v.log" 2>&1 || rc=$?
-    if [ "$rc" != 0 ]; then rm -f "$model".tmp.onnx*; fail_row latency "$v" "$p" "$d/export-$v.log" "$rc"; return; fi
-    mv "$model.tmp.onnx" "$model"
-    [ ! -f "$model.tmp.onnx.data" ] || mv "$model.tmp.onnx.data" "$model.data"
+    # int8/fp8 calibrate on the CPU: one class, one seed, two sampler steps (the exporter's advice for XL).
+    local calib=()
+    case "$v" in int8|fp8) calib=(--calib-classes 0 --calib-seeds 0 --calib-steps 2) ;; esac
+    # Exported under its final name in a scratch folder (the .onnx names its .data file), then moved: data and
+    # the quantization summary first, the .onnx last, so an existing .onnx is always complete.
+    local part=$d/part-$v
+    rm -rf "$part"; mkdir -p "$part"
+    timeout "$step_timeout_s" "$bin/pixeldit-export" --preset "$xl_preset" --height "$xl_size" --width "$xl_size" \
+      --random-init --seed 0 --precision "$v" --attention decomposed ${calib[@]+"${calib[@]}"} -q -o "$part/$name.onnx" \
+      >"$d/export-$v.log" 2>&1 || rc=$?
+    if [ "$rc" != 0 ]; then rm -rf "$part"; fail_row latency "$v" "$p" "$d/export-$v.log" "$rc"; return; fi
+    local f
+    for f in "$part"/*; do [ "$f" = "$part/$name.onnx" ] || mv "$f" "$d/"; done
+    mv "$part/$name.onnx" "$model"
+    rmdir "$part"
   fi
   timeout "$step_timeout_s" "$bin/pixeldit-run" bench "$model" --backend ort --device "$p" --ort-lib "$lib" \
     --trt-cache "$work/trt-cache" --batch 2 --runs "$runs" --warmup "$warmup" >"$d/bench-$v-$p.log" 2>&1 || rc=$?
   if [ "$rc" = 0 ]; then
-    "$PYTHON" "$here/check_lib.py" latency --report "$d/bench-$v-$p.log" --variant "$v" --provider "$p" >>"$rows"
+    "$PYTHON" "$here/check_lib.py" latency --report "$d/bench-$v-$p.log" --variant "$v" --provider "$p" \
+      --model "$xl_preset" >>"$rows"
   else
     fail_row latency "$v" "$p" "$d/bench-$v-$p.log" "$rc"
   fi
@@ -185,7 +202,7 @@ run_torch() { # mode
   local d=$work/torch rc=0
   mkdir -p "$d"
   if over_budget; then skip_row latency bf16 "PyTorch $1" "skipped: over the time budget"; return; fi
-  timeout "$step_timeout_s" "$PYTHON" "$here/check_lib.py" torch --preset XL-256 --size 256 --batch 2 --mode "$1" \
+  timeout "$step_timeout_s" "$PYTHON" "$here/check_lib.py" torch --preset "$xl_preset" --size "$xl_size" --batch 2 --mode "$1" \
     --runs "$runs" --warmup "$warmup" >"$d/$1.json" 2>"$d/$1.log" || rc=$?
   if [ "$rc" = 0 ]; then cat "$d/$1.json" >>"$rows"; else fail_row latency bf16 "PyTorch $1" "$d/$1.log" "$rc"; fi
 }
@@ -203,7 +220,7 @@ main() {
   if [ "$print_plan" = 1 ]; then
     if [ -n "$bundle" ]; then echo "reassemble: $bundle -> $work/bundle"; fi
     for v in "${V[@]}"; do for p in "${P[@]}"; do echo "golden: digits $v on $p"; done; done
-    for v in ${X[@]+"${X[@]}"}; do for p in "${P[@]}"; do echo "latency: XL-256 $v batch 2 on $p"; done; done
+    for v in ${X[@]+"${X[@]}"}; do for p in "${P[@]}"; do echo "latency: $xl_preset $v batch 2 on $p"; done; done
     if [ -n "$xl_precisions" ] && [ "$torch_rows" = 1 ]; then echo "latency: PyTorch bf16 eager"; echo "latency: PyTorch bf16 compile"; fi
     echo "budget: ${budget_s}s, step timeout ${step_timeout_s}s"
     return 0

@@ -119,11 +119,12 @@ def split_row(line):
     return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
 
 
-def latency_row(bench_output, variant, provider):
+def latency_row(bench_output, variant, provider, model="XL-256"):
     """One row from the table `pixeldit-run bench` prints (columns `backend` and `median ms`); the run must have
     been on `provider`."""
     lines = pathlib.Path(bench_output).read_text().splitlines()
-    row = {"kind": "latency", "variant": variant, "provider": provider, "ms_per_step": None, "ok": False}
+    row = {"kind": "latency", "model": model, "variant": variant, "provider": provider, "ms_per_step": None,
+           "ok": False}
     head = next((i for i, line in enumerate(lines) if line.startswith("|") and "median ms" in line), None)
     if head is None or head + 2 >= len(lines):
         row["error"] = "no bench table in the output"
@@ -162,7 +163,7 @@ def table(rows):
             lines.append(f"| digits golden | {r['variant']} | {r['provider']} | {res} | {limit} "
                          f"| {fmt_ms(r.get('ms_per_step'))} | {status} |")
         else:
-            lines.append(f"| XL-256 batch 2 | {r['variant']} | {r['provider']} | - | - | {fmt_ms(r.get('ms_per_step'))} "
+            lines.append(f"| {r.get('model', 'XL-256')} batch 2 | {r['variant']} | {r['provider']} | - | - | {fmt_ms(r.get('ms_per_step'))} "
                          f"| {status} |")
     failed = sum(1 for r in rows if not r.get("ok"))
     lines.append("")
@@ -207,7 +208,7 @@ def torch_latency(preset, size, batch, mode, runs, warmup, device="cuda"):
             ms.append((time.perf_counter() - s) * 1e3)
     if out is not None and (tuple(out.shape) != (batch, 3, size, size) or not bool(torch.isfinite(out).all())):
         raise SystemExit(f"torch {mode}: bad output shape {tuple(out.shape)} or non-finite values")
-    return {"kind": "latency", "variant": "bf16", "provider": f"PyTorch {torch.__version__} {mode}",
+    return {"kind": "latency", "model": preset, "variant": "bf16", "provider": f"PyTorch {torch.__version__} {mode}",
             "ms_per_step": float(np.median(ms)), "ok": True}
 
 
@@ -224,6 +225,7 @@ def main(argv):
     lat.add_argument("--report", required=True)
     lat.add_argument("--variant", required=True)
     lat.add_argument("--provider", required=True)
+    lat.add_argument("--model", default="XL-256")
     t = sub.add_parser("torch")
     t.add_argument("--preset", default="XL-256")
     t.add_argument("--size", type=int, default=256)
@@ -238,7 +240,7 @@ def main(argv):
     if a.cmd == "golden":
         print(json.dumps(golden_row(a.raw, a.variant, a.provider, pathlib.Path(a.golden_dir), a.report)))
     elif a.cmd == "latency":
-        print(json.dumps(latency_row(a.report, a.variant, a.provider)))
+        print(json.dumps(latency_row(a.report, a.variant, a.provider, a.model)))
     elif a.cmd == "torch":
         print(json.dumps(torch_latency(a.preset, a.size, a.batch, a.mode, a.runs, a.warmup, a.device)))
     else:

@@ -33,7 +33,7 @@ plan=$(tools/gpu/check.sh --print-plan)
 expect_in "plan: torch eager" "latency: PyTorch bf16 eager" "$plan"
 expect_in "plan: torch compile" "latency: PyTorch bf16 compile" "$plan"
 plan=$(tools/gpu/check.sh --print-plan --providers cuda --variants fp8 --no-xl --bundle /b)
-[ "$plan" = $'reassemble: /b -> out/gpu-check/bundle\ngolden: digits fp8 on cuda\nbudget: 450s, step timeout 150s' ] \
+[ "$plan" = $'reassemble: /b -> out/gpu-check/bundle\ngolden: digits fp8 on cuda\nbudget: 330s, step timeout 120s' ] \
   && ok "plan: restricted" || bad "plan restricted: $plan"
 
 echo "== pack and reassemble"
@@ -177,6 +177,15 @@ if [ -n "${PIXELDIT_CHECK_BIN_DIR:-}" ]; then
   expect_in "cpu: fp32 row" "| digits golden | fp32 | cpu | PSNR inf dB (worst class 0: inf) | >= 60 dB |" "$out"
   expect_in "cpu: fp16 row" "| digits golden | fp16 | cpu | PSNR " "$out"
   expect_in "cpu: summary" "2 of 2 checks passed" "$out"
+  # The latency step (export with the XL calibration flags, pixeldit-run bench, parsing) on the tiny preset.
+  rc=0
+  out=$(tools/gpu/check.sh --bin-dir "$PIXELDIT_CHECK_BIN_DIR" --ort-lib-dir .cache/onnxruntime --providers cpu \
+    --variants fp32 --xl-preset tiny --xl-size 32 --xl-precisions fp16,int8 --no-torch --runs 2 --warmup 1 \
+    --work "$tmp/run-xl" 2>&1) || rc=$?
+  [ "$rc" = 0 ] && ok "check.sh latency on cpu exits 0" || bad "check.sh latency on cpu: exit $rc: $out"
+  expect_in "cpu: fp16 latency row" "| tiny batch 2 | fp16 | cpu | - | - | " "$out"
+  expect_in "cpu: int8 latency row" "| tiny batch 2 | int8 | cpu | - | - | " "$out"
+  expect_in "cpu: latency summary" "3 of 3 checks passed" "$out"
   # The same run with a bad library: a failed row with the reason, a non-zero exit, a table all the same.
   rc=0
   gpu_dir=.cache/onnxruntime-gpu
