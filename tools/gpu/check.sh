@@ -245,7 +245,7 @@ main() {
   [ -x "$bin/pixeldit-run" ] || die "$bin/pixeldit-run missing (--bundle or --bin-dir)"
   [ -f "$lib" ] || die "$lib missing (--bundle, --ort-lib-dir or tools/gpu/fetch_ort_gpu.sh)"
   if [ -z "${PIXELDIT_GPU_SITE_PACKAGES:-}" ]; then
-    PIXELDIT_GPU_SITE_PACKAGES=$("$PYTHON" -c "import site; print(':'.join(site.getsitepackages()))" 2>/dev/null || true)
+    PIXELDIT_GPU_SITE_PACKAGES=$("$PYTHON" -c "import site; print(':'.join(site.getsitepackages() + [site.getusersitepackages()]))" 2>/dev/null || true)
     export PIXELDIT_GPU_SITE_PACKAGES
   fi
   echo "check: $(nvidia-smi -L 2>/dev/null | head -n 1 || echo 'nvidia-smi not available')" >&2
