@@ -182,3 +182,31 @@ fn preload_failures_are_reported_not_fatal() {
         "{e}"
     );
 }
+
+#[test]
+fn placement_report_counts_the_nodes_of_each_provider() {
+    // The report `--device cuda|tensorrt` prints ("pixeldit-run: ort: nodes per provider: ..."), here on the CPU
+    // provider, where the same logger runs.
+    use pixeldit_runtime::backend::ort::{OrtBackend, OrtOptions, OrtProvider};
+    use pixeldit_runtime::backend::Backend;
+    let Some(lib) = need_ort("placement_report_counts_the_nodes_of_each_provider") else {
+        return;
+    };
+    let opts = |report_placement| OrtOptions {
+        provider: OrtProvider::Cpu,
+        library: Some(lib.clone()),
+        report_placement,
+        ..Default::default()
+    };
+    let b = OrtBackend::with_options(&fixture("dummy_tiny.onnx"), &opts(true)).unwrap();
+    let notes = b.notes();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let n: usize = notes[0]
+        .strip_prefix("nodes per provider: CPUExecutionProvider ")
+        .unwrap_or_else(|| panic!("{notes:?}"))
+        .parse()
+        .unwrap();
+    assert!(n > 0, "{notes:?}");
+    let b = OrtBackend::with_options(&fixture("dummy_tiny.onnx"), &opts(false)).unwrap();
+    assert!(b.notes().is_empty());
+}

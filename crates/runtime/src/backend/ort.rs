@@ -13,13 +13,14 @@ use crate::tensor::{self, Feed};
 use ndarray::{ArrayD, IxDyn};
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider};
+use ort::logging::LogLevel;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
 use pixeldit_spec::Precision;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// File name of the ONNX Runtime library this crate is built against (`api-31`).
 pub const LIBRARY_FILE: &str = "libonnxruntime.so.1.31.1";
@@ -70,6 +71,10 @@ pub struct OrtOptions {
     pub intra_op_spinning: bool,
     /// CUDA device index.
     pub device_id: i32,
+    /// Record how many nodes ONNX Runtime placed on each provider (its verbose placement log, captured by a session
+    /// logger that passes warnings and errors on to stderr) and report it in [`Backend::notes`]. On for CUDA and
+    /// TensorRT by [`OrtOptions::from_load_options`].
+    pub report_placement: bool,
 }
 
 impl OrtOptions {
@@ -84,6 +89,7 @@ impl OrtOptions {
             opt_level: o.ort_opt_level.unwrap_or(3),
             intra_op_spinning: o.ort_spinning,
             device_id: 0,
+            report_placement: provider != OrtProvider::Cpu,
         }
     }
 }
@@ -99,6 +105,7 @@ impl Default for OrtOptions {
             opt_level: 3,
             intra_op_spinning: false,
             device_id: 0,
+            report_placement: false,
         }
     }
 }
@@ -216,6 +223,8 @@ pub struct OrtBackend {
     session: Session,
     provider: OrtProvider,
     library: PathBuf,
+    /// [`placement_summary`] of the session, when [`OrtOptions::report_placement`] was set.
+    placement: Option<String>,
 }
 
 fn ort_err(
@@ -267,6 +276,14 @@ impl OrtBackend {
         builder = builder
             .with_intra_op_spinning(opts.intra_op_spinning)
             .map_err(&e)?;
+        let placement_lines = Arc::new(Mutex::new(Vec::new()));
+        if opts.report_placement {
+            builder = builder
+                .with_logger(placement_logger(placement_lines.clone()))
+                .map_err(&e)?
+                .with_log_level(LogLevel::Verbose)
+                .map_err(&e)?;
+        }
         // FLOAT8 Q/DQ (fp8 variants): the QDQ propagation pass moves float8 Q/DQ across Reshape/Transpose, which
         // have no float8 kernels ("Failed to find kernel for Reshape(19)"); float8 Q/DQ is never fused on these
         // providers anyway.
@@ -312,10 +329,15 @@ impl OrtBackend {
             DOMAIN_REGISTERED.store(true, Ordering::Release);
             session
         };
+        let placement = opts.report_placement.then(|| {
+            let lines = placement_lines.lock().unwrap_or_else(|p| p.into_inner());
+            placement_summary(&lines).unwrap_or_else(|| "no node placement was logged".into())
+        });
         Ok(OrtBackend {
             session,
             provider,
             library,
+            placement,
         })
     }
 
@@ -332,6 +354,35 @@ impl OrtBackend {
             message: e.to_string(),
         }
     }
+}
+
+/// A session logger that keeps ONNX Runtime's node-placement lines (logged at verbose level when the session is
+/// created) in `sink` and passes warnings and errors on to stderr, as ONNX Runtime's default logger would.
+fn placement_logger(sink: Arc<Mutex<Vec<String>>>) -> ort::logging::LoggerFunction {
+    Arc::new(move |level, _category, _id, location, message| {
+        if message.contains("placed on [") {
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(message.trim().to_string());
+        } else if level >= LogLevel::Warning {
+            eprintln!("[{level:?}:onnxruntime {location}] {message}");
+        }
+    })
+}
+
+/// `nodes per provider: TensorrtExecutionProvider 812, CPUExecutionProvider 12` from ONNX Runtime's placement lines
+/// (`All nodes placed on [X]. Number of nodes: N` or one `Node(s) placed on [X]. Number of nodes: N` per provider);
+/// `None` when there are none.
+pub fn placement_summary(lines: &[String]) -> Option<String> {
+    let parts: Vec<String> = lines
+        .iter()
+        .filter_map(|l| {
+            let ep = l.split_once('[')?.1.split_once(']')?.0;
+            let n: usize = l.rsplit_once("Number of nodes:")?.1.trim().parse().ok()?;
+            Some(format!("{ep} {n}"))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| format!("nodes per provider: {}", parts.join(", ")))
 }
 
 /// The reason of a failed CUDA/TensorRT registration: ONNX Runtime's message (it names the library that did not
@@ -455,6 +506,10 @@ impl Backend for OrtBackend {
         self.provider.ep_name().to_string()
     }
 
+    fn notes(&self) -> Vec<String> {
+        self.placement.iter().cloned().collect()
+    }
+
     fn input_names(&self) -> Vec<String> {
         self.session
             .inputs()
@@ -522,6 +577,25 @@ enum Contiguous<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placement_summary_counts_nodes_per_provider() {
+        let lines = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            placement_summary(&lines(&[
+                "All nodes placed on [CPUExecutionProvider]. Number of nodes: 6"
+            ])),
+            Some("nodes per provider: CPUExecutionProvider 6".into())
+        );
+        assert_eq!(
+            placement_summary(&lines(&[
+                "Node(s) placed on [TensorrtExecutionProvider]. Number of nodes: 812",
+                "Node(s) placed on [CPUExecutionProvider]. Number of nodes: 12",
+            ])),
+            Some("nodes per provider: TensorrtExecutionProvider 812, CPUExecutionProvider 12".into())
+        );
+        assert_eq!(placement_summary(&lines(&["Node placements"])), None);
+    }
 
     #[test]
     fn trt_cache_key_separates_weights_precision_and_shape() {
