@@ -120,27 +120,33 @@ pub struct Variant {
     pub min_psnr_db: f64,
 }
 
-const fn variant(precision: Precision, min_psnr_db: f64) -> Variant {
+/// The variant of `precision` with its threshold from `tests/golden/digits/thresholds.json` (the one place the
+/// thresholds live; `tools/gpu/check.sh` reads it too). Measured on ORT CPU / tract, SmoothQuant 0.5 for int8:
+/// fp32 identical, fp16 61.1 / 60.2 dB, bf16 48.5 / 47.5, int8 37.7 / 38.4, fp8 32.4 / 31.7, int8-weights
+/// 49.7 / 49.7, fp8-weights 40.4 / 40.4.
+pub fn variant(precision: Precision) -> Variant {
+    static THRESHOLDS: OnceLock<serde_json::Value> = OnceLock::new();
+    let t = THRESHOLDS.get_or_init(|| {
+        let path = golden_dir().join("thresholds.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    });
+    let min_psnr_db = t["min_psnr_db"][precision.as_str()]
+        .as_f64()
+        .unwrap_or_else(|| panic!("thresholds.json: no number at min_psnr_db.{precision}"));
     Variant {
         precision,
         min_psnr_db,
     }
 }
 
-/// fp32 reproduces the reference images exactly (measured: identical on ORT CPU and tract).
-pub const FP32: Variant = variant(Precision::Fp32, 60.0);
-/// Measured 61.1 dB (ORT CPU) / 60.2 dB (tract).
-pub const FP16: Variant = variant(Precision::Fp16, 50.0);
-/// Measured 48.5 / 47.5 dB.
-pub const BF16: Variant = variant(Precision::Bf16, 44.0);
-/// Measured 37.7 / 38.4 dB (SmoothQuant 0.5, the quantizer's default).
-pub const INT8: Variant = variant(Precision::Int8, 34.0);
-/// Measured 32.4 / 31.7 dB.
-pub const FP8: Variant = variant(Precision::Fp8, 28.0);
-/// Measured 49.7 / 49.7 dB.
-pub const INT8_WEIGHTS: Variant = variant(Precision::Int8Weights, 46.0);
-/// Measured 40.4 / 40.4 dB.
-pub const FP8_WEIGHTS: Variant = variant(Precision::Fp8Weights, 37.0);
+pub const FP32: Precision = Precision::Fp32;
+pub const FP16: Precision = Precision::Fp16;
+pub const BF16: Precision = Precision::Bf16;
+pub const INT8: Precision = Precision::Int8;
+pub const FP8: Precision = Precision::Fp8;
+pub const INT8_WEIGHTS: Precision = Precision::Int8Weights;
+pub const FP8_WEIGHTS: Precision = Precision::Fp8Weights;
 
 /// Exports `variant` of the digits model from `weights` into `dir`.
 pub fn export_variant(dir: &Path, variant: &Variant, weights: &Path) -> PathBuf {
@@ -269,7 +275,8 @@ pub fn golden_backends(test: &str) -> Vec<(Candidate, LoadOptions)> {
 }
 
 /// Exports `variant` and runs the golden check on every backend; panics with every failure.
-fn check_variant(variant: Variant) {
+fn check_variant(precision: Precision) {
+    let variant = variant(precision);
     let dir = tempfile::tempdir().unwrap();
     let model = export_variant(dir.path(), &variant, &checkpoint());
     let name = variant.precision.to_string();
@@ -385,7 +392,7 @@ fn corrupted_variant_fails_its_golden_check() {
     // variant, which backend and what PSNR (measured: fp32 26.0 dB, int8 25.6 dB).
     let dir = tempfile::tempdir().unwrap();
     let ckpt = corrupted_checkpoint(dir.path(), "patch_blocks.2.attn.proj.weight", 1.5);
-    for v in [FP32, INT8] {
+    for v in [variant(FP32), variant(INT8)] {
         let model = export_variant(dir.path(), &v, &ckpt);
         let variant = format!("{}-corrupted", v.precision);
         for (c, opts) in golden_backends("corrupted_variant_fails_its_golden_check") {
@@ -468,7 +475,7 @@ fn digits_structure_fp8_weights() {
 fn cli_reproduces_the_digits_golden_with_a_json_report() {
     // What scripts/demo.sh runs: the golden noise through pixeldit-run, raw x and a JSON report.
     let dir = tempfile::tempdir().unwrap();
-    let model = export_variant(dir.path(), &FP32, &checkpoint());
+    let model = export_variant(dir.path(), &variant(FP32), &checkpoint());
     let out = run(bin()
         .current_dir(dir.path())
         .arg(&model)

@@ -1,6 +1,8 @@
 //! Backends behind one trait, and the `auto` selection order TensorRT -> CUDA -> ORT CPU -> tract.
 
 #[cfg(feature = "ort")]
+pub mod gpu_libs;
+#[cfg(feature = "ort")]
 pub mod ort;
 #[cfg(feature = "tract")]
 pub mod tract;
@@ -271,9 +273,25 @@ pub struct Selection {
     pub skipped: Vec<Skipped>,
 }
 
-/// Whether an NVIDIA GPU is visible to this process (device nodes or the driver's proc file).
+/// The paths probed for an NVIDIA GPU: `$PIXELDIT_NVIDIA_DEVICE` (default `/dev/nvidia0`) and
+/// `$PIXELDIT_NVIDIA_PROC` (default `/proc/driver/nvidia/version`); `scripts/setup.sh` probes the same ones.
+pub fn nvidia_probe_paths() -> [PathBuf; 2] {
+    let var = |name: &str, default: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(default))
+    };
+    [
+        var("PIXELDIT_NVIDIA_DEVICE", "/dev/nvidia0"),
+        var("PIXELDIT_NVIDIA_PROC", "/proc/driver/nvidia/version"),
+    ]
+}
+
+/// Whether an NVIDIA GPU is visible to this process (device node or the driver's proc file, see
+/// [`nvidia_probe_paths`]).
 pub fn nvidia_gpu_present() -> bool {
-    Path::new("/dev/nvidia0").exists() || Path::new("/proc/driver/nvidia/version").exists()
+    nvidia_probe_paths().iter().any(|p| p.exists())
 }
 
 /// Loads one candidate. In `probe` mode (fallback chains) GPU providers are skipped without trying when the
@@ -312,7 +330,14 @@ pub fn load_candidate(
                 if !nvidia_gpu_present() {
                     return Err(RuntimeError::ProviderUnavailable {
                         provider: provider.ep_name().into(),
-                        reason: "no NVIDIA GPU found (/dev/nvidia0 missing)".into(),
+                        reason: {
+                            let [dev, proc] = nvidia_probe_paths();
+                            format!(
+                                "no NVIDIA GPU found ({} and {} missing)",
+                                dev.display(),
+                                proc.display()
+                            )
+                        },
                     });
                 }
             }

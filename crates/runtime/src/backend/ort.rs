@@ -13,16 +13,19 @@ use crate::tensor::{self, Feed};
 use ndarray::{ArrayD, IxDyn};
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider};
+use ort::logging::LogLevel;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
 use pixeldit_spec::Precision;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// File name of the ONNX Runtime library this crate is built against (`api-31`).
 pub const LIBRARY_FILE: &str = "libonnxruntime.so.1.31.1";
+/// Directory under `.cache/` holding the GPU build (onnxruntime-gpu) of the library.
+pub const GPU_LIBRARY_DIR: &str = "onnxruntime-gpu";
 
 /// Which execution provider a session uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,6 +71,10 @@ pub struct OrtOptions {
     pub intra_op_spinning: bool,
     /// CUDA device index.
     pub device_id: i32,
+    /// Record how many nodes ONNX Runtime placed on each provider (its verbose placement log, captured by a session
+    /// logger that passes warnings and errors on to stderr) and report it in [`Backend::notes`]. On for CUDA and
+    /// TensorRT by [`OrtOptions::from_load_options`].
+    pub report_placement: bool,
 }
 
 impl OrtOptions {
@@ -82,6 +89,7 @@ impl OrtOptions {
             opt_level: o.ort_opt_level.unwrap_or(3),
             intra_op_spinning: o.ort_spinning,
             device_id: 0,
+            report_placement: provider != OrtProvider::Cpu,
         }
     }
 }
@@ -97,13 +105,16 @@ impl Default for OrtOptions {
             opt_level: 3,
             intra_op_spinning: false,
             device_id: 0,
+            report_placement: false,
         }
     }
 }
 
 /// Finds the ONNX Runtime library: `explicit` (the `--ort-lib` flag), then `ORT_DYLIB_PATH`, then
-/// `.cache/onnxruntime/libonnxruntime.so.1.31.1` under the current directory and under the workspace root. An
-/// explicit path or `ORT_DYLIB_PATH` that does not exist is an error (no search continues past it).
+/// `.cache/onnxruntime/libonnxruntime.so.1.31.1` under the current directory and under the workspace root; when an
+/// NVIDIA GPU is present ([`super::nvidia_gpu_present`]) the GPU build in `.cache/onnxruntime-gpu/` (written by
+/// `scripts/setup.sh`) comes before it in each place. An explicit path or `ORT_DYLIB_PATH` that does not exist is
+/// an error (no search continues past it).
 pub fn locate_library(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit {
         return if p.is_file() {
@@ -124,7 +135,10 @@ pub fn locate_library(explicit: Option<&Path>) -> Result<PathBuf> {
             })
         };
     }
-    let rel = Path::new(".cache").join("onnxruntime").join(LIBRARY_FILE);
+    let mut rels = vec![Path::new(".cache").join("onnxruntime").join(LIBRARY_FILE)];
+    if super::nvidia_gpu_present() {
+        rels.insert(0, Path::new(".cache").join(GPU_LIBRARY_DIR).join(LIBRARY_FILE));
+    }
     let mut tried = Vec::new();
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let workspace = manifest
@@ -136,11 +150,13 @@ pub fn locate_library(explicit: Option<&Path>) -> Result<PathBuf> {
         .into_iter()
         .flatten()
     {
-        let p = base.join(&rel);
-        if p.is_file() {
-            return Ok(p.canonicalize().unwrap_or(p));
+        for rel in &rels {
+            let p = base.join(rel);
+            if p.is_file() {
+                return Ok(p.canonicalize().unwrap_or(p));
+            }
+            tried.push(p.display().to_string());
         }
-        tried.push(p.display().to_string());
     }
     Err(RuntimeError::OrtLibraryNotFound {
         tried: format!(
@@ -207,6 +223,8 @@ pub struct OrtBackend {
     session: Session,
     provider: OrtProvider,
     library: PathBuf,
+    /// [`placement_summary`] of the session, when [`OrtOptions::report_placement`] was set.
+    placement: Option<String>,
 }
 
 fn ort_err(
@@ -258,6 +276,14 @@ impl OrtBackend {
         builder = builder
             .with_intra_op_spinning(opts.intra_op_spinning)
             .map_err(&e)?;
+        let placement_lines = Arc::new(Mutex::new(Vec::new()));
+        if opts.report_placement {
+            builder = builder
+                .with_logger(placement_logger(placement_lines.clone()))
+                .map_err(&e)?
+                .with_log_level(LogLevel::Verbose)
+                .map_err(&e)?;
+        }
         // FLOAT8 Q/DQ (fp8 variants): the QDQ propagation pass moves float8 Q/DQ across Reshape/Transpose, which
         // have no float8 kernels ("Failed to find kernel for Reshape(19)"); float8 Q/DQ is never fused on these
         // providers anyway.
@@ -274,17 +300,19 @@ impl OrtBackend {
             OrtProvider::Cpu => vec![],
             OrtProvider::Cuda => vec![cuda(opts).error_on_failure()],
             OrtProvider::TensorRt => vec![
-                tensorrt(path, opts).error_on_failure(),
+                tensorrt(path, &info, opts).error_on_failure(),
                 cuda(opts).error_on_failure(),
             ],
         };
         if !eps.is_empty() {
+            // The providers dlopen CUDA/TensorRT by name: load the pip wheels' copies by path first.
+            let preloaded = super::gpu_libs::preload_once(&library);
             builder =
                 builder
                     .with_execution_providers(eps)
                     .map_err(|err| RuntimeError::ProviderUnavailable {
                         provider: provider.ep_name().into(),
-                        reason: err.to_string(),
+                        reason: provider_failure(&err.to_string(), preloaded),
                     })?;
         }
         let session = {
@@ -301,10 +329,15 @@ impl OrtBackend {
             DOMAIN_REGISTERED.store(true, Ordering::Release);
             session
         };
+        let placement = opts.report_placement.then(|| {
+            let lines = placement_lines.lock().unwrap_or_else(|p| p.into_inner());
+            placement_summary(&lines).unwrap_or_else(|| "no node placement was logged".into())
+        });
         Ok(OrtBackend {
             session,
             provider,
             library,
+            placement,
         })
     }
 
@@ -323,6 +356,50 @@ impl OrtBackend {
     }
 }
 
+/// A session logger that keeps ONNX Runtime's node-placement lines (logged at verbose level when the session is
+/// created) in `sink` and passes warnings and errors on to stderr, as ONNX Runtime's default logger would.
+fn placement_logger(sink: Arc<Mutex<Vec<String>>>) -> ort::logging::LoggerFunction {
+    Arc::new(move |level, _category, _id, location, message| {
+        if message.contains("placed on [") {
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(message.trim().to_string());
+        } else if level >= LogLevel::Warning {
+            eprintln!("[{level:?}:onnxruntime {location}] {message}");
+        }
+    })
+}
+
+/// `nodes per provider: TensorrtExecutionProvider 812, CPUExecutionProvider 12` from ONNX Runtime's placement lines
+/// (`All nodes placed on [X]. Number of nodes: N` or one `Node(s) placed on [X]. Number of nodes: N` per provider);
+/// `None` when there are none.
+pub fn placement_summary(lines: &[String]) -> Option<String> {
+    let parts: Vec<String> = lines
+        .iter()
+        .filter_map(|l| {
+            let ep = l.split_once('[')?.1.split_once(']')?.0;
+            let n: usize = l.rsplit_once("Number of nodes:")?.1.trim().parse().ok()?;
+            Some(format!("{ep} {n}"))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| format!("nodes per provider: {}", parts.join(", ")))
+}
+
+/// The reason of a failed CUDA/TensorRT registration: ONNX Runtime's message (it names the library that did not
+/// load), what was preloaded from pip wheels, and whether a GPU is visible at all.
+fn provider_failure(ort_message: &str, preloaded: &super::gpu_libs::Preloaded) -> String {
+    let mut reason = format!("{ort_message} ({})", preloaded.summary());
+    if !super::nvidia_gpu_present() {
+        let [dev, proc] = super::nvidia_probe_paths();
+        reason.push_str(&format!(
+            "; no NVIDIA GPU found ({} and {} missing)",
+            dev.display(),
+            proc.display()
+        ));
+    }
+    reason
+}
+
 /// A borrowed ONNX Runtime tensor over a contiguous slice (independent of the ndarray version `ort` uses).
 fn tensor_ref<'a, T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
     shape: &[usize],
@@ -335,14 +412,55 @@ fn cuda(opts: &OrtOptions) -> ort::ep::ExecutionProviderDispatch {
     ep::CUDA::default().with_device_id(opts.device_id).build()
 }
 
-fn tensorrt(model: &Path, opts: &OrtOptions) -> ort::ep::ExecutionProviderDispatch {
-    let cache = opts.trt_cache_dir.clone().unwrap_or_else(|| {
+/// The subdirectory of the TensorRT cache for one model: `<weights_sha256[..16]>-<precision>-<attention>-<H>x<W>`
+/// from the PixelDiT metadata (`<file stem>-<size in bytes>-<precision>` without it), so engines and timing caches
+/// of different weights, precisions or image shapes never share a directory. The batch size is a dynamic input
+/// dimension and not part of the key.
+pub fn trt_cache_key(info: &ModelInfo, precision: Option<Precision>) -> String {
+    let safe = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    match info.pixeldit_metadata() {
+        Ok(m) => format!(
+            "{}-{}-{}-{}x{}",
+            safe(&m.weights_sha256.chars().take(16).collect::<String>()),
+            precision.unwrap_or(m.precision),
+            m.attention,
+            m.height,
+            m.width
+        ),
+        Err(_) => {
+            let stem = info
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let size = std::fs::metadata(&info.path).map(|m| m.len()).unwrap_or(0);
+            let p = precision
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "unknown".into());
+            format!("{}-{size}-{p}", safe(&stem))
+        }
+    }
+}
+
+fn tensorrt(model: &Path, info: &ModelInfo, opts: &OrtOptions) -> ort::ep::ExecutionProviderDispatch {
+    let base = opts.trt_cache_dir.clone().unwrap_or_else(|| {
         model
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .join(".trt-cache")
     });
+    let cache = base.join(trt_cache_key(info, opts.precision));
     let p = opts.precision;
     let low = matches!(
         p,
@@ -386,6 +504,10 @@ impl Backend for OrtBackend {
 
     fn provider(&self) -> String {
         self.provider.ep_name().to_string()
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.placement.iter().cloned().collect()
     }
 
     fn input_names(&self) -> Vec<String> {
@@ -450,4 +572,60 @@ impl Backend for OrtBackend {
 enum Contiguous<'a> {
     F32(ndarray::CowArray<'a, f32, IxDyn>),
     I64(ndarray::CowArray<'a, i64, IxDyn>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_summary_counts_nodes_per_provider() {
+        let lines = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            placement_summary(&lines(&[
+                "All nodes placed on [CPUExecutionProvider]. Number of nodes: 6"
+            ])),
+            Some("nodes per provider: CPUExecutionProvider 6".into())
+        );
+        assert_eq!(
+            placement_summary(&lines(&[
+                "Node(s) placed on [TensorrtExecutionProvider]. Number of nodes: 812",
+                "Node(s) placed on [CPUExecutionProvider]. Number of nodes: 12",
+            ])),
+            Some("nodes per provider: TensorrtExecutionProvider 812, CPUExecutionProvider 12".into())
+        );
+        assert_eq!(placement_summary(&lines(&["Node placements"])), None);
+    }
+
+    #[test]
+    fn trt_cache_key_separates_weights_precision_and_shape() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let info = ModelInfo::read(&fixtures.join("dummy_tiny.onnx")).unwrap();
+        let meta = info.pixeldit_metadata().unwrap();
+        let sha: String = meta.weights_sha256.chars().take(16).collect();
+        assert_eq!(
+            trt_cache_key(&info, None),
+            format!(
+                "{sha}-{}-{}-{}x{}",
+                meta.precision, meta.attention, meta.height, meta.width
+            )
+        );
+        assert_ne!(
+            trt_cache_key(&info, Some(Precision::Fp16)),
+            trt_cache_key(&info, Some(Precision::Int8))
+        );
+        let mut other_weights = info.clone();
+        for (k, v) in other_weights.metadata_props.iter_mut() {
+            if *v == info.metadata_prop(k).unwrap() && v.contains(&meta.weights_sha256) {
+                *v = v.replace(&meta.weights_sha256, &"f".repeat(64));
+            }
+        }
+        assert_ne!(trt_cache_key(&other_weights, None), trt_cache_key(&info, None));
+        let nometa = ModelInfo::read(&fixtures.join("dummy_nometa.onnx")).unwrap();
+        let key = trt_cache_key(&nometa, Some(Precision::Fp32));
+        assert!(
+            key.starts_with("dummy_nometa-") && key.ends_with("-fp32"),
+            "{key}"
+        );
+    }
 }
