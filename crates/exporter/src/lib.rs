@@ -10,6 +10,17 @@
 //!   ([`AttentionMode::Custom`]; semantics in [`pixeldit_spec::custom_op`]), or standard opset-23 ops
 //!   ([`AttentionMode::Onnx23`]), or opset-17 primitives ([`AttentionMode::Decomposed`]).
 //! * Everything `pixeldit-run` needs is stored as JSON under the `pixeldit.metadata` metadata key.
+//! * fp32 and fp16 graphs are written here; the quantized variants are `pixeldit-quantize` passes over the fp32
+//!   graph, orchestrated by `pixeldit-cli` (this crate depends on `pixeldit-spec` and `pixeldit-graph` only).
+//!
+//! Module map:
+//! * [`model`]: the graphs, one file per checkpoint subtree (C2I, [`model::t2i`], the Gemma-2 text encoder
+//!   [`model::gemma`]); each weight is requested with its shape where it is read, so the model files are the
+//!   checkpoint schema ([`model::parameter_shapes`]).
+//! * [`nn`]: reusable layers (linear, RMSNorm, adaLN chunks, SwiGLU, GELU, the three attention lowerings) and the
+//!   build context that checks every weight it reads.
+//! * [`weights`]: checkpoints (safetensors, `torch.save` archives) memory-mapped and read lazily, or random init.
+//! * [`checkpoint`]: the `torch.save` zip reader and the pickle VM that never executes code.
 //!
 //! ```no_run
 //! use pixeldit_exporter::{export_to_file, ExportOptions, WeightsSpec};

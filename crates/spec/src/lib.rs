@@ -5,9 +5,12 @@
 //! * [`ModelMetadata`]: what the exporter writes into the ONNX `metadata_props` (key [`META_KEY`]) so that
 //!   `pixeldit-run model.onnx` needs nothing else.
 //! * [`io`]: the input/output contract of the exported graph (`x`, `t`, `y` -> `v`).
-//! * [`custom_op`]: the exact semantics of the fused attention op in domain `pixeldit`.
+//! * [`custom_op`]: the exact semantics of the fused attention ops in domain `pixeldit` and their attribute
+//!   defaults.
+//! * [`Precision`], [`AttentionMode`]: the string enums (one definition each; `clap::ValueEnum` with the `clap`
+//!   feature).
 //!
-//! The runtime never depends on the exporter; both depend on this crate.
+//! Every other crate depends on this one; it depends on none of them.
 
 pub mod custom_op;
 pub mod io;
