@@ -31,6 +31,12 @@ pub mod dtype {
     pub const INT64: i32 = DataType::Int64 as i32;
     /// float8 e4m3fn
     pub const FLOAT8E4M3FN: i32 = DataType::Float8e4m3fn as i32;
+    /// float8 e4m3fnuz
+    pub const FLOAT8E4M3FNUZ: i32 = DataType::Float8e4m3fnuz as i32;
+    /// float8 e5m2
+    pub const FLOAT8E5M2: i32 = DataType::Float8e5m2 as i32;
+    /// float8 e5m2fnuz
+    pub const FLOAT8E5M2FNUZ: i32 = DataType::Float8e5m2fnuz as i32;
     /// bool
     pub const BOOL: i32 = DataType::Bool as i32;
 }

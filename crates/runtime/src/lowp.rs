@@ -2,6 +2,8 @@
 //! stored values and f32 -> format -> f32 rounding with ONNX `Cast` semantics (round to nearest even; with
 //! `saturate`, out-of-range values clamp to the largest finite value, as `Cast` and `QuantizeLinear` do by default).
 
+use pixeldit_onnx_proto::dtype;
+
 /// An ONNX element type without a tract `DatumType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LowFloat {
@@ -21,11 +23,11 @@ impl LowFloat {
     /// From an ONNX `TensorProto.DataType` code.
     pub fn from_onnx(code: i32) -> Option<Self> {
         Some(match code {
-            16 => LowFloat::Bf16,
-            17 => LowFloat::E4M3Fn,
-            18 => LowFloat::E4M3Fnuz,
-            19 => LowFloat::E5M2,
-            20 => LowFloat::E5M2Fnuz,
+            dtype::BFLOAT16 => LowFloat::Bf16,
+            dtype::FLOAT8E4M3FN => LowFloat::E4M3Fn,
+            dtype::FLOAT8E4M3FNUZ => LowFloat::E4M3Fnuz,
+            dtype::FLOAT8E5M2 => LowFloat::E5M2,
+            dtype::FLOAT8E5M2FNUZ => LowFloat::E5M2Fnuz,
             _ => return None,
         })
     }
@@ -33,11 +35,11 @@ impl LowFloat {
     /// The ONNX code.
     pub fn onnx_code(&self) -> i32 {
         match self {
-            LowFloat::Bf16 => 16,
-            LowFloat::E4M3Fn => 17,
-            LowFloat::E4M3Fnuz => 18,
-            LowFloat::E5M2 => 19,
-            LowFloat::E5M2Fnuz => 20,
+            LowFloat::Bf16 => dtype::BFLOAT16,
+            LowFloat::E4M3Fn => dtype::FLOAT8E4M3FN,
+            LowFloat::E4M3Fnuz => dtype::FLOAT8E4M3FNUZ,
+            LowFloat::E5M2 => dtype::FLOAT8E5M2,
+            LowFloat::E5M2Fnuz => dtype::FLOAT8E5M2FNUZ,
         }
     }
 

@@ -289,7 +289,9 @@ impl OrtBackend {
         // providers anyway.
         // The QDQ fusions also turn float8 Q/DQ + Gemm into com.microsoft.QGemm, which only takes (u)int8 ("Type
         // 'tensor(float8e4m3fn)' of input parameter ... of operator (QGemm) ... is invalid"): off for FLOAT8 models.
-        if info.initializer_types.iter().any(|(_, t)| (17..=20).contains(t)) {
+        if info.initializer_types.iter().any(|(_, t)| {
+            crate::lowp::LowFloat::from_onnx(*t).is_some_and(|f| f != crate::lowp::LowFloat::Bf16)
+        }) {
             builder = builder
                 .with_disabled_optimizers("QDQPropagationTransformer")
                 .map_err(&e)?

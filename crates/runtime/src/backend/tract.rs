@@ -6,6 +6,7 @@ use crate::error::{Result, RuntimeError};
 use crate::lowp::LowFloat;
 use crate::tensor::{Feed, TensorRef};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use pixeldit_onnx_proto::dtype::FLOAT;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -267,8 +268,6 @@ impl TypedOp for FloatRoundOp {
 
 // ---------------------------------------------------------------------------------------------------------------
 // FLOAT8 / BFLOAT16 rewrite
-
-const FLOAT: i32 = 1;
 
 /// Rewrites everything tract cannot read (BFLOAT16 and FLOAT8 element types) so the graph is all f32, keeping
 /// every value the original model computes:
