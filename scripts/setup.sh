@@ -22,7 +22,12 @@ ORT_VERSION=1.31.1
 # TensorRT: the onnxruntime-gpu 1.31.1 TensorRT provider links libnvinfer.so.10 / libnvonnxparser.so.10 and the
 # CUDA 13 runtime, so it needs TensorRT 10 built for CUDA 13. The newest 10.x on PyPI for CUDA 13 is 10.16.1.11
 # (tensorrt-cu13 11.x ships libnvinfer.so.11, which that provider cannot load). Only the libraries are needed.
+# PyPI holds only source stubs of tensorrt-cu13-libs that download the real wheel from NVIDIA's index, so it is
+# installed with --extra-index-url $NVIDIA_INDEX, best effort: without it the CUDA provider still works and
+# `--device tensorrt` names the missing libnvinfer (measured 2026-11-28: pypi.nvidia.com is unreachable from this
+# project's CPU machines, so the install is skipped there with that message).
 TENSORRT_PIN=tensorrt-cu13-libs==10.16.1.11
+NVIDIA_INDEX=https://pypi.nvidia.com
 GPU_VENV=.cache/gpu-venv
 GPU_LIB_DIR=.cache/onnxruntime-gpu
 
@@ -58,7 +63,7 @@ if [ "$print_plan" = 1 ]; then
   if [ "$gpu" = 1 ]; then
     echo "venv: $GPU_VENV"
     echo "pip $GPU_VENV: onnxruntime-gpu[cuda,cudnn]==$ORT_VERSION"
-    echo "pip $GPU_VENV: $TENSORRT_PIN"
+    echo "pip $GPU_VENV (best effort, --extra-index-url $NVIDIA_INDEX): $TENSORRT_PIN"
     echo "copy: onnxruntime-gpu $ORT_VERSION libonnxruntime*.so* -> $GPU_LIB_DIR/"
     echo "write: $GPU_LIB_DIR/site-packages"
   fi
@@ -87,9 +92,16 @@ echo "setup: ONNX Runtime library at .cache/onnxruntime/$(basename "$lib")" >&2
 # (onnxruntime/), so one venv cannot hold both, and the test tooling in .venv keeps the CPU build.
 echo "setup: $reason: installing the GPU stack into $GPU_VENV" >&2
 [ -x "$GPU_VENV/bin/python" ] || python3 -m venv "$GPU_VENV"
-if ! "$GPU_VENV/bin/python" -c "import onnxruntime, tensorrt_libs" 2>/dev/null; then
-  "$GPU_VENV/bin/pip" install -q --disable-pip-version-check \
-    "onnxruntime-gpu[cuda,cudnn]==$ORT_VERSION" "$TENSORRT_PIN"
+if ! "$GPU_VENV/bin/python" -c "import onnxruntime" 2>/dev/null; then
+  "$GPU_VENV/bin/pip" install -q --disable-pip-version-check "onnxruntime-gpu[cuda,cudnn]==$ORT_VERSION"
+fi
+if ! "$GPU_VENV/bin/python" -c "import tensorrt_libs" 2>/dev/null; then
+  if ! "$GPU_VENV/bin/pip" install -q --disable-pip-version-check --extra-index-url "$NVIDIA_INDEX" \
+    "$TENSORRT_PIN" >"$GPU_VENV/tensorrt-install.log" 2>&1; then
+    echo "setup: warning: $TENSORRT_PIN could not be installed (it is served by $NVIDIA_INDEX; log in" \
+      "$GPU_VENV/tensorrt-install.log): the CUDA provider works, --device tensorrt will name the missing" \
+      "libnvinfer.so.10" >&2
+  fi
 fi
 site=$("$GPU_VENV/bin/python" -c "import onnxruntime, os; print(os.path.dirname(os.path.dirname(onnxruntime.__file__)))")
 mkdir -p "$GPU_LIB_DIR"

@@ -24,7 +24,7 @@ absent "cpu: no tensorrt" "tensorrt" "$out"
 out=$(PIXELDIT_NVIDIA_DEVICE="$tmp/nvidia0" PIXELDIT_NVIDIA_PROC="$tmp/none" plan)
 check "device: mode" "mode: gpu (NVIDIA GPU found ($tmp/nvidia0 exists))" "$out"
 check "device: onnxruntime-gpu" "pip .cache/gpu-venv: onnxruntime-gpu[cuda,cudnn]==1.31.1" "$out"
-check "device: tensorrt" "pip .cache/gpu-venv: tensorrt-cu13-libs==10.16.1.11" "$out"
+check "device: tensorrt" "pip .cache/gpu-venv (best effort, --extra-index-url https://pypi.nvidia.com): tensorrt-cu13-libs==10.16.1.11" "$out"
 check "device: GPU library" "-> .cache/onnxruntime-gpu/" "$out"
 check "device: CPU library kept" "-> .cache/onnxruntime/" "$out"
 # Only the driver's proc file.
