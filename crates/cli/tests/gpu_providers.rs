@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// `PIXELDIT_ORT_GPU_LIB`, or a note that the test is skipped (a failure when `PIXELDIT_REQUIRE_ORT_GPU` is set).
-fn gpu_lib(test: &str) -> Option<PathBuf> {
+/// The library and its provider libraries are linked into a fresh directory (returned, kept alive by the caller):
+/// next to the original there may be the `site-packages` file of `scripts/setup.sh --gpu`, which would point the
+/// preload at real CUDA libraries and change what is missing.
+fn gpu_lib(test: &str) -> Option<(tempfile::TempDir, PathBuf)> {
     let lib = std::env::var_os("PIXELDIT_ORT_GPU_LIB")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
@@ -23,7 +26,16 @@ fn gpu_lib(test: &str) -> Option<PathBuf> {
                 eprintln!("{test}: a CUDA 13 cuBLAS is loadable here, the no-library checks do not apply");
                 return None;
             }
-            Some(p)
+            let iso = tempfile::tempdir().unwrap();
+            for entry in std::fs::read_dir(p.parent().unwrap()).unwrap() {
+                let f = entry.unwrap().path();
+                let name = f.file_name().unwrap().to_string_lossy().into_owned();
+                if name.starts_with("libonnxruntime") && name.contains(".so") {
+                    std::os::unix::fs::symlink(&f, iso.path().join(&name)).unwrap();
+                }
+            }
+            let lib = iso.path().join(p.file_name().unwrap());
+            Some((iso, lib))
         }
         other => {
             assert!(
@@ -66,7 +78,8 @@ fn assert_no_panic(e: &str) {
 
 #[test]
 fn explicit_gpu_devices_name_the_missing_library_and_the_missing_gpu() {
-    let Some(lib) = gpu_lib("explicit_gpu_devices_name_the_missing_library_and_the_missing_gpu") else {
+    let Some((_isolated, lib)) = gpu_lib("explicit_gpu_devices_name_the_missing_library_and_the_missing_gpu")
+    else {
         return;
     };
     for (device, ep) in [
@@ -101,7 +114,7 @@ fn explicit_gpu_devices_name_the_missing_library_and_the_missing_gpu() {
 
 #[test]
 fn auto_without_a_gpu_skips_the_gpu_providers_with_the_reason() {
-    let Some(lib) = gpu_lib("auto_without_a_gpu_skips_the_gpu_providers_with_the_reason") else {
+    let Some((_isolated, lib)) = gpu_lib("auto_without_a_gpu_skips_the_gpu_providers_with_the_reason") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -123,7 +136,9 @@ fn auto_without_a_gpu_skips_the_gpu_providers_with_the_reason() {
 
 #[test]
 fn auto_with_a_gpu_but_no_cuda_libraries_falls_back_naming_the_library() {
-    let Some(lib) = gpu_lib("auto_with_a_gpu_but_no_cuda_libraries_falls_back_naming_the_library") else {
+    let Some((_isolated, lib)) =
+        gpu_lib("auto_with_a_gpu_but_no_cuda_libraries_falls_back_naming_the_library")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -151,7 +166,7 @@ fn auto_with_a_gpu_but_no_cuda_libraries_falls_back_naming_the_library() {
 
 #[test]
 fn preload_failures_are_reported_not_fatal() {
-    let Some(lib) = gpu_lib("preload_failures_are_reported_not_fatal") else {
+    let Some((_isolated, lib)) = gpu_lib("preload_failures_are_reported_not_fatal") else {
         return;
     };
     // A site-packages with a cuBLAS that is not a library: the preload records it, the provider error says so.
