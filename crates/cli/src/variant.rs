@@ -35,11 +35,6 @@ pub fn fp32(opts: &ExportOptions) -> ExportOptions {
     o
 }
 
-/// The default quantizer settings of `precision` (`None` for fp32 and fp16).
-pub fn default_quant_config(precision: Precision) -> Option<QuantConfig> {
-    QuantConfig::for_precision(precision)
-}
-
 /// Builds the fp32 graph of `opts` and applies `cfg`, calibrating first (on `calib_backend`, CPU) when activations
 /// are quantized.
 pub fn build_quantized_graph(
@@ -101,6 +96,6 @@ pub fn export_variant(
 
 /// Exports `opts` to `path` with the default quantizer settings of its precision.
 pub fn export_to_file(opts: &ExportOptions, path: &Path) -> Result<ExportReport> {
-    let quant = default_quant_config(opts.precision);
+    let quant = QuantConfig::for_precision(opts.precision);
     Ok(export_variant(opts, quant.as_ref(), path, None)?.report)
 }

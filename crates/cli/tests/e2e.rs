@@ -5,7 +5,6 @@
 //! unless `PIXELDIT_REQUIRE_ORT`, `PIXELDIT_REQUIRE_PYTHON` or `PIXELDIT_REQUIRE_TRITON` is set
 //! (scripts/test.sh sets all three).
 
-mod common;
 mod util;
 
 mod digits;

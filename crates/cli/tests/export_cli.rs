@@ -1,7 +1,7 @@
 //! `pixeldit-export`: determinism, bad input, and (with the project's Python venv) the official ONNX checker,
 //! ONNX Runtime and the independent numpy reference of `reference/`.
 
-use crate::common::{python, python_check_models, reference_rel_l2, root};
+use crate::util::{python, python_check_models, reference_rel_l2, root};
 use pixeldit_spec::AttentionMode;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! `pixeldit-export` quantization options end to end: the side JSON, the metadata, `--accuracy-report`, globs and
 //! bad values (the quantizer itself is tested in `crates/quantize/tests`).
 
-use crate::common::root;
+use crate::util::root;
 use std::path::Path;
 use std::process::{Command, Output};
 

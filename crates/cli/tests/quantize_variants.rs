@@ -6,7 +6,7 @@
 //! The thresholds sit 1.4-2x above the errors measured when they were set (in brackets); the broken-scale tests
 //! show that a wrong scale lands 2-13x above them.
 
-use crate::common::root;
+use crate::util::root;
 use ndarray::{Array1, Array4};
 use pixeldit_cli::calibrate::calibrate;
 use pixeldit_cli::variant::{export_to_file, export_variant, VariantExport};

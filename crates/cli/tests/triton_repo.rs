@@ -3,7 +3,7 @@
 //! repositories give clear errors, and the custom-op attention is refused for Triton unless forced.
 //! Serving the repository with a real tritonserver is tested in `crates/runtime/tests/triton.rs`.
 
-use crate::common::root;
+use crate::util::root;
 use pixeldit_triton::config::CONFIG_FILE;
 use pixeldit_triton::validate_repository;
 use std::path::{Path, PathBuf};

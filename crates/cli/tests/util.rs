@@ -4,7 +4,7 @@
 
 use pixeldit_runtime::backend::{self, Candidate, LoadOptions};
 use pixeldit_runtime::Denoiser;
-pub use pixeldit_testkit::{max_abs_diff, need_ort, ort_lib, rel_l2, workspace};
+pub use pixeldit_testkit::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -9,7 +9,6 @@
 
 use crate::error::{Result, TritonError};
 use crate::pb::inference::ModelConfig;
-use prost::Message;
 use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value,
 };
@@ -147,9 +146,4 @@ fn map_key_order(a: &MapKey, b: &MapKey) -> std::cmp::Ordering {
     Value::from(a.clone())
         .to_string()
         .cmp(&Value::from(b.clone()).to_string())
-}
-
-/// The binary encoding of a config (for equality checks that ignore formatting).
-pub fn encode(cfg: &ModelConfig) -> Vec<u8> {
-    cfg.encode_to_vec()
 }

@@ -1,6 +1,6 @@
 //! Class-conditional sampling: labels from `--class`/`--classes`, the flow sampler with the model's defaults.
 
-use super::{finish, prepare, steps_bar, Finished, SampleArgs, SamplerArg, Target};
+use super::{finish, prepare, Finished, SampleArgs, SamplerArg, Target};
 use anyhow::{bail, Result};
 use pixeldit_runtime::samplers::flow::{self, FlowSamplerConfig, SamplerKind};
 use pixeldit_runtime::RuntimeError;
@@ -61,7 +61,7 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
     let null = target.meta.config.null_class();
     let (mut denoiser, meta) = target.open(a)?;
 
-    let bar = steps_bar(a, scfg.steps);
+    let bar = crate::progress::steps(scfg.steps, a.quiet);
     let start = Instant::now();
     let x = flow::sample(
         &mut |x, t, y| denoiser.class_velocity(x, t, y),

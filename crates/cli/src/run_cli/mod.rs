@@ -16,7 +16,6 @@ mod bench;
 mod class;
 mod text;
 
-use crate::progress;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ndarray::{Array4, Axis};
@@ -362,11 +361,6 @@ pub(crate) fn prepare(a: &SampleArgs, meta: &ModelMetadata, k: usize) -> Result<
         noise: initial_noise(a, shape)?,
         out_paths: checked_output_paths(a, k)?,
     })
-}
-
-/// Steps progress bar of a sampling run.
-pub(crate) fn steps_bar(a: &SampleArgs, steps: usize) -> indicatif::ProgressBar {
-    progress::steps(steps, a.quiet)
 }
 
 /// What a finished run reports: the JSON fields specific to its kind and the middle of the summary line.

@@ -1,7 +1,7 @@
 //! Text-to-image sampling: prompt embeddings from `--text-embeddings` (and `--negative-embeddings` for CFG),
 //! DPM-Solver++ 2M with the model's sampler defaults.
 
-use super::{finish, prepare, steps_bar, Finished, SampleArgs, SamplerArg, Target};
+use super::{finish, prepare, Finished, SampleArgs, SamplerArg, Target};
 use anyhow::{bail, Context, Result};
 use ndarray::{Array3, Axis};
 use pixeldit_runtime::samplers::dpm_solver::{self, DpmSolverConfig, SAMPLER_NAME};
@@ -78,7 +78,7 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
     let prepared = prepare(a, &target.meta, k)?;
     let (mut denoiser, meta) = target.open(a)?;
 
-    let bar = steps_bar(a, scfg.steps);
+    let bar = crate::progress::steps(scfg.steps, a.quiet);
     let start = Instant::now();
     let mut guided_steps = 0usize;
     let x = dpm_solver::sample(

@@ -225,6 +225,8 @@ pub struct OrtBackend {
     library: PathBuf,
     /// [`placement_summary`] of the session, when [`OrtOptions::report_placement`] was set.
     placement: Option<String>,
+    /// The graph's input names, in order (checked against every forward's feeds).
+    inputs: Vec<String>,
 }
 
 fn ort_err(
@@ -335,11 +337,13 @@ impl OrtBackend {
             let lines = placement_lines.lock().unwrap_or_else(|p| p.into_inner());
             placement_summary(&lines).unwrap_or_else(|| "no node placement was logged".into())
         });
+        let inputs = session.inputs().iter().map(|i| i.name().to_string()).collect();
         Ok(OrtBackend {
             session,
             provider,
             library,
             placement,
+            inputs,
         })
     }
 
@@ -513,11 +517,7 @@ impl Backend for OrtBackend {
     }
 
     fn input_names(&self) -> Vec<String> {
-        self.session
-            .inputs()
-            .iter()
-            .map(|i| i.name().to_string())
-            .collect()
+        self.inputs.clone()
     }
 
     fn output_names(&self) -> Vec<String> {
@@ -530,7 +530,7 @@ impl Backend for OrtBackend {
 
     fn run(&mut self, inputs: &[Feed<'_, '_>], outputs: &[&str]) -> Result<Vec<ArrayD<f32>>> {
         let err = self.ort_err();
-        super::check_feeds(&self.input_names(), inputs)?;
+        super::check_feeds(&self.inputs, inputs)?;
         let contiguous: Vec<(&str, Contiguous)> = inputs
             .iter()
             .map(|(name, t)| {

@@ -67,6 +67,23 @@ impl CustomOp {
         [first[0], seq, first[2].map(|w| w / 3)]
     }
 
+    /// The output shape `[B, S, H*Dh]` of concrete operands (`inputs` as for [`CustomOp::compute`]); each qkv input
+    /// must be 3-D.
+    pub fn output_shape(self, inputs: &[(&[usize], &[f32])]) -> Result<[usize; 3], KernelShapeError> {
+        let mut qkv = Vec::with_capacity(self.qkv_inputs().len());
+        for &i in self.qkv_inputs() {
+            let shape = inputs.get(i).map_or(&[][..], |(s, _)| *s);
+            let dims: [usize; 3] = shape.try_into().map_err(|_| {
+                KernelShapeError(format!(
+                    "{}: input {i} must be 3-D [B, S, 3*H*Dh], got {shape:?}",
+                    self.op_type()
+                ))
+            })?;
+            qkv.push(dims.map(|d| Some(d as i64)));
+        }
+        Ok(self.output_dims(&qkv).map(|d| d.unwrap_or(0) as usize))
+    }
+
     /// Runs the kernel: `inputs` are the op's inputs in order with their shapes, `out` is `[B, S, H*Dh]`.
     pub fn compute(
         self,
@@ -83,15 +100,7 @@ impl CustomOp {
                 inputs.len()
             )));
         }
-        for &i in self.qkv_inputs() {
-            if inputs[i].0.len() != 3 {
-                return Err(KernelShapeError(format!(
-                    "{}: input {i} must be 3-D [B, S, 3*H*Dh], got {:?}",
-                    self.op_type(),
-                    inputs[i].0
-                )));
-            }
-        }
+        self.output_shape(inputs)?;
         let data = |i: usize| inputs[i].1;
         match self {
             CustomOp::RotaryAttention => rotary_attention::rotary_attention(

@@ -113,29 +113,12 @@ impl Operator for OrtCustomOp {
                 data.push(d);
             }
             let inputs: Vec<(&[usize], &[f32])> = shapes.iter().map(Vec::as_slice).zip(data).collect();
-            for &i in op.qkv_inputs() {
-                if shapes[i].len() != 3 {
-                    return Err(ort::Error::new(format!(
-                        "{op} node '{node}': input {i} must be 3-D, got {:?}",
-                        shapes[i]
-                    )));
-                }
-            }
-            let qkv: Vec<[Option<i64>; 3]> = op
-                .qkv_inputs()
-                .iter()
-                .map(|&i| {
-                    shapes[i]
-                        .clone()
-                        .try_into()
-                        .map(|s: [usize; 3]| s.map(|d| Some(d as i64)))
-                })
-                .collect::<Result<_, _>>()
-                .expect("checked 3-D");
-            let dims = op.output_dims(&qkv).map(|d| d.unwrap_or(0));
+            let dims = op
+                .output_shape(&inputs)
+                .map_err(|e| ort::Error::new(format!("node '{node}': {e}")))?;
             let params = attrs.params(op, &inputs);
             let mut out = ctx
-                .output(0, dims.to_vec())?
+                .output(0, dims.map(|d| d as i64).to_vec())?
                 .ok_or_else(|| ort::Error::new(format!("{op} node '{node}': no output buffer")))?;
             let (_, o) = out.try_extract_tensor_mut::<f32>()?;
             op.compute(&inputs, &params, Threads::Host(&OrtPool(ctx)), o)

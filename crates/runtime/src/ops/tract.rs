@@ -134,15 +134,7 @@ impl EvalOp for TractCustomOp {
             .map(|v| v.as_slice::<f32>())
             .collect::<TractResult<Vec<_>>>()?;
         let operands: Vec<(&[usize], &[f32])> = shapes.iter().map(Vec::as_slice).zip(data).collect();
-        let mut qkv = Vec::new();
-        for &i in op.qkv_inputs() {
-            let s: [usize; 3] = shapes[i]
-                .clone()
-                .try_into()
-                .map_err(|s| format_err!("{op}: input {i} must be 3-D, got {s:?}"))?;
-            qkv.push(s.map(|d| Some(d as i64)));
-        }
-        let dims = op.output_dims(&qkv).map(|d| d.unwrap_or(0) as usize);
+        let dims = op.output_shape(&operands)?;
         let params = self.attributes().params(op, &operands);
         let mut out = Tensor::zero::<f32>(&dims)?;
         {
