@@ -22,6 +22,8 @@ use std::process::ExitCode;
 ///   pixeldit-export --preset digits --attention decomposed -o digits.onnx
 ///   pixeldit-export --preset digits --triton-repo models --max-batch-size 16   # Triton model repository
 ///   pixeldit-export --preset digits --precision fp8 --accuracy-report fp8.json -o digits-fp8.onnx
+///   pixeldit-export --text-encoder gemma-2-2b-it/ --precision bf16 -o gemma.onnx   # the T2I text encoder
+///   pixeldit-export --text-encoder gemma-2-2b --random-init --tokenizer tokenizer.json -o gemma.onnx
 #[derive(Parser, Debug)]
 #[command(name = "pixeldit-export", version, verbatim_doc_comment)]
 pub struct ExportArgs {
@@ -67,6 +69,20 @@ pub struct ExportArgs {
     /// No progress output (progress is drawn only when stderr is a terminal anyway).
     #[arg(short, long)]
     quiet: bool,
+    /// Export the Gemma-2 text encoder of a text-to-image model instead of PixelDiT: a preset (gemma-2-2b,
+    /// gemma-tiny), a Hugging Face config.json, or a checkpoint directory with config.json (such as a download of
+    /// Efficient-Large-Model/gemma-2-2b-it; it is then also the default --checkpoint, and its tokenizer.json the
+    /// default --tokenizer). Inputs input_ids and attention_mask [B, S] int64, output last_hidden_state [B, S, D];
+    /// --precision fp32, fp16 or bf16 (matrices and embedding table; norms and softmax stay f32).
+    #[arg(long, value_name = "PRESET|CONFIG|DIR", conflicts_with_all = ["preset", "config", "triton_repo", "dump"])]
+    text_encoder: Option<String>,
+    /// With --text-encoder: the tokenizer.json of the prompt recipe, which fixes the sequence length at
+    /// len(tokenize(CHI)) + 298 tokens and must have the embedding table's vocabulary.
+    #[arg(long, value_name = "FILE", requires = "text_encoder")]
+    tokenizer: Option<PathBuf>,
+    /// With --text-encoder: the sequence length, instead of the one --tokenizer implies.
+    #[arg(long, value_name = "N", requires = "text_encoder")]
+    seq_len: Option<usize>,
     #[command(flatten)]
     triton: TritonArgs,
     #[command(flatten)]
@@ -138,6 +154,24 @@ fn export_options(args: &ExportArgs) -> Result<ExportOptions> {
 
 /// Runs `pixeldit-export` with parsed arguments.
 pub fn run(args: ExportArgs) -> Result<()> {
+    if let Some(encoder) = &args.text_encoder {
+        if args.quant.is_set() {
+            bail!("the text encoder is exported in fp32, fp16 or bf16; quantization flags do not apply");
+        }
+        if args.height.is_some() || args.width.is_some() {
+            bail!("--height/--width do not apply to the text encoder");
+        }
+        return crate::encoder_export::run(&crate::encoder_export::EncoderRequest {
+            encoder: encoder.clone(),
+            checkpoint: args.checkpoint.clone(),
+            random_seed: args.random_init.then_some(args.seed),
+            tokenizer: args.tokenizer.clone(),
+            seq_len: args.seq_len,
+            precision: args.precision,
+            output: args.output.clone(),
+            quiet: args.quiet,
+        });
+    }
     let opts = export_options(&args)?;
     let quant = args.quant.config(opts.precision)?;
 

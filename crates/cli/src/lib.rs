@@ -5,7 +5,8 @@
 //! Module map:
 //! * [`export_cli`]: `pixeldit-export` (flags, progress, summary); [`quant_args`], [`triton_args`]: its
 //!   quantization and Triton repository flags.
-//! * [`run_cli`]: `pixeldit-run` (sampling, `bench`).
+//! * [`encoder_export`]: `pixeldit-export --text-encoder` (the Gemma-2 text encoder).
+//! * [`run_cli`]: `pixeldit-run` (sampling from class labels, prompts or text embeddings; `bench`).
 //! * [`variant`]: one exported variant of any precision (exporter graph -> calibration -> quantizer -> file).
 //! * [`calibrate`]: the calibration driver (tapped fp32 model through the runtime's sampler).
 //! * [`accuracy`]: `--accuracy-report` (a variant against the fp32 export, on the CPU).
@@ -18,6 +19,7 @@
 pub mod accuracy;
 pub mod bench_table;
 pub mod calibrate;
+pub mod encoder_export;
 pub mod export_cli;
 pub mod progress;
 pub mod quant_args;

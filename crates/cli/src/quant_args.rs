@@ -84,6 +84,20 @@ fn parse_alpha(s: &str) -> Result<Alpha, String> {
 }
 
 impl QuantArgs {
+    /// Whether any quantization or accuracy-report flag was given (the calibration and evaluation seeds have
+    /// defaults and do not count).
+    pub fn is_set(&self) -> bool {
+        !self.quant_include.is_empty()
+            || !self.quant_exclude.is_empty()
+            || !self.calib_classes.is_empty()
+            || self.calib_steps.is_some()
+            || self.calib_method.is_some()
+            || self.smoothquant.is_some()
+            || self.int8_weight_range.is_some()
+            || self.accuracy_report.is_some()
+            || self.eval_steps.is_some()
+    }
+
     /// The quantizer settings for `precision` (`None` for fp32 and fp16).
     pub fn config(&self, precision: pixeldit_spec::Precision) -> Result<Option<QuantConfig>> {
         let Some(mut q) = QuantConfig::for_precision(precision) else {

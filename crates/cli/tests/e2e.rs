@@ -13,6 +13,7 @@ mod export_quantize;
 mod exported;
 mod forward;
 mod gpu_providers;
+mod prompt;
 mod quantize_variants;
 mod run_cli;
 mod t2i;

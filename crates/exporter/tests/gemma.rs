@@ -42,7 +42,11 @@ fn sharded_hf_checkpoint_exports() {
     std::fs::create_dir_all(&out).unwrap();
     for seq in [300, 579] {
         let path = out.join(format!("gemma-tiny-s{seq}.onnx"));
-        let report = gemma::export_to_file(&cfg, &weights, seq, &path, None).unwrap();
+        let export = gemma::EncoderExport {
+            sequence_length: seq,
+            precision: pixeldit_spec::Precision::Fp32,
+        };
+        let report = gemma::export_to_file(&cfg, &weights, &export, &path, None).unwrap();
         let params: usize = cfg
             .parameter_shapes()
             .iter()
@@ -81,11 +85,19 @@ fn full_size_random_init_export() {
     let tmp = tempfile::tempdir_in(&dir).unwrap();
     let t0 = std::time::Instant::now();
     let weights = GemmaWeights::random(&cfg.parameter_shapes(), 0);
+    let precision = match std::env::var("PIXELDIT_GEMMA_PRECISION") {
+        Ok(p) => p.parse().unwrap(),
+        Err(_) => pixeldit_spec::Precision::Fp32,
+    };
+    let export = gemma::EncoderExport {
+        sequence_length: 300,
+        precision,
+    };
     let report =
-        gemma::export_to_file(&cfg, &weights, 300, &tmp.path().join("gemma-2-2b.onnx"), None).unwrap();
+        gemma::export_to_file(&cfg, &weights, &export, &tmp.path().join("gemma-2-2b.onnx"), None).unwrap();
     let hwm = common::proc_kb("/proc/self/status", "VmHWM:").unwrap_or(0);
     eprintln!(
-        "gemma-2-2b fp32 S=300: {} parameters, {:.1} s, peak RSS {:.2} GB",
+        "gemma-2-2b {precision} S=300: {} parameters, {:.1} s, peak RSS {:.2} GB",
         report.weight_params,
         t0.elapsed().as_secs_f64(),
         hwm as f64 / (1 << 20) as f64

@@ -2,6 +2,7 @@
 
 use crate::graph::{Attr, Dim, Graph, Value};
 use crate::tensor::TensorData;
+use crate::DType;
 use crate::{GraphError, Result};
 use pixeldit_onnx_proto as pb;
 use prost::Message;
@@ -95,6 +96,9 @@ pub fn ir_version_for(opset: i64) -> i64 {
     }
 }
 
+/// Values encoded per write when streaming external data (4 MiB of f32).
+const ENCODE_CHUNK: usize = 1 << 20;
+
 /// Writes `graph` to `path` (plus `<file>.data` with external data). `finalize` may add metadata once
 /// the weight hash is known. Both files are written under temporary names and renamed at the end, so
 /// a failure leaves nothing behind.
@@ -162,9 +166,15 @@ pub fn write_model(
             });
         }
         bytes_done += stored(init);
-        let bytes = match &init.data {
-            TensorData::Bytes(b) => b.clone(),
-            TensorData::Deferred { source, encoding } => {
+        let mut t = pb::TensorProto {
+            dims: init.shape.iter().map(|d| *d as i64).collect(),
+            data_type: Some(init.dtype.onnx()),
+            name: Some(init.name.clone()),
+            ..Default::default()
+        };
+        let values = match &init.data {
+            TensorData::Bytes(_) => None,
+            TensorData::Deferred { source, .. } => {
                 let values = source.read().map_err(|e| match e {
                     GraphError::Tensor { .. } => e,
                     other => GraphError::Tensor {
@@ -182,27 +192,33 @@ pub fn write_model(
                 for d in &init.shape {
                     hasher.update((*d as u64).to_le_bytes());
                 }
-                for v in &values {
-                    hasher.update(v.to_le_bytes());
+                for chunk in values.chunks(ENCODE_CHUNK) {
+                    hasher.update(crate::encode_f32(chunk, DType::F32));
                 }
                 report.weight_tensors += 1;
                 report.weight_params += values.len();
-                encoding.encode(&values, &init.shape)
+                Some(values)
             }
         };
-        let mut t = pb::TensorProto {
-            dims: init.shape.iter().map(|d| *d as i64).collect(),
-            data_type: Some(init.dtype.onnx()),
-            name: Some(init.name.clone()),
-            ..Default::default()
-        };
+        let len = stored(init) as usize;
         match data_tmp.as_mut() {
-            Some(f) if bytes.len() >= opts.threshold_bytes => {
+            Some(f) if len >= opts.threshold_bytes => {
                 // Align each tensor to 64 bytes so that runtimes can map it directly.
                 let pad = (64 - offset % 64) % 64;
                 f.write_all(&vec![0u8; pad as usize]).map_err(io(&data_path))?;
                 offset += pad;
-                f.write_all(&bytes).map_err(io(&data_path))?;
+                // Encoded and written in chunks: the f32 values are the only full copy in memory (a 2.4 GB
+                // embedding table is not held twice).
+                match (&init.data, &values) {
+                    (TensorData::Deferred { encoding, .. }, Some(values)) => {
+                        for (i, chunk) in values.chunks(ENCODE_CHUNK).enumerate() {
+                            let bytes = encoding.encode_at(chunk, i * ENCODE_CHUNK, &init.shape);
+                            f.write_all(&bytes).map_err(io(&data_path))?;
+                        }
+                    }
+                    (TensorData::Bytes(b), _) => f.write_all(b).map_err(io(&data_path))?,
+                    _ => unreachable!("deferred tensors have values"),
+                }
                 let entry = |k: &str, v: String| pb::StringStringEntryProto {
                     key: Some(k.into()),
                     value: Some(v),
@@ -210,20 +226,26 @@ pub fn write_model(
                 t.external_data = vec![
                     entry("location", data_name.clone()),
                     entry("offset", offset.to_string()),
-                    entry("length", bytes.len().to_string()),
+                    entry("length", len.to_string()),
                 ];
                 t.data_location = Some(pb::tensor_proto::DataLocation::External as i32);
-                offset += bytes.len() as u64;
+                offset += len as u64;
             }
             _ => {
-                inline_bytes += bytes.len() as u64;
+                inline_bytes += len as u64;
                 if inline_bytes > PROTO_LIMIT {
                     return Err(GraphError::Write(format!(
                         "inline tensors pass the 2 GB protobuf limit at '{}': use external data",
                         init.name
                     )));
                 }
-                t.raw_data = Some(bytes);
+                t.raw_data = Some(match (&init.data, values) {
+                    (TensorData::Deferred { encoding, .. }, Some(values)) => {
+                        encoding.encode(&values, &init.shape)
+                    }
+                    (TensorData::Bytes(b), _) => b.clone(),
+                    _ => unreachable!("deferred tensors have values"),
+                });
             }
         }
         initializers.push(t);

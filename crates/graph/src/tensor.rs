@@ -44,6 +44,12 @@ impl Encoding {
 
     /// Encodes values of a tensor with the given shape.
     pub fn encode(&self, values: &[f32], shape: &[usize]) -> Vec<u8> {
+        self.encode_at(values, 0, shape)
+    }
+
+    /// Encodes `values`, the elements `start..start + values.len()` of a tensor with the given shape (for writing
+    /// a large tensor in chunks; per-channel scales follow the element index).
+    pub fn encode_at(&self, values: &[f32], start: usize, shape: &[usize]) -> Vec<u8> {
         match self {
             Encoding::Float(d) => crate::encode_f32(values, *d),
             Encoding::Quantized {
@@ -58,7 +64,7 @@ impl Encoding {
                     .iter()
                     .enumerate()
                     .map(|(i, v)| {
-                        let s = scales[(i / inner) % n_axis];
+                        let s = scales[((start + i) / inner) % n_axis];
                         let q = v / s;
                         match dtype {
                             DType::I8 => {
@@ -132,6 +138,41 @@ impl Initializer {
         match &self.data {
             TensorData::Deferred { source, .. } => Some(source.read()),
             TensorData::Bytes(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_encoding_equals_whole_tensor_encoding() {
+        let shape = [6usize, 5];
+        let values: Vec<f32> = (0..30).map(|i| (i as f32 - 13.0) * 0.37).collect();
+        let scales = Arc::new(vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6]);
+        for enc in [
+            Encoding::Float(DType::BF16),
+            Encoding::Quantized {
+                dtype: DType::I8,
+                axis: 0,
+                scales: scales.clone(),
+                qmax: 127.0,
+            },
+            Encoding::Quantized {
+                dtype: DType::F8E4M3,
+                axis: 0,
+                scales,
+                qmax: 448.0,
+            },
+        ] {
+            let whole = enc.encode(&values, &shape);
+            let chunked: Vec<u8> = values
+                .chunks(7)
+                .enumerate()
+                .flat_map(|(i, c)| enc.encode_at(c, i * 7, &shape))
+                .collect();
+            assert_eq!(chunked, whole, "{enc:?}");
         }
     }
 }

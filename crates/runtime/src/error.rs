@@ -85,6 +85,10 @@ pub enum RuntimeError {
     /// A `tokenizer.json` that cannot be loaded or used for the prompt recipe (names the file and what is wrong).
     #[error("tokenizer {}: {reason}", path.display())]
     Tokenizer { path: PathBuf, reason: String },
+    /// A text encoder that does not fit the tokenizer or the text-to-image model (names the file and the
+    /// mismatch).
+    #[error("text encoder {}: {reason}", path.display())]
+    TextEncoder { path: PathBuf, reason: String },
     /// PNG encoding failed.
     #[error("{}: PNG encoding failed: {message}", path.display())]
     Png { path: PathBuf, message: String },

@@ -12,6 +12,8 @@
 //! * [`samplers`]: the class-conditional flow sampler and the text-to-image DPM-Solver++ 2M, as pure functions.
 //! * [`model`]: reads the `pixeldit.metadata` JSON and the node list of a model file without a backend.
 //! * [`prompt`]: the Gemma-2 tokenizer (`tokenizer.json`) and the official text-to-image prompt recipe.
+//! * [`text_encoder`]: the exported Gemma-2 encoder with its tokenizer: texts -> `[K, 300, D]` text embeddings,
+//!   checked against the tokenizer and the T2I model.
 //! * [`io`]: seeded noise, `.npy`, text embeddings, PNG, atomic writes.
 //! * [`bench`]: per-forward latency measurement.
 //!
@@ -50,6 +52,7 @@ pub mod ops;
 pub mod prompt;
 pub mod samplers;
 pub mod tensor;
+pub mod text_encoder;
 
 pub use backend::{Backend, BackendKind, Device, LoadOptions};
 pub use denoiser::{Conditioning, Denoiser};

@@ -40,7 +40,7 @@ pub const CHI_PROMPT: &str = concat!(
 pub const PAD_TOKEN: &str = "<pad>";
 
 /// Which half of classifier-free guidance a text is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PromptKind {
     /// The user prompt: CHI system prompt prepended, `len(tokenize(CHI)) + 298` tokens, 300 positions kept.
     Prompt,
@@ -90,6 +90,15 @@ impl EncoderInput {
     /// Always false (every recipe input holds at least `<bos>`); present for clippy's `len_without_is_empty`.
     pub fn is_empty(&self) -> bool {
         self.input_ids.is_empty()
+    }
+
+    /// Right-pads the sequence to `len` tokens with `pad_id` (mask 0); the kept positions stay where they are.
+    /// Used to run a 300-token negative prompt through an encoder exported for the longer prompt length.
+    pub fn pad_to(&mut self, len: usize, pad_id: i64) {
+        if len > self.len() {
+            self.input_ids.resize(len, pad_id);
+            self.attention_mask.resize(len, 0);
+        }
     }
 
     /// Gathers the kept rows of an encoder output `[len, width]` (row-major) into `[300, width]`.
@@ -166,6 +175,16 @@ impl PromptTokenizer {
     /// Vocabulary size including added tokens; must not exceed the encoder's embedding rows.
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)
+    }
+
+    /// Id of [`PAD_TOKEN`].
+    pub fn pad_id(&self) -> i64 {
+        i64::from(self.pad_id)
+    }
+
+    /// The file the tokenizer was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Tokens of [`CHI_PROMPT`] alone, `<bos>` included (`len(tokenize(chi))` of the recipe).

@@ -5,6 +5,7 @@
 //! * [`ModelMetadata`]: what the exporter writes into the ONNX `metadata_props` (key [`META_KEY`]) so that
 //!   `pixeldit-run model.onnx` needs nothing else.
 //! * [`io`]: the input/output contract of the exported graph (`x`, `t`, `y` -> `v`).
+//! * [`text_encoder`]: the contract and metadata of an exported text encoder (Gemma-2).
 //! * [`custom_op`]: the exact semantics of the fused attention ops in domain `pixeldit` and their attribute
 //!   defaults.
 //! * [`Precision`], [`AttentionMode`]: the string enums (one definition each; `clap::ValueEnum` with the `clap`
@@ -14,6 +15,7 @@
 
 pub mod custom_op;
 pub mod io;
+pub mod text_encoder;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -52,8 +52,17 @@ fn sampler_config(a: &SampleArgs, target: &Target) -> Result<FlowSamplerConfig> 
 }
 
 pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
-    if a.text_embeddings.is_some() || a.negative_embeddings.is_some() {
-        bail!("--text-embeddings and --negative-embeddings are for text-to-image models; {} is class-conditional", target.name);
+    if a.text_embeddings.is_some()
+        || a.negative_embeddings.is_some()
+        || a.prompt.is_some()
+        || a.prompts_file.is_some()
+        || a.negative_prompt.is_some()
+        || a.text_encoder.is_some()
+    {
+        bail!(
+            "prompts, text encoders and text embeddings are for text-to-image models; {} is class-conditional",
+            target.name
+        );
     }
     let labels = labels(a, target.meta.config.num_classes)?;
     let scfg = sampler_config(a, &target)?;

@@ -4,6 +4,7 @@
 //! pixeldit-run model.onnx --class 207 --seed 0 --steps 100 --cfg 2.75 -o out.png
 //! pixeldit-run model.onnx --classes 1,2,3 -o out.png          # out_000.png, out_001.png, out_002.png
 //! pixeldit-run model.onnx --class 7 --batch 4 --grid -o g.png # one 2x2 grid image
+//! pixeldit-run t2i.onnx --prompt "a red fox" --text-encoder gemma.onnx --tokenizer tokenizer.json -o fox.png
 //! pixeldit-run t2i.onnx --text-embeddings fox.npy --negative-embeddings empty.npy -o fox.png
 //! pixeldit-run bench model.onnx --runs 20 --warmup 3 --batch 1 [--append BENCHMARKS.md]
 //! ```
@@ -158,6 +159,25 @@ pub(crate) struct SampleArgs {
     /// Initial noise, .npy f32 [K,3,H,W] (replaces --seed).
     #[arg(long, value_name = "FILE.npy")]
     noise: Option<PathBuf>,
+    /// Text-to-image models: the prompt. It is tokenized with --tokenizer and encoded with --text-encoder by the
+    /// official recipe (CHI system prompt, len(tokenize(CHI)) + 298 tokens, BOS and the last 299 positions kept);
+    /// a longer prompt is truncated as the recipe does, with a note on stderr. `--batch K` repeats it.
+    #[arg(long, conflicts_with_all = ["text_embeddings", "prompts_file"])]
+    prompt: Option<String>,
+    /// Text-to-image models: a file with one prompt per line (blank lines skipped), one image each.
+    #[arg(long, value_name = "FILE", conflicts_with = "text_embeddings")]
+    prompts_file: Option<PathBuf>,
+    /// Text-to-image models: the negative prompt for CFG with --prompt/--prompts-file (no CHI prefix, 300 tokens)
+    /// [default: "", the empty prompt].
+    #[arg(long, conflicts_with = "negative_embeddings")]
+    negative_prompt: Option<String>,
+    /// The Gemma-2 text encoder exported by `pixeldit-export --text-encoder` (with --prompt/--prompts-file). It
+    /// runs on the same backend selection as the model (--backend, --device), locally also with --triton.
+    #[arg(long, value_name = "FILE.onnx")]
+    text_encoder: Option<PathBuf>,
+    /// The encoder's tokenizer.json [default: tokenizer.json next to --text-encoder].
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
     /// Text-to-image models: hidden states of the prompt, `[300, 2304]` or `[K, 300, 2304]` (.npy f32, or
     /// safetensors F32/F16/BF16).
     ///

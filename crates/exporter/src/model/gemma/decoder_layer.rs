@@ -10,42 +10,60 @@ use pixeldit_graph::{DType, Dim, Encoding, Graph, TensorData, Value};
 use super::{GemmaConfig, GemmaWeights};
 use crate::Result;
 
-/// Shared per-export state: weights, config and sequence length (compute is f32).
+/// Shared per-export state: weights, config, sequence length and the type of the linear layers and the embedding
+/// table (everything else computes in f32).
 pub(crate) struct GemmaCtx<'a> {
     pub weights: &'a GemmaWeights,
     pub cfg: &'a GemmaConfig,
     /// Sequence length S of the export.
     pub seq: usize,
+    /// Storage and compute type of the matrices (f32, f16 or bf16).
+    pub matrix_dtype: DType,
 }
 
 impl GemmaCtx<'_> {
-    /// The initializer of checkpoint key `key` (f32, deferred).
-    pub fn weight(&self, g: &mut Graph, key: &str, shape: Vec<usize>) -> Result<Value> {
+    /// The initializer of checkpoint key `key`, stored as `dtype` (deferred: read while writing).
+    pub fn weight(&self, g: &mut Graph, key: &str, shape: Vec<usize>, dtype: DType) -> Result<Value> {
         if let Some(v) = g.value_by_name(key) {
             return Ok(v);
         }
         let source = self.weights.source(key)?;
         Ok(g.initializer(
             key,
-            DType::F32,
+            dtype,
             shape,
             TensorData::Deferred {
                 source,
-                encoding: Encoding::Float(DType::F32),
+                encoding: Encoding::Float(dtype),
             },
         )?)
     }
 
-    /// `x @ W^T` for `x [B*S, in]` and the checkpoint's `W [out, in]` (no bias in Gemma-2).
+    /// `x @ W^T` for `x [B*S, in]` and the checkpoint's `W [out, in]` (no bias in Gemma-2), in the matrix type;
+    /// returns f32.
     pub fn linear(&self, g: &mut Graph, x: Value, key: &str, out: usize, inp: usize) -> Result<Value> {
-        let w = self.weight(g, key, vec![out, inp])?;
-        Ok(g.gemm_bt(x, w, None)?)
+        let dt = self.matrix_dtype;
+        let w = self.weight(g, key, vec![out, inp], dt)?;
+        if dt == DType::F32 {
+            return Ok(g.gemm_bt(x, w, None)?);
+        }
+        if dt == DType::BF16 {
+            // ONNX Runtime's CPU provider has no bf16 Gemm: bf16 weights are widened, the input and the product
+            // rounded to bf16 (f32 accumulation, as a bf16 GPU matmul), which every backend runs.
+            let w = g.cast(w, DType::F32)?;
+            let x = round_through(g, x, dt)?;
+            let y = g.gemm_bt(x, w, None)?;
+            return round_through(g, y, dt);
+        }
+        let x = g.cast(x, dt)?;
+        let y = g.gemm_bt(x, w, None)?;
+        Ok(g.cast(y, DType::F32)?)
     }
 
     /// Gemma's RMSNorm over the last axis: `x / sqrt(mean(x^2) + eps) * (1 + w)`, in f32.
     pub fn rms_norm(&self, g: &mut Graph, x: Value, key: &str) -> Result<Value> {
         let d = self.cfg.hidden_size;
-        let w = self.weight(g, key, vec![d])?;
+        let w = self.weight(g, key, vec![d], DType::F32)?;
         let one = g.scalar(DType::F32, 1.0)?;
         let scale = g.add(w, one)?;
         let sq = g.mul(x, x)?;
@@ -56,6 +74,12 @@ impl GemmaCtx<'_> {
         let xn = g.div(x, rms)?;
         Ok(g.mul(xn, scale)?)
     }
+}
+
+/// `x` (f32) rounded to `dt` and widened back.
+fn round_through(g: &mut Graph, x: Value, dt: DType) -> Result<Value> {
+    let r = g.cast(x, dt)?;
+    Ok(g.cast(r, DType::F32)?)
 }
 
 /// An elementwise op without attributes whose output has the input's dtype and shape.

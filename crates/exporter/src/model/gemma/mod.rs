@@ -16,14 +16,16 @@ mod decoder_layer;
 use std::path::Path;
 
 use pixeldit_graph::{DType, Dim, Graph, Progress, WriteOptions, WriteReport};
+use pixeldit_spec::text_encoder::{
+    TextEncoderMetadata, ATTENTION_MASK, INPUT_IDS, LAST_HIDDEN_STATE, TEXT_ENCODER_FORMAT_VERSION,
+    TEXT_ENCODER_META_KEY,
+};
+use pixeldit_spec::Precision;
 
 pub use checkpoint::{GemmaWeights, INDEX_FILE, SINGLE_FILE};
 use decoder_layer::{additive_mask, decoder_layer, scoped, GemmaCtx, LayerInputs};
 
 use crate::{ExportError, Result};
-
-/// `metadata_props` key of the text-encoder description (JSON; see [`encoder_metadata`]).
-pub const TEXT_ENCODER_META_KEY: &str = "pixeldit.text_encoder";
 
 /// The hyper-parameters of a Gemma-2 decoder, with transformers' `Gemma2Config` names.
 #[derive(Debug, Clone, PartialEq)]
@@ -242,23 +244,73 @@ fn rope_tables(cfg: &GemmaConfig, s: usize) -> (Vec<f32>, Vec<f32>) {
     (cos, sin)
 }
 
-/// Builds the encoder graph for sequence length `seq` (weights must have passed [`GemmaWeights::check`]).
-pub fn build_graph(cfg: &GemmaConfig, weights: &GemmaWeights, seq: usize) -> Result<Graph> {
+/// What one encoder export writes: the fixed sequence length and the precision of the matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderExport {
+    /// Sequence length S of the graph (the prompt recipe needs `len(tokenize(CHI)) + 298`).
+    pub sequence_length: usize,
+    /// fp32, fp16 or bf16: the embedding table and the linear layers are stored and multiplied in this type
+    /// (transformers runs Gemma-2 in bf16 that way); norms, RoPE, softmax and the residual stream stay f32.
+    pub precision: Precision,
+}
+
+impl EncoderExport {
+    /// The storage type of the matrices, or an error for a precision the encoder does not support.
+    pub fn matrix_dtype(&self) -> Result<DType> {
+        match self.precision {
+            Precision::Fp32 => Ok(DType::F32),
+            Precision::Fp16 => Ok(DType::F16),
+            Precision::Bf16 => Ok(DType::BF16),
+            p => Err(ExportError::Unsupported(format!(
+                "text encoder precision {p}: the Gemma-2 export supports fp32, fp16 and bf16"
+            ))),
+        }
+    }
+}
+
+/// The value of `sqrt(D)` in the weights' type, as transformers multiplies the embeddings by
+/// `torch.tensor(sqrt(D), dtype=hidden.dtype)`.
+fn embedding_scale(d: usize, dt: DType) -> f32 {
+    let s = (d as f64).sqrt() as f32;
+    match dt {
+        DType::F16 => half::f16::from_f32(s).to_f32(),
+        DType::BF16 => half::bf16::from_f32(s).to_f32(),
+        _ => s,
+    }
+}
+
+/// Builds the encoder graph (weights must have passed [`GemmaWeights::check`]).
+pub fn build_graph(cfg: &GemmaConfig, weights: &GemmaWeights, export: &EncoderExport) -> Result<Graph> {
+    let seq = export.sequence_length;
     if seq == 0 {
         return Err(ExportError::Unsupported(
             "Gemma-2 export: sequence length 0".into(),
         ));
     }
+    let matrix_dtype = export.matrix_dtype()?;
     let mut g = Graph::new(17);
     let (d, s) = (cfg.hidden_size, seq);
-    let ids = g.input("input_ids", DType::I64, vec![Dim::Batch(1), Dim::Fixed(s)])?;
-    let mask_in = g.input("attention_mask", DType::I64, vec![Dim::Batch(1), Dim::Fixed(s)])?;
-    let cx = GemmaCtx { weights, cfg, seq: s };
+    let ids = g.input(INPUT_IDS, DType::I64, vec![Dim::Batch(1), Dim::Fixed(s)])?;
+    let mask_in = g.input(ATTENTION_MASK, DType::I64, vec![Dim::Batch(1), Dim::Fixed(s)])?;
+    let cx = GemmaCtx {
+        weights,
+        cfg,
+        seq: s,
+        matrix_dtype,
+    };
 
     let h = scoped(&mut g, "model.embed_tokens", |g| {
-        let table = cx.weight(g, "model.embed_tokens.weight", vec![cfg.vocab_size, d])?;
-        let e = g.gather(table, ids, 0)?; // [B, S, D]
-        let scale = g.scalar(DType::F32, (d as f64).sqrt() as f32)?;
+        let table = cx.weight(
+            g,
+            "model.embed_tokens.weight",
+            vec![cfg.vocab_size, d],
+            matrix_dtype,
+        )?;
+        let mut e = g.gather(table, ids, 0)?; // [B, S, D]
+        if matrix_dtype != DType::F32 {
+            e = g.cast(e, DType::F32)?;
+        }
+        let scale = g.scalar(DType::F32, embedding_scale(d, matrix_dtype))?;
         let e = g.mul(e, scale)?;
         Ok(g.reshape(e, &[Dim::Batch(s), Dim::Fixed(d)])?)
     })?;
@@ -297,58 +349,60 @@ pub fn build_graph(cfg: &GemmaConfig, weights: &GemmaWeights, seq: usize) -> Res
     }
     let h = scoped(&mut g, "model.norm", |g| cx.rms_norm(g, h, "model.norm.weight"))?;
     let out = g.reshape(h, &[Dim::Batch(1), Dim::Fixed(s), Dim::Fixed(d)])?;
-    g.output("last_hidden_state", out)?;
+    g.output(LAST_HIDDEN_STATE, out)?;
     g.set_name(&format!("gemma2_{}", cfg.name));
     g.set_doc(&format!(
-        "Gemma-2 text encoder {} (last hidden state after the final norm, S = {s}), exported by pixeldit-exporter {}",
+        "Gemma-2 text encoder {} (last hidden state after the final norm, S = {s}, {}), exported by \
+         pixeldit-exporter {}",
         cfg.name,
+        export.precision,
         env!("CARGO_PKG_VERSION")
     ));
     Ok(g)
 }
 
-/// The JSON stored under [`TEXT_ENCODER_META_KEY`]: what `pixeldit-run` needs to check an encoder against a
-/// tokenizer (vocabulary) and a T2I model (text width).
+/// The metadata stored under [`TEXT_ENCODER_META_KEY`]: what `pixeldit-run` checks an encoder against (the
+/// tokenizer's vocabulary and prompt length, the T2I model's text width).
 pub fn encoder_metadata(
     cfg: &GemmaConfig,
-    seq: usize,
+    export: &EncoderExport,
     weights: &GemmaWeights,
     sha256: &str,
-) -> serde_json::Value {
-    serde_json::json!({
-        "format_version": 1,
-        "architecture": "gemma2",
-        "name": cfg.name,
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size,
-        "sequence_length": seq,
-        "inputs": ["input_ids", "attention_mask"],
-        "output": "last_hidden_state",
-        "weights_source": weights.origin(),
-        "weights_sha256": sha256,
-        "exporter_version": env!("CARGO_PKG_VERSION"),
-    })
+) -> TextEncoderMetadata {
+    TextEncoderMetadata {
+        format_version: TEXT_ENCODER_FORMAT_VERSION,
+        architecture: "gemma2".into(),
+        name: cfg.name.clone(),
+        vocab_size: cfg.vocab_size,
+        hidden_size: cfg.hidden_size,
+        sequence_length: export.sequence_length,
+        sliding_window: cfg.sliding_window,
+        precision: export.precision,
+        weights_source: weights.origin().to_string(),
+        weights_sha256: sha256.to_string(),
+        exporter_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
 }
 
-/// Exports the encoder (fp32) to `path`: checks the weights against `cfg`, builds the graph for `seq` tokens and
-/// writes it (external data for large models, temp files renamed at the end).
+/// Exports the encoder to `path`: checks the weights against `cfg`, builds the graph and writes it (external data
+/// for large models, temp files renamed at the end; each weight is read, converted and written one at a time).
 pub fn export_to_file(
     cfg: &GemmaConfig,
     weights: &GemmaWeights,
-    seq: usize,
+    export: &EncoderExport,
     path: &Path,
     progress: Option<Progress>,
 ) -> Result<WriteReport> {
     weights.check(&cfg.parameter_shapes())?;
-    let graph = build_graph(cfg, weights, seq)?;
+    let graph = build_graph(cfg, weights, export)?;
     let wopts = WriteOptions {
         progress,
         producer: ("pixeldit-exporter", env!("CARGO_PKG_VERSION")),
         ..Default::default()
     };
     Ok(pixeldit_graph::write_model(&graph, path, &wopts, |r, props| {
-        let meta = encoder_metadata(cfg, seq, weights, &r.weights_sha256);
-        props.push((TEXT_ENCODER_META_KEY.to_string(), meta.to_string()));
+        let meta = encoder_metadata(cfg, export, weights, &r.weights_sha256);
+        props.push((TEXT_ENCODER_META_KEY.to_string(), meta.to_json()));
     })?)
 }
 
@@ -381,7 +435,11 @@ mod tests {
         let cfg = GemmaConfig::preset("gemma-tiny").unwrap();
         let w = GemmaWeights::random(&cfg.parameter_shapes(), 0);
         assert!(w.check(&cfg.parameter_shapes()).unwrap().is_empty());
-        let g = build_graph(&cfg, &w, 20).unwrap();
+        let export = EncoderExport {
+            sequence_length: 20,
+            precision: Precision::Fp32,
+        };
+        let g = build_graph(&cfg, &w, &export).unwrap();
         let dump = g.dump();
         assert!(dump.contains("model.layers.3.mlp"), "{dump}");
         assert_eq!(g.outputs().len(), 1);
