@@ -6,16 +6,22 @@
 //! * **full samples**: both models run the sampler from the same noise; PSNR over the [-1, 1] data range
 //!   (peak-to-peak 2) per image, `10 log10(4 / MSE)`, plus the relative L2 of the whole batch.
 //!
+//! Text-to-image models run DPM-Solver++ with CFG instead, on the text conditions of [`EvalConfig::text`] (synthetic
+//! embeddings by default, drawn apart from the calibration's), and `t` maps to `sigma = 1 - t` (input 1000 sigma).
+//!
 //! Evaluation seeds default to 100, 101, apart from the calibration seeds (0, 1). The default times stop at 0.95:
 //! the sampler never evaluates the network at t = 1 (its last step starts at 1 - 1/N), and there `v` is
 //! ill-conditioned (even fp16 differs by ~1e-2 on the `digits` model).
 
+use crate::calibrate::{text_conditions, TextCalibration, SYNTHETIC_EVAL_SEED};
 use anyhow::{bail, Context, Result};
-use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
+use ndarray::{Array1, Array3, Array4, ArrayView1, ArrayView3, ArrayView4};
 use pixeldit_exporter::ExportOptions;
 use pixeldit_quantize::calib::spread_classes;
+use pixeldit_runtime::samplers::dpm_solver::{self, DpmSolverConfig};
 use pixeldit_runtime::samplers::flow;
 use pixeldit_runtime::{backend, io, model, BackendKind, Denoiser, Device, LoadOptions};
+use pixeldit_spec::ModelKind;
 use serde::Serialize;
 use std::path::Path;
 
@@ -32,6 +38,8 @@ pub struct EvalConfig {
     pub t_points: Vec<f32>,
     /// Backend for both models.
     pub backend: BackendKind,
+    /// Text conditions of text-to-image models.
+    pub text: TextCalibration,
 }
 
 impl Default for EvalConfig {
@@ -42,6 +50,7 @@ impl Default for EvalConfig {
             steps: None,
             t_points: vec![0.0, 0.25, 0.5, 0.75, 0.95],
             backend: BackendKind::Auto,
+            text: TextCalibration::default(),
         }
     }
 }
@@ -68,8 +77,11 @@ pub struct AccuracyReport {
     pub reference: String,
     /// Backend that ran the variant.
     pub backend: String,
-    /// Classes.
+    /// Classes (class-conditional models).
     pub classes: Vec<i64>,
+    /// Text conditions (text-to-image models).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<String>,
     /// Seeds.
     pub seeds: Vec<u64>,
     /// Sampler steps.
@@ -119,17 +131,76 @@ pub fn psnr(mse: f64) -> f64 {
     }
 }
 
+/// The conditions of an evaluation: classes, or text embeddings with the negative for CFG.
+enum Conditions {
+    Class {
+        classes: Vec<i64>,
+        null: i64,
+    },
+    Text {
+        cond: Array3<f32>,
+        uncond: Option<Array3<f32>>,
+    },
+}
+
+impl Conditions {
+    fn count(&self) -> usize {
+        match self {
+            Conditions::Class { classes, .. } => classes.len(),
+            Conditions::Text { cond, .. } => cond.shape()[0],
+        }
+    }
+
+    /// The conditional velocity at flow time `t` (0 = noise, 1 = data).
+    fn velocity(&self, d: &mut Denoiser, x: ArrayView4<f32>, t: f32) -> Result<Array4<f32>> {
+        let k = self.count();
+        Ok(match self {
+            Conditions::Class { classes, .. } => {
+                let y = Array1::from(classes.clone());
+                d.class_velocity(x, Array1::from_elem(k, t).view(), y.view())?
+            }
+            Conditions::Text { cond, .. } => {
+                d.text_velocity(x, Array1::from_elem(k, 1000.0 * (1.0 - t)).view(), cond.view())?
+            }
+        })
+    }
+}
+
+/// The sampler of a model: flow for class-conditional, DPM-Solver++ for text-to-image.
+enum Sampler {
+    Flow(flow::FlowSamplerConfig),
+    Dpm(DpmSolverConfig),
+}
+
+impl Sampler {
+    fn run(&self, d: &mut Denoiser, noise: Array4<f32>, c: &Conditions) -> Result<Array4<f32>> {
+        Ok(match (self, c) {
+            (Sampler::Flow(s), Conditions::Class { classes, null }) => {
+                let mut m =
+                    |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| d.class_velocity(x, t, y);
+                flow::sample(&mut m, noise, classes, *null, s, &mut |_| {})?
+            }
+            (Sampler::Dpm(s), Conditions::Text { cond, uncond }) => {
+                let mut m =
+                    |x: ArrayView4<f32>, t: ArrayView1<f32>, txt: ArrayView3<f32>| d.text_velocity(x, t, txt);
+                dpm_solver::sample(
+                    &mut m,
+                    noise,
+                    cond.view(),
+                    uncond.as_ref().map(|u| u.view()),
+                    s,
+                    &mut |_| {},
+                )?
+            }
+            _ => unreachable!("sampler and conditions come from the same model kind"),
+        })
+    }
+}
+
 /// Compares `variant` with the fp32 `reference` (same model, same size).
 pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<AccuracyReport> {
     let meta = model::read_metadata(reference)?;
     let vmeta = model::read_metadata(variant)?;
-    if meta.config.kind != pixeldit_spec::ModelKind::C2i {
-        bail!(
-            "accuracy reports run the class-conditional sampler; {} is a {:?} model",
-            meta.config.name,
-            meta.config.kind
-        );
-    }
     let opts = LoadOptions::default()
         .with_backend(cfg.backend)
         .with_device(Device::Cpu);
@@ -138,40 +209,73 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
     let backend_name = q.candidate.to_string();
     let mut r = Denoiser::new(r.backend, &meta);
     let mut q = Denoiser::new(q.backend, &vmeta);
-    let mut scfg = flow::FlowSamplerConfig::from_defaults(&meta.sampler)?;
-    if let Some(s) = cfg.steps {
-        scfg.steps = s;
-    }
-    scfg.validate()?;
-    let classes = if cfg.classes.is_empty() {
-        spread_classes(meta.config.num_classes, 4)
-    } else {
-        cfg.classes.clone()
+    let (sampler, conditions, prompts, steps, cfg_scale) = match meta.config.kind {
+        ModelKind::C2i => {
+            let mut scfg = flow::FlowSamplerConfig::from_defaults(&meta.sampler)?;
+            if let Some(s) = cfg.steps {
+                scfg.steps = s;
+            }
+            scfg.validate()?;
+            let classes = if cfg.classes.is_empty() {
+                spread_classes(meta.config.num_classes, 4)
+            } else {
+                cfg.classes.clone()
+            };
+            let c = Conditions::Class {
+                classes,
+                null: meta.config.null_class(),
+            };
+            let (steps, w) = (scfg.steps, scfg.cfg_scale);
+            (Sampler::Flow(scfg), c, Vec::new(), steps, w)
+        }
+        ModelKind::T2i => {
+            if !cfg.classes.is_empty() {
+                bail!(
+                    "{} is a text-to-image model: evaluation classes do not apply",
+                    meta.config.name
+                );
+            }
+            let text_cfg = meta
+                .config
+                .text
+                .clone()
+                .context("the model metadata has no text section")?;
+            let tc = text_conditions(&cfg.text, &text_cfg, &meta.config.name, SYNTHETIC_EVAL_SEED)?;
+            let mut scfg = DpmSolverConfig::from_defaults(&meta.sampler)?;
+            if let Some(s) = cfg.steps {
+                scfg.steps = s;
+            }
+            if tc.uncond.is_none() {
+                scfg.cfg_scale = 1.0;
+            }
+            scfg.validate()?;
+            let c = Conditions::Text {
+                cond: tc.cond,
+                uncond: tc.uncond,
+            };
+            (
+                Sampler::Dpm(scfg.clone()),
+                c,
+                tc.labels,
+                scfg.steps,
+                scfg.cfg_scale,
+            )
+        }
     };
-    let null = meta.config.null_class();
-    let shape = [classes.len(), 3, meta.height, meta.width];
-    let y = Array1::from(classes.clone());
+    let shape = [conditions.count(), 3, meta.height, meta.width];
 
     let mut t_acc = vec![(0.0f64, 0.0f64, 0.0f32); cfg.t_points.len()];
     let mut psnrs = Vec::new();
     let (mut se_all, mut ref_all, mut n_all) = (0.0f64, 0.0f64, 0usize);
     for &seed in &cfg.seeds {
         let noise = io::seeded_noise(seed, shape);
-        let run = |d: &mut Denoiser| -> Result<Array4<f32>> {
-            let mut m =
-                |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| d.class_velocity(x, t, y);
-            Ok(flow::sample(
-                &mut m,
-                noise.clone(),
-                &classes,
-                null,
-                &scfg,
-                &mut |_| {},
-            )?)
-        };
-        let xr = run(&mut r)?.mapv(|v| v.clamp(-1.0, 1.0));
-        let xq = run(&mut q)?.mapv(|v| v.clamp(-1.0, 1.0));
-        for k in 0..classes.len() {
+        let xr = sampler
+            .run(&mut r, noise.clone(), &conditions)?
+            .mapv(|v| v.clamp(-1.0, 1.0));
+        let xq = sampler
+            .run(&mut q, noise.clone(), &conditions)?
+            .mapv(|v| v.clamp(-1.0, 1.0));
+        for k in 0..conditions.count() {
             let (a, b) = (
                 xr.index_axis(ndarray::Axis(0), k),
                 xq.index_axis(ndarray::Axis(0), k),
@@ -188,9 +292,8 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
         }
         for (i, &t) in cfg.t_points.iter().enumerate() {
             let xt = &xr * t + &noise * (1.0 - t);
-            let tt = Array1::from_elem(classes.len(), t);
-            let vr = r.class_velocity(xt.view(), tt.view(), y.view())?;
-            let vq = q.class_velocity(xt.view(), tt.view(), y.view())?;
+            let vr = conditions.velocity(&mut r, xt.view(), t)?;
+            let vq = conditions.velocity(&mut q, xt.view(), t)?;
             let acc = &mut t_acc[i];
             for (a, b) in vr.iter().zip(vq.iter()) {
                 acc.0 += ((a - b) as f64).powi(2);
@@ -200,15 +303,20 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
         }
     }
     let pooled = psnr(se_all / n_all.max(1) as f64);
+    let classes = match conditions {
+        Conditions::Class { classes, .. } => classes,
+        Conditions::Text { .. } => Vec::new(),
+    };
     Ok(AccuracyReport {
         precision: vmeta.precision.to_string(),
         model: variant.display().to_string(),
         reference: reference.display().to_string(),
         backend: backend_name,
         classes,
+        prompts,
         seeds: cfg.seeds.clone(),
-        steps: scfg.steps,
-        cfg_scale: scfg.cfg_scale,
+        steps,
+        cfg_scale,
         v_error: cfg
             .t_points
             .iter()

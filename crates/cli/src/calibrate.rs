@@ -1,36 +1,218 @@
 //! The calibration driver: writes the fp32 graph with every selected Linear input tapped as an extra output, runs
-//! it through the runtime's class-conditional sampler (CFG batches on the model's time grid, from noise at t = 0 to
-//! data at t = 1) for a set of classes and seeds, and folds every forward into `pixeldit_quantize`'s statistics.
+//! it through the runtime's sampler (CFG batches on the model's time grid) and folds every forward into
+//! `pixeldit_quantize`'s statistics: class-conditional models with the flow sampler (noise at t = 0 to data at
+//! t = 1) over classes and seeds, text-to-image models with DPM-Solver++ (sigma 1 -> 0, t = 1000 sigma) over text
+//! conditions (prompts through the exported encoder, embedding files, or synthetic) and seeds.
 
 use anyhow::{bail, Context, Result};
-use ndarray::{ArrayView1, ArrayView4};
+use ndarray::{Array3, ArrayD, ArrayView1, ArrayView3, ArrayView4, Axis};
 use pixeldit_exporter::{write_graph, ExportOptions, Weights};
 use pixeldit_graph::Graph;
 use pixeldit_quantize::calib::{add_taps, spread_classes, Calibration, TensorStats};
 use pixeldit_quantize::{CalibConfig, Linear};
+use pixeldit_runtime::prompt::{PromptKind, PromptTokenizer};
+use pixeldit_runtime::samplers::dpm_solver::{self, DpmSolverConfig};
 use pixeldit_runtime::samplers::flow;
+use pixeldit_runtime::text_encoder::{self, TextEncoder};
 use pixeldit_runtime::{backend, io, model, BackendKind, Denoiser, Device, LoadOptions, RuntimeError};
-use pixeldit_spec::Precision;
+use pixeldit_spec::{Precision, TextConfig};
+use std::path::PathBuf;
 use std::time::Instant;
 
+/// The text conditions of a text-to-image calibration.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum TextCalibration {
+    /// Seeded N(0, 1) embeddings for [`SYNTHETIC_PROMPTS`] prompts and the negative (when no real ones are given:
+    /// right for the layers' shapes and the sampler's time grid, not for a real text distribution).
+    #[default]
+    Synthetic,
+    /// Embedding files (`[300, D]` or `[K, 300, D]`, .npy or safetensors) and, for CFG, the negative's.
+    Files {
+        /// Prompt embeddings.
+        prompts: Vec<PathBuf>,
+        /// Negative-prompt embeddings (without it the calibration samples without CFG).
+        negative: Option<PathBuf>,
+    },
+    /// Prompts encoded by an exported text encoder with its tokenizer (the official recipe).
+    Prompts {
+        /// The prompts.
+        prompts: Vec<String>,
+        /// The negative prompt for CFG.
+        negative: String,
+        /// `pixeldit-export --text-encoder` output.
+        encoder: PathBuf,
+        /// Its `tokenizer.json`.
+        tokenizer: PathBuf,
+    },
+}
+
+/// Prompts of a [`TextCalibration::Synthetic`] calibration.
+pub const SYNTHETIC_PROMPTS: usize = 4;
+/// Noise seed of the synthetic calibration embeddings (the negative's is the next one).
+pub const SYNTHETIC_CALIB_SEED: u64 = 0x7e47;
+/// Noise seed of the synthetic evaluation embeddings (`--accuracy-report`), apart from the calibration's.
+pub const SYNTHETIC_EVAL_SEED: u64 = 0x7e57;
+
+/// How a calibration runs besides the quantizer's settings: the backend of the fp32 model (CPU) and, for
+/// text-to-image models, the text conditions.
+#[derive(Debug, Clone, Default)]
+pub struct CalibInputs {
+    /// Backend of the tapped fp32 model.
+    pub backend: BackendKind,
+    /// Text conditions (text-to-image models).
+    pub text: TextCalibration,
+}
+
+/// Text embeddings `[K, L, E]` for the prompts and, for CFG, the negative `[K, L, E]`, with one label per prompt.
+pub(crate) struct TextConditions {
+    pub cond: Array3<f32>,
+    pub uncond: Option<Array3<f32>>,
+    pub labels: Vec<String>,
+}
+
+/// Concatenates `[k_i, L, E]` arrays along the first axis.
+fn stack(parts: &[Array3<f32>]) -> Array3<f32> {
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    ndarray::concatenate(Axis(0), &views).expect("same [L, E]")
+}
+
+/// `[1, L, E]` repeated `k` times.
+fn repeat(a: &Array3<f32>, k: usize) -> Array3<f32> {
+    stack(&vec![a.clone(); k])
+}
+
+/// Resolves `src` for a model with text input `text`; synthetic embeddings are drawn with `synthetic_seed`.
+pub(crate) fn text_conditions(
+    src: &TextCalibration,
+    text: &TextConfig,
+    model: &str,
+    synthetic_seed: u64,
+) -> Result<TextConditions> {
+    let (l, e) = (text.max_length, text.embed_dim);
+    Ok(match src {
+        TextCalibration::Synthetic => {
+            eprintln!(
+                "pixeldit-export: synthetic N(0, 1) text embeddings ({SYNTHETIC_PROMPTS} prompts, seed \
+                 {synthetic_seed:#x}): pass --calib-prompts (with --calib-text-encoder) or --calib-embeddings for \
+                 real activation ranges"
+            );
+            let noise = |seed: u64, k: usize| {
+                io::seeded_noise(seed, [k, l, e, 1])
+                    .into_shape_with_order((k, l, e))
+                    .expect("same element count")
+            };
+            TextConditions {
+                cond: noise(synthetic_seed, SYNTHETIC_PROMPTS),
+                uncond: Some(repeat(&noise(synthetic_seed + 1, 1), SYNTHETIC_PROMPTS)),
+                labels: (0..SYNTHETIC_PROMPTS)
+                    .map(|i| format!("synthetic N(0,1) #{i}"))
+                    .collect(),
+            }
+        }
+        TextCalibration::Files { prompts, negative } => {
+            if prompts.is_empty() {
+                bail!("--calib-embeddings: no files");
+            }
+            let parts = prompts
+                .iter()
+                .map(|p| io::read_text_embeddings(p, l, e))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let cond = stack(&parts);
+            let k = cond.shape()[0];
+            let uncond = match negative {
+                Some(p) => {
+                    let n = io::read_text_embeddings(p, l, e)?;
+                    if n.shape()[0] != 1 {
+                        bail!("{}: the negative embeddings must hold one prompt", p.display());
+                    }
+                    Some(repeat(&n, k))
+                }
+                None => {
+                    eprintln!(
+                        "pixeldit-export: no --calib-negative: calibrating without CFG (the prompt branch only)"
+                    );
+                    None
+                }
+            };
+            let labels = prompts
+                .iter()
+                .zip(&parts)
+                .flat_map(|(p, a)| (0..a.shape()[0]).map(move |i| format!("{}[{i}]", p.display())))
+                .collect();
+            TextConditions { cond, uncond, labels }
+        }
+        TextCalibration::Prompts {
+            prompts,
+            negative,
+            encoder,
+            tokenizer,
+        } => {
+            if prompts.is_empty() {
+                bail!("--calib-prompts: no prompts");
+            }
+            let meta = text_encoder::read_metadata(encoder)?;
+            let load = LoadOptions::default().with_device(Device::Cpu);
+            let sel = backend::load(encoder, &load)?;
+            let tok = PromptTokenizer::from_file(tokenizer)?;
+            let mut enc = TextEncoder::new(sel.backend, encoder, meta, tok)?;
+            enc.check_model(text, model)?;
+            enc.check_prompt_length()?;
+            let cond = enc.encode(PromptKind::Prompt, prompts)?.embeddings;
+            let uncond = enc
+                .encode(PromptKind::Negative, &vec![negative.clone(); prompts.len()])?
+                .embeddings;
+            TextConditions {
+                cond,
+                uncond: Some(uncond),
+                labels: prompts.clone(),
+            }
+        }
+    })
+}
+
+/// Folds one forward's taps into the statistics.
+fn observe(
+    stats: &mut [TensorStats],
+    taps: &[ArrayD<f32>],
+    names: &[String],
+    t: f32,
+    percentile: f64,
+) -> pixeldit_runtime::Result<()> {
+    for ((s, tap), name) in stats.iter_mut().zip(taps).zip(names) {
+        let width = s.channel_amax.len().max(1);
+        let data = tap.as_slice().filter(|d| d.len() % width == 0).ok_or_else(|| {
+            RuntimeError::Shape(format!(
+                "tap '{name}' has shape {:?}, expected [rows, {width}]",
+                tap.shape()
+            ))
+        })?;
+        s.observe(data, t, percentile);
+    }
+    Ok(())
+}
+
 /// Runs the calibration of `layers` on the fp32 graph `g` of `opts` (which is not modified): writes a tapped copy
-/// into a temporary directory, loads it with `backend_kind` on the CPU and samples.
+/// into a temporary directory, loads it on the CPU and samples: class-conditional models with the flow sampler over
+/// classes and seeds, text-to-image models with DPM-Solver++ (CFG with the negative) over the text conditions of
+/// `inputs` and the seeds.
 pub fn calibrate(
     g: &Graph,
     layers: &[&Linear],
     cfg: &CalibConfig,
     opts: &ExportOptions,
     weights: &Weights,
-    backend_kind: BackendKind,
+    inputs: &CalibInputs,
 ) -> Result<Calibration> {
     let start = Instant::now();
-    let inputs: Vec<&str> = g.inputs().iter().map(|v| g.info(*v).name.as_str()).collect();
-    if inputs != ["x", "t", "y"] {
-        bail!(
-            "activation calibration runs the class-conditional sampler (inputs x, t, y), this graph has inputs \
-             {inputs:?}; use bf16, int8-weights or fp8-weights"
-        );
-    }
+    let input_names: Vec<&str> = g.inputs().iter().map(|v| g.info(*v).name.as_str()).collect();
+    let text_to_image = match input_names.as_slice() {
+        ["x", "t", "y"] => false,
+        ["x", "t", "text"] => true,
+        other => bail!(
+            "activation calibration runs the model's sampler on inputs (x, t, y) or (x, t, text); this graph has \
+             inputs {other:?}; use bf16, int8-weights or fp8-weights"
+        ),
+    };
     let mut tapped = g.clone();
     let (names, of_scope) = add_taps(&mut tapped, layers)?;
     let dir = tempfile::Builder::new()
@@ -44,33 +226,11 @@ pub fn calibrate(
     drop(tapped);
     let meta = model::read_metadata(&path)?;
     let load = LoadOptions::default()
-        .with_backend(backend_kind)
+        .with_backend(inputs.backend)
         .with_device(Device::Cpu);
     let sel = backend::load(&path, &load)?;
     let backend_name = sel.candidate.to_string();
     let mut denoiser = Denoiser::new(sel.backend, &meta);
-
-    let mut scfg = flow::FlowSamplerConfig::from_defaults(&meta.sampler)?;
-    scfg.steps = cfg.steps.unwrap_or(scfg.steps.min(25));
-    if let Some(w) = cfg.cfg_scale {
-        scfg.cfg_scale = w;
-    }
-    scfg.validate()?;
-    let classes = if cfg.classes.is_empty() {
-        spread_classes(meta.config.num_classes, 8)
-    } else {
-        cfg.classes.clone()
-    };
-    if let Some(c) = classes
-        .iter()
-        .find(|c| **c < 0 || **c >= meta.config.num_classes as i64)
-    {
-        return Err(RuntimeError::ClassOutOfRange {
-            class: *c,
-            num_classes: meta.config.num_classes,
-        }
-        .into());
-    }
 
     let mut channels = vec![0; names.len()];
     for l in layers {
@@ -79,35 +239,101 @@ pub fn calibrate(
     let mut stats: Vec<TensorStats> = channels.iter().map(|c| TensorStats::new(*c)).collect();
     let mut forwards = 0usize;
     let mut timesteps: Vec<f32> = Vec::new();
-    for &seed in &cfg.seeds {
-        let noise = io::seeded_noise(seed, [classes.len(), 3, meta.height, meta.width]);
-        let mut model = |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| {
-            let (v, taps) = denoiser.class_velocity_with_outputs(x, t, y, &names)?;
-            let tt = t[0];
-            for ((s, tap), name) in stats.iter_mut().zip(&taps).zip(&names) {
-                let width = s.channel_amax.len().max(1);
-                let data = tap.as_slice().filter(|d| d.len() % width == 0).ok_or_else(|| {
-                    RuntimeError::Shape(format!(
-                        "tap '{name}' has shape {:?}, expected [rows, {width}]",
-                        tap.shape()
-                    ))
-                })?;
-                s.observe(data, tt, cfg.percentile);
-            }
-            if !timesteps.contains(&tt) {
-                timesteps.push(tt);
-            }
-            forwards += 1;
-            Ok(v)
+    let mut record = |t: f32, forwards: &mut usize| {
+        if !timesteps.contains(&t) {
+            timesteps.push(t);
+        }
+        *forwards += 1;
+    };
+    let (classes, prompts, steps, sampler, cfg_scale, shift);
+    if text_to_image {
+        if !cfg.classes.is_empty() {
+            bail!(
+                "--calib-classes is for class-conditional models; {} is text-to-image",
+                meta.config.name
+            );
+        }
+        let text_cfg = meta
+            .config
+            .text
+            .clone()
+            .context("the model metadata has no text section")?;
+        let conditions = text_conditions(&inputs.text, &text_cfg, &meta.config.name, SYNTHETIC_CALIB_SEED)?;
+        let mut scfg = DpmSolverConfig::from_defaults(&meta.sampler)?;
+        scfg.steps = cfg.steps.unwrap_or(scfg.steps.min(25));
+        if let Some(w) = cfg.cfg_scale {
+            scfg.cfg_scale = w;
+        }
+        if conditions.uncond.is_none() {
+            scfg.cfg_scale = 1.0;
+        }
+        scfg.validate()?;
+        let k = conditions.cond.shape()[0];
+        for &seed in &cfg.seeds {
+            let noise = io::seeded_noise(seed, [k, 3, meta.height, meta.width]);
+            let mut model = |x: ArrayView4<f32>, t: ArrayView1<f32>, text: ArrayView3<f32>| {
+                let (v, taps) = denoiser.text_velocity_with_outputs(x, t, text, &names)?;
+                observe(&mut stats, &taps, &names, t[0], cfg.percentile)?;
+                record(t[0], &mut forwards);
+                Ok(v)
+            };
+            dpm_solver::sample(
+                &mut model,
+                noise,
+                conditions.cond.view(),
+                conditions.uncond.as_ref().map(|u| u.view()),
+                &scfg,
+                &mut |_| {},
+            )?;
+        }
+        (classes, prompts) = (Vec::new(), conditions.labels);
+        (steps, sampler, cfg_scale, shift) = (
+            scfg.steps,
+            dpm_solver::SAMPLER_NAME.to_string(),
+            scfg.cfg_scale,
+            scfg.shift,
+        );
+    } else {
+        let mut scfg = flow::FlowSamplerConfig::from_defaults(&meta.sampler)?;
+        scfg.steps = cfg.steps.unwrap_or(scfg.steps.min(25));
+        if let Some(w) = cfg.cfg_scale {
+            scfg.cfg_scale = w;
+        }
+        scfg.validate()?;
+        let chosen = if cfg.classes.is_empty() {
+            spread_classes(meta.config.num_classes, 8)
+        } else {
+            cfg.classes.clone()
         };
-        flow::sample(
-            &mut model,
-            noise,
-            &classes,
-            meta.config.null_class(),
-            &scfg,
-            &mut |_| {},
-        )?;
+        if let Some(c) = chosen
+            .iter()
+            .find(|c| **c < 0 || **c >= meta.config.num_classes as i64)
+        {
+            return Err(RuntimeError::ClassOutOfRange {
+                class: *c,
+                num_classes: meta.config.num_classes,
+            }
+            .into());
+        }
+        for &seed in &cfg.seeds {
+            let noise = io::seeded_noise(seed, [chosen.len(), 3, meta.height, meta.width]);
+            let mut model = |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| {
+                let (v, taps) = denoiser.class_velocity_with_outputs(x, t, y, &names)?;
+                observe(&mut stats, &taps, &names, t[0], cfg.percentile)?;
+                record(t[0], &mut forwards);
+                Ok(v)
+            };
+            flow::sample(
+                &mut model,
+                noise,
+                &chosen,
+                meta.config.null_class(),
+                &scfg,
+                &mut |_| {},
+            )?;
+        }
+        (classes, prompts) = (chosen, Vec::new());
+        (steps, sampler, cfg_scale, shift) = (scfg.steps, scfg.kind.to_string(), scfg.cfg_scale, scfg.shift);
     }
     for s in &mut stats {
         s.per_t.sort_by(|a, b| a.t.total_cmp(&b.t));
@@ -119,11 +345,12 @@ pub fn calibrate(
         .collect();
     Ok(Calibration {
         classes,
+        prompts,
         seeds: cfg.seeds.clone(),
-        steps: scfg.steps,
-        sampler: scfg.kind.to_string(),
-        cfg_scale: scfg.cfg_scale,
-        time_shift: scfg.shift,
+        steps,
+        sampler,
+        cfg_scale,
+        time_shift: shift,
         percentile: cfg.percentile,
         backend: backend_name,
         forwards,

@@ -174,11 +174,12 @@ pub fn run(args: ExportArgs) -> Result<()> {
     }
     let opts = export_options(&args)?;
     let quant = args.quant.config(opts.precision)?;
+    let calib = args.quant.calib_inputs()?;
 
     if args.dump {
         let (weights, _) = pixeldit_exporter::load_weights(&opts)?;
         let g = match &quant {
-            Some(q) => crate::variant::build_quantized_graph(&opts, q, &weights, Default::default())?.0,
+            Some(q) => crate::variant::build_quantized_graph(&opts, q, &weights, &calib)?.0,
             None => pixeldit_exporter::build_graph(&opts, &weights)?,
         };
         print!("{}", g.dump());
@@ -196,8 +197,9 @@ pub fn run(args: ExportArgs) -> Result<()> {
         bar.set_position(p.bytes_done);
         bar.set_message(p.name.to_string());
     };
-    let exported = crate::variant::export_variant(&opts, quant.as_ref(), &output, Some(&on_tensor))
-        .with_context(|| format!("exporting {}", output.display()))?;
+    let exported =
+        crate::variant::export_variant_with(&opts, quant.as_ref(), &calib, &output, Some(&on_tensor))
+            .with_context(|| format!("exporting {}", output.display()))?;
     bar.finish_and_clear();
     let report = &exported.report;
     if !args.quiet {
@@ -210,13 +212,18 @@ pub fn run(args: ExportArgs) -> Result<()> {
     }
     if let (Some(q), Some(summary), Some(path)) = (&quant, &exported.summary, &exported.summary_path) {
         if let Some(c) = &summary.calibration {
+            let conditions = if c.prompts.is_empty() {
+                format!("classes {:?}", c.classes)
+            } else {
+                format!("{} prompt(s)", c.prompts.len())
+            };
             eprintln!(
-                "calibrated {} layer(s): {} forwards over {} timesteps (classes {:?}, seeds {:?}, {}) in {:.1} s",
+                "calibrated {} layer(s): {} forwards over {} timesteps ({conditions}, seeds {:?}, {}, {}) in {:.1} s",
                 summary.quantized.len(),
                 c.forwards,
                 c.timesteps.len(),
-                c.classes,
                 c.seeds,
+                c.sampler,
                 c.backend,
                 c.seconds
             );

@@ -2,6 +2,7 @@
 //! `pixeldit-quantize` crate).
 
 use crate::accuracy::{accuracy_report, EvalConfig};
+use crate::calibrate::{CalibInputs, TextCalibration};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use pixeldit_exporter::ExportOptions;
@@ -22,6 +23,32 @@ pub struct QuantArgs {
     /// Keep the Linear layers whose scope matches GLOB in f32. Repeatable.
     #[arg(long, value_name = "GLOB")]
     pub quant_exclude: Vec<String>,
+    /// Text-to-image calibration: a file of prompts (one per line), encoded by --calib-text-encoder with the
+    /// official recipe [default without --calib-embeddings: synthetic N(0, 1) embeddings, with a warning].
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "calib_embeddings",
+        requires = "calib_text_encoder"
+    )]
+    pub calib_prompts: Option<PathBuf>,
+    /// Text-to-image calibration: the negative prompt for CFG with --calib-prompts.
+    #[arg(long, value_name = "TEXT", default_value = "", requires = "calib_prompts")]
+    pub calib_negative_prompt: String,
+    /// Text-to-image calibration: the exported text encoder (`pixeldit-export --text-encoder`) for --calib-prompts.
+    #[arg(long, value_name = "FILE.onnx", requires = "calib_prompts")]
+    pub calib_text_encoder: Option<PathBuf>,
+    /// The encoder's tokenizer.json [default: tokenizer.json next to --calib-text-encoder].
+    #[arg(long, value_name = "FILE", requires = "calib_text_encoder")]
+    pub calib_tokenizer: Option<PathBuf>,
+    /// Text-to-image calibration: prompt embedding files, comma-separated ([300, D] or [K, 300, D]; .npy f32 or
+    /// safetensors), e.g. made by tools/gemma_text_embeddings.py for a real model.
+    #[arg(long, value_delimiter = ',', value_name = "FILE,..")]
+    pub calib_embeddings: Vec<PathBuf>,
+    /// Text-to-image calibration: the negative prompt's embeddings for CFG with --calib-embeddings (without it the
+    /// calibration runs the prompt branch only).
+    #[arg(long, value_name = "FILE", requires = "calib_embeddings")]
+    pub calib_negative: Option<PathBuf>,
     /// Calibration classes, comma-separated [default: up to 8 spread over the model's classes].
     #[arg(long, value_delimiter = ',', value_name = "C,..")]
     pub calib_classes: Vec<i64>,
@@ -84,12 +111,56 @@ fn parse_alpha(s: &str) -> Result<Alpha, String> {
 }
 
 impl QuantArgs {
+    /// The calibration's text conditions (text-to-image models) from the flags; the backend is the default.
+    pub fn calib_inputs(&self) -> Result<CalibInputs> {
+        let text = if let Some(file) = &self.calib_prompts {
+            let body = std::fs::read_to_string(file)
+                .with_context(|| format!("reading calibration prompts from {}", file.display()))?;
+            let prompts: Vec<String> = body
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+            if prompts.is_empty() {
+                anyhow::bail!("{}: no prompts (one per line)", file.display());
+            }
+            let encoder = self
+                .calib_text_encoder
+                .clone()
+                .context("--calib-prompts needs --calib-text-encoder")?;
+            let tokenizer = self
+                .calib_tokenizer
+                .clone()
+                .unwrap_or_else(|| encoder.with_file_name("tokenizer.json"));
+            TextCalibration::Prompts {
+                prompts,
+                negative: self.calib_negative_prompt.clone(),
+                encoder,
+                tokenizer,
+            }
+        } else if !self.calib_embeddings.is_empty() {
+            TextCalibration::Files {
+                prompts: self.calib_embeddings.clone(),
+                negative: self.calib_negative.clone(),
+            }
+        } else {
+            TextCalibration::Synthetic
+        };
+        Ok(CalibInputs {
+            text,
+            ..Default::default()
+        })
+    }
+
     /// Whether any quantization or accuracy-report flag was given (the calibration and evaluation seeds have
     /// defaults and do not count).
     pub fn is_set(&self) -> bool {
         !self.quant_include.is_empty()
             || !self.quant_exclude.is_empty()
             || !self.calib_classes.is_empty()
+            || self.calib_prompts.is_some()
+            || !self.calib_embeddings.is_empty()
             || self.calib_steps.is_some()
             || self.calib_method.is_some()
             || self.smoothquant.is_some()
@@ -136,6 +207,7 @@ impl QuantArgs {
         let eval = EvalConfig {
             seeds: self.eval_seeds.clone(),
             steps: self.eval_steps,
+            text: self.calib_inputs()?.text,
             ..Default::default()
         };
         let r = accuracy_report(opts, model, &eval).context("accuracy report")?;

@@ -3,12 +3,11 @@
 //! by [`crate::calibrate`] when activations are quantized), written with the quantizer's summary in the metadata's
 //! `quantization` field and as `<model>.quant.json` beside the model.
 
-use crate::calibrate::calibrate;
+use crate::calibrate::{calibrate, CalibInputs};
 use anyhow::{Context, Result};
 use pixeldit_exporter::{build_graph, load_weights, write_graph, ExportOptions, ExportReport, Weights};
 use pixeldit_graph::{Graph, Progress};
 use pixeldit_quantize::{apply, partition, Linear, QuantConfig, QuantSummary};
-use pixeldit_runtime::BackendKind;
 use pixeldit_spec::Precision;
 use std::path::{Path, PathBuf};
 
@@ -35,13 +34,13 @@ pub fn fp32(opts: &ExportOptions) -> ExportOptions {
     o
 }
 
-/// Builds the fp32 graph of `opts` and applies `cfg`, calibrating first (on `calib_backend`, CPU) when activations
-/// are quantized.
+/// Builds the fp32 graph of `opts` and applies `cfg`, calibrating first (CPU, with `calib`'s backend and text
+/// conditions) when activations are quantized.
 pub fn build_quantized_graph(
     opts: &ExportOptions,
     cfg: &QuantConfig,
     weights: &Weights,
-    calib_backend: BackendKind,
+    calib: &CalibInputs,
 ) -> Result<(Graph, QuantSummary)> {
     cfg.validate()?;
     let f = fp32(opts);
@@ -49,7 +48,7 @@ pub fn build_quantized_graph(
     let calibration = if cfg.needs_calibration() {
         let (selected, _) = partition(&g, cfg);
         let refs: Vec<&Linear> = selected.iter().collect();
-        Some(calibrate(&g, &refs, &cfg.calib, &f, weights, calib_backend).context("calibration")?)
+        Some(calibrate(&g, &refs, &cfg.calib, &f, weights, calib).context("calibration")?)
     } else {
         None
     };
@@ -58,10 +57,22 @@ pub fn build_quantized_graph(
 }
 
 /// Exports the variant of `opts` to `path`: `quant` (with `opts.precision` = `quant.precision`) for bf16, int8,
-/// fp8 and weight-only variants, `None` for fp32/fp16.
+/// fp8 and weight-only variants, `None` for fp32/fp16. Calibration (when needed) runs on the default backend with
+/// the default text conditions; [`export_variant_with`] chooses them.
 pub fn export_variant(
     opts: &ExportOptions,
     quant: Option<&QuantConfig>,
+    path: &Path,
+    progress: Option<Progress>,
+) -> Result<VariantExport> {
+    export_variant_with(opts, quant, &CalibInputs::default(), path, progress)
+}
+
+/// [`export_variant`] with the calibration's backend and text conditions.
+pub fn export_variant_with(
+    opts: &ExportOptions,
+    quant: Option<&QuantConfig>,
+    calib: &CalibInputs,
     path: &Path,
     progress: Option<Progress>,
 ) -> Result<VariantExport> {
@@ -76,7 +87,7 @@ pub fn export_variant(
     let mut opts = opts.clone();
     opts.precision = cfg.precision;
     let (weights, keys) = load_weights(&opts)?;
-    let (graph, summary) = build_quantized_graph(&opts, cfg, &weights, BackendKind::Auto)?;
+    let (graph, summary) = build_quantized_graph(&opts, cfg, &weights, calib)?;
     let json = summary.to_json();
     let (write, metadata) = write_graph(&graph, &opts, &weights, path, progress, Some(json.clone()))?;
     let sp = summary_path(path);

@@ -428,7 +428,7 @@ fn dump(precision: Precision) -> String {
             q.calib.seeds = vec![0];
             q.calib.classes = vec![0, 1];
             q.calib.steps = Some(2);
-            pixeldit_cli::variant::build_quantized_graph(&opts, &q, &w, Default::default())
+            pixeldit_cli::variant::build_quantized_graph(&opts, &q, &w, &Default::default())
                 .unwrap()
                 .0
                 .dump()

@@ -17,5 +17,6 @@ mod prompt;
 mod quantize_variants;
 mod run_cli;
 mod t2i;
+mod t2i_quantize;
 mod triton;
 mod triton_repo;

@@ -380,3 +380,31 @@ fn half_precision_encoders_stay_close_to_fp32() {
         }
     }
 }
+
+/// `pixeldit-run bench` on a text encoder: one row per backend, encoding `--batch` texts per forward.
+#[test]
+fn bench_measures_a_text_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    export_encoder(d, "gemma.onnx", &[]);
+    let out = run(bin().current_dir(d).args([
+        "bench",
+        "gemma.onnx",
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+        "--batch",
+        "2",
+        "--backend",
+        "tract",
+    ]));
+    assert!(out.status.success());
+    let table = stdout(&out);
+    assert!(
+        table.contains("gemma.onnx (text encoder model, 579 tokens)"),
+        "{table}"
+    );
+    assert!(table.contains("tract/tract-cpu"), "{table}");
+    assert!(!d.join("BENCHMARKS.md").exists());
+}

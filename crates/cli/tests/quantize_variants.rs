@@ -15,7 +15,7 @@ use pixeldit_graph::{DType, Graph, TensorData};
 use pixeldit_quantize::{apply, partition, QuantConfig};
 use pixeldit_runtime::backend::ort::{OrtBackend, OrtOptions};
 use pixeldit_runtime::backend::tract::TractBackend;
-use pixeldit_runtime::{io, model, BackendKind, Denoiser};
+use pixeldit_runtime::{io, model, Denoiser};
 use pixeldit_spec::{AttentionMode, ModelConfig, Precision};
 use std::path::Path;
 
@@ -95,7 +95,7 @@ fn export_with(path: &Path, q: &QuantConfig, tamper: impl FnOnce(&mut Graph)) {
     if q.needs_calibration() {
         let (sel, _) = partition(&g, q);
         let refs: Vec<_> = sel.iter().collect();
-        calib = Some(calibrate(&g, &refs, &q.calib, &f, &w, BackendKind::Auto).unwrap());
+        calib = Some(calibrate(&g, &refs, &q.calib, &f, &w, &Default::default()).unwrap());
     }
     let summary = apply(&mut g, q, calib).unwrap();
     tamper(&mut g);
@@ -263,7 +263,7 @@ fn calibration_covers_the_time_grid() {
     let g = build_graph(&f, &w).unwrap();
     let (sel, kept) = partition(&g, &q);
     let refs: Vec<_> = sel.iter().collect();
-    let c = calibrate(&g, &refs, &q.calib, &f, &w, BackendKind::Auto).unwrap();
+    let c = calibrate(&g, &refs, &q.calib, &f, &w, &Default::default()).unwrap();
     // tiny: flow_dpm, 10 steps, CFG 2 -> one forward of batch 2K per step and seed.
     assert_eq!(c.steps, 10);
     assert_eq!(c.forwards, 10 * q.calib.seeds.len());

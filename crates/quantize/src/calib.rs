@@ -85,8 +85,11 @@ pub fn percentile_of(v: &mut [f32], p: f64) -> f32 {
 /// The result of a calibration run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Calibration {
-    /// Classes sampled.
+    /// Classes sampled (class-conditional models).
     pub classes: Vec<i64>,
+    /// The text conditions sampled (text-to-image models): prompts, embedding files or a synthetic source.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<String>,
     /// Seeds sampled.
     pub seeds: Vec<u64>,
     /// Sampler steps.

@@ -1,9 +1,12 @@
 //! Per-forward latency measurement (the `BENCHMARKS.md` table is the CLI's).
 
+use crate::backend::Backend;
 use crate::denoiser::Denoiser;
 use crate::error::Result;
 use crate::io::seeded_noise;
-use ndarray::Array1;
+use crate::tensor::TensorRef;
+use ndarray::{Array1, Array2};
+use pixeldit_spec::text_encoder::{TextEncoderMetadata, ATTENTION_MASK, INPUT_IDS, LAST_HIDDEN_STATE};
 use pixeldit_spec::{ModelKind, ModelMetadata};
 use std::time::Instant;
 
@@ -50,13 +53,44 @@ pub fn bench_forward(
             Box::new(move |d| d.class_velocity(x.view(), t.view(), y.view()).map(drop))
         }
     };
+    time_runs(warmup, runs, || forward(denoiser))
+}
+
+/// Times `runs` forwards of a text encoder with batch `batch` after `warmup` untimed ones: `sequence_length` tokens
+/// spread over the vocabulary, every position valid (the attention mask is all ones).
+pub fn bench_text_encoder(
+    encoder: &mut dyn Backend,
+    meta: &TextEncoderMetadata,
+    batch: usize,
+    warmup: usize,
+    runs: usize,
+) -> Result<BenchStats> {
+    let s = meta.sequence_length;
+    let vocab = meta.vocab_size.max(1);
+    let ids = Array2::from_shape_fn((batch, s), |(b, i)| ((b * s + i) * 7919 % vocab) as i64);
+    let mask = Array2::<i64>::ones((batch, s));
+    time_runs(warmup, runs, || {
+        encoder
+            .run(
+                &[
+                    (INPUT_IDS, TensorRef::from(ids.view())),
+                    (ATTENTION_MASK, TensorRef::from(mask.view())),
+                ],
+                &[LAST_HIDDEN_STATE],
+            )
+            .map(drop)
+    })
+}
+
+/// `warmup` untimed calls of `f`, then the statistics of `runs` (at least one) timed ones.
+fn time_runs(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<BenchStats> {
     for _ in 0..warmup {
-        forward(denoiser)?;
+        f()?;
     }
     let mut ms = Vec::with_capacity(runs.max(1));
     for _ in 0..runs.max(1) {
         let start = Instant::now();
-        forward(denoiser)?;
+        f()?;
         ms.push(start.elapsed().as_secs_f64() * 1e3);
     }
     Ok(stats(ms))

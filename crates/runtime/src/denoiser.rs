@@ -111,13 +111,25 @@ impl Denoiser {
         t: ArrayView1<f32>,
         text: ArrayView3<f32>,
     ) -> Result<Array4<f32>> {
+        Ok(self.text_velocity_with_outputs(x, t, text, &[])?.0)
+    }
+
+    /// [`Denoiser::text_velocity`] that also returns the f32 graph outputs named in `extra` (calibration taps), in
+    /// that order.
+    pub fn text_velocity_with_outputs(
+        &mut self,
+        x: ArrayView4<f32>,
+        t: ArrayView1<f32>,
+        text: ArrayView3<f32>,
+        extra: &[String],
+    ) -> Result<(Array4<f32>, Vec<ArrayD<f32>>)> {
         self.expect(Conditioning::Text)?;
         let feeds = [
             (self.x.as_str(), TensorRef::from(x.view())),
             (self.t.as_str(), TensorRef::from(t.view())),
             (self.cond.as_str(), TensorRef::from(text.view())),
         ];
-        Ok(run_v(self.backend.as_mut(), &self.v, &feeds, &[])?.0)
+        run_v(self.backend.as_mut(), &self.v, &feeds, extra)
     }
 }
 
