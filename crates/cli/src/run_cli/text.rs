@@ -79,7 +79,8 @@ fn from_files(
     let (len, dim) = (text_cfg.max_length, text_cfg.embed_dim);
     let text_path = a.text_embeddings.as_deref().with_context(|| {
         format!(
-            "{} is a text-to-image model: pass --prompt with --text-encoder and --tokenizer, or --text-embeddings              FILE ([{len}, {dim}] hidden states of the text encoder, see --help)",
+            "{} is a text-to-image model: pass --prompt with --text-encoder and --tokenizer, or --text-embeddings \
+             FILE ([{len}, {dim}] hidden states of the text encoder, see --help)",
             target.name
         )
     })?;
