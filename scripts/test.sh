@@ -21,6 +21,8 @@ export PIXELDIT_REQUIRE_ORT_GPU=1
 echo "== reference golden files are current" >&2
 .venv/bin/python reference/check_golden.py
 echo "== cargo test" >&2
+# The Triton pipeline's sampler library (a cdylib) next to pixeldit-export, where --triton-repo finds it.
+cargo build -p pixeldit-triton-pipeline --locked 2>&1
 cargo test --workspace --locked 2>&1
 echo "== tools/gpu/check.sh: the parts that need no GPU" >&2
 PIXELDIT_CHECK_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" tools/gpu/check.sh --self-test

@@ -13,6 +13,8 @@ pub(crate) struct Remote {
     /// The model's metadata from its Triton configuration (`None` when the configuration has none and a local
     /// model file supplies it).
     pub meta: Option<ModelMetadata>,
+    /// The pipeline model `NAME_pipeline` when the server has it ready (and `--triton-step-wise` is not given).
+    pub pipeline: Option<TritonModel>,
 }
 
 /// The served model when `--triton URL --model NAME` is given. Without a local model file the server's model
@@ -31,8 +33,14 @@ pub(crate) fn connect(a: &SampleArgs) -> Result<Option<Remote>> {
         Err(e) if a.model_path().is_none() => return Err(e.into()),
         Err(_) => None,
     };
+    let pipeline = if a.triton_step_wise() {
+        None
+    } else {
+        TritonModel::connect(url, &pixeldit_triton::pipeline::pipeline_name(name), &opts).ok()
+    };
     Ok(Some(Remote {
         backend: Box::new(model),
         meta,
+        pipeline,
     }))
 }

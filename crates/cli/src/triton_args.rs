@@ -53,6 +53,18 @@ pub struct TritonArgs {
     /// Accept --attention custom for Triton (only for servers that load a pixeldit.RotaryAttention kernel).
     #[arg(long)]
     pub triton_allow_custom_op: bool,
+    /// Do not write the pipeline model NAME_pipeline (class-conditional models get it by default: one request ->
+    /// one image, the sampler running inside the server; see README "Deploying with Triton").
+    #[arg(long)]
+    pub no_triton_pipeline: bool,
+    /// Python-backend instances of the pipeline model (each serves one request at a time; their forwards meet in
+    /// the denoiser's dynamic batcher).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub pipeline_instances: usize,
+    /// The pipeline's sampler library [default: libpixeldit_triton_pipeline.so next to pixeldit-export, or
+    /// PIXELDIT_PIPELINE_LIB].
+    #[arg(long, value_name = "FILE")]
+    pub pipeline_lib: Option<PathBuf>,
 }
 
 /// `--triton-platform`.
@@ -81,6 +93,8 @@ pub enum InstanceKindArg {
 pub struct TritonPlan {
     repo: PathBuf,
     opts: TritonOptions,
+    /// `(instances, library)` of the pipeline model, when one is written.
+    pipeline: Option<(usize, PathBuf)>,
 }
 
 impl TritonArgs {
@@ -137,9 +151,33 @@ impl TritonArgs {
             ..opts
         };
         opts.check()?;
+        // The pipeline is checked before the (long) export: class-conditional models only, library present.
+        let pipeline = if self.no_triton_pipeline || export.config.kind != pixeldit_spec::ModelKind::C2i {
+            None
+        } else {
+            if self.pipeline_instances == 0 {
+                anyhow::bail!("--pipeline-instances must be at least 1");
+            }
+            let lib = self
+                .pipeline_lib
+                .clone()
+                .or_else(pixeldit_triton::pipeline::find_library)
+                .with_context(|| {
+                    format!(
+                        "the Triton pipeline model needs {}: build it with `cargo build -p pixeldit-triton-pipeline` \
+                         (it lands next to pixeldit-export), pass --pipeline-lib FILE, or --no-triton-pipeline",
+                        pixeldit_triton::pipeline::LIBRARY_FILE
+                    )
+                })?;
+            if !lib.is_file() {
+                anyhow::bail!("--pipeline-lib {}: no such file", lib.display());
+            }
+            Some((self.pipeline_instances, lib))
+        };
         Ok(Some(TritonPlan {
             repo: repo.clone(),
             opts,
+            pipeline,
         }))
     }
 }
@@ -170,6 +208,21 @@ impl TritonPlan {
                 r.model_dir.join(README_FILE).display(),
                 r.model_dir.display(),
                 cmd
+            );
+        }
+        if let Some((instances, lib)) = &self.pipeline {
+            let name = self.opts.model_name.as_deref().expect("set by plan");
+            let dir = pixeldit_triton::pipeline::write_pipeline(
+                &self.repo,
+                meta,
+                name,
+                self.opts.max_batch_size,
+                *instances,
+                lib,
+            )?;
+            println!(
+                "wrote Triton pipeline model {} (python backend, {instances} instance(s)): one request -> one image",
+                dir.display()
             );
         }
         Ok(r)

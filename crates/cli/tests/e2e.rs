@@ -19,4 +19,5 @@ mod run_cli;
 mod t2i;
 mod t2i_quantize;
 mod triton;
+mod triton_pipeline;
 mod triton_repo;

@@ -41,7 +41,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// KEY=VALUE lines of `.cache/triton-venv/triton.env`, or `None` (with the reason printed) when the venv is absent
 /// and not required.
-fn triton_env(test: &str) -> Option<BTreeMap<String, String>> {
+pub(crate) fn triton_env(test: &str) -> Option<BTreeMap<String, String>> {
     let venv = std::env::var_os("PIXELDIT_TRITON_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join(".cache").join("triton-venv"));
@@ -69,7 +69,7 @@ fn triton_env(test: &str) -> Option<BTreeMap<String, String>> {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -78,15 +78,15 @@ fn free_port() -> u16 {
 }
 
 /// A tritonserver process (serve.sh, its own process group), stopped on drop.
-struct Server {
+pub(crate) struct Server {
     child: Option<Child>,
-    url: String,
+    pub(crate) url: String,
     log: PathBuf,
     started_in: Duration,
 }
 
 impl Server {
-    fn start(repo: &Path, log: &Path) -> Server {
+    pub(crate) fn start(repo: &Path, log: &Path) -> Server {
         let mut last = String::new();
         for attempt in 0..3 {
             let (http, grpc, metrics) = (free_port(), free_port(), free_port());
@@ -207,7 +207,7 @@ fn write_t2i_model(repo: &Path, topts: &TritonOptions) -> PathBuf {
     onnx
 }
 
-fn check_schema(env: &BTreeMap<String, String>, repo: &Path) {
+pub(crate) fn check_schema(env: &BTreeMap<String, String>, repo: &Path) {
     let out = Command::new(&env["TRITON_PYTHON"])
         .arg(workspace().join("tools/triton/check_config.py"))
         .arg(repo)
@@ -222,7 +222,7 @@ fn check_schema(env: &BTreeMap<String, String>, repo: &Path) {
 }
 
 /// PSNR in dB of two 8-bit RGB images (infinite when equal).
-fn psnr_u8(a: &[u8], b: &[u8]) -> f64 {
+pub(crate) fn psnr_u8(a: &[u8], b: &[u8]) -> f64 {
     assert_eq!(a.len(), b.len());
     let mse: f64 = a
         .iter()
@@ -234,7 +234,7 @@ fn psnr_u8(a: &[u8], b: &[u8]) -> f64 {
 }
 
 /// PSNR in dB of two float images in [-1, 1] (peak-to-peak 2).
-fn psnr_f32(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn psnr_f32(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     let mse: f64 = a
         .iter()
@@ -245,7 +245,7 @@ fn psnr_f32(a: &[f32], b: &[f32]) -> f64 {
     10.0 * (4.0 / mse).log10()
 }
 
-fn read_png(path: &Path) -> Vec<u8> {
+pub(crate) fn read_png(path: &Path) -> Vec<u8> {
     let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
     let mut r = dec.read_info().unwrap();
     let mut buf = vec![0; r.output_buffer_size()];
@@ -254,18 +254,18 @@ fn read_png(path: &Path) -> Vec<u8> {
     buf
 }
 
-fn stat(v: &serde_json::Value, key: &str) -> u64 {
+pub(crate) fn stat(v: &serde_json::Value, key: &str) -> u64 {
     v["model_stats"][0][key].as_u64().unwrap_or(0)
 }
 
-fn requests(v: &serde_json::Value) -> u64 {
+pub(crate) fn requests(v: &serde_json::Value) -> u64 {
     v["model_stats"][0]["inference_stats"]["success"]["count"]
         .as_u64()
         .unwrap_or(0)
 }
 
 /// The local reference backend: ORT CPU when a library is available, else tract.
-fn local_backend(model: &Path) -> (Denoiser, &'static str) {
+pub(crate) fn local_backend(model: &Path) -> (Denoiser, &'static str) {
     match need_ort("triton") {
         Some(lib) => (
             load_denoiser(

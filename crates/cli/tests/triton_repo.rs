@@ -93,12 +93,48 @@ fn onnxruntime_repository() {
         assert!(cfg.contains(want), "{want} not in\n{cfg}");
     }
     let models = validate_repository(&repo).unwrap();
-    assert_eq!(models.len(), 1);
+    let mut names: Vec<(&str, i64, &str)> = models
+        .iter()
+        .map(|m| (m.name.as_str(), m.max_batch_size, m.platform.as_str()))
+        .collect();
+    names.sort();
+    // The denoiser and its pipeline model (python backend, the sampler library beside model.py).
     assert_eq!(
-        (models[0].name.as_str(), models[0].max_batch_size),
-        ("pixeldit_tiny", 8)
+        names,
+        [
+            ("pixeldit_tiny", 8, "onnxruntime_onnx"),
+            ("pixeldit_tiny_pipeline", 0, "python")
+        ]
+    );
+    let pipeline = repo.join("pixeldit_tiny_pipeline");
+    for f in ["1/model.py", "1/libpixeldit_triton_pipeline.so", "README.txt"] {
+        assert!(pipeline.join(f).is_file(), "{f}");
+    }
+    let pcfg = std::fs::read_to_string(pipeline.join(CONFIG_FILE)).unwrap();
+    assert!(
+        pcfg.contains("key: \"pixeldit.denoiser\"") && pcfg.contains("string_value: \"pixeldit_tiny\""),
+        "{pcfg}"
     );
     schema_check(&repo);
+
+    // Without the pipeline: the denoiser alone. A missing library is an error before anything is written.
+    let solo = d.path().join("solo");
+    let out = export(&["--triton-repo", solo.to_str().unwrap(), "--no-triton-pipeline"]);
+    assert!(out.status.success());
+    assert_eq!(validate_repository(&solo).unwrap().len(), 1);
+    let none = d.path().join("none");
+    let out = export(&[
+        "--triton-repo",
+        none.to_str().unwrap(),
+        "--pipeline-lib",
+        "/nonexistent/lib.so",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/lib.so"));
+    assert!(
+        !none.exists(),
+        "nothing is written when the pipeline library is missing"
+    );
 
     // The same inputs give the same repository bytes.
     let repo2 = d.path().join("models2");

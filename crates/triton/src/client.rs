@@ -105,6 +105,28 @@ fn tensors(meta: &Value, key: &str) -> Vec<RemoteTensor> {
         .unwrap_or_default()
 }
 
+/// One request to a pipeline model: class, seed, the image's position in the seed's noise stream, and the
+/// sampler settings that override the model's defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PipelineRequest {
+    /// Class label.
+    pub class: i64,
+    /// Noise seed.
+    pub seed: u64,
+    /// Position in the seed's noise stream.
+    pub index: u64,
+    /// Sampler steps.
+    pub steps: Option<usize>,
+    /// CFG weight.
+    pub cfg: Option<f32>,
+    /// `flow_dpm`, `euler` or `heun`.
+    pub sampler: Option<String>,
+    /// Guidance interval.
+    pub interval: Option<(f64, f64)>,
+    /// Time shift.
+    pub shift: Option<f64>,
+}
+
 impl TritonModel {
     /// Connects to `url` (`http://host:port`) and checks that `model` is ready; reads its tensors, batch limit and
     /// PixelDiT metadata.
@@ -187,6 +209,11 @@ impl TritonModel {
     /// The PixelDiT metadata from the server's model configuration.
     pub fn metadata(&self) -> Result<&ModelMetadata> {
         self.metadata.as_ref().map_err(|e| err(&self.base, e.clone()))
+    }
+
+    /// The model's name on the server.
+    pub fn name(&self) -> &str {
+        &self.model
     }
 
     /// `max_batch_size` of the model configuration (0: no batching, any batch goes in one request).
@@ -275,45 +302,7 @@ impl TritonModel {
                 .collect::<Vec<_>>(),
         })
         .to_string();
-        let mut body = Vec::with_capacity(header.len() + payload.len());
-        body.extend_from_slice(header.as_bytes());
-        body.extend_from_slice(&payload);
-        let url = format!("{}{}", self.base, self.model_path("/infer"));
-        let mut resp = self
-            .agent
-            .post(&url)
-            .header("Content-Type", "application/octet-stream")
-            .header(HEADER_LENGTH, header.len().to_string())
-            .send(&body[..])
-            .map_err(|e| err(&self.base, format!("POST {url}: {e}")))?;
-        let status = resp.status().as_u16();
-        let json_len = resp
-            .headers()
-            .get(HEADER_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let bytes = resp
-            .body_mut()
-            .with_config()
-            .limit(u64::MAX)
-            .read_to_vec()
-            .map_err(|e| err(&self.base, format!("POST {url}: reading the response: {e}")))?;
-        if status != 200 {
-            return Err(err(
-                &self.base,
-                format!(
-                    "POST {url}: HTTP {status}: {}",
-                    error_text(&bytes).unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned())
-                ),
-            ));
-        }
-        let json_len = json_len.unwrap_or(bytes.len()).min(bytes.len());
-        let head: Value = serde_json::from_slice(&bytes[..json_len]).map_err(|e| {
-            err(
-                &self.base,
-                format!("POST {url}: response header is not JSON: {e}"),
-            )
-        })?;
+        let (head, bytes, json_len, url) = self.post_infer(&header, &payload)?;
         // Binary outputs follow the header in the order of the header's `outputs`.
         let mut offset = json_len;
         let mut found: Vec<(String, ArrayD<f32>)> = Vec::new();
@@ -372,6 +361,120 @@ impl TritonModel {
                     })
             })
             .collect()
+    }
+
+    /// POSTs one inference request (JSON header + binary payload); returns the response header, the whole body, the
+    /// header's length in it and the URL.
+    fn post_infer(&self, header: &str, payload: &[u8]) -> Result<(Value, Vec<u8>, usize, String)> {
+        let mut body = Vec::with_capacity(header.len() + payload.len());
+        body.extend_from_slice(header.as_bytes());
+        body.extend_from_slice(payload);
+        let url = format!("{}{}", self.base, self.model_path("/infer"));
+        let mut resp = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/octet-stream")
+            .header(HEADER_LENGTH, header.len().to_string())
+            .send(&body[..])
+            .map_err(|e| err(&self.base, format!("POST {url}: {e}")))?;
+        let status = resp.status().as_u16();
+        let json_len = resp
+            .headers()
+            .get(HEADER_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_vec()
+            .map_err(|e| err(&self.base, format!("POST {url}: reading the response: {e}")))?;
+        if status != 200 {
+            return Err(err(
+                &self.base,
+                format!(
+                    "POST {url}: HTTP {status}: {}",
+                    error_text(&bytes).unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned())
+                ),
+            ));
+        }
+        let json_len = json_len.unwrap_or(bytes.len()).min(bytes.len());
+        let head: Value = serde_json::from_slice(&bytes[..json_len]).map_err(|e| {
+            err(
+                &self.base,
+                format!("POST {url}: response header is not JSON: {e}"),
+            )
+        })?;
+        Ok((head, bytes, json_len, url))
+    }
+
+    /// One image from a pipeline model (`NAME_pipeline`, see [`crate::pipeline`]): `image` u8 `[3, H, W]` and the
+    /// final sample `x` `[C, H, W]`.
+    pub fn generate(&self, r: &PipelineRequest) -> Result<(Vec<u8>, ArrayD<f32>)> {
+        let mut inputs = vec![
+            json!({"name": "class", "datatype": "INT64", "shape": [1], "data": [r.class]}),
+            json!({"name": "seed", "datatype": "UINT64", "shape": [1], "data": [r.seed]}),
+            json!({"name": "index", "datatype": "UINT64", "shape": [1], "data": [r.index]}),
+        ];
+        if let Some(v) = r.steps {
+            inputs.push(json!({"name": "steps", "datatype": "INT32", "shape": [1], "data": [v]}));
+        }
+        if let Some(v) = r.cfg {
+            inputs.push(json!({"name": "cfg", "datatype": "FP32", "shape": [1], "data": [v]}));
+        }
+        if let Some(v) = &r.sampler {
+            inputs.push(json!({"name": "sampler", "datatype": "BYTES", "shape": [1], "data": [v]}));
+        }
+        if let Some((lo, hi)) = r.interval {
+            inputs.push(json!({"name": "interval", "datatype": "FP32", "shape": [2], "data": [lo, hi]}));
+        }
+        if let Some(v) = r.shift {
+            inputs.push(json!({"name": "shift", "datatype": "FP32", "shape": [1], "data": [v]}));
+        }
+        let header = json!({
+            "inputs": inputs,
+            "outputs": [
+                {"name": "image", "parameters": {"binary_data": true}},
+                {"name": "x", "parameters": {"binary_data": true}},
+            ],
+        })
+        .to_string();
+        let (head, bytes, json_len, url) = self.post_infer(&header, &[])?;
+        let mut offset = json_len;
+        let (mut image, mut x) = (None, None);
+        for out in head["outputs"].as_array().into_iter().flatten() {
+            let name = out["name"].as_str().unwrap_or_default();
+            let size = out["parameters"]["binary_data_size"].as_u64().unwrap_or(0) as usize;
+            let shape: Vec<usize> = out["shape"]
+                .as_array()
+                .map(|s| s.iter().filter_map(Value::as_u64).map(|d| d as usize).collect())
+                .unwrap_or_default();
+            let raw = bytes
+                .get(offset..offset + size)
+                .ok_or_else(|| err(&self.base, format!("POST {url}: output '{name}' is cut short")))?;
+            offset += size;
+            match name {
+                "image" => image = Some(raw.to_vec()),
+                "x" => {
+                    let v: Vec<f32> = raw
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
+                    x = Some(
+                        ArrayD::from_shape_vec(IxDyn(&shape), v)
+                            .map_err(|e| err(&self.base, format!("output 'x': {e}")))?,
+                    );
+                }
+                _ => {}
+            }
+        }
+        match (image, x) {
+            (Some(i), Some(x)) => Ok((i, x)),
+            _ => Err(err(
+                &self.base,
+                format!("POST {url}: the response lacks 'image' or 'x'"),
+            )),
+        }
     }
 
     fn model_path(&self, suffix: &str) -> String {

@@ -6,6 +6,8 @@
 //! * [`config`]: the `ModelConfig` of an exported model, from its metadata and `pixeldit_spec::io` ([`TritonOptions`]).
 //! * [`repository`]: the repository layout ([`write_model_config`]) and the checks Triton's schema does not make
 //!   ([`validate_repository`]).
+//! * [`pipeline`]: the `NAME_pipeline` model beside a denoiser (python backend + the sampler library of
+//!   `crates/triton/pipeline`): one request, one image, forwards as BLS requests to the denoiser.
 //! * [`client`]: [`TritonModel`], a served model behind the runtime's `Backend` trait (KServe v2 HTTP, binary
 //!   tensors).
 //!
@@ -16,9 +18,10 @@ pub mod config;
 mod error;
 pub mod pb;
 pub mod pbtxt;
+pub mod pipeline;
 pub mod repository;
 
-pub use client::{ClientOptions, TritonModel};
+pub use client::{ClientOptions, PipelineRequest, TritonModel};
 pub use config::{InstanceKind, Platform, TritonOptions};
 pub use error::{Result, TritonError};
 pub use repository::{validate_model_dir, validate_repository, write_model_config, RepositoryReport};

@@ -58,7 +58,7 @@ pub struct RepositoryReport {
     pub trtexec: Option<String>,
 }
 
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("tmp~");
     std::fs::write(&tmp, text).map_err(|e| TritonError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| TritonError::io(path, e))
@@ -320,8 +320,10 @@ pub fn validate_model_dir(dir: &Path, allow_pending_plan: bool) -> Result<Valida
         }
     }
 
-    // Dims against the I/O contract of the exported model, when the config carries its metadata.
-    if let Some(p) = cfg.parameters.get(META_KEY) {
+    // Dims against the I/O contract of the exported model, when the config carries its metadata (a pipeline model
+    // carries its denoiser's metadata but has its own I/O, see `crate::pipeline`).
+    let is_pipeline = cfg.parameters.contains_key(crate::pipeline::DENOISER_KEY);
+    if let Some(p) = cfg.parameters.get(META_KEY).filter(|_| !is_pipeline) {
         match ModelMetadata::from_json(&p.string_value) {
             Ok(meta) => {
                 let (ins, outs) = model_io(&meta.config, meta.height, meta.width);
@@ -366,8 +368,9 @@ pub fn validate_model_dir(dir: &Path, allow_pending_plan: bool) -> Result<Valida
 
     // Versions and model files.
     let file = if cfg.default_model_filename.is_empty() {
-        match platform {
-            "tensorrt_plan" => PLAN_FILE.to_string(),
+        match (platform, cfg.backend.as_str()) {
+            ("tensorrt_plan", _) => PLAN_FILE.to_string(),
+            (_, "python") => crate::pipeline::MODEL_PY_FILE.to_string(),
             _ => ONNX_FILE.to_string(),
         }
     } else {

@@ -1,9 +1,10 @@
 //! Class-conditional sampling: labels from `--class`/`--classes`, the flow sampler with the model's defaults.
 
 use super::{finish, prepare, Finished, SampleArgs, SamplerArg, Target};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use pixeldit_runtime::samplers::flow::{self, FlowSamplerConfig, SamplerKind};
 use pixeldit_runtime::RuntimeError;
+use pixeldit_triton::PipelineRequest;
 use std::time::Instant;
 
 /// The labels of the images: `--classes`, or `--class` (default 0) repeated `--batch` times.
@@ -66,6 +67,9 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
     }
     let labels = labels(a, target.meta.config.num_classes)?;
     let scfg = sampler_config(a, &target)?;
+    if target.pipeline.is_some() && a.noise.is_none() {
+        return run_pipeline(a, target, &labels, &scfg);
+    }
     let prepared = prepare(a, &target.meta, labels.len())?;
     let null = target.meta.config.null_class();
     let (mut denoiser, meta) = target.open(a)?;
@@ -109,6 +113,94 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
             }),
             sampler_line: format!("{} {} steps, cfg {}", scfg.kind, scfg.steps, scfg.cfg_scale),
             forwards_line: format!("{forwards} forwards of batch {batch}, "),
+        },
+    )
+}
+
+/// Images requested in flight at once from a pipeline model.
+const PIPELINE_CONCURRENCY: usize = 16;
+
+/// `--triton` with a pipeline model on the server: one request per image (class, seed, the image's position in the
+/// seed's noise stream, and the sampler flags the user gave; the server applies the same metadata defaults), up to
+/// [`PIPELINE_CONCURRENCY`] in flight.
+fn run_pipeline(a: &SampleArgs, target: Target, labels: &[i64], scfg: &FlowSamplerConfig) -> Result<()> {
+    let prepared = prepare(a, &target.meta, labels.len())?;
+    let pipeline = target.pipeline.as_ref().expect("checked by the caller");
+    let name = pipeline.name().to_string();
+    eprintln!(
+        "pixeldit-run: using the Triton pipeline model {name} (one request per image, sampled in the server)"
+    );
+    let requests: Vec<PipelineRequest> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, &class)| PipelineRequest {
+            class,
+            seed: a.seed,
+            index: i as u64,
+            steps: a.steps,
+            cfg: a.cfg,
+            sampler: a.sampler.map(|s| {
+                clap::ValueEnum::to_possible_value(&s).map_or_else(String::new, |v| v.get_name().to_string())
+            }),
+            interval: a.interval,
+            shift: a.shift,
+        })
+        .collect();
+    let bar = crate::progress::steps(requests.len(), a.quiet);
+    let start = Instant::now();
+    let mut samples = Vec::with_capacity(requests.len());
+    for chunk in requests.chunks(PIPELINE_CONCURRENCY) {
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|r| s.spawn(move || pipeline.generate(r)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("request thread"))
+                .collect()
+        });
+        for r in results {
+            let (_, x) = r?;
+            samples.push(x);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let views: Vec<_> = samples
+        .iter()
+        .map(|x| x.view().insert_axis(ndarray::Axis(0)))
+        .collect();
+    let x = ndarray::concatenate(ndarray::Axis(0), &views)?
+        .into_dimensionality::<ndarray::Ix4>()
+        .context("the pipeline returned samples of another rank")?;
+    let backend = target
+        .remote_backend()
+        .context("the pipeline runs on a Triton server")?;
+    finish(
+        a,
+        &x,
+        &prepared.out_paths,
+        Finished {
+            meta: &target.meta,
+            backend,
+            steps: scfg.steps,
+            seconds,
+            report: serde_json::json!({
+                "sampler": scfg.kind.to_string(),
+                "cfg_scale": scfg.cfg_scale,
+                "interval": [scfg.interval.0, scfg.interval.1],
+                "shift": scfg.shift,
+                "classes": labels,
+                "triton_pipeline": name,
+                "requests": labels.len(),
+            }),
+            sampler_line: format!(
+                "{} {} steps, cfg {}, in the server ({name})",
+                scfg.kind, scfg.steps, scfg.cfg_scale
+            ),
+            forwards_line: format!("{} pipeline request(s), ", labels.len()),
         },
     )
 }

@@ -212,6 +212,10 @@ pub(crate) struct SampleArgs {
     /// Model version on the Triton server (default: the server's version policy).
     #[arg(long, value_name = "V", requires = "triton")]
     triton_version: Option<String>,
+    /// With --triton: drive every step from this client even when the server has the pipeline model NAME_pipeline
+    /// (which otherwise samples each image inside the server, one request per image).
+    #[arg(long, requires = "triton")]
+    triton_step_wise: bool,
     #[command(flatten)]
     backend: BackendArgs,
 }
@@ -224,6 +228,10 @@ impl SampleArgs {
     /// `--model NAME` (with `--triton`).
     pub(crate) fn triton_model_name(&self) -> Option<&str> {
         self.triton_model.as_deref()
+    }
+    /// `--triton-step-wise`.
+    pub(crate) fn triton_step_wise(&self) -> bool {
+        self.triton_step_wise
     }
     /// `--triton-version V`.
     pub(crate) fn triton_version(&self) -> Option<&str> {
@@ -261,19 +269,28 @@ pub(crate) struct Target {
     /// What messages call the model: the file, else `Triton model NAME`.
     pub name: String,
     remote: Option<Box<dyn Backend>>,
+    /// The server's pipeline model for this denoiser (one request per image), when it has one.
+    pub pipeline: Option<pixeldit_triton::TritonModel>,
 }
 
 fn run_sample(a: &SampleArgs) -> Result<()> {
     let remote = crate::remote::connect(a)?;
-    let (meta, remote) = match (a.model.as_deref(), remote) {
-        (Some(model), r) => (ModelInfo::read(model)?.pixeldit_metadata()?, r.map(|r| r.backend)),
+    let (meta, remote, pipeline) = match (a.model.as_deref(), remote) {
+        (Some(model), r) => {
+            let (backend, pipeline) = match r {
+                Some(r) => (Some(r.backend), r.pipeline),
+                None => (None, None),
+            };
+            (ModelInfo::read(model)?.pixeldit_metadata()?, backend, pipeline)
+        }
         (
             None,
             Some(crate::remote::Remote {
                 backend,
                 meta: Some(meta),
+                pipeline,
             }),
-        ) => (meta, Some(backend)),
+        ) => (meta, Some(backend), pipeline),
         (None, _) => bail!("a model file is required"),
     };
     let name = match (&a.model, &a.triton_model) {
@@ -281,7 +298,12 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
         (None, Some(n)) => format!("Triton model {n}"),
         (None, None) => bail!("a model file is required"),
     };
-    let target = Target { meta, name, remote };
+    let target = Target {
+        meta,
+        name,
+        remote,
+        pipeline,
+    };
     match target.meta.config.kind {
         ModelKind::T2i => text::run(a, target),
         ModelKind::C2i => class::run(a, target),
@@ -289,6 +311,11 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
 }
 
 impl Target {
+    /// The server-side denoiser backend (with `--triton`).
+    pub(crate) fn remote_backend(&self) -> Option<&dyn Backend> {
+        self.remote.as_deref()
+    }
+
     /// The backend that runs the forwards: the Triton server when `--triton` connected one, else the model file on
     /// the backend the flags choose (the choice and skipped candidates are reported on stderr).
     pub(crate) fn open(self, a: &SampleArgs) -> Result<(pixeldit_runtime::Denoiser, ModelMetadata)> {
