@@ -5,6 +5,7 @@ use clap::{Args, ValueEnum};
 use pixeldit_exporter::ExportOptions;
 use pixeldit_spec::{AttentionMode, ModelMetadata};
 use pixeldit_triton::config::{self as triton, README_FILE};
+use pixeldit_triton::pipeline::TextPipeline;
 use pixeldit_triton::repository::onnx_path;
 use pixeldit_triton::{InstanceKind, Platform, RepositoryReport, TritonOptions};
 use std::path::{Path, PathBuf};
@@ -65,6 +66,14 @@ pub struct TritonArgs {
     /// PIXELDIT_PIPELINE_LIB].
     #[arg(long, value_name = "FILE")]
     pub pipeline_lib: Option<PathBuf>,
+    /// Text-to-image models: the exported text encoder (`pixeldit-export --text-encoder`), served beside the model
+    /// as NAME_text_encoder so that the pipeline takes prompts. Without it a text-to-image repository has no
+    /// pipeline.
+    #[arg(long, value_name = "FILE.onnx", requires = "triton_repo")]
+    pub pipeline_text_encoder: Option<PathBuf>,
+    /// The encoder's tokenizer.json [default: tokenizer.json next to --pipeline-text-encoder].
+    #[arg(long, value_name = "FILE", requires = "pipeline_text_encoder")]
+    pub pipeline_tokenizer: Option<PathBuf>,
 }
 
 /// `--triton-platform`.
@@ -93,8 +102,10 @@ pub enum InstanceKindArg {
 pub struct TritonPlan {
     repo: PathBuf,
     opts: TritonOptions,
-    /// `(instances, library)` of the pipeline model, when one is written.
-    pipeline: Option<(usize, PathBuf)>,
+    /// `(instances, library, text side)` of the pipeline model, when one is written.
+    pipeline: Option<(usize, PathBuf, Option<TextPipeline>)>,
+    /// Why no pipeline is written, when that is worth saying.
+    note: Option<String>,
 }
 
 impl TritonArgs {
@@ -152,7 +163,36 @@ impl TritonArgs {
         };
         opts.check()?;
         // The pipeline is checked before the (long) export: class-conditional models only, library present.
-        let pipeline = if self.no_triton_pipeline || export.config.kind != pixeldit_spec::ModelKind::C2i {
+        let t2i = export.config.kind == pixeldit_spec::ModelKind::T2i;
+        if !t2i && self.pipeline_text_encoder.is_some() {
+            anyhow::bail!(
+                "--pipeline-text-encoder is for text-to-image models; {} is class-conditional",
+                export.config.name
+            );
+        }
+        let text = self.pipeline_text_encoder.as_ref().map(|enc| TextPipeline {
+            encoder_onnx: enc.clone(),
+            tokenizer: self
+                .pipeline_tokenizer
+                .clone()
+                .unwrap_or_else(|| enc.with_file_name(pixeldit_triton::pipeline::TOKENIZER_FILE)),
+        });
+        if let Some(t) = &text {
+            for (what, p) in [
+                ("--pipeline-text-encoder", &t.encoder_onnx),
+                ("the tokenizer", &t.tokenizer),
+            ] {
+                if !p.is_file() {
+                    anyhow::bail!("{what} {}: no such file", p.display());
+                }
+            }
+        }
+        let note = (t2i && text.is_none() && !self.no_triton_pipeline).then(|| {
+            "no pipeline model: pass --pipeline-text-encoder gemma.onnx (pixeldit-export --text-encoder) to serve \
+             prompts in the server; the denoiser is served step-wise"
+                .to_string()
+        });
+        let pipeline = if self.no_triton_pipeline || (t2i && text.is_none()) {
             None
         } else {
             if self.pipeline_instances == 0 {
@@ -172,12 +212,13 @@ impl TritonArgs {
             if !lib.is_file() {
                 anyhow::bail!("--pipeline-lib {}: no such file", lib.display());
             }
-            Some((self.pipeline_instances, lib))
+            Some((self.pipeline_instances, lib, text))
         };
         Ok(Some(TritonPlan {
             repo: repo.clone(),
             opts,
             pipeline,
+            note,
         }))
     }
 }
@@ -210,7 +251,10 @@ impl TritonPlan {
                 cmd
             );
         }
-        if let Some((instances, lib)) = &self.pipeline {
+        if let Some(n) = &self.note {
+            eprintln!("pixeldit-export: {n}");
+        }
+        if let Some((instances, lib, text)) = &self.pipeline {
             let name = self.opts.model_name.as_deref().expect("set by plan");
             let dir = pixeldit_triton::pipeline::write_pipeline(
                 &self.repo,
@@ -219,6 +263,7 @@ impl TritonPlan {
                 self.opts.max_batch_size,
                 *instances,
                 lib,
+                text.as_ref(),
             )?;
             println!(
                 "wrote Triton pipeline model {} (python backend, {instances} instance(s)): one request -> one image",

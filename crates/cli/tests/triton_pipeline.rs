@@ -203,7 +203,7 @@ fn triton_pipeline_serves_one_image_per_request() {
                 s.spawn(move || {
                     let p = TritonModel::connect(&url, PIPELINE, &ClientOptions::default()).unwrap();
                     let req = PipelineRequest {
-                        class,
+                        class: Some(class),
                         seed,
                         ..Default::default()
                     };
@@ -320,7 +320,7 @@ fn triton_pipeline_throughput() {
                     let p = TritonModel::connect(&url, PIPELINE, &ClientOptions::default()).unwrap();
                     for i in (c..images).step_by(clients) {
                         let req = PipelineRequest {
-                            class: (i % 10) as i64,
+                            class: Some((i % 10) as i64),
                             seed: i as u64,
                             ..Default::default()
                         };
@@ -348,4 +348,162 @@ fn triton_pipeline_throughput() {
             images as f64 / secs
         );
     }
+}
+
+/// A text-to-image pipeline: prompts in, tokenized and encoded in the server (the tiny Gemma-2 of
+/// `tests/golden/gemma/` served as `NAME_text_encoder`), the image a local `pixeldit-run --prompt` makes.
+#[test]
+fn triton_pipeline_serves_text_to_image_by_prompt() {
+    let Some(env) = triton_env("triton_pipeline_serves_text_to_image_by_prompt") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let export = || Command::new(env!("CARGO_BIN_EXE_pixeldit-export"));
+    let gemma = workspace().join("tests/golden/gemma/model");
+    let out = run(export()
+        .arg("--text-encoder")
+        .arg(&gemma)
+        .arg("-o")
+        .arg(d.join("gemma.onnx")));
+    assert!(out.status.success());
+    std::fs::copy(gemma.join("tokenizer.json"), d.join("tokenizer.json")).unwrap();
+    // t2i-tiny with the tiny encoder's [300, 64] text input.
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(workspace().join("graphs/t2i-tiny.json")).unwrap())
+            .unwrap();
+    cfg["name"] = "t2i-gemma".into();
+    cfg["text"]["embed_dim"] = 64.into();
+    cfg["text"]["max_length"] = 300.into();
+    std::fs::write(d.join("t2i.json"), cfg.to_string()).unwrap();
+    let repo = d.join("repo");
+    let out = run(export()
+        .arg("--config")
+        .arg(d.join("t2i.json"))
+        .args(["--random-init", "--triton-repo"])
+        .arg(&repo)
+        .arg("--pipeline-text-encoder")
+        .arg(d.join("gemma.onnx"))
+        .arg("-q"));
+    assert!(out.status.success());
+    for m in [
+        "pixeldit_t2i_gemma",
+        "pixeldit_t2i_gemma_pipeline",
+        "pixeldit_t2i_gemma_text_encoder",
+    ] {
+        assert!(repo.join(m).join("config.pbtxt").is_file(), "{m}");
+    }
+    check_schema(&env, &repo);
+    let server = Server::start(&repo, &d.join("tritonserver.log"));
+    let onnx = repo.join("pixeldit_t2i_gemma/1/model.onnx");
+
+    // curl, plain JSON, by prompt -> the local x.
+    let body = r#"{"inputs":[{"name":"prompt","datatype":"BYTES","shape":[1],"data":["the digit seven"]},{"name":"seed","datatype":"UINT64","shape":[1],"data":[0]}],"outputs":[{"name":"x"}]}"#;
+    let infer = |body: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-X", "POST", "-w", "\n%{http_code}"])
+            .arg(format!(
+                "{}/v2/models/pixeldit_t2i_gemma_pipeline/infer",
+                server.url
+            ))
+            .args(["-d", body])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (json, code) = text.rsplit_once('\n').unwrap();
+        (
+            code.trim().parse::<u16>().unwrap(),
+            serde_json::from_str::<serde_json::Value>(json).unwrap_or_default(),
+        )
+    };
+    let (code, resp) = infer(body);
+    assert_eq!(code, 200, "{resp}");
+    let served: Vec<f32> = resp["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let local = |args: &[&str], raw: &str| {
+        let out = local_run(
+            &onnx,
+            &[
+                args,
+                &[
+                    "--text-encoder",
+                    d.join("gemma.onnx").to_str().unwrap(),
+                    "-q",
+                    "-o",
+                ],
+                &[d.join("l.png").to_str().unwrap(), "--save-raw", raw],
+            ]
+            .concat(),
+        );
+        assert!(out.status.success());
+        io::read_npy(Path::new(raw)).unwrap()
+    };
+    let raw = d.join("l.npy");
+    let l = local(
+        &["--prompt", "the digit seven", "--seed", "0"],
+        raw.to_str().unwrap(),
+    );
+    let db = psnr_f32(&served, l.as_slice().unwrap());
+    eprintln!("curl prompt vs local pixeldit-run --prompt: PSNR {db:.1} dB");
+    assert!(db > 60.0, "PSNR {db}");
+
+    // pixeldit-run --triton --prompts-file: one request per prompt, the local samples.
+    std::fs::write(d.join("prompts.txt"), "the digit seven\na 3\n").unwrap();
+    let rraw = d.join("r.npy");
+    let out = run(bin()
+        .args([
+            "--triton",
+            &server.url,
+            "--model",
+            "pixeldit_t2i_gemma",
+            "--prompts-file",
+        ])
+        .arg(d.join("prompts.txt"))
+        .args(["--negative-prompt", "blurry", "--seed", "2", "-q", "-o"])
+        .arg(d.join("r.png"))
+        .arg("--save-raw")
+        .arg(&rraw));
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("2 pipeline request(s)"), "{}", stdout(&out));
+    let lraw = d.join("l2.npy");
+    let l2 = local(
+        &[
+            "--prompts-file",
+            d.join("prompts.txt").to_str().unwrap(),
+            "--negative-prompt",
+            "blurry",
+            "--seed",
+            "2",
+        ],
+        lraw.to_str().unwrap(),
+    );
+    let r = io::read_npy(&rraw).unwrap();
+    let db = psnr_f32(r.as_slice().unwrap(), l2.as_slice().unwrap());
+    eprintln!("--prompts-file through the pipeline vs local: PSNR {db:.1} dB");
+    assert!(db > 60.0, "PSNR {db}");
+
+    // Bad requests: no prompt, a class, an absurdly long prompt.
+    let long = "seven ".repeat(4000);
+    for (body, want) in [
+        (r#"{"inputs":[{"name":"seed","datatype":"UINT64","shape":[1],"data":[0]}]}"#.to_string(), "prompt"),
+        (
+            format!(r#"{{"inputs":[{{"name":"prompt","datatype":"BYTES","shape":[1],"data":["{long}"]}},{{"name":"seed","datatype":"UINT64","shape":[1],"data":[0]}}]}}"#),
+            "prompt is 24000 bytes long; at most 16384",
+        ),
+        (
+            r#"{"inputs":[{"name":"prompt","datatype":"BYTES","shape":[1],"data":["a 7"]},{"name":"seed","datatype":"UINT64","shape":[1],"data":[0]},{"name":"steps","datatype":"INT32","shape":[1],"data":[1]}]}"#.to_string(),
+            "steps 1: expected 2..=1000",
+        ),
+    ] {
+        let (code, resp) = infer(&body);
+        let msg = resp["error"].as_str().unwrap_or_default().to_string();
+        eprintln!("bad request -> HTTP {code}: {msg}");
+        assert_eq!(code, 400, "{resp}");
+        assert!(msg.contains(want), "'{msg}' lacks '{want}'");
+    }
+    assert_eq!(infer(body).0, 200, "the server stopped serving");
 }

@@ -21,6 +21,9 @@ use crate::prompt::{PromptKind, PromptTokenizer, Truncation, TEXT_TOKENS};
 use crate::tensor::TensorRef;
 use crate::{Result, RuntimeError};
 
+/// Distinct texts whose embeddings [`TextEncoder`] keeps (a long-running server must not grow without bound).
+const CACHE_LIMIT: usize = 64;
+
 /// Reads the text-encoder metadata of an exported encoder file.
 pub fn read_metadata(path: &Path) -> Result<TextEncoderMetadata> {
     let info = ModelInfo::read(path)?;
@@ -167,6 +170,20 @@ impl TextEncoder {
         self.backend.as_ref()
     }
 
+    /// Swaps the backend (e.g. a per-request connection to a server); returns the previous one. The new backend
+    /// must run the same encoder: its tensor names are checked.
+    pub fn replace_backend(&mut self, backend: Box<dyn Backend>) -> Result<Box<dyn Backend>> {
+        if backend.input_names() != [INPUT_IDS, ATTENTION_MASK]
+            || backend.output_names() != [LAST_HIDDEN_STATE]
+        {
+            return Err(RuntimeError::TextEncoder {
+                path: self.path.clone(),
+                reason: "the replacement backend does not have the encoder's inputs and output".into(),
+            });
+        }
+        Ok(std::mem::replace(&mut self.backend, backend))
+    }
+
     /// Whether negative prompts, padded from 300 tokens to the encoder's sequence length, get exactly the recipe's
     /// hidden states (see [`TextEncoderMetadata::sliding_window`]).
     pub fn negative_is_exact(&self) -> bool {
@@ -181,6 +198,9 @@ impl TextEncoder {
         for (i, text) in texts.iter().enumerate() {
             let key = (kind, text.clone());
             if !self.cache.contains_key(&key) {
+                if self.cache.len() >= CACHE_LIMIT {
+                    self.cache.clear();
+                }
                 let one = self.encode_one(kind, text)?;
                 self.cache.insert(key.clone(), one);
             }

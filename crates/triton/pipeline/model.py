@@ -1,11 +1,12 @@
 """PixelDiT pipeline model for Triton's python backend, written by `pixeldit-export --triton-repo` as
 `NAME_pipeline/1/model.py` next to `libpixeldit_triton_pipeline.so` (crates/triton/pipeline).
 
-One request (class, seed, optional sampler settings) -> one image (UINT8 [3, H, W]) and the final sample x
-(FP32 [C, H, W]). The sampler, the seeded noise and every check of the request run in the Rust library, the same code
+One request (class, or prompt and negative prompt for text-to-image models; seed; optional sampler settings) -> one
+image (UINT8 [3, H, W]) and the final sample x (FP32 [C, H, W]). The sampler, the seeded noise and every check of the request run in the Rust library, the same code
 as `pixeldit-run`; this file only moves tensors: each network forward the library asks for becomes a BLS request to
 the denoiser model (config parameter `pixeldit.denoiser`), so the steps of concurrent requests meet in the
-denoiser's dynamic batcher. A bad request gets an error response naming the field; the model keeps serving.
+denoiser's dynamic batcher. A text-to-image pipeline also sends the text encoder's forwards to the encoder model
+(parameter `pixeldit.text_encoder_model`) and tokenizes with `tokenizer.json` beside this file. A bad request gets an error response naming the field; the model keeps serving.
 """
 import ctypes
 import json
@@ -25,13 +26,19 @@ _RunFn = ctypes.CFUNCTYPE(
 
 # Request inputs: (tensor name, request field, element count, conversion). FP32 values go through their shortest
 # decimal form (str), so that a 0.1 typed by the user is the f64 0.1 that pixeldit-run uses, not 0.10000000149.
+def _text(a):
+    return a[0].decode() if isinstance(a[0], bytes) else str(a[0])
+
+
 _FIELDS = [
     ("class", "class", 1, lambda a: int(a[0])),
+    ("prompt", "prompt", 1, _text),
+    ("negative_prompt", "negative_prompt", 1, _text),
     ("seed", "seed", 1, lambda a: int(a[0])),
     ("index", "index", 1, lambda a: int(a[0])),
     ("steps", "steps", 1, lambda a: int(a[0])),
     ("cfg", "cfg", 1, lambda a: float(str(a[0]))),
-    ("sampler", "sampler", 1, lambda a: a[0].decode() if isinstance(a[0], bytes) else str(a[0])),
+    ("sampler", "sampler", 1, _text),
     ("interval", "interval", 2, lambda a: [float(str(a[0])), float(str(a[1]))]),
     ("shift", "shift", 1, lambda a: float(str(a[0]))),
 ]
@@ -53,7 +60,7 @@ class TritonPythonModel:
         here = os.path.join(args["model_repository"], args["model_version"])
         lib = ctypes.CDLL(os.path.join(here, params.get("pixeldit.library", "libpixeldit_triton_pipeline.so")))
         lib.pixeldit_pipeline_new.restype = ctypes.c_void_p
-        lib.pixeldit_pipeline_new.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
+        lib.pixeldit_pipeline_new.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
         lib.pixeldit_pipeline_free.argtypes = [ctypes.c_void_p]
         lib.pixeldit_pipeline_image_shape.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]
         lib.pixeldit_pipeline_generate.restype = ctypes.c_int32
@@ -64,9 +71,13 @@ class TritonPythonModel:
         self.denoiser = params["pixeldit.denoiser"]
         # With max_batch_size > 0 the denoiser declares batch-only inputs (t, y) as dims [1]: send [B, 1].
         self.batch_inputs_2d = int(params.get("pixeldit.denoiser_max_batch_size", "0")) > 0
+        setup = {"metadata": params["pixeldit.metadata"], "denoiser": self.denoiser}
+        if "pixeldit.text_encoder_model" in params:  # text-to-image: the encoder model, the tokenizer beside this file
+            setup["text_encoder"] = params["pixeldit.text_encoder_model"]
+            setup["text_encoder_metadata"] = params["pixeldit.text_encoder_metadata"]
+            setup["tokenizer"] = os.path.join(here, params.get("pixeldit.tokenizer", "tokenizer.json"))
         err = ctypes.create_string_buffer(_ERR_LEN)
-        self.handle = lib.pixeldit_pipeline_new(
-            params["pixeldit.metadata"].encode(), self.denoiser.encode(), err, _ERR_LEN)
+        self.handle = lib.pixeldit_pipeline_new(json.dumps(setup).encode(), err, _ERR_LEN)
         if not self.handle:
             raise pb_utils.TritonModelException(f"pixeldit pipeline: {err.value.decode()}")
         shape = (ctypes.c_size_t * 3)()

@@ -109,8 +109,12 @@ fn tensors(meta: &Value, key: &str) -> Vec<RemoteTensor> {
 /// sampler settings that override the model's defaults.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PipelineRequest {
-    /// Class label.
-    pub class: i64,
+    /// Class label (class-conditional models).
+    pub class: Option<i64>,
+    /// The prompt (text-to-image models).
+    pub prompt: Option<String>,
+    /// The negative prompt (text-to-image models).
+    pub negative_prompt: Option<String>,
     /// Noise seed.
     pub seed: u64,
     /// Position in the seed's noise stream.
@@ -412,10 +416,18 @@ impl TritonModel {
     /// final sample `x` `[C, H, W]`.
     pub fn generate(&self, r: &PipelineRequest) -> Result<(Vec<u8>, ArrayD<f32>)> {
         let mut inputs = vec![
-            json!({"name": "class", "datatype": "INT64", "shape": [1], "data": [r.class]}),
             json!({"name": "seed", "datatype": "UINT64", "shape": [1], "data": [r.seed]}),
             json!({"name": "index", "datatype": "UINT64", "shape": [1], "data": [r.index]}),
         ];
+        if let Some(v) = r.class {
+            inputs.push(json!({"name": "class", "datatype": "INT64", "shape": [1], "data": [v]}));
+        }
+        if let Some(v) = &r.prompt {
+            inputs.push(json!({"name": "prompt", "datatype": "BYTES", "shape": [1], "data": [v]}));
+        }
+        if let Some(v) = &r.negative_prompt {
+            inputs.push(json!({"name": "negative_prompt", "datatype": "BYTES", "shape": [1], "data": [v]}));
+        }
         if let Some(v) = r.steps {
             inputs.push(json!({"name": "steps", "datatype": "INT32", "shape": [1], "data": [v]}));
         }

@@ -4,15 +4,25 @@
 //! forward is a BLS request to the denoiser model, whose dynamic batcher then batches the steps of concurrent
 //! requests.
 //!
-//! Inputs (KServe v2): `class` INT64 [1], `seed` UINT64 [1]; optional `index` UINT64 [1] (position in the seed's
-//! noise stream), `steps` INT32 [1], `cfg` FP32 [1], `sampler` BYTES [1], `interval` FP32 [2], `shift` FP32 [1].
+//! Inputs (KServe v2): `class` INT64 [1] (class-conditional) or `prompt` BYTES [1] and optional `negative_prompt`
+//! BYTES [1] (text-to-image), `seed` UINT64 [1]; optional `index` UINT64 [1] (position in the seed's noise stream),
+//! `steps` INT32 [1], `cfg` FP32 [1], `sampler` BYTES [1] (class-conditional), `interval` FP32 [2], `shift` FP32 [1].
 //! Outputs: `image` UINT8 [3, H, W], `x` FP32 [C, H, W].
+//!
+//! A text-to-image pipeline also needs the exported text encoder, served beside it as `<denoiser>_text_encoder`
+//! (onnxruntime, inputs `input_ids`/`attention_mask` [-1, S], output `last_hidden_state` [-1, S, D]), and its
+//! `tokenizer.json` in the pipeline's version folder; prompts are tokenized and encoded in the server.
 
-use crate::config::{check_model_name, config_text, CONFIG_FILE, README_FILE, VERSION};
+use crate::config::{check_model_name, config_text, Platform, CONFIG_FILE, ONNX_FILE, README_FILE, VERSION};
 use crate::error::{Result, TritonError};
 use crate::pb::inference::model_instance_group::Kind;
 use crate::pb::inference::{
     DataType, ModelConfig, ModelInput, ModelInstanceGroup, ModelOutput, ModelParameter,
+};
+use pixeldit_runtime::prompt::{PromptKind, PromptTokenizer, TEXT_TOKENS};
+use pixeldit_runtime::text_encoder::read_metadata;
+use pixeldit_spec::text_encoder::{
+    TextEncoderMetadata, ATTENTION_MASK, INPUT_IDS, LAST_HIDDEN_STATE, TEXT_ENCODER_META_KEY,
 };
 use pixeldit_spec::{ModelKind, ModelMetadata, META_KEY};
 use std::path::{Path, PathBuf};
@@ -29,6 +39,69 @@ pub const DENOISER_KEY: &str = "pixeldit.denoiser";
 pub const DENOISER_MBS_KEY: &str = "pixeldit.denoiser_max_batch_size";
 /// Config parameter naming the library file.
 pub const LIBRARY_KEY: &str = "pixeldit.library";
+/// Config parameter naming the text encoder model (text-to-image pipelines).
+pub const TEXT_ENCODER_KEY: &str = "pixeldit.text_encoder_model";
+/// Config parameter with the text encoder's metadata JSON (text-to-image pipelines).
+pub const TEXT_ENCODER_META_PARAM: &str = "pixeldit.text_encoder_metadata";
+/// Config parameter naming the tokenizer file in the version folder (text-to-image pipelines).
+pub const TOKENIZER_KEY: &str = "pixeldit.tokenizer";
+/// The tokenizer's file name in the pipeline's version folder.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// The text side of a text-to-image pipeline: the exported encoder (`pixeldit-export --text-encoder`) and its
+/// tokenizer.
+#[derive(Debug, Clone)]
+pub struct TextPipeline {
+    /// The encoder's ONNX file (its `.data` file beside it is copied too).
+    pub encoder_onnx: PathBuf,
+    /// Its `tokenizer.json`.
+    pub tokenizer: PathBuf,
+}
+
+/// The encoder model's name for a denoiser: `<denoiser>_text_encoder`.
+pub fn text_encoder_name(denoiser: &str) -> String {
+    format!("{denoiser}_text_encoder")
+}
+
+/// The `ModelConfig` of the text encoder served beside a text-to-image pipeline (onnxruntime, no batching axis
+/// declared implicitly: `[-1, S]` inputs).
+pub fn text_encoder_config(name: &str, enc: &TextEncoderMetadata) -> Result<ModelConfig> {
+    check_model_name(name)?;
+    let s = enc.sequence_length as i64;
+    let ids = |n: &str| ModelInput {
+        name: n.into(),
+        data_type: DataType::TypeInt64 as i32,
+        dims: vec![-1, s],
+        ..Default::default()
+    };
+    Ok(ModelConfig {
+        name: name.to_string(),
+        platform: Platform::OnnxRuntime.as_str().to_string(),
+        max_batch_size: 0,
+        default_model_filename: ONNX_FILE.to_string(),
+        input: vec![ids(INPUT_IDS), ids(ATTENTION_MASK)],
+        output: vec![ModelOutput {
+            name: LAST_HIDDEN_STATE.into(),
+            data_type: DataType::TypeFp32 as i32,
+            dims: vec![-1, s, enc.hidden_size as i64],
+            ..Default::default()
+        }],
+        instance_group: vec![ModelInstanceGroup {
+            count: 1,
+            kind: Kind::Auto as i32,
+            ..Default::default()
+        }],
+        parameters: [(
+            TEXT_ENCODER_META_KEY.to_string(),
+            ModelParameter {
+                string_value: enc.to_json(),
+            },
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    })
+}
 
 /// The pipeline model's name for a denoiser: `<denoiser>_pipeline`.
 pub fn pipeline_name(denoiser: &str) -> String {
@@ -65,12 +138,12 @@ pub fn pipeline_config(
     denoiser: &str,
     denoiser_max_batch_size: usize,
     instances: usize,
+    text: Option<&TextEncoderMetadata>,
 ) -> Result<ModelConfig> {
     check_model_name(denoiser)?;
-    if meta.config.kind != ModelKind::C2i {
+    if meta.config.kind == ModelKind::T2i && text.is_none() {
         return Err(TritonError::Options(format!(
-            "{}: the in-server pipeline serves class-conditional models (text-to-image requests are not \
-             implemented yet)",
+            "{}: a text-to-image pipeline needs the exported text encoder (--pipeline-text-encoder)",
             meta.config.name
         )));
     }
@@ -84,26 +157,42 @@ pub fn pipeline_config(
         meta.height as i64,
         meta.width as i64,
     );
-    let params = [
+    let mut params = vec![
         (META_KEY, meta.to_json()),
         (DENOISER_KEY, denoiser.to_string()),
         (DENOISER_MBS_KEY, denoiser_max_batch_size.to_string()),
         (LIBRARY_KEY, LIBRARY_FILE.to_string()),
     ];
+    let mut inputs = match text {
+        None => vec![input("class", DataType::TypeInt64, vec![1], false)],
+        Some(enc) => {
+            params.push((TEXT_ENCODER_KEY, text_encoder_name(denoiser)));
+            params.push((TEXT_ENCODER_META_PARAM, enc.to_json()));
+            params.push((TOKENIZER_KEY, TOKENIZER_FILE.to_string()));
+            vec![
+                input("prompt", DataType::TypeString, vec![1], false),
+                input("negative_prompt", DataType::TypeString, vec![1], true),
+            ]
+        }
+    };
+    inputs.extend([
+        input("seed", DataType::TypeUint64, vec![1], false),
+        input("index", DataType::TypeUint64, vec![1], true),
+        input("steps", DataType::TypeInt32, vec![1], true),
+        input("cfg", DataType::TypeFp32, vec![1], true),
+    ]);
+    if text.is_none() {
+        inputs.push(input("sampler", DataType::TypeString, vec![1], true));
+    }
+    inputs.extend([
+        input("interval", DataType::TypeFp32, vec![2], true),
+        input("shift", DataType::TypeFp32, vec![1], true),
+    ]);
     Ok(ModelConfig {
         name: pipeline_name(denoiser),
         backend: "python".into(),
         max_batch_size: 0,
-        input: vec![
-            input("class", DataType::TypeInt64, vec![1], false),
-            input("seed", DataType::TypeUint64, vec![1], false),
-            input("index", DataType::TypeUint64, vec![1], true),
-            input("steps", DataType::TypeInt32, vec![1], true),
-            input("cfg", DataType::TypeFp32, vec![1], true),
-            input("sampler", DataType::TypeString, vec![1], true),
-            input("interval", DataType::TypeFp32, vec![2], true),
-            input("shift", DataType::TypeFp32, vec![1], true),
-        ],
+        input: inputs,
         output: vec![
             ModelOutput {
                 name: "image".into(),
@@ -147,6 +236,7 @@ pub fn write_pipeline(
     denoiser_max_batch_size: usize,
     instances: usize,
     library: &Path,
+    text: Option<&TextPipeline>,
 ) -> Result<PathBuf> {
     if !library.is_file() {
         return Err(TritonError::Options(format!(
@@ -155,19 +245,44 @@ pub fn write_pipeline(
             library.display()
         )));
     }
-    let cfg = pipeline_config(meta, denoiser, denoiser_max_batch_size, instances)?;
+    let enc_meta = match text {
+        Some(t) => Some(check_text_pipeline(meta, t)?),
+        None => None,
+    };
+    let cfg = pipeline_config(
+        meta,
+        denoiser,
+        denoiser_max_batch_size,
+        instances,
+        enc_meta.as_ref(),
+    )?;
+    if let (Some(t), Some(enc)) = (text, &enc_meta) {
+        write_text_encoder(repo, &text_encoder_name(denoiser), enc, &t.encoder_onnx)?;
+    }
     let dir = repo.join(&cfg.name);
     let version = dir.join(VERSION.to_string());
     std::fs::create_dir_all(&version).map_err(|e| TritonError::io(&version, e))?;
     crate::repository::write_atomic(&version.join(MODEL_PY_FILE), MODEL_PY)?;
     copy_atomic(library, &version.join(LIBRARY_FILE))?;
+    if let Some(t) = text {
+        copy_atomic(&t.tokenizer, &version.join(TOKENIZER_FILE))?;
+    }
     crate::repository::write_atomic(&dir.join(CONFIG_FILE), &config_text(&cfg))?;
+    let conditions = match &enc_meta {
+        None => "class INT64 [1]".to_string(),
+        Some(_) => format!(
+            "prompt BYTES [1] (optional negative_prompt BYTES [1]; tokenized with {VERSION}/{TOKENIZER_FILE} and \
+             encoded by {})",
+            text_encoder_name(denoiser)
+        ),
+    };
     let readme = format!(
         "{name}: one request -> one image for {denoiser} (PixelDiT {preset} {h}x{w} {prec}).\n\
          Triton python backend: {VERSION}/{MODEL_PY_FILE} loads {VERSION}/{LIBRARY_FILE} (pixeldit's sampler, the\n\
          same code as pixeldit-run) and sends every network forward to {denoiser} as a BLS request.\n\
-         Inputs: class INT64 [1], seed UINT64 [1]; optional index UINT64 [1], steps INT32 [1], cfg FP32 [1],\n\
-         sampler BYTES [1], interval FP32 [2], shift FP32 [1]. Outputs: image UINT8 [3,H,W], x FP32 [C,H,W].\n\
+         Inputs: {conditions}, seed UINT64 [1]; optional index UINT64 [1], steps INT32 [1], cfg FP32 [1],\n\
+         sampler BYTES [1] (class-conditional), interval FP32 [2], shift FP32 [1].\n\
+         Outputs: image UINT8 [3,H,W], x FP32 [C,H,W].\n\
          Example: curl -X POST localhost:8000/v2/models/{name}/infer -d \
          '{{\"inputs\":[{{\"name\":\"class\",\"datatype\":\"INT64\",\"shape\":[1],\"data\":[3]}},\
          {{\"name\":\"seed\",\"datatype\":\"UINT64\",\"shape\":[1],\"data\":[0]}}],\"outputs\":[{{\"name\":\"image\"}}]}}'\n",
@@ -180,4 +295,70 @@ pub fn write_pipeline(
     crate::repository::write_atomic(&dir.join(README_FILE), &readme)?;
     crate::repository::validate_model_dir(&dir, false)?;
     Ok(dir)
+}
+
+/// Checks the text side of a text-to-image pipeline against the model (text width, 300 tokens) and the tokenizer
+/// (vocabulary, the recipe's sequence length) before anything is written; returns the encoder's metadata.
+fn check_text_pipeline(meta: &ModelMetadata, t: &TextPipeline) -> Result<TextEncoderMetadata> {
+    let bad = |m: String| TritonError::Options(m);
+    let enc = read_metadata(&t.encoder_onnx).map_err(|e| bad(e.to_string()))?;
+    let tok = PromptTokenizer::from_file(&t.tokenizer).map_err(|e| bad(e.to_string()))?;
+    let text = meta
+        .config
+        .text
+        .as_ref()
+        .ok_or_else(|| bad(format!("{}: the model has no text input", meta.config.name)))?;
+    let file = t.encoder_onnx.display();
+    if enc.hidden_size != text.embed_dim {
+        return Err(bad(format!(
+            "text encoder {file}: hidden size {} does not match the text width {} of {}",
+            enc.hidden_size, text.embed_dim, meta.config.name
+        )));
+    }
+    if text.max_length != TEXT_TOKENS {
+        return Err(bad(format!(
+            "{} takes {} text tokens; the prompt recipe gives {TEXT_TOKENS}",
+            meta.config.name, text.max_length
+        )));
+    }
+    if tok.vocab_size() != enc.vocab_size {
+        return Err(bad(format!(
+            "text encoder {file}: its embedding table has {} rows but the tokenizer {} has {} tokens",
+            enc.vocab_size,
+            t.tokenizer.display(),
+            tok.vocab_size()
+        )));
+    }
+    let needed = tok.sequence_len(PromptKind::Prompt);
+    if enc.sequence_length != needed {
+        return Err(bad(format!(
+            "text encoder {file}: exported for {} tokens, the prompt recipe with {} needs {needed}",
+            enc.sequence_length,
+            t.tokenizer.display()
+        )));
+    }
+    Ok(enc)
+}
+
+/// Writes `<repo>/<name>/` for the text encoder: config.pbtxt and `1/model.onnx` (+ its external data file, under
+/// the name the ONNX refers to).
+fn write_text_encoder(repo: &Path, name: &str, enc: &TextEncoderMetadata, onnx: &Path) -> Result<()> {
+    let cfg = text_encoder_config(name, enc)?;
+    let dir = repo.join(name);
+    let version = dir.join(VERSION.to_string());
+    std::fs::create_dir_all(&version).map_err(|e| TritonError::io(&version, e))?;
+    copy_atomic(onnx, &version.join(ONNX_FILE))?;
+    let data_name = format!(
+        "{}.data",
+        onnx.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
+    let data = onnx.with_file_name(&data_name);
+    if data.is_file() {
+        copy_atomic(&data, &version.join(&data_name))?;
+    }
+    crate::repository::write_atomic(&dir.join(CONFIG_FILE), &config_text(&cfg))?;
+    crate::repository::validate_model_dir(&dir, false)?;
+    Ok(())
 }

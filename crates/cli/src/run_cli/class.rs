@@ -1,7 +1,7 @@
 //! Class-conditional sampling: labels from `--class`/`--classes`, the flow sampler with the model's defaults.
 
 use super::{finish, prepare, Finished, SampleArgs, SamplerArg, Target};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use pixeldit_runtime::samplers::flow::{self, FlowSamplerConfig, SamplerKind};
 use pixeldit_runtime::RuntimeError;
 use pixeldit_triton::PipelineRequest;
@@ -117,24 +117,14 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
     )
 }
 
-/// Images requested in flight at once from a pipeline model.
-const PIPELINE_CONCURRENCY: usize = 16;
-
 /// `--triton` with a pipeline model on the server: one request per image (class, seed, the image's position in the
-/// seed's noise stream, and the sampler flags the user gave; the server applies the same metadata defaults), up to
-/// [`PIPELINE_CONCURRENCY`] in flight.
+/// seed's noise stream, and the sampler flags the user gave; the server applies the same metadata defaults).
 fn run_pipeline(a: &SampleArgs, target: Target, labels: &[i64], scfg: &FlowSamplerConfig) -> Result<()> {
-    let prepared = prepare(a, &target.meta, labels.len())?;
-    let pipeline = target.pipeline.as_ref().expect("checked by the caller");
-    let name = pipeline.name().to_string();
-    eprintln!(
-        "pixeldit-run: using the Triton pipeline model {name} (one request per image, sampled in the server)"
-    );
     let requests: Vec<PipelineRequest> = labels
         .iter()
         .enumerate()
         .map(|(i, &class)| PipelineRequest {
-            class,
+            class: Some(class),
             seed: a.seed,
             index: i as u64,
             steps: a.steps,
@@ -144,63 +134,21 @@ fn run_pipeline(a: &SampleArgs, target: Target, labels: &[i64], scfg: &FlowSampl
             }),
             interval: a.interval,
             shift: a.shift,
+            ..Default::default()
         })
         .collect();
-    let bar = crate::progress::steps(requests.len(), a.quiet);
-    let start = Instant::now();
-    let mut samples = Vec::with_capacity(requests.len());
-    for chunk in requests.chunks(PIPELINE_CONCURRENCY) {
-        let results: Vec<_> = std::thread::scope(|s| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|r| s.spawn(move || pipeline.generate(r)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("request thread"))
-                .collect()
-        });
-        for r in results {
-            let (_, x) = r?;
-            samples.push(x);
-            bar.inc(1);
-        }
-    }
-    bar.finish_and_clear();
-    let seconds = start.elapsed().as_secs_f64();
-    let views: Vec<_> = samples
-        .iter()
-        .map(|x| x.view().insert_axis(ndarray::Axis(0)))
-        .collect();
-    let x = ndarray::concatenate(ndarray::Axis(0), &views)?
-        .into_dimensionality::<ndarray::Ix4>()
-        .context("the pipeline returned samples of another rank")?;
-    let backend = target
-        .remote_backend()
-        .context("the pipeline runs on a Triton server")?;
-    finish(
+    super::sample_in_server(
         a,
-        &x,
-        &prepared.out_paths,
-        Finished {
-            meta: &target.meta,
-            backend,
-            steps: scfg.steps,
-            seconds,
-            report: serde_json::json!({
-                "sampler": scfg.kind.to_string(),
-                "cfg_scale": scfg.cfg_scale,
-                "interval": [scfg.interval.0, scfg.interval.1],
-                "shift": scfg.shift,
-                "classes": labels,
-                "triton_pipeline": name,
-                "requests": labels.len(),
-            }),
-            sampler_line: format!(
-                "{} {} steps, cfg {}, in the server ({name})",
-                scfg.kind, scfg.steps, scfg.cfg_scale
-            ),
-            forwards_line: format!("{} pipeline request(s), ", labels.len()),
-        },
+        target,
+        requests,
+        scfg.steps,
+        format!("{} {} steps, cfg {}", scfg.kind, scfg.steps, scfg.cfg_scale),
+        serde_json::json!({
+            "sampler": scfg.kind.to_string(),
+            "cfg_scale": scfg.cfg_scale,
+            "interval": [scfg.interval.0, scfg.interval.1],
+            "shift": scfg.shift,
+            "classes": labels,
+        }),
     )
 }

@@ -311,11 +311,6 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
 }
 
 impl Target {
-    /// The server-side denoiser backend (with `--triton`).
-    pub(crate) fn remote_backend(&self) -> Option<&dyn Backend> {
-        self.remote.as_deref()
-    }
-
     /// The backend that runs the forwards: the Triton server when `--triton` connected one, else the model file on
     /// the backend the flags choose (the choice and skipped candidates are reported on stderr).
     pub(crate) fn open(self, a: &SampleArgs) -> Result<(pixeldit_runtime::Denoiser, ModelMetadata)> {
@@ -485,4 +480,75 @@ pub(crate) fn finish(a: &SampleArgs, x: &Array4<f32>, out_paths: &[PathBuf], f: 
         f.seconds
     );
     Ok(())
+}
+
+/// Images requested in flight at once from a pipeline model.
+const PIPELINE_CONCURRENCY: usize = 16;
+
+/// `--triton` with a pipeline model on the server (`NAME_pipeline`): one request per image, up to
+/// [`PIPELINE_CONCURRENCY`] in flight; the samples come back as `x` and are written like local ones.
+pub(crate) fn sample_in_server(
+    a: &SampleArgs,
+    target: Target,
+    requests: Vec<pixeldit_triton::PipelineRequest>,
+    steps: usize,
+    sampler_line: String,
+    report: serde_json::Value,
+) -> Result<()> {
+    let prepared = prepare(a, &target.meta, requests.len())?;
+    let pipeline = target
+        .pipeline
+        .as_ref()
+        .context("no pipeline model on the server")?;
+    let name = pipeline.name().to_string();
+    eprintln!(
+        "pixeldit-run: using the Triton pipeline model {name} (one request per image, sampled in the server)"
+    );
+    let bar = crate::progress::steps(requests.len(), a.quiet);
+    let start = std::time::Instant::now();
+    let mut samples = Vec::with_capacity(requests.len());
+    for chunk in requests.chunks(PIPELINE_CONCURRENCY) {
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|r| s.spawn(move || pipeline.generate(r)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("request thread"))
+                .collect()
+        });
+        for r in results {
+            let (_, x) = r?;
+            samples.push(x);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let views: Vec<_> = samples.iter().map(|x| x.view().insert_axis(Axis(0))).collect();
+    let x = ndarray::concatenate(Axis(0), &views)?
+        .into_dimensionality::<ndarray::Ix4>()
+        .context("the pipeline returned samples of another rank")?;
+    let backend = target
+        .remote
+        .as_deref()
+        .context("the pipeline runs on a Triton server")?;
+    let mut report = report;
+    report["triton_pipeline"] = serde_json::json!(name);
+    report["requests"] = serde_json::json!(requests.len());
+    finish(
+        a,
+        &x,
+        &prepared.out_paths,
+        Finished {
+            meta: &target.meta,
+            backend,
+            steps,
+            seconds,
+            report,
+            sampler_line: format!("{sampler_line}, in the server ({name})"),
+            forwards_line: format!("{} pipeline request(s), ", requests.len()),
+        },
+    )
 }

@@ -10,6 +10,7 @@ use pixeldit_runtime::prompt::{PromptKind, PromptTokenizer};
 use pixeldit_runtime::samplers::dpm_solver::{self, DpmSolverConfig, SAMPLER_NAME};
 use pixeldit_runtime::text_encoder::{self, TextEncoder};
 use pixeldit_spec::TextConfig;
+use pixeldit_triton::PipelineRequest;
 use std::time::Instant;
 
 /// Repeats a `[1, L, E]` array K times, or checks that it already has K rows.
@@ -225,6 +226,44 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
         Some(t) => a.batch.unwrap_or(t.len()),
         None => 1,
     };
+    // With a pipeline model on the server, prompts are tokenized, encoded and sampled there.
+    if let (Some(texts), true) = (&texts, target.pipeline.is_some() && a.noise.is_none()) {
+        let prompts: Vec<String> = match (texts.len(), a.batch) {
+            (1, Some(b)) => vec![texts[0].clone(); b],
+            (n, Some(b)) if n != b => {
+                bail!("--batch {b} with {n} prompts (give one prompt to repeat, or no --batch)")
+            }
+            _ => texts.clone(),
+        };
+        let requests = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PipelineRequest {
+                prompt: Some(p.clone()),
+                negative_prompt: a.negative_prompt.clone(),
+                seed: a.seed,
+                index: i as u64,
+                steps: a.steps,
+                cfg: a.cfg,
+                interval: a.interval,
+                shift: a.shift,
+                ..Default::default()
+            })
+            .collect();
+        return super::sample_in_server(
+            a,
+            target,
+            requests,
+            scfg.steps,
+            format!("{SAMPLER_NAME} {} steps, cfg {}", scfg.steps, scfg.cfg_scale),
+            serde_json::json!({
+                "sampler": SAMPLER_NAME,
+                "cfg_scale": scfg.cfg_scale,
+                "flow_shift": scfg.shift,
+                "conditions": {"prompts": prompts, "negative_prompt": a.negative_prompt.clone().unwrap_or_default()},
+            }),
+        );
+    }
     // Output paths are checked before the encoder runs (the noise is drawn again below for the final K).
     if texts.is_some() {
         prepare(a, &target.meta, k)?;

@@ -1,5 +1,6 @@
 //! The sampler of a Triton pipeline model (`NAME_pipeline`, written by `pixeldit-export --triton-repo`): one request
-//! in (class, seed, optional sampler settings), one image out, with every network forward sent back to Triton.
+//! in (class or prompt, seed, optional sampler settings), one image out, with every network forward (denoiser and,
+//! for text-to-image models, the text encoder) sent back to Triton.
 //!
 //! Triton's python backend runs `model.py` (`crates/triton/pipeline/model.py`), which loads this library with
 //! `ctypes` and calls [`pixeldit_pipeline_generate`] once per request. The library owns everything that must equal a
@@ -10,8 +11,8 @@
 //! pipeline requests. There is one sampler implementation, the runtime's.
 //!
 //! The C ABI (all functions catch panics; errors are written as UTF-8 into the caller's buffer):
-//! * [`pixeldit_pipeline_new`] / [`pixeldit_pipeline_free`]: a [`Pipeline`] for a model's metadata JSON and the
-//!   denoiser's Triton model name;
+//! * [`pixeldit_pipeline_new`] / [`pixeldit_pipeline_free`]: a [`Pipeline`] for a [`PipelineConfig`] (JSON: the
+//!   model's metadata, the denoiser's Triton name; text-to-image: the encoder's name and metadata, the tokenizer);
 //! * [`pixeldit_pipeline_image_shape`]: `[C, H, W]` of the outputs;
 //! * [`pixeldit_pipeline_generate`]: one request (JSON, see [`Request`]) -> `image` u8 `[3, H, W]` and `x` f32
 //!   `[C, H, W]` (the final sample before quantization).
@@ -19,11 +20,18 @@
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use std::path::Path;
+use std::sync::Mutex;
+
 use ndarray::{Array3, ArrayD, Axis, IxDyn};
 use pixeldit_runtime::backend::{check_feeds, Backend};
+use pixeldit_runtime::prompt::{PromptKind, PromptTokenizer};
+use pixeldit_runtime::samplers::dpm_solver::{self, DpmSolverConfig};
 use pixeldit_runtime::samplers::flow::{self, FlowSamplerConfig};
 use pixeldit_runtime::tensor::{Feed, TensorRef};
+use pixeldit_runtime::text_encoder::TextEncoder;
 use pixeldit_runtime::{io, Denoiser, RuntimeError};
+use pixeldit_spec::text_encoder::{TextEncoderMetadata, ATTENTION_MASK, INPUT_IDS, LAST_HIDDEN_STATE};
 use pixeldit_spec::{ModelKind, ModelMetadata};
 use serde::Deserialize;
 
@@ -31,6 +39,9 @@ use serde::Deserialize;
 pub const MAX_STEPS: usize = 1000;
 /// Largest `index` (position in the seed's noise stream) a request may ask for.
 pub const MAX_INDEX: u64 = 1024;
+/// Longest prompt or negative prompt a request may send, in bytes. Shorter prompts past the recipe's token limit
+/// are truncated as the official recipe (and `pixeldit-run`) does.
+pub const MAX_PROMPT_BYTES: usize = 16384;
 
 /// Errors of the pipeline: a bad request, or a failed forward.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +66,10 @@ pub type Result<T> = std::result::Result<T, PipelineError>;
 pub struct Request {
     /// Class label (class-conditional models), `0..num_classes`.
     pub class: Option<i64>,
+    /// The prompt (text-to-image models), encoded by the official recipe.
+    pub prompt: Option<String>,
+    /// The negative prompt for CFG (text-to-image models) [default: ""].
+    pub negative_prompt: Option<String>,
     /// Noise seed: the stream of `pixeldit-run --seed`.
     #[serde(default)]
     pub seed: u64,
@@ -101,11 +116,48 @@ pub fn sampler_config(meta: &ModelMetadata, req: &Request) -> Result<FlowSampler
     Ok(cfg)
 }
 
-/// A served model's pipeline: its metadata and the Triton name of its denoiser.
-#[derive(Debug, Clone)]
+/// How a pipeline is set up: what `model.py` reads from the pipeline's config parameters, as JSON.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// The denoiser's `pixeldit.metadata` JSON.
+    pub metadata: String,
+    /// The denoiser's Triton model name.
+    pub denoiser: String,
+    /// Text-to-image: the text encoder's Triton model name.
+    #[serde(default)]
+    pub text_encoder: Option<String>,
+    /// Text-to-image: the encoder's `pixeldit.text_encoder` metadata JSON.
+    #[serde(default)]
+    pub text_encoder_metadata: Option<String>,
+    /// Text-to-image: path of `tokenizer.json`.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
+}
+
+/// The text side of a text-to-image pipeline: the encoder's model name and the tokenizer + recipe (its backend is
+/// swapped in per request).
+struct TextSide {
+    encoder_name: String,
+    encoder: Mutex<TextEncoder>,
+}
+
+/// A served model's pipeline: its metadata, the Triton name of its denoiser and, for text-to-image models, the text
+/// side.
 pub struct Pipeline {
     meta: ModelMetadata,
     denoiser: String,
+    text: Option<TextSide>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("model", &self.meta.config.name)
+            .field("denoiser", &self.denoiser)
+            .field("text_encoder", &self.text.as_ref().map(|t| &t.encoder_name))
+            .finish()
+    }
 }
 
 /// What one request produces.
@@ -117,20 +169,69 @@ pub struct Generated {
     pub x: Array3<f32>,
 }
 
+/// A backend that is not connected (the text encoder between requests).
+struct Detached;
+
+impl Backend for Detached {
+    fn name(&self) -> &'static str {
+        "detached"
+    }
+    fn provider(&self) -> String {
+        "none".into()
+    }
+    fn run(&mut self, _: &[Feed<'_, '_>], _: &[&str]) -> pixeldit_runtime::Result<Vec<ArrayD<f32>>> {
+        Err(RuntimeError::InvalidArgument(
+            "the text encoder is not connected".into(),
+        ))
+    }
+    fn input_names(&self) -> Vec<String> {
+        vec![INPUT_IDS.into(), ATTENTION_MASK.into()]
+    }
+    fn output_names(&self) -> Vec<String> {
+        vec![LAST_HIDDEN_STATE.into()]
+    }
+}
+
 impl Pipeline {
-    /// A pipeline for the model described by `meta_json` (`pixeldit.metadata`), whose denoiser Triton serves as
-    /// `denoiser`.
-    pub fn new(meta_json: &str, denoiser: &str) -> Result<Self> {
-        let meta = ModelMetadata::from_json(meta_json).map_err(|e| PipelineError::Metadata(e.to_string()))?;
-        if meta.config.kind != ModelKind::C2i {
-            return Err(PipelineError::Metadata(format!(
-                "{} is a text-to-image model; the pipeline serves class-conditional models",
-                meta.config.name
-            )));
-        }
+    /// A pipeline for the served model described by `cfg`.
+    pub fn new(cfg: &PipelineConfig) -> Result<Self> {
+        let meta =
+            ModelMetadata::from_json(&cfg.metadata).map_err(|e| PipelineError::Metadata(e.to_string()))?;
+        let text = match meta.config.kind {
+            ModelKind::C2i => None,
+            ModelKind::T2i => {
+                let missing =
+                    |what: &str| PipelineError::Metadata(format!("a text-to-image pipeline needs {what}"));
+                let name = cfg
+                    .text_encoder
+                    .clone()
+                    .ok_or_else(|| missing("'text_encoder'"))?;
+                let enc_meta = cfg
+                    .text_encoder_metadata
+                    .as_deref()
+                    .ok_or_else(|| missing("'text_encoder_metadata'"))?;
+                let enc_meta = TextEncoderMetadata::from_json(enc_meta)
+                    .map_err(|e| PipelineError::Metadata(e.to_string()))?;
+                let tok_path = cfg.tokenizer.clone().ok_or_else(|| missing("'tokenizer'"))?;
+                let tokenizer = PromptTokenizer::from_file(Path::new(&tok_path))?;
+                let encoder = TextEncoder::new(Box::new(Detached), Path::new(&name), enc_meta, tokenizer)?;
+                let text_cfg = meta
+                    .config
+                    .text
+                    .clone()
+                    .ok_or_else(|| missing("a model with a text section"))?;
+                encoder.check_model(&text_cfg, &meta.config.name)?;
+                encoder.check_prompt_length()?;
+                Some(TextSide {
+                    encoder_name: name,
+                    encoder: Mutex::new(encoder),
+                })
+            }
+        };
         Ok(Pipeline {
             meta,
-            denoiser: denoiser.to_string(),
+            denoiser: cfg.denoiser.clone(),
+            text,
         })
     }
 
@@ -139,39 +240,50 @@ impl Pipeline {
         [self.meta.config.in_channels, self.meta.height, self.meta.width]
     }
 
-    /// Checks `req` and samples its image, running every forward on `backend`.
-    pub fn generate(&self, req: &Request, backend: Box<dyn Backend>) -> Result<Generated> {
-        let num_classes = self.meta.config.num_classes;
-        let class = req
-            .class
-            .ok_or_else(|| PipelineError::Request("'class' is required".into()))?;
-        if class < 0 || class >= num_classes as i64 {
-            return Err(PipelineError::Request(format!(
-                "class {class} is out of range 0..{num_classes}"
-            )));
-        }
+    /// The request's noise: image `index` of the stream of `seed`.
+    fn noise(&self, req: &Request) -> Result<ndarray::Array4<f32>> {
         if req.index > MAX_INDEX {
             return Err(PipelineError::Request(format!(
                 "index {}: expected 0..={MAX_INDEX}",
                 req.index
             )));
         }
-        let cfg = sampler_config(&self.meta, req)?;
         let [c, h, w] = self.sample_shape();
         let stream = io::seeded_noise(req.seed, [req.index as usize + 1, c, h, w]);
-        let noise = stream
+        Ok(stream
             .slice_axis(Axis(0), (req.index as usize..).into())
-            .to_owned();
-        let mut denoiser = Denoiser::new(backend, &self.meta);
-        let x = flow::sample(
-            &mut |x, t, y| denoiser.class_velocity(x, t, y),
-            noise,
-            &[class],
-            self.meta.config.null_class(),
-            &cfg,
-            &mut |_| {},
-        )?;
-        let x = x.index_axis_move(Axis(0), 0);
+            .to_owned())
+    }
+
+    /// Checks `req` and samples its image; every network forward is `run(user, model, ...)`.
+    ///
+    /// # Safety
+    /// `run` must be callable with `user` during the call and follow [`RunFn`].
+    pub unsafe fn generate(&self, req: &Request, run: RunFn, user: *mut c_void) -> Result<Generated> {
+        let (inputs, outputs) =
+            pixeldit_spec::io::model_io(&self.meta.config, self.meta.height, self.meta.width);
+        let input_names: Vec<&str> = inputs.iter().map(|t| t.name).collect();
+        let output_names: Vec<&str> = outputs.iter().map(|t| t.name).collect();
+        // SAFETY: forwarded from this function's contract.
+        let backend = unsafe { CallbackBackend::new(run, user, &self.denoiser, &input_names, &output_names) };
+        let mut denoiser = Denoiser::new(Box::new(backend), &self.meta);
+        let x = match &self.text {
+            None => self.sample_class(req, &mut denoiser)?,
+            Some(text) => {
+                // SAFETY: as above.
+                let enc = unsafe {
+                    CallbackBackend::new(
+                        run,
+                        user,
+                        &text.encoder_name,
+                        &[INPUT_IDS, ATTENTION_MASK],
+                        &[LAST_HIDDEN_STATE],
+                    )
+                };
+                self.sample_text(req, text, Box::new(enc), &mut denoiser)?
+            }
+        };
+        let [_, h, w] = self.sample_shape();
         let hwc = io::image_rgb8(x.view());
         let mut image = vec![0u8; 3 * h * w];
         for (i, px) in hwc.chunks_exact(3).enumerate() {
@@ -181,6 +293,119 @@ impl Pipeline {
         }
         Ok(Generated { image, x })
     }
+
+    fn sample_class(&self, req: &Request, denoiser: &mut Denoiser) -> Result<Array3<f32>> {
+        if req.prompt.is_some() || req.negative_prompt.is_some() {
+            return Err(PipelineError::Request(format!(
+                "{} is class-conditional: send 'class', not a prompt",
+                self.meta.config.name
+            )));
+        }
+        let num_classes = self.meta.config.num_classes;
+        let class = req
+            .class
+            .ok_or_else(|| PipelineError::Request("'class' is required".into()))?;
+        if class < 0 || class >= num_classes as i64 {
+            return Err(PipelineError::Request(format!(
+                "class {class} is out of range 0..{num_classes}"
+            )));
+        }
+        let noise = self.noise(req)?;
+        let cfg = sampler_config(&self.meta, req)?;
+        let x = flow::sample(
+            &mut |x, t, y| denoiser.class_velocity(x, t, y),
+            noise,
+            &[class],
+            self.meta.config.null_class(),
+            &cfg,
+            &mut |_| {},
+        )?;
+        Ok(x.index_axis_move(Axis(0), 0))
+    }
+
+    fn sample_text(
+        &self,
+        req: &Request,
+        text: &TextSide,
+        encoder_backend: Box<dyn Backend>,
+        denoiser: &mut Denoiser,
+    ) -> Result<Array3<f32>> {
+        if req.class.is_some() {
+            return Err(PipelineError::Request(format!(
+                "{} is text-to-image: send 'prompt', not a class",
+                self.meta.config.name
+            )));
+        }
+        let prompt = req
+            .prompt
+            .clone()
+            .ok_or_else(|| PipelineError::Request("'prompt' is required".into()))?;
+        for (what, text) in [
+            ("prompt", Some(&prompt)),
+            ("negative_prompt", req.negative_prompt.as_ref()),
+        ] {
+            if let Some(t) = text.filter(|t| t.len() > MAX_PROMPT_BYTES) {
+                return Err(PipelineError::Request(format!(
+                    "{what} is {} bytes long; at most {MAX_PROMPT_BYTES}",
+                    t.len()
+                )));
+            }
+        }
+        let noise = self.noise(req)?;
+        let cfg = text_sampler_config(&self.meta, req)?;
+        let mut encoder = text.encoder.lock().unwrap_or_else(|p| p.into_inner());
+        encoder.replace_backend(encoder_backend)?;
+        let encoded = (|| -> pixeldit_runtime::Result<_> {
+            let cond = encoder.encode(PromptKind::Prompt, &[prompt])?;
+            let uncond = if cfg.cfg_scale != 1.0 {
+                let negative = req.negative_prompt.clone().unwrap_or_default();
+                Some(encoder.encode(PromptKind::Negative, &[negative])?.embeddings)
+            } else {
+                None
+            };
+            Ok((cond.embeddings, uncond))
+        })();
+        // Never keep the request's callback past the request.
+        encoder.replace_backend(Box::new(Detached))?;
+        drop(encoder);
+        let (cond, uncond) = encoded?;
+        let x = dpm_solver::sample(
+            &mut |x, t, txt| denoiser.text_velocity(x, t, txt),
+            noise,
+            cond.view(),
+            uncond.as_ref().map(|u| u.view()),
+            &cfg,
+            &mut |_| {},
+        )?;
+        Ok(x.index_axis_move(Axis(0), 0))
+    }
+}
+
+/// The DPM-Solver++ settings of a text-to-image request: the model's defaults, then the request's fields.
+pub fn text_sampler_config(meta: &ModelMetadata, req: &Request) -> Result<DpmSolverConfig> {
+    let mut cfg = DpmSolverConfig::from_defaults(&meta.sampler)?;
+    if let Some(s) = req.sampler.as_deref().filter(|s| *s != dpm_solver::SAMPLER_NAME) {
+        return Err(PipelineError::Request(format!(
+            "sampler '{s}': a text-to-image model samples with {}",
+            dpm_solver::SAMPLER_NAME
+        )));
+    }
+    if let Some(steps) = req.steps {
+        if steps < 2 || steps as usize > MAX_STEPS {
+            return Err(PipelineError::Request(format!(
+                "steps {steps}: expected 2..={MAX_STEPS}"
+            )));
+        }
+        cfg.steps = steps as usize;
+    }
+    cfg.cfg_scale = req.cfg.unwrap_or(cfg.cfg_scale);
+    cfg.shift = req.shift.unwrap_or(cfg.shift);
+    if let Some([lo, hi]) = req.interval {
+        cfg.interval = (lo, hi);
+    }
+    cfg.validate()
+        .map_err(|e| PipelineError::Request(e.to_string()))?;
+    Ok(cfg)
 }
 
 /// Element types of [`RunFn`] inputs.
@@ -405,22 +630,21 @@ unsafe fn arg(p: *const c_char, what: &str) -> std::result::Result<String, Strin
         .map_err(|_| format!("{what} is not UTF-8"))
 }
 
-/// Creates a pipeline for `meta_json` (the `pixeldit.metadata` of the denoiser's config) and the denoiser's model
-/// name; null on error (message in `err`).
+/// Creates a pipeline from `config_json` (a [`PipelineConfig`]); null on error (message in `err`).
 ///
 /// # Safety
-/// String arguments are NUL-terminated; `err` has `err_len` writable bytes.
+/// `config_json` is NUL-terminated; `err` has `err_len` writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn pixeldit_pipeline_new(
-    meta_json: *const c_char,
-    denoiser: *const c_char,
+    config_json: *const c_char,
     err: *mut c_char,
     err_len: usize,
 ) -> *mut Pipeline {
     let result = catch_unwind(|| -> std::result::Result<Pipeline, String> {
-        let meta = unsafe { arg(meta_json, "metadata") }?;
-        let name = unsafe { arg(denoiser, "denoiser name") }?;
-        Pipeline::new(&meta, &name).map_err(|e| e.to_string())
+        let text = unsafe { arg(config_json, "pipeline configuration") }?;
+        let cfg: PipelineConfig =
+            serde_json::from_str(&text).map_err(|e| format!("pipeline configuration: {e}"))?;
+        Pipeline::new(&cfg).map_err(|e| e.to_string())
     });
     match result {
         Ok(Ok(p)) => Box::into_raw(Box::new(p)),
@@ -492,14 +716,8 @@ pub unsafe extern "C" fn pixeldit_pipeline_generate(
             Ok(r) => r,
             Err(e) => return (1, format!("bad request: {e}")),
         };
-        let (inputs, outputs) =
-            pixeldit_spec::io::model_io(&pipeline.meta.config, pipeline.meta.height, pipeline.meta.width);
-        let input_names: Vec<&str> = inputs.iter().map(|t| t.name).collect();
-        let output_names: Vec<&str> = outputs.iter().map(|t| t.name).collect();
         // SAFETY: forwarded from this function's contract.
-        let backend =
-            unsafe { CallbackBackend::new(run, user, &pipeline.denoiser, &input_names, &output_names) };
-        match pipeline.generate(&req, Box::new(backend)) {
+        match unsafe { pipeline.generate(&req, run, user) } {
             Ok(g) => {
                 unsafe {
                     std::ptr::copy_nonoverlapping(g.image.as_ptr(), image, g.image.len());
@@ -591,11 +809,10 @@ mod tests {
 
     fn generate(req: &str) -> (i32, String, Vec<u8>) {
         let m = meta();
-        let meta_json = CString::new(m.to_json()).unwrap();
-        let name = CString::new("pixeldit_tiny").unwrap();
+        let cfg = serde_json::json!({"metadata": m.to_json(), "denoiser": "pixeldit_tiny"}).to_string();
+        let cfg = CString::new(cfg).unwrap();
         let mut err = vec![0 as c_char; 512];
-        let p =
-            unsafe { pixeldit_pipeline_new(meta_json.as_ptr(), name.as_ptr(), err.as_mut_ptr(), err.len()) };
+        let p = unsafe { pixeldit_pipeline_new(cfg.as_ptr(), err.as_mut_ptr(), err.len()) };
         assert!(!p.is_null());
         let mut shape = [0usize; 3];
         unsafe { pixeldit_pipeline_image_shape(p, shape.as_mut_ptr()) };
@@ -668,6 +885,7 @@ mod tests {
             (r#"{"class": 1, "colour": 2}"#, "unknown field `colour`"),
             (r#"{"class": "three"}"#, "bad request"),
             (r#"{"class": 1, "index": 5000}"#, "index 5000"),
+            (r#"{"class": 1, "prompt": "a 7"}"#, "send 'class', not a prompt"),
         ] {
             let (rc, msg, _) = generate(req);
             assert_eq!(rc, 1, "{req}: {msg}");
