@@ -7,6 +7,7 @@
 //! pixeldit-run t2i.onnx --prompt "a red fox" --text-encoder gemma.onnx --tokenizer tokenizer.json -o fox.png
 //! pixeldit-run t2i.onnx --text-embeddings fox.npy --negative-embeddings empty.npy -o fox.png
 //! pixeldit-run bench model.onnx --runs 20 --warmup 3 --batch 1 [--append BENCHMARKS.md]
+//! pixeldit-run encode --text-encoder gemma.onnx --prompt "a red fox" -o fox.npy
 //! ```
 //!
 //! * [`class`]: class-conditional sampling; [`text`]: text-to-image sampling; [`bench`]: `pixeldit-run bench`.
@@ -15,6 +16,7 @@
 
 mod bench;
 mod class;
+mod encode;
 mod text;
 
 use anyhow::{bail, Context, Result};
@@ -56,6 +58,9 @@ enum Command {
     /// Measure per-forward latency on every available backend; print a table (and append it to a file with
     /// --append).
     Bench(bench::BenchArgs),
+    /// Encode texts into text embeddings [K, 300, D] (.npy) with the exported text encoder and its tokenizer (the
+    /// official recipe), e.g. for --text-embeddings or --calib-embeddings.
+    Encode(encode::EncodeArgs),
 }
 
 /// Backend selection flags (shared by sampling and `bench`).
@@ -257,6 +262,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Bench(b)) => bench::run(&b),
+        Some(Command::Encode(e)) => encode::run(&e),
         None => run_sample(&cli.sample),
     };
     crate::exit_code(result, "pixeldit-run")

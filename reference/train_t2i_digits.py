@@ -1,0 +1,184 @@
+"""Train the small text-to-image PixelDiT ``digits-t2i`` on scikit-learn's digits, conditioned on prompts.
+
+Model: the official T2I architecture (MM-DiT patch blocks, PiT pixel blocks) with the sizes of
+graphs/digits-t2i.json, using the reference forward pass (reference/pixeldit_t2i_ref.py) under jax.numpy.
+Text: the hidden states of the tiny Gemma-2 of tests/golden/gemma/model (frozen, never trained here) for prompts
+such as "the digit seven" / "a 7", made by the official recipe through pixeldit's own tokenizer and exported encoder
+(``pixeldit-run encode``, the same path that ``pixeldit-run --prompt`` takes): ``[300, 64]`` per prompt. A few
+phrasings per class are trained on; ``HELDOUT`` phrasings are kept for evaluation.
+Data: ``sklearn.datasets.load_digits`` (1797 images, 8x8) upscaled to 32x32, grey replicated to RGB, [-1, 1].
+
+Objective (rectified flow in the T2I convention, spec 4.2): x_sigma = (1 - sigma) x0 + sigma eps, network time
+1000 sigma, target v = eps - x0, sigma = sigmoid(N(0, 1)); 10% of the prompts are replaced by the negative prompt
+"" (its 300-token encoding) for classifier-free guidance; MSE. AdamW with clipping, warm-up + cosine, EMA saved.
+
+Writes graphs/digits-t2i.safetensors (EMA, float32, official key names) and reference/digits_t2i_loss.csv.
+
+Usage: ``.venv/bin/python reference/train_t2i_digits.py --pixeldit-run target/release/pixeldit-run
+--text-encoder gemma.onnx [--steps N] [--batch B]`` (export the encoder first with ``pixeldit-export --text-encoder
+tests/golden/gemma/model -o gemma.onnx``).
+"""
+
+import argparse
+import json
+import math
+import pathlib
+import subprocess
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from checkpoint import save_checkpoint
+from pixeldit_t2i_ref import forward, parameter_shapes
+from train_digits import learning_rate, load_dataset
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+TRAIN = ["the digit {w}", "a {d}", "{w}", "the number {w}", "a handwritten {w}", "digit {d}"]
+HELDOUT = ["an image of the digit {w}", "the number {d}"]
+
+
+def phrasings(templates):
+    """[10][len(templates)] prompts."""
+    return [[t.format(w=WORDS[d], d=d) for t in templates] for d in range(10)]
+
+
+def encode(pixeldit_run, text_encoder, texts, negative=False):
+    """[K, 300, D] float32 embeddings of ``texts`` through ``pixeldit-run encode``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(tmp) / "emb.npy"
+        cmd = [pixeldit_run, "encode", "--text-encoder", text_encoder, "-o", str(out)]
+        for t in texts:  # --prompt keeps the empty negative prompt, which a prompts file would skip
+            cmd += ["--prompt", t]
+        if negative:
+            cmd.append("--negative")
+        subprocess.run(cmd, check=True, capture_output=True)
+        return np.load(out).astype(np.float32)
+
+
+def init_params(cfg, seed):
+    """Official-style initialisation: xavier-uniform linears, zero biases, unit norms, zero adaLN and final
+    linear, N(0, 0.02) for the timestep MLP and the text position embedding."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for key, shape in parameter_shapes(cfg):
+        if key.endswith(".bias") or "adaLN_modulation" in key or key.startswith("final_layer.linear"):
+            value = np.zeros(shape)
+        elif "norm" in key:
+            value = np.ones(shape)
+        elif key == "y_pos_embedding" or key.startswith("t_embedder.mlp"):
+            value = 0.02 * rng.standard_normal(shape)
+        else:
+            bound = math.sqrt(6.0 / (shape[0] + shape[1]))
+            value = rng.uniform(-bound, bound, shape)
+        params[key] = value.astype(np.float32)
+    return params
+
+
+def make_train_step(cfg, args, images, labels, text_table, negative):
+    """The jitted step (params, adam m, s, ema, key, step) -> (..., loss)."""
+    n_phr = text_table.shape[1]
+
+    def loss_fn(params, key):
+        k_idx, k_phr, k_t, k_eps, k_drop = jax.random.split(key, 5)
+        idx = jax.random.randint(k_idx, (args.batch,), 0, images.shape[0])
+        x0, y = images[idx], labels[idx]
+        phr = jax.random.randint(k_phr, (args.batch,), 0, n_phr)
+        text = text_table[y, phr]
+        drop = jax.random.uniform(k_drop, (args.batch,)) < args.text_dropout
+        text = jnp.where(drop[:, None, None], negative[None], text)
+        sigma = jax.nn.sigmoid(jax.random.normal(k_t, (args.batch,)))
+        eps = jax.random.normal(k_eps, x0.shape)
+        sb = sigma[:, None, None, None]
+        x_s = (1 - sb) * x0 + sb * eps
+        v = forward(params, cfg, x_s, 1000.0 * sigma, text, xp=jnp, dtype=jnp.float32)
+        return jnp.mean((v - (eps - x0)) ** 2)
+
+    def step_fn(params, m, s, ema, key, step):
+        loss, grads = jax.value_and_grad(loss_fn)(params, key)
+        gnorm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree_util.tree_leaves(grads)))
+        clip = jnp.minimum(1.0, args.clip / (gnorm + 1e-6))
+        lr = learning_rate(step, args)
+        b1, b2 = 0.9, 0.999
+        bc1, bc2 = 1 - b1 ** (step + 1), 1 - b2 ** (step + 1)
+        new_params, new_m, new_s, new_ema = {}, {}, {}, {}
+        decay = jnp.minimum(args.ema, (1.0 + step) / (10.0 + step))
+        for k, p in params.items():
+            g = grads[k] * clip
+            new_m[k] = b1 * m[k] + (1 - b1) * g
+            new_s[k] = b2 * s[k] + (1 - b2) * g * g
+            update = (new_m[k] / bc1) / (jnp.sqrt(new_s[k] / bc2) + 1e-8)
+            new_params[k] = p - lr * (update + args.weight_decay * p)
+            new_ema[k] = decay * ema[k] + (1 - decay) * new_params[k]
+        return new_params, new_m, new_s, new_ema, loss
+
+    return jax.jit(step_fn, donate_argnums=(0, 1, 2, 3))
+
+
+def main():
+    """Parse arguments, encode the prompts, train, save the EMA weights and the loss history."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "graphs" / "digits-t2i.json"))
+    parser.add_argument("--out", default=str(ROOT / "graphs" / "digits-t2i.safetensors"))
+    parser.add_argument("--loss-log", default=str(ROOT / "reference" / "digits_t2i_loss.csv"))
+    parser.add_argument("--pixeldit-run", default=str(ROOT / "target" / "release" / "pixeldit-run"))
+    parser.add_argument("--text-encoder", required=True)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--final-lr-frac", type=float, default=0.1)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--clip", type=float, default=1.0)
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--text-dropout", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--save-every", type=int, default=250)
+    args = parser.parse_args()
+
+    cfg = json.loads(pathlib.Path(args.config).read_text())
+    images, labels = load_dataset(cfg["default_height"])
+    table = phrasings(TRAIN)
+    flat = [p for row in table for p in row]
+    t0 = time.time()
+    emb = encode(args.pixeldit_run, args.text_encoder, flat)
+    text_table = emb.reshape(10, len(TRAIN), *emb.shape[1:])
+    negative = encode(args.pixeldit_run, args.text_encoder, [""], negative=True)[0]
+    print(f"encoded {len(flat)} prompts + the negative in {time.time() - t0:.1f}s: {text_table.shape}", flush=True)
+
+    params = {k: jnp.asarray(v) for k, v in init_params(cfg, args.seed).items()}
+    m = {k: jnp.zeros_like(v) for k, v in params.items()}
+    s = {k: jnp.zeros_like(v) for k, v in params.items()}
+    ema = {k: jnp.array(v) for k, v in params.items()}
+    step_fn = make_train_step(cfg, args, jnp.asarray(images), jnp.asarray(labels), jnp.asarray(text_table),
+                              jnp.asarray(negative))
+    key = jax.random.PRNGKey(args.seed)
+    n_params = sum(int(v.size) for v in params.values())
+    print(f"digits-t2i: {images.shape[0]} images, {n_params:,} parameters, {args.steps} steps of batch {args.batch}",
+          flush=True)
+    history, window = [], []
+    start = time.time()
+    for step in range(args.steps):
+        key, sub = jax.random.split(key)
+        params, m, s, ema, loss = step_fn(params, m, s, ema, sub, jnp.asarray(step, jnp.float32))
+        window.append(loss)
+        if (step + 1) % args.log_every == 0:
+            mean = float(np.mean([float(v) for v in window]))
+            window = []
+            elapsed = time.time() - start
+            history.append((step + 1, mean, elapsed))
+            print(f"step {step + 1:6d}  loss {mean:.4f}  lr {float(learning_rate(step, args)):.2e}  "
+                  f"{elapsed:7.1f}s", flush=True)
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            save_checkpoint({k: np.asarray(v) for k, v in ema.items()}, args.out)
+            pathlib.Path(args.loss_log).write_text(
+                "step,loss,elapsed_s\n" + "".join(f"{a},{b:.5f},{c:.1f}\n" for a, b, c in history))
+    print(f"done in {time.time() - start:.1f}s, EMA weights in {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
