@@ -94,6 +94,13 @@ def make_train_step(cfg, args, images, labels):
         v = forward(params, cfg, x_t, t, y, xp=jnp, dtype=jnp.float32)
         return jnp.mean((v - (x0 - eps)) ** 2)
 
+    return jit_adamw_step(loss_fn, args)
+
+
+def jit_adamw_step(loss_fn, args):
+    """The jitted training step for ``loss_fn(params, key)``: gradient, global-norm clipping, AdamW with the
+    schedule of :func:`learning_rate`, and the EMA update. (params, m, s, ema, key, step) -> (..., loss)."""
+
     def step_fn(params, m, s, ema, key, step):
         loss, grads = jax.value_and_grad(loss_fn)(params, key)
         gnorm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree_util.tree_leaves(grads)))

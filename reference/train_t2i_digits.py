@@ -23,8 +23,6 @@ import argparse
 import json
 import math
 import pathlib
-import subprocess
-import tempfile
 import time
 
 import jax
@@ -33,7 +31,8 @@ import numpy as np
 
 from checkpoint import save_checkpoint
 from pixeldit_t2i_ref import forward, parameter_shapes
-from train_digits import learning_rate, load_dataset
+from text_embeddings import encode
+from train_digits import jit_adamw_step, learning_rate, load_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -44,19 +43,6 @@ HELDOUT = ["an image of the digit {w}", "the number {d}"]
 def phrasings(templates):
     """[10][len(templates)] prompts."""
     return [[t.format(w=WORDS[d], d=d) for t in templates] for d in range(10)]
-
-
-def encode(pixeldit_run, text_encoder, texts, negative=False):
-    """[K, 300, D] float32 embeddings of ``texts`` through ``pixeldit-run encode``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = pathlib.Path(tmp) / "emb.npy"
-        cmd = [pixeldit_run, "encode", "--text-encoder", text_encoder, "-o", str(out)]
-        for t in texts:  # --prompt keeps the empty negative prompt, which a prompts file would skip
-            cmd += ["--prompt", t]
-        if negative:
-            cmd.append("--negative")
-        subprocess.run(cmd, check=True, capture_output=True)
-        return np.load(out).astype(np.float32)
 
 
 def init_params(cfg, seed):
@@ -97,25 +83,7 @@ def make_train_step(cfg, args, images, labels, text_table, negative):
         v = forward(params, cfg, x_s, 1000.0 * sigma, text, xp=jnp, dtype=jnp.float32)
         return jnp.mean((v - (eps - x0)) ** 2)
 
-    def step_fn(params, m, s, ema, key, step):
-        loss, grads = jax.value_and_grad(loss_fn)(params, key)
-        gnorm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree_util.tree_leaves(grads)))
-        clip = jnp.minimum(1.0, args.clip / (gnorm + 1e-6))
-        lr = learning_rate(step, args)
-        b1, b2 = 0.9, 0.999
-        bc1, bc2 = 1 - b1 ** (step + 1), 1 - b2 ** (step + 1)
-        new_params, new_m, new_s, new_ema = {}, {}, {}, {}
-        decay = jnp.minimum(args.ema, (1.0 + step) / (10.0 + step))
-        for k, p in params.items():
-            g = grads[k] * clip
-            new_m[k] = b1 * m[k] + (1 - b1) * g
-            new_s[k] = b2 * s[k] + (1 - b2) * g * g
-            update = (new_m[k] / bc1) / (jnp.sqrt(new_s[k] / bc2) + 1e-8)
-            new_params[k] = p - lr * (update + args.weight_decay * p)
-            new_ema[k] = decay * ema[k] + (1 - decay) * new_params[k]
-        return new_params, new_m, new_s, new_ema, loss
-
-    return jax.jit(step_fn, donate_argnums=(0, 1, 2, 3))
+    return jit_adamw_step(loss_fn, args)
 
 
 def main():

@@ -13,7 +13,7 @@
 //! the sampler never evaluates the network at t = 1 (its last step starts at 1 - 1/N), and there `v` is
 //! ill-conditioned (even fp16 differs by ~1e-2 on the `digits` model).
 
-use crate::calibrate::{text_conditions, TextCalibration, SYNTHETIC_EVAL_SEED};
+use crate::calibrate::{text_run, TextCalibration, SYNTHETIC_EVAL_SEED};
 use anyhow::{bail, Context, Result};
 use ndarray::{Array1, Array3, Array4, ArrayView1, ArrayView3, ArrayView4};
 use pixeldit_exporter::ExportOptions;
@@ -235,20 +235,7 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
                     meta.config.name
                 );
             }
-            let text_cfg = meta
-                .config
-                .text
-                .clone()
-                .context("the model metadata has no text section")?;
-            let tc = text_conditions(&cfg.text, &text_cfg, &meta.config.name, SYNTHETIC_EVAL_SEED)?;
-            let mut scfg = DpmSolverConfig::from_defaults(&meta.sampler)?;
-            if let Some(s) = cfg.steps {
-                scfg.steps = s;
-            }
-            if tc.uncond.is_none() {
-                scfg.cfg_scale = 1.0;
-            }
-            scfg.validate()?;
+            let (tc, scfg) = text_run(&meta, &cfg.text, SYNTHETIC_EVAL_SEED, cfg.steps, usize::MAX, None)?;
             let c = Conditions::Text {
                 cond: tc.cond,
                 uncond: tc.uncond,

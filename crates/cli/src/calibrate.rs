@@ -15,7 +15,7 @@ use pixeldit_runtime::samplers::dpm_solver::{self, DpmSolverConfig};
 use pixeldit_runtime::samplers::flow;
 use pixeldit_runtime::text_encoder::{self, TextEncoder};
 use pixeldit_runtime::{backend, io, model, BackendKind, Denoiser, Device, LoadOptions, RuntimeError};
-use pixeldit_spec::{Precision, TextConfig};
+use pixeldit_spec::{ModelMetadata, Precision, TextConfig};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -170,6 +170,32 @@ pub(crate) fn text_conditions(
     })
 }
 
+/// The text conditions of `src` for `meta`'s model and its DPM-Solver++ settings: the model's defaults, `steps`
+/// (else the default capped at `max_default_steps`), `cfg_scale`; no CFG when there is no negative.
+pub(crate) fn text_run(
+    meta: &ModelMetadata,
+    src: &TextCalibration,
+    synthetic_seed: u64,
+    steps: Option<usize>,
+    max_default_steps: usize,
+    cfg_scale: Option<f32>,
+) -> Result<(TextConditions, DpmSolverConfig)> {
+    let text_cfg = meta
+        .config
+        .text
+        .clone()
+        .context("the model metadata has no text section")?;
+    let conditions = text_conditions(src, &text_cfg, &meta.config.name, synthetic_seed)?;
+    let mut scfg = DpmSolverConfig::from_defaults(&meta.sampler)?;
+    scfg.steps = steps.unwrap_or(scfg.steps.min(max_default_steps));
+    scfg.cfg_scale = cfg_scale.unwrap_or(scfg.cfg_scale);
+    if conditions.uncond.is_none() {
+        scfg.cfg_scale = 1.0;
+    }
+    scfg.validate()?;
+    Ok((conditions, scfg))
+}
+
 /// Folds one forward's taps into the statistics.
 fn observe(
     stats: &mut [TensorStats],
@@ -253,21 +279,14 @@ pub fn calibrate(
                 meta.config.name
             );
         }
-        let text_cfg = meta
-            .config
-            .text
-            .clone()
-            .context("the model metadata has no text section")?;
-        let conditions = text_conditions(&inputs.text, &text_cfg, &meta.config.name, SYNTHETIC_CALIB_SEED)?;
-        let mut scfg = DpmSolverConfig::from_defaults(&meta.sampler)?;
-        scfg.steps = cfg.steps.unwrap_or(scfg.steps.min(25));
-        if let Some(w) = cfg.cfg_scale {
-            scfg.cfg_scale = w;
-        }
-        if conditions.uncond.is_none() {
-            scfg.cfg_scale = 1.0;
-        }
-        scfg.validate()?;
+        let (conditions, scfg) = text_run(
+            &meta,
+            &inputs.text,
+            SYNTHETIC_CALIB_SEED,
+            cfg.steps,
+            25,
+            cfg.cfg_scale,
+        )?;
         let k = conditions.cond.shape()[0];
         for &seed in &cfg.seeds {
             let noise = io::seeded_noise(seed, [k, 3, meta.height, meta.width]);

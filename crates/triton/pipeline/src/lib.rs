@@ -89,6 +89,16 @@ pub struct Request {
     pub shift: Option<f64>,
 }
 
+/// A request's `steps`, checked against `min..=MAX_STEPS`.
+fn checked_steps(steps: Option<i64>, min: usize) -> Result<Option<usize>> {
+    match steps {
+        Some(n) if n < min as i64 || n > MAX_STEPS as i64 => Err(PipelineError::Request(format!(
+            "steps {n}: expected {min}..={MAX_STEPS}"
+        ))),
+        n => Ok(n.map(|n| n as usize)),
+    }
+}
+
 /// The sampler settings of a request: the model's defaults, then the request's fields (as `pixeldit-run` applies
 /// its flags), checked.
 pub fn sampler_config(meta: &ModelMetadata, req: &Request) -> Result<FlowSamplerConfig> {
@@ -98,14 +108,7 @@ pub fn sampler_config(meta: &ModelMetadata, req: &Request) -> Result<FlowSampler
             PipelineError::Request(format!("sampler '{s}': expected flow_dpm, euler or heun"))
         })?;
     }
-    if let Some(steps) = req.steps {
-        if steps < 1 || steps as usize > MAX_STEPS {
-            return Err(PipelineError::Request(format!(
-                "steps {steps}: expected 1..={MAX_STEPS}"
-            )));
-        }
-        cfg.steps = steps as usize;
-    }
+    cfg.steps = checked_steps(req.steps, 1)?.unwrap_or(cfg.steps);
     cfg.cfg_scale = req.cfg.unwrap_or(cfg.cfg_scale);
     cfg.shift = req.shift.unwrap_or(cfg.shift);
     if let Some([lo, hi]) = req.interval {
@@ -390,14 +393,7 @@ pub fn text_sampler_config(meta: &ModelMetadata, req: &Request) -> Result<DpmSol
             dpm_solver::SAMPLER_NAME
         )));
     }
-    if let Some(steps) = req.steps {
-        if steps < 2 || steps as usize > MAX_STEPS {
-            return Err(PipelineError::Request(format!(
-                "steps {steps}: expected 2..={MAX_STEPS}"
-            )));
-        }
-        cfg.steps = steps as usize;
-    }
+    cfg.steps = checked_steps(req.steps, 2)?.unwrap_or(cfg.steps);
     cfg.cfg_scale = req.cfg.unwrap_or(cfg.cfg_scale);
     cfg.shift = req.shift.unwrap_or(cfg.shift);
     if let Some([lo, hi]) = req.interval {
