@@ -1,7 +1,8 @@
 """Regenerate the golden files into temporary directories and compare with the committed ones.
 
-* tests/golden/forward/ (``gen_forward_golden.py``), tests/golden/t2i/ (``gen_t2i_golden.py``) and
-  tests/golden/digits/ (``gen_digits_golden.py``):
+* tests/golden/forward/ (``gen_forward_golden.py``), tests/golden/t2i/ (``gen_t2i_golden.py``),
+  tests/golden/digits/ (``gen_digits_golden.py``) and tests/golden/digits-t2i/ (``gen_digits_t2i_golden.py``, from
+  its committed text embeddings):
   every committed ``*.safetensors`` must have the same tensor names, dtypes and shapes as the regenerated one,
   with every value within 1e-6 (integers exact).
 * tests/golden/digits/: ``noise.npy`` must be identical, and every PNG must decode to the same size with pixel
@@ -21,6 +22,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 import gen_digits_golden
+import gen_digits_t2i_golden
 import gen_forward_golden
 import gen_t2i_golden
 
@@ -87,6 +89,7 @@ def main():
     failures = check(gen_forward_golden, gen_forward_golden.DEFAULT_OUT)
     failures += check(gen_digits_golden, gen_digits_golden.DEFAULT_OUT)
     failures += check(gen_t2i_golden, gen_t2i_golden.DEFAULT_OUT)
+    failures += check(gen_digits_t2i_golden, gen_digits_t2i_golden.DEFAULT_OUT)
     return 1 if failures else 0
 
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The main job on the embedded default model (graphs/digits.*): set up, build, export every variant, sample
-# classes 0-9 on every available backend with the golden noise (tests/golden/digits/noise.npy), and write the
-# images, a contact sheet and a report (markdown + JSON: PSNR against the Python reference, ms/step, provider)
-# under out/ (or $1).
+# The main job on the embedded default models: set up, build, export every variant, sample on every available
+# backend with the golden noise, and write the images, a contact sheet and a report (markdown + JSON: PSNR against
+# the Python reference, ms/step, provider) under out/ (or $1):
+#   * digits (class-conditional, graphs/digits.*): classes 0-9 -> out/;
+#   * digits-t2i (text-to-image, graphs/digits-t2i.*): ten prompts "an image of the digit <word>" through the
+#     exported tiny Gemma-2 encoder -> out/t2i/.
 #
 #   PRECISIONS="fp32 fp16" BACKENDS="tract" scripts/demo.sh   # a subset
 #
@@ -25,49 +27,70 @@ if [ -z "${BACKENDS:-}" ]; then
 else
   backends=$BACKENDS
 fi
-noise=tests/golden/digits/noise.npy
-classes=0,1,2,3,4,5,6,7,8,9
-
-mkdir -p "$out/runs"
-rm -f "$out"/runs/digits_* "$out"/digits_*.png "$out"/contact_sheet.png "$out"/report.md "$out"/report.json
-
-for p in $precisions; do
-  echo "== export digits $p" >&2
-  if ! "$bin/pixeldit-export" --preset digits --precision "$p" -q -o "$out/digits_$p.onnx" \
-      >"$out/runs/digits_$p.export.log" 2>&1; then
-    mv "$out/runs/digits_$p.export.log" "$out/runs/digits_$p.export-failed"
-    echo "   export failed: $(tail -n 1 "$out/runs/digits_$p.export-failed")" >&2
-    continue
-  fi
-  for b in $backends; do
-    case $b in
-      ort-cpu) args=(--backend ort --device cpu) ;;
-      tract) args=(--backend tract) ;;
-      ort-cuda) args=(--backend ort --device cuda) ;;
-      ort-tensorrt) args=(--backend ort --device tensorrt) ;;
-      *) echo "unknown backend '$b' (ort-cpu, tract, ort-cuda, ort-tensorrt)" >&2; exit 2 ;;
-    esac
-    run="$out/runs/digits_${p}_$b"
-    echo "== $p on $b" >&2
-    if "$bin/pixeldit-run" "$out/digits_$p.onnx" "${args[@]}" --classes "$classes" --noise "$noise" \
-        --grid -q -o "$out/digits_${p}_$b.png" --save-raw "$run.npy" --report-json "$run.json" >"$run.log" 2>&1; then
-      grep '^backend ' "$run.log" >&2 || true
-    else
-      mv "$run.log" "$run.failed"
-      echo "   failed: $(grep -i error "$run.failed" | tail -n 1)" >&2
+# demo_model MODEL DIR EXPORT_ARGS RUN_ARGS: export MODEL in every precision into DIR, sample it on every backend
+# with RUN_ARGS (conditions, golden noise), then the contact sheet and report (tools/demo_report.py --model MODEL).
+# The argument strings are split on spaces (repository paths without spaces).
+demo_model() {
+  local model=$1 dir=$2 export_args=$3 run_args=$4 p b run
+  mkdir -p "$dir/runs"
+  rm -f "$dir"/runs/"${model}"_* "$dir"/"${model}"_*.png "$dir"/contact_sheet.png "$dir"/report.md "$dir"/report.json
+  for p in $precisions; do
+    echo "== export $model $p" >&2
+    # shellcheck disable=SC2086
+    if ! "$bin/pixeldit-export" --preset "$model" --precision "$p" $export_args -q -o "$dir/${model}_$p.onnx" \
+        >"$dir/runs/${model}_$p.export.log" 2>&1; then
+      mv "$dir/runs/${model}_$p.export.log" "$dir/runs/${model}_$p.export-failed"
+      echo "   export failed: $(tail -n 1 "$dir/runs/${model}_$p.export-failed")" >&2
+      continue
     fi
+    for b in $backends; do
+      case $b in
+        ort-cpu) args=(--backend ort --device cpu) ;;
+        tract) args=(--backend tract) ;;
+        ort-cuda) args=(--backend ort --device cuda) ;;
+        ort-tensorrt) args=(--backend ort --device tensorrt) ;;
+        *) echo "unknown backend '$b' (ort-cpu, tract, ort-cuda, ort-tensorrt)" >&2; exit 2 ;;
+      esac
+      run="$dir/runs/${model}_${p}_$b"
+      echo "== $model $p on $b" >&2
+      # shellcheck disable=SC2086
+      if "$bin/pixeldit-run" "$dir/${model}_$p.onnx" "${args[@]}" $run_args --grid -q \
+          -o "$dir/${model}_${p}_$b.png" --save-raw "$run.npy" --report-json "$run.json" >"$run.log" 2>&1; then
+        grep '^backend ' "$run.log" >&2 || true
+      else
+        mv "$run.log" "$run.failed"
+        echo "   failed: $(grep -i error "$run.failed" | tail -n 1)" >&2
+      fi
+    done
   done
-done
+  .venv/bin/python tools/demo_report.py "$dir" --model "$model"
+}
 
-.venv/bin/python tools/demo_report.py "$out"
+# Class-conditional: classes 0-9.
+demo_model digits "$out" "" "--classes 0,1,2,3,4,5,6,7,8,9 --noise tests/golden/digits/noise.npy"
+
+# Text-to-image: prompts in (held out from training), through the exported tiny Gemma-2 encoder and its tokenizer;
+# quantized variants calibrate on a training phrasing per class.
+t2i=$out/t2i
+mkdir -p "$t2i"
+echo "== export the text encoder (tiny Gemma-2 of tests/golden/gemma)" >&2
+"$bin/pixeldit-export" --text-encoder tests/golden/gemma/model -q -o "$t2i/gemma.onnx" >/dev/null
+cp tests/golden/gemma/model/tokenizer.json "$t2i/tokenizer.json"
+printf 'an image of the digit %s\n' zero one two three four five six seven eight nine >"$t2i/prompts.txt"
+demo_model digits-t2i "$t2i" \
+  "--calib-embeddings tests/golden/digits-t2i/calib.npy --calib-negative tests/golden/digits-t2i/negative.npy" \
+  "--prompts-file $t2i/prompts.txt --text-encoder $t2i/gemma.onnx --noise tests/golden/digits-t2i/noise.npy"
+
 status=0
 for b in $backends; do
   case $b in ort-cpu | tract)
-    if [ ! -f "$out/runs/digits_fp32_$b.json" ]; then
-      echo "demo: fp32 did not run on $b" >&2
-      status=1
-    fi ;;
+    for f in "$out/runs/digits_fp32_$b.json" "$t2i/runs/digits-t2i_fp32_$b.json"; do
+      if [ ! -f "$f" ]; then
+        echo "demo: fp32 did not run on $b ($f missing)" >&2
+        status=1
+      fi
+    done ;;
   esac
 done
-echo "images, contact sheet and report in $out/ (open $out/report.md)" >&2
+echo "images, contact sheets and reports in $out/ (open $out/report.md and $out/t2i/report.md)" >&2
 exit $status

@@ -20,7 +20,11 @@ writes
 PSNR is over uint8 RGB images with peak 255 (all ten images together); identical images have infinite PSNR
 (``null`` with ``"identical": true`` in the JSON).
 
-Usage: ``.venv/bin/python tools/demo_report.py OUT_DIR [--golden tests/golden/digits]``
+The text-to-image default model (``--model digits-t2i``) is reported the same way from ``digits-t2i_*`` files:
+columns are the prompts "an image of the digit <word>" (held out from training) and the reference is
+tests/golden/digits-t2i/prompt_<c>.png.
+
+Usage: ``.venv/bin/python tools/demo_report.py OUT_DIR [--model digits|digits-t2i] [--golden DIR]``
 """
 
 import argparse
@@ -39,6 +43,14 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 VARIANT_ORDER = ["fp32", "fp16", "bf16", "int8", "fp8", "int8-weights", "fp8-weights"]
 BACKEND_ORDER = ["ort-cpu", "tract", "ort-cuda", "ort-tensorrt"]
 CLASSES = list(range(10))
+#: Per model: file prefix, golden directory, reference images, golden tensors, what the columns are.
+MODELS = {
+    "digits": {"golden": "digits", "image": "class_{c}.png", "tensors": "digits_golden.safetensors",
+               "columns": "class", "weights": "graphs/digits.safetensors"},
+    "digits-t2i": {"golden": "digits-t2i", "image": "prompt_{c}.png", "tensors": "digits_t2i_golden.safetensors",
+                   "columns": "prompt 'an image of the digit <c>'", "weights": "graphs/digits-t2i.safetensors"},
+}
+MODEL = "digits"
 SCALE = 3  # contact sheet upscaling of the 32x32 images
 GAP = 2
 
@@ -87,16 +99,17 @@ def first_error_line(path):
 def collect(out, golden_images, golden_x):
     """One record per run that produced images, and one per failure."""
     runs, failures = [], []
-    for failed in sorted((out / "runs").glob("digits_*.export-failed")):
-        variant = failed.name[len("digits_"):-len(".export-failed")]
+    pre = f"{MODEL}_"
+    for failed in sorted((out / "runs").glob(f"{pre}*.export-failed")):
+        variant = failed.name[len(pre):-len(".export-failed")]
         failures.append({"variant": variant, "backend": None, "stage": "export", "error": first_error_line(failed)})
-    for failed in sorted((out / "runs").glob("digits_*.failed")):
-        variant, backend = failed.stem[len("digits_"):].split("_", 1)
+    for failed in sorted((out / "runs").glob(f"{pre}*.failed")):
+        variant, backend = failed.stem[len(pre):].split("_", 1)
         failures.append({"variant": variant, "backend": backend, "stage": "sample", "error": first_error_line(failed)})
-    for report in sorted((out / "runs").glob("digits_*.json")):
-        variant, backend = report.stem[len("digits_"):].split("_", 1)
+    for report in sorted((out / "runs").glob(f"{pre}*.json")):
+        variant, backend = report.stem[len(pre):].split("_", 1)
         info = json.loads(report.read_text())
-        grid = out / f"digits_{variant}_{backend}.png"
+        grid = out / f"{pre}{variant}_{backend}.png"
         images = split_grid(grid, len(CLASSES), golden_images.shape[1:3])
         raw_path = report.with_suffix(".npy")
         rel_l2 = None
@@ -141,7 +154,7 @@ def contact_sheet(rows, path):
     small, big = font(14), font(18)
     for c in CLASSES:
         draw.text((label_w + GAP + c * (w + GAP) + w // 2 - 5, 4), str(c), fill=(255, 255, 255), font=big)
-    draw.text((8, 6), "class ->", fill=(200, 200, 200), font=small)
+    draw.text((8, 6), MODELS[MODEL]["columns"].split(" ")[0] + " ->", fill=(200, 200, 200), font=small)
     for r, (label, images) in enumerate(rows):
         top = header_h + GAP + r * (h + GAP)
         for i, line in enumerate(label.split("\n")):
@@ -185,10 +198,11 @@ def write_reports(out, runs, failures, golden_dir):
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "model": "digits (graphs/digits.json, weights graphs/digits.safetensors)",
+        "model": f"{MODEL} (graphs/{MODEL}.json, weights {MODELS[MODEL]['weights']})",
+        "columns": MODELS[MODEL]["columns"],
         "classes": CLASSES,
         "noise": f"{golden_dir}/noise.npy",
-        "reference": f"{golden_dir}/class_<c>.png (reference/gen_digits_golden.py, Python float64)",
+        "reference": f"{golden_dir}/{MODELS[MODEL]['image'].replace('{c}', '<c>')} (Python float64 reference sampler)",
         "sampler": {k: settings.get(k) for k in ("sampler", "steps", "cfg_scale", "forwards", "forward_batch")},
         "psnr": "uint8 RGB, peak 255, all ten images together; null + identical=true when identical",
     }
@@ -206,11 +220,11 @@ def write_reports(out, runs, failures, golden_dir):
     (out / "report.json").write_text(json.dumps({**meta, "runs": records, "failures": failures}, indent=2) + "\n")
 
     lines = [
-        "# digits demo report", "",
+        f"# {MODEL} demo report", "",
         f"* date: {meta['date']}", f"* machine: {meta['machine']}", f"* model: {meta['model']}",
         f"* sampler: {meta['sampler']['sampler']}, {meta['sampler']['steps']} steps, CFG {meta['sampler']['cfg_scale']}"
-        f" ({meta['sampler']['forwards']} forwards of batch {meta['sampler']['forward_batch']}), classes 0-9,"
-        f" noise {meta['noise']}",
+        f" ({meta['sampler']['forwards']} forwards of batch {meta['sampler']['forward_batch']}),"
+        f" columns {meta['columns']} for 0-9, noise {meta['noise']}",
         f"* reference: {meta['reference']}",
         "* PSNR: uint8 RGB, peak 255, over all ten images; `identical` = bit-identical images", "",
         "![contact sheet](contact_sheet.png)", "",
@@ -236,12 +250,17 @@ def main():
     """Collect, draw, write; exit 1 when no run produced images."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", type=pathlib.Path)
-    parser.add_argument("--golden", type=pathlib.Path, default=ROOT / "tests" / "golden" / "digits")
+    parser.add_argument("--model", choices=sorted(MODELS), default="digits")
+    parser.add_argument("--golden", type=pathlib.Path)
     args = parser.parse_args()
-    golden_images = np.stack([np.asarray(Image.open(args.golden / f"class_{c}.png").convert("RGB"))
+    global MODEL  # pylint: disable=global-statement
+    MODEL = args.model
+    m = MODELS[MODEL]
+    args.golden = args.golden or ROOT / "tests" / "golden" / m["golden"]
+    golden_images = np.stack([np.asarray(Image.open(args.golden / m["image"].format(c=c)).convert("RGB"))
                               for c in CLASSES])
     from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-    golden_x = load_file(str(args.golden / "digits_golden.safetensors"))["x"].astype(np.float64)
+    golden_x = load_file(str(args.golden / m["tensors"]))["x"].astype(np.float64)
     runs, failures = collect(args.out, golden_images, golden_x)
     if not runs:
         print("demo_report: no successful runs found", file=sys.stderr)

@@ -27,7 +27,7 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(name = "pixeldit-export", version, verbatim_doc_comment)]
 pub struct ExportArgs {
-    /// Model preset (tiny, digits, B, L, XL = XL-256, XL-512, t2i, t2i-tiny).
+    /// Model preset (tiny, digits, digits-t2i, B, L, XL = XL-256, XL-512, t2i, t2i-tiny).
     #[arg(long, default_value = "digits")]
     preset: String,
     /// A model config JSON instead of a preset (same fields as graphs/*.json).
@@ -110,12 +110,13 @@ impl From<ExternalDataArg> for ExternalData {
     }
 }
 
-/// The committed weights of the embedded default model.
+/// The committed weights of the embedded default models (`digits`, `digits-t2i`).
 fn default_checkpoint(preset: &str) -> Option<PathBuf> {
-    if preset != "digits" {
-        return None;
+    match preset {
+        "digits" => crate::workspace_file("graphs/digits.safetensors"),
+        "digits-t2i" => crate::workspace_file("graphs/digits-t2i.safetensors"),
+        _ => None,
     }
-    crate::workspace_file("graphs/digits.safetensors")
 }
 
 /// The export options of the command line.

@@ -37,7 +37,7 @@ pub fn checkpoint() -> PathBuf {
     workspace().join("graphs").join("digits.safetensors")
 }
 
-fn decode_png(path: &Path) -> (Vec<u8>, usize, usize) {
+pub fn decode_png(path: &Path) -> (Vec<u8>, usize, usize) {
     let dec = png::Decoder::new(std::io::BufReader::new(
         std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
     ));

@@ -8,6 +8,7 @@
 mod util;
 
 mod digits;
+mod digits_t2i;
 mod export_cli;
 mod export_quantize;
 mod exported;

@@ -144,12 +144,23 @@ pub struct ModelConfig {
 }
 
 /// Names of the presets embedded from `graphs/`.
-pub const PRESET_NAMES: &[&str] = &["tiny", "digits", "B", "L", "XL-256", "XL-512", "t2i", "t2i-tiny"];
+pub const PRESET_NAMES: &[&str] = &[
+    "tiny",
+    "digits",
+    "digits-t2i",
+    "B",
+    "L",
+    "XL-256",
+    "XL-512",
+    "t2i",
+    "t2i-tiny",
+];
 
 fn preset_json(name: &str) -> Option<&'static str> {
     Some(match name {
         "tiny" => include_str!("../../../graphs/tiny.json"),
         "digits" => include_str!("../../../graphs/digits.json"),
+        "digits-t2i" => include_str!("../../../graphs/digits-t2i.json"),
         "B" => include_str!("../../../graphs/B.json"),
         "L" => include_str!("../../../graphs/L.json"),
         "XL" | "XL-256" => include_str!("../../../graphs/XL-256.json"),
