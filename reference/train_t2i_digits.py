@@ -104,6 +104,7 @@ def main():
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--text-dropout", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", help="start from these weights (e.g. the committed EMA) instead of a fresh init")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--save-every", type=int, default=250)
     args = parser.parse_args()
@@ -118,7 +119,13 @@ def main():
     negative = encode(args.pixeldit_run, args.text_encoder, [""], negative=True)[0]
     print(f"encoded {len(flat)} prompts + the negative in {time.time() - t0:.1f}s: {text_table.shape}", flush=True)
 
-    params = {k: jnp.asarray(v) for k, v in init_params(cfg, args.seed).items()}
+    start_params = init_params(cfg, args.seed)
+    if args.init:
+        from checkpoint import load_checkpoint  # pylint: disable=import-outside-toplevel
+        loaded = load_checkpoint(args.init)
+        start_params = {k: np.asarray(loaded[k], dtype=np.float32) for k in start_params}
+        print(f"starting from {args.init}", flush=True)
+    params = {k: jnp.asarray(v) for k, v in start_params.items()}
     m = {k: jnp.zeros_like(v) for k, v in params.items()}
     s = {k: jnp.zeros_like(v) for k, v in params.items()}
     ema = {k: jnp.array(v) for k, v in params.items()}
