@@ -42,6 +42,28 @@ pub fn exit_code(result: anyhow::Result<()>, name: &str) -> ExitCode {
     }
 }
 
+/// The prompts of a prompts file: one per line, surrounding whitespace trimmed, blank lines skipped (possibly none).
+pub fn prompt_lines(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context;
+    let body =
+        std::fs::read_to_string(path).with_context(|| format!("reading prompts from {}", path.display()))?;
+    Ok(body
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// [`prompt_lines`], and an error when the file holds no prompt.
+pub fn read_prompts_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let prompts = prompt_lines(path)?;
+    if prompts.is_empty() {
+        anyhow::bail!("{}: no prompts (one per line)", path.display());
+    }
+    Ok(prompts)
+}
+
 /// A file of the source workspace (committed weights, presets): relative to the current directory, else to this
 /// crate's workspace.
 pub fn workspace_file(rel: &str) -> Option<PathBuf> {

@@ -114,17 +114,7 @@ impl QuantArgs {
     /// The calibration's text conditions (text-to-image models) from the flags; the backend is the default.
     pub fn calib_inputs(&self) -> Result<CalibInputs> {
         let text = if let Some(file) = &self.calib_prompts {
-            let body = std::fs::read_to_string(file)
-                .with_context(|| format!("reading calibration prompts from {}", file.display()))?;
-            let prompts: Vec<String> = body
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect();
-            if prompts.is_empty() {
-                anyhow::bail!("{}: no prompts (one per line)", file.display());
-            }
+            let prompts = crate::read_prompts_file(file)?;
             let encoder = self
                 .calib_text_encoder
                 .clone()

@@ -399,6 +399,14 @@ pub(crate) struct Prepared {
     pub out_paths: Vec<PathBuf>,
 }
 
+/// Checks that `k > 0` images are requested and returns their output paths (see [`checked_output_paths`]).
+pub(crate) fn checked_outputs(a: &SampleArgs, k: usize) -> Result<Vec<PathBuf>> {
+    if k == 0 {
+        bail!("no images requested (--batch 0)");
+    }
+    checked_output_paths(a, k)
+}
+
 /// Noise for `k` images of `meta` and the output paths (checked before the expensive part).
 pub(crate) fn prepare(a: &SampleArgs, meta: &ModelMetadata, k: usize) -> Result<Prepared> {
     if k == 0 {

@@ -48,26 +48,20 @@ struct Conditions {
     report: serde_json::Value,
 }
 
-/// The prompts of `--prompt` / `--prompts-file`, if any.
+/// The prompts of `--prompt` / `--prompts-file`, one per image (one prompt is repeated `--batch` times), if any.
 fn prompts(a: &SampleArgs) -> Result<Option<Vec<String>>> {
-    if let Some(p) = &a.prompt {
-        return Ok(Some(vec![p.clone()]));
-    }
-    let Some(path) = &a.prompts_file else {
-        return Ok(None);
+    let texts = match (&a.prompt, &a.prompts_file) {
+        (Some(p), _) => vec![p.clone()],
+        (None, Some(path)) => crate::read_prompts_file(path)?,
+        (None, None) => return Ok(None),
     };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading prompts from {}", path.display()))?;
-    let lines: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
-    if lines.is_empty() {
-        bail!("{}: no prompts (one per line)", path.display());
-    }
-    Ok(Some(lines))
+    Ok(Some(match (texts.len(), a.batch) {
+        (1, Some(b)) => vec![texts[0].clone(); b],
+        (n, Some(b)) if n != b => {
+            bail!("--batch {b} with {n} prompts (give one prompt to repeat, or no --batch)")
+        }
+        _ => texts,
+    }))
 }
 
 /// Conditions from `--text-embeddings` / `--negative-embeddings` files.
@@ -120,7 +114,7 @@ fn from_prompts(
     target: &Target,
     text_cfg: &TextConfig,
     scfg: &DpmSolverConfig,
-    mut texts: Vec<String>,
+    texts: Vec<String>,
 ) -> Result<Conditions> {
     let enc_path = a.text_encoder.as_deref().context(
         "--prompt needs the exported text encoder: pass --text-encoder gemma.onnx (pixeldit-export --text-encoder)",
@@ -138,16 +132,6 @@ fn from_prompts(
             sibling
         }
     };
-    if let Some(k) = a.batch {
-        match texts.len() {
-            1 => texts = vec![texts[0].clone(); k],
-            n if n == k => {}
-            n => bail!("--batch {k} with {n} prompts (give one prompt to repeat, or no --batch)"),
-        }
-    }
-    if texts.is_empty() {
-        bail!("no images requested (--batch 0)");
-    }
     let tokenizer = PromptTokenizer::from_file(&tok_path)?;
     let meta = text_encoder::read_metadata(enc_path)?;
     let sel = backend::load(enc_path, &a.backend.options(meta.precision))?;
@@ -222,19 +206,8 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
     }
     let scfg = sampler_config(a, &target)?;
     let texts = prompts(a)?;
-    let k = match &texts {
-        Some(t) => a.batch.unwrap_or(t.len()),
-        None => 1,
-    };
     // With a pipeline model on the server, prompts are tokenized, encoded and sampled there.
-    if let (Some(texts), true) = (&texts, target.pipeline.is_some() && a.noise.is_none()) {
-        let prompts: Vec<String> = match (texts.len(), a.batch) {
-            (1, Some(b)) => vec![texts[0].clone(); b],
-            (n, Some(b)) if n != b => {
-                bail!("--batch {b} with {n} prompts (give one prompt to repeat, or no --batch)")
-            }
-            _ => texts.clone(),
-        };
+    if let (Some(prompts), true) = (&texts, target.pipeline.is_some() && a.noise.is_none()) {
         let requests = prompts
             .iter()
             .enumerate()
@@ -264,9 +237,9 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
             }),
         );
     }
-    // Output paths are checked before the encoder runs (the noise is drawn again below for the final K).
-    if texts.is_some() {
-        prepare(a, &target.meta, k)?;
+    // The image count and output paths are checked before the encoder runs.
+    if let Some(t) = &texts {
+        super::checked_outputs(a, t.len())?;
     }
     let conditions = match texts {
         Some(texts) => from_prompts(a, &target, &text_cfg, &scfg, texts)?,
