@@ -13,11 +13,10 @@
 //! the sampler never evaluates the network at t = 1 (its last step starts at 1 - 1/N), and there `v` is
 //! ill-conditioned (even fp16 differs by ~1e-2 on the `digits` model).
 
-use crate::calibrate::{text_run, TextCalibration, SYNTHETIC_EVAL_SEED};
+use crate::calibrate::{class_run, text_run, TextCalibration, SYNTHETIC_EVAL_SEED};
 use anyhow::{bail, Context, Result};
 use ndarray::{Array1, Array3, Array4, ArrayView1, ArrayView3, ArrayView4};
 use pixeldit_exporter::ExportOptions;
-use pixeldit_quantize::calib::spread_classes;
 use pixeldit_runtime::samplers::dpm_solver::{self, DpmSolverConfig};
 use pixeldit_runtime::samplers::flow;
 use pixeldit_runtime::{backend, io, model, BackendKind, Denoiser, Device, LoadOptions};
@@ -211,16 +210,7 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
     let mut q = Denoiser::new(q.backend, &vmeta);
     let (sampler, conditions, prompts, steps, cfg_scale) = match meta.config.kind {
         ModelKind::C2i => {
-            let mut scfg = flow::FlowSamplerConfig::from_defaults(&meta.sampler)?;
-            if let Some(s) = cfg.steps {
-                scfg.steps = s;
-            }
-            scfg.validate()?;
-            let classes = if cfg.classes.is_empty() {
-                spread_classes(meta.config.num_classes, 4)
-            } else {
-                cfg.classes.clone()
-            };
+            let (classes, scfg) = class_run(&meta, &cfg.classes, 4, cfg.steps, usize::MAX, None)?;
             let c = Conditions::Class {
                 classes,
                 null: meta.config.null_class(),

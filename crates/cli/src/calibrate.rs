@@ -196,6 +196,33 @@ pub(crate) fn text_run(
     Ok((conditions, scfg))
 }
 
+/// The classes of a class-conditional run (`classes`, else `default_count` spread over the model's classes; each
+/// checked) and its flow-sampler settings: the model's defaults, `steps` (else the default capped at
+/// `max_default_steps`), `cfg_scale`.
+pub(crate) fn class_run(
+    meta: &ModelMetadata,
+    classes: &[i64],
+    default_count: usize,
+    steps: Option<usize>,
+    max_default_steps: usize,
+    cfg_scale: Option<f32>,
+) -> Result<(Vec<i64>, flow::FlowSamplerConfig)> {
+    let mut scfg = flow::FlowSamplerConfig::from_defaults(&meta.sampler)?;
+    scfg.steps = steps.unwrap_or(scfg.steps.min(max_default_steps));
+    scfg.cfg_scale = cfg_scale.unwrap_or(scfg.cfg_scale);
+    scfg.validate()?;
+    let num_classes = meta.config.num_classes;
+    let chosen = if classes.is_empty() {
+        spread_classes(num_classes, default_count)
+    } else {
+        classes.to_vec()
+    };
+    if let Some(&class) = chosen.iter().find(|c| **c < 0 || **c >= num_classes as i64) {
+        return Err(RuntimeError::ClassOutOfRange { class, num_classes }.into());
+    }
+    Ok((chosen, scfg))
+}
+
 /// Folds one forward's taps into the statistics.
 fn observe(
     stats: &mut [TensorStats],
@@ -313,27 +340,7 @@ pub fn calibrate(
             scfg.shift,
         );
     } else {
-        let mut scfg = flow::FlowSamplerConfig::from_defaults(&meta.sampler)?;
-        scfg.steps = cfg.steps.unwrap_or(scfg.steps.min(25));
-        if let Some(w) = cfg.cfg_scale {
-            scfg.cfg_scale = w;
-        }
-        scfg.validate()?;
-        let chosen = if cfg.classes.is_empty() {
-            spread_classes(meta.config.num_classes, 8)
-        } else {
-            cfg.classes.clone()
-        };
-        if let Some(c) = chosen
-            .iter()
-            .find(|c| **c < 0 || **c >= meta.config.num_classes as i64)
-        {
-            return Err(RuntimeError::ClassOutOfRange {
-                class: *c,
-                num_classes: meta.config.num_classes,
-            }
-            .into());
-        }
+        let (chosen, scfg) = class_run(&meta, &cfg.classes, 8, cfg.steps, 25, cfg.cfg_scale)?;
         for &seed in &cfg.seeds {
             let noise = io::seeded_noise(seed, [chosen.len(), 3, meta.height, meta.width]);
             let mut model = |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| {
