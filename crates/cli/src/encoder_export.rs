@@ -59,17 +59,16 @@ fn resolve_config(spec: &str) -> Result<(GemmaConfig, Option<PathBuf>)> {
 }
 
 /// The sequence length of the export: `--seq-len`, else the prompt recipe's length for the tokenizer.
-fn sequence_length(req: &EncoderRequest, tokenizer: Option<&Path>) -> Result<usize> {
+fn sequence_length(req: &EncoderRequest, tokenizer: Option<&PromptTokenizer>) -> Result<usize> {
     if let Some(n) = req.seq_len {
         return Ok(n);
     }
-    let Some(tok) = tokenizer else {
+    let Some(t) = tokenizer else {
         bail!(
             "the text encoder is exported for a fixed sequence length: pass --tokenizer tokenizer.json (the prompt \
              recipe then needs len(tokenize(CHI)) + 298 tokens) or --seq-len N"
         );
     };
-    let t = PromptTokenizer::from_file(tok)?;
     Ok(t.sequence_len(PromptKind::Prompt))
 }
 
@@ -85,21 +84,22 @@ pub fn run(req: &EncoderRequest) -> Result<()> {
              model.safetensors.index.json with its shards) or --random-init"
         ),
     };
-    let tokenizer = req.tokenizer.clone().or_else(|| {
+    let tokenizer_path = req.tokenizer.clone().or_else(|| {
         let d = req.checkpoint.as_ref().filter(|p| p.is_dir()).or(dir.as_ref())?;
         Some(d.join("tokenizer.json")).filter(|p| p.is_file())
     });
+    // Read once: it sets the sequence length and must match the embedding table.
+    let tokenizer = tokenizer_path.as_deref().map(PromptTokenizer::from_file).transpose()?;
     let export = EncoderExport {
-        sequence_length: sequence_length(req, tokenizer.as_deref())?,
+        sequence_length: sequence_length(req, tokenizer.as_ref())?,
         precision: req.precision,
     };
     export.matrix_dtype()?;
-    if let Some(tok) = &tokenizer {
-        let t = PromptTokenizer::from_file(tok)?;
+    if let (Some(t), Some(path)) = (&tokenizer, &tokenizer_path) {
         if t.vocab_size() != cfg.vocab_size {
             bail!(
                 "tokenizer {} has {} tokens but the encoder's embedding table has {} rows: not the same model",
-                tok.display(),
+                path.display(),
                 t.vocab_size(),
                 cfg.vocab_size
             );
