@@ -46,6 +46,11 @@ pub enum SpecError {
     },
 }
 
+/// Parses JSON into `T`; errors say `what` was being read.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(what: &'static str, json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|source| SpecError::Json { what, source })
+}
+
 /// Result alias of this crate.
 pub type Result<T> = std::result::Result<T, SpecError>;
 
@@ -183,10 +188,7 @@ impl ModelConfig {
 
     /// Parses and validates a configuration from JSON.
     pub fn from_json(json: &str) -> Result<Self> {
-        let cfg: Self = serde_json::from_str(json).map_err(|source| SpecError::Json {
-            what: "model config",
-            source,
-        })?;
+        let cfg: Self = parse_json("model config", json)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -358,10 +360,7 @@ pub struct ModelMetadata {
 impl ModelMetadata {
     /// Parses the metadata JSON.
     pub fn from_json(json: &str) -> Result<Self> {
-        serde_json::from_str(json).map_err(|source| SpecError::Json {
-            what: "pixeldit metadata",
-            source,
-        })
+        parse_json("pixeldit metadata", json)
     }
     /// Serializes to compact, deterministic JSON.
     pub fn to_json(&self) -> String {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Precision, Result, SpecError};
+use crate::{Precision, Result};
 
 /// `metadata_props` key of the text-encoder description (JSON of [`TextEncoderMetadata`]).
 pub const TEXT_ENCODER_META_KEY: &str = "pixeldit.text_encoder";
@@ -52,10 +52,7 @@ pub struct TextEncoderMetadata {
 impl TextEncoderMetadata {
     /// Parses the metadata JSON.
     pub fn from_json(json: &str) -> Result<Self> {
-        serde_json::from_str(json).map_err(|source| SpecError::Json {
-            what: "text encoder metadata",
-            source,
-        })
+        crate::parse_json("text encoder metadata", json)
     }
 
     /// Serializes to compact, deterministic JSON.
