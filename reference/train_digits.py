@@ -144,15 +144,21 @@ def main():
 
     cfg = json.loads(pathlib.Path(args.config).read_text())
     images, labels = load_dataset(cfg["default_height"])
-    params = {k: jnp.asarray(v) for k, v in init_params(cfg, args.seed).items()}
+    step_fn = make_train_step(cfg, args, jnp.asarray(images), jnp.asarray(labels))
+    train(step_fn, init_params(cfg, args.seed), args, f"digits: {images.shape[0]} images")
+
+
+def train(step_fn, start_params, args, what):
+    """Runs ``args.steps`` steps of ``step_fn`` (from :func:`jit_adamw_step`) from ``start_params``, logging the mean
+    loss every ``args.log_every`` steps and writing the EMA weights (``args.out``) and the loss history
+    (``args.loss_log``) every ``args.save_every`` steps and at the end."""
+    params = {k: jnp.asarray(v) for k, v in start_params.items()}
     m = {k: jnp.zeros_like(v) for k, v in params.items()}
     s = {k: jnp.zeros_like(v) for k, v in params.items()}
     ema = {k: jnp.array(v) for k, v in params.items()}
-    step_fn = make_train_step(cfg, args, jnp.asarray(images), jnp.asarray(labels))
     key = jax.random.PRNGKey(args.seed)
     n_params = sum(int(v.size) for v in params.values())
-    print(f"digits: {images.shape[0]} images, {n_params:,} parameters, {args.steps} steps of batch {args.batch}",
-          flush=True)
+    print(f"{what}, {n_params:,} parameters, {args.steps} steps of batch {args.batch}", flush=True)
 
     history, window = [], []
     start = time.time()

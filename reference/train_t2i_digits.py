@@ -29,10 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from checkpoint import save_checkpoint
 from pixeldit_t2i_ref import forward, parameter_shapes
 from text_embeddings import encode
-from train_digits import jit_adamw_step, learning_rate, load_dataset
+from train_digits import jit_adamw_step, load_dataset, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -125,34 +124,9 @@ def main():
         loaded = load_checkpoint(args.init)
         start_params = {k: np.asarray(loaded[k], dtype=np.float32) for k in start_params}
         print(f"starting from {args.init}", flush=True)
-    params = {k: jnp.asarray(v) for k, v in start_params.items()}
-    m = {k: jnp.zeros_like(v) for k, v in params.items()}
-    s = {k: jnp.zeros_like(v) for k, v in params.items()}
-    ema = {k: jnp.array(v) for k, v in params.items()}
     step_fn = make_train_step(cfg, args, jnp.asarray(images), jnp.asarray(labels), jnp.asarray(text_table),
                               jnp.asarray(negative))
-    key = jax.random.PRNGKey(args.seed)
-    n_params = sum(int(v.size) for v in params.values())
-    print(f"digits-t2i: {images.shape[0]} images, {n_params:,} parameters, {args.steps} steps of batch {args.batch}",
-          flush=True)
-    history, window = [], []
-    start = time.time()
-    for step in range(args.steps):
-        key, sub = jax.random.split(key)
-        params, m, s, ema, loss = step_fn(params, m, s, ema, sub, jnp.asarray(step, jnp.float32))
-        window.append(loss)
-        if (step + 1) % args.log_every == 0:
-            mean = float(np.mean([float(v) for v in window]))
-            window = []
-            elapsed = time.time() - start
-            history.append((step + 1, mean, elapsed))
-            print(f"step {step + 1:6d}  loss {mean:.4f}  lr {float(learning_rate(step, args)):.2e}  "
-                  f"{elapsed:7.1f}s", flush=True)
-        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            save_checkpoint({k: np.asarray(v) for k, v in ema.items()}, args.out)
-            pathlib.Path(args.loss_log).write_text(
-                "step,loss,elapsed_s\n" + "".join(f"{a},{b:.5f},{c:.1f}\n" for a, b, c in history))
-    print(f"done in {time.time() - start:.1f}s, EMA weights in {args.out}", flush=True)
+    train(step_fn, start_params, args, f"digits-t2i: {images.shape[0]} images")
 
 
 if __name__ == "__main__":
