@@ -219,17 +219,19 @@ def write_reports(out, runs, failures, golden_dir):
     } for r in runs]
     (out / "report.json").write_text(json.dumps({**meta, "runs": records, "failures": failures}, indent=2) + "\n")
 
+    forwards = meta["sampler"]["forwards"]
+    forwards = "" if forwards is None else f" ({forwards} forwards of batch {meta['sampler']['forward_batch']})"
+    worst = "class" if MODEL == "digits" else "prompt"
     lines = [
         f"# {MODEL} demo report", "",
         f"* date: {meta['date']}", f"* machine: {meta['machine']}", f"* model: {meta['model']}",
         f"* sampler: {meta['sampler']['sampler']}, {meta['sampler']['steps']} steps, CFG {meta['sampler']['cfg_scale']}"
-        f" ({meta['sampler']['forwards']} forwards of batch {meta['sampler']['forward_batch']}),"
-        f" columns {meta['columns']} for 0-9, noise {meta['noise']}",
+        f"{forwards}, columns {meta['columns']} for 0-9, noise {meta['noise']}",
         f"* reference: {meta['reference']}",
         "* PSNR: uint8 RGB, peak 255, over all ten images; `identical` = bit-identical images", "",
         "![contact sheet](contact_sheet.png)", "",
         "| variant | backend | provider | ms/step | PSNR vs reference (dB) | PSNR vs fp32 same backend (dB) "
-        "| worst class (dB) | raw rel. L2 vs reference | image |",
+        f"| worst {worst} (dB) | raw rel. L2 vs reference | image |",
         "|---|---|---|---:|---:|---:|---|---:|---|",
     ]
     for r in runs:
