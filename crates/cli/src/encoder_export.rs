@@ -89,7 +89,10 @@ pub fn run(req: &EncoderRequest) -> Result<()> {
         Some(d.join("tokenizer.json")).filter(|p| p.is_file())
     });
     // Read once: it sets the sequence length and must match the embedding table.
-    let tokenizer = tokenizer_path.as_deref().map(PromptTokenizer::from_file).transpose()?;
+    let tokenizer = tokenizer_path
+        .as_deref()
+        .map(PromptTokenizer::from_file)
+        .transpose()?;
     let export = EncoderExport {
         sequence_length: sequence_length(req, tokenizer.as_ref())?,
         precision: req.precision,
