@@ -4,8 +4,9 @@ Model: the official T2I architecture (MM-DiT patch blocks, PiT pixel blocks) wit
 graphs/digits-t2i.json, using the reference forward pass (reference/pixeldit_t2i_ref.py) under jax.numpy.
 Text: the hidden states of the tiny Gemma-2 of tests/golden/gemma/model (frozen, never trained here) for prompts
 such as "the digit seven" / "a 7", made by the official recipe through pixeldit's own tokenizer and exported encoder
-(``pixeldit-run encode``, the same path that ``pixeldit-run --prompt`` takes): ``[300, 64]`` per prompt. A few
-phrasings per class are trained on; ``HELDOUT`` phrasings are kept for evaluation.
+(``pixeldit-run encode``, the same path that ``pixeldit-run --prompt`` takes): ``[300, 64]`` per prompt. Sixteen
+phrasings per class are trained on (many contexts, so that the model keys on the digit's own token rather than on
+whole sequences); the ``HELDOUT`` phrasings are kept for evaluation (reference/eval_digits_t2i.py).
 Data: ``sklearn.datasets.load_digits`` (1797 images, 8x8) upscaled to 32x32, grey replicated to RGB, [-1, 1].
 
 Objective (rectified flow in the T2I convention, spec 4.2): x_sigma = (1 - sigma) x0 + sigma eps, network time
@@ -35,7 +36,9 @@ from train_digits import jit_adamw_step, load_dataset, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-TRAIN = ["the digit {w}", "a {d}", "{w}", "the number {w}", "a handwritten {w}", "digit {d}"]
+TRAIN = ["the digit {w}", "a {d}", "{w}", "the number {w}", "a handwritten {w}", "digit {d}", "{d}", "number {w}",
+         "a picture of the digit {w}", "the digit {d}", "a drawing of a {d}", "handwritten digit {w}",
+         "an image of a {w}", "the numeral {d}", "a white {w} on black", "digit {w}"]
 HELDOUT = ["an image of the digit {w}", "the number {d}"]
 
 
