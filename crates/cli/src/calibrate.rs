@@ -44,6 +44,30 @@ pub enum TextCalibration {
         /// Its `tokenizer.json`.
         tokenizer: PathBuf,
     },
+    /// Embeddings already in memory (e.g. [`TextCalibration::Prompts`] encoded once by
+    /// [`TextCalibration::encoded`], for the calibration and the accuracy report).
+    Encoded {
+        /// Prompt embeddings `[K, L, E]`.
+        cond: Array3<f32>,
+        /// Negative-prompt embeddings `[K, L, E]` for CFG.
+        uncond: Option<Array3<f32>>,
+        /// One label per prompt.
+        labels: Vec<String>,
+    },
+}
+
+impl TextCalibration {
+    /// Runs the text encoder of [`TextCalibration::Prompts`] now, for a model with text input `text`, and keeps the
+    /// embeddings, so that later uses (calibration, accuracy report) do not load and run the encoder again.
+    /// Other sources are returned as they are.
+    pub fn encoded(self, text: &TextConfig, model: &str) -> Result<Self> {
+        if !matches!(self, TextCalibration::Prompts { .. }) {
+            return Ok(self);
+        }
+        let TextConditions { cond, uncond, labels } =
+            text_conditions(&self, text, model, SYNTHETIC_CALIB_SEED)?;
+        Ok(TextCalibration::Encoded { cond, uncond, labels })
+    }
 }
 
 /// Prompts of a [`TextCalibration::Synthetic`] calibration.
@@ -165,6 +189,21 @@ pub(crate) fn text_conditions(
                 cond,
                 uncond: Some(uncond),
                 labels: prompts.clone(),
+            }
+        }
+        TextCalibration::Encoded { cond, uncond, labels } => {
+            let shape = &cond.shape()[1..];
+            if shape != [l, e] || uncond.as_ref().is_some_and(|u| u.shape() != cond.shape()) {
+                bail!(
+                    "text embeddings {:?} (negative {:?}) do not fit model '{model}' ([K, {l}, {e}])",
+                    cond.shape(),
+                    uncond.as_ref().map(|u| u.shape().to_vec())
+                );
+            }
+            TextConditions {
+                cond: cond.clone(),
+                uncond: uncond.clone(),
+                labels: labels.clone(),
             }
         }
     })

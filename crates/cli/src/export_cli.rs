@@ -175,7 +175,11 @@ pub fn run(args: ExportArgs) -> Result<()> {
     }
     let opts = export_options(&args)?;
     let quant = args.quant.config(opts.precision)?;
-    let calib = args.quant.calib_inputs()?;
+    let mut calib = args.quant.calib_inputs()?;
+    if let (Some(_), Some(text)) = (&quant, &opts.config.text) {
+        // Prompts are encoded once, for the calibration and the accuracy report.
+        calib.text = calib.text.encoded(text, &opts.config.name)?;
+    }
 
     if args.dump {
         let (weights, _) = pixeldit_exporter::load_weights(&opts)?;
@@ -252,7 +256,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
             .map(|p| format!(" + {} {:.1} MB", p.display(), w.external_bytes as f64 / 1e6))
             .unwrap_or_default()
     );
-    args.quant.report(&opts, &output)?;
+    args.quant.report(&opts, &output, &calib)?;
     if let Some(t) = triton {
         t.finish(&report.metadata)?;
     }

@@ -189,15 +189,16 @@ impl QuantArgs {
         Ok(Some(q))
     }
 
-    /// Writes and prints the accuracy report when `--accuracy-report` was given.
-    pub fn report(&self, opts: &ExportOptions, model: &Path) -> Result<()> {
+    /// Writes and prints the accuracy report when `--accuracy-report` was given, on the text conditions of the
+    /// calibration (`calib`, from [`QuantArgs::calib_inputs`]).
+    pub fn report(&self, opts: &ExportOptions, model: &Path, calib: &CalibInputs) -> Result<()> {
         let Some(out) = &self.accuracy_report else {
             return Ok(());
         };
         let eval = EvalConfig {
             seeds: self.eval_seeds.clone(),
             steps: self.eval_steps,
-            text: self.calib_inputs()?.text,
+            text: calib.text.clone(),
             ..Default::default()
         };
         let r = accuracy_report(opts, model, &eval).context("accuracy report")?;
