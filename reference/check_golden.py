@@ -7,6 +7,8 @@
   with every value within 1e-6 (integers exact).
 * tests/golden/digits/: ``noise.npy`` must be identical, and every PNG must decode to the same size with pixel
   values within 1 (a float64 difference far below 1e-6 can still move a value across a rounding boundary).
+* The reference images of the trained models must show the digit they were asked for (``digits``: class c,
+  ``digits-t2i``: the held-out prompt "an image of the digit <c>"), judged by tools/digit_classifier.py.
 
 Exits 0 when everything matches, 1 otherwise (about 10 s in all).
 
@@ -21,6 +23,8 @@ import numpy as np
 from PIL import Image
 from safetensors.numpy import load_file
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tools"))
+from digit_classifier import classify  # noqa: E402  pylint: disable=wrong-import-position
 import gen_digits_golden
 import gen_digits_t2i_golden
 import gen_forward_golden
@@ -84,12 +88,27 @@ def check(generator, committed_dir):
     return failures
 
 
+def check_drawn(committed_dir, pattern):
+    """1 when one of the ten images ``pattern.format(c=c)`` does not show digit c, else 0."""
+    images = np.stack([np.asarray(Image.open(committed_dir / pattern.format(c=c)).convert("RGB")) for c in range(10)])
+    drawn = [int(d) for d in classify(images)]
+    wrong = [f"{pattern.format(c=c)} shows {d}" for c, d in enumerate(drawn) if d != c]
+    label = f"{committed_dir.name}/{pattern.format(c='<c>')}"
+    if wrong:
+        print(f"FAIL {label}: {', '.join(wrong)} (tools/digit_classifier.py)")
+        return 1
+    print(f"ok   {label} show digits 0-9")
+    return 0
+
+
 def main():
     """Compare every golden file; print a summary and return the exit status."""
     failures = check(gen_forward_golden, gen_forward_golden.DEFAULT_OUT)
     failures += check(gen_digits_golden, gen_digits_golden.DEFAULT_OUT)
     failures += check(gen_t2i_golden, gen_t2i_golden.DEFAULT_OUT)
     failures += check(gen_digits_t2i_golden, gen_digits_t2i_golden.DEFAULT_OUT)
+    failures += check_drawn(gen_digits_golden.DEFAULT_OUT, "class_{c}.png")
+    failures += check_drawn(gen_digits_t2i_golden.DEFAULT_OUT, "prompt_{c}.png")
     return 1 if failures else 0
 
 

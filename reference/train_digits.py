@@ -47,21 +47,22 @@ def load_dataset(size):
     return images, digits.target.astype(np.int32)
 
 
-def init_params(cfg, seed):
-    """Official-style initialisation (numpy, float32).
+def init_params(shapes, seed, table_key="y_embedder.embedding_table.weight"):
+    """Official-style initialisation (numpy, float32) of the ``(key, shape)`` list ``shapes``.
 
     Linear weights xavier-uniform with zero biases and unit norm weights (DiT
-    basic init); then the official overrides: class table and timestep MLP
+    basic init); then the official overrides: the condition table (``table_key``:
+    the class table, or the T2I text position embedding) and timestep MLP
     weights N(0, 0.02), every adaLN and the final linear zero.
     """
     rng = np.random.default_rng(seed)
     params = {}
-    for key, shape in parameter_shapes(cfg):
+    for key, shape in shapes:
         if key.endswith(".bias") or "adaLN_modulation" in key or key.startswith("final_layer.linear"):
             value = np.zeros(shape)
         elif "norm" in key:
             value = np.ones(shape)
-        elif key == "y_embedder.embedding_table.weight" or key.startswith("t_embedder.mlp"):
+        elif key == table_key or key.startswith("t_embedder.mlp"):
             value = 0.02 * rng.standard_normal(shape)
         else:
             bound = math.sqrt(6.0 / (shape[0] + shape[1]))
@@ -145,7 +146,7 @@ def main():
     cfg = json.loads(pathlib.Path(args.config).read_text())
     images, labels = load_dataset(cfg["default_height"])
     step_fn = make_train_step(cfg, args, jnp.asarray(images), jnp.asarray(labels))
-    train(step_fn, init_params(cfg, args.seed), args, f"digits: {images.shape[0]} images")
+    train(step_fn, init_params(parameter_shapes(cfg), args.seed), args, f"digits: {images.shape[0]} images")
 
 
 def train(step_fn, start_params, args, what):

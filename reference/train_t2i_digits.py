@@ -22,7 +22,6 @@ tests/golden/gemma/model -o gemma.onnx``).
 
 import argparse
 import json
-import math
 import pathlib
 import time
 
@@ -32,7 +31,7 @@ import numpy as np
 
 from pixeldit_t2i_ref import forward, parameter_shapes
 from text_embeddings import encode
-from train_digits import jit_adamw_step, load_dataset, train
+from train_digits import init_params, jit_adamw_step, load_dataset, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -45,25 +44,6 @@ HELDOUT = ["an image of the digit {w}", "the number {d}"]
 def phrasings(templates):
     """[10][len(templates)] prompts."""
     return [[t.format(w=WORDS[d], d=d) for t in templates] for d in range(10)]
-
-
-def init_params(cfg, seed):
-    """Official-style initialisation: xavier-uniform linears, zero biases, unit norms, zero adaLN and final
-    linear, N(0, 0.02) for the timestep MLP and the text position embedding."""
-    rng = np.random.default_rng(seed)
-    params = {}
-    for key, shape in parameter_shapes(cfg):
-        if key.endswith(".bias") or "adaLN_modulation" in key or key.startswith("final_layer.linear"):
-            value = np.zeros(shape)
-        elif "norm" in key:
-            value = np.ones(shape)
-        elif key == "y_pos_embedding" or key.startswith("t_embedder.mlp"):
-            value = 0.02 * rng.standard_normal(shape)
-        else:
-            bound = math.sqrt(6.0 / (shape[0] + shape[1]))
-            value = rng.uniform(-bound, bound, shape)
-        params[key] = value.astype(np.float32)
-    return params
 
 
 def make_train_step(cfg, args, images, labels, text_table, negative):
@@ -121,7 +101,7 @@ def main():
     negative = encode(args.pixeldit_run, args.text_encoder, [""], negative=True)[0]
     print(f"encoded {len(flat)} prompts + the negative in {time.time() - t0:.1f}s: {text_table.shape}", flush=True)
 
-    start_params = init_params(cfg, args.seed)
+    start_params = init_params(parameter_shapes(cfg), args.seed, table_key="y_pos_embedding")
     if args.init:
         from checkpoint import load_checkpoint  # pylint: disable=import-outside-toplevel
         loaded = load_checkpoint(args.init)
