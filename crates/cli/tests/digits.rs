@@ -2,8 +2,9 @@
 //! exported from the committed weights, sampled on every available backend (tract, ONNX Runtime CPU; CUDA and
 //! TensorRT only when present) with the golden noise and the model's default sampler settings, and its ten
 //! images (classes 0-9) are compared by PSNR with the Python reference images in `tests/golden/digits/` (made by
-//! `reference/gen_digits_golden.py`; thresholds and measurements in that folder's README). The structure of each
-//! exported variant is pinned by an insta snapshot of the graph dump.
+//! `reference/gen_digits_golden.py`; thresholds and measurements in that folder's README); each image must also
+//! show its class, judged by `tools/digit_classifier.py`. The structure of each exported variant is pinned by an
+//! insta snapshot of the graph dump.
 
 use crate::util::*;
 use ndarray::{Array4, ArrayView1, ArrayView4, Axis};
@@ -109,6 +110,60 @@ pub fn psnr_u8(a: &[u8], b: &[u8]) -> f64 {
         f64::INFINITY
     } else {
         10.0 * (255.0f64 * 255.0 / mse).log10()
+    }
+}
+
+/// Which digit each 32x32 RGB8 image shows, judged by `tools/digit_classifier.py` (run once for all images; `None`
+/// when the project's Python is missing and not required).
+pub fn drawn_digits(images: &[Vec<u8>]) -> Option<Vec<usize>> {
+    let py = python()?;
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = images
+        .iter()
+        .enumerate()
+        .map(|(i, rgb)| {
+            let path = dir.path().join(format!("{i}.png"));
+            std::fs::write(&path, io::png_bytes(&path, rgb, 32, 32).unwrap()).unwrap();
+            path
+        })
+        .collect();
+    let out = run(std::process::Command::new(py)
+        .arg(workspace().join("tools/digit_classifier.py"))
+        .args(&paths));
+    assert!(out.status.success(), "digit_classifier.py: {}", stderr(&out));
+    let digits: Vec<usize> = stdout(&out)
+        .lines()
+        .map(|l| {
+            let d = l.rsplit_once(": ").and_then(|(_, r)| r.split(' ').next());
+            d.and_then(|d| d.parse().ok())
+                .unwrap_or_else(|| panic!("digit_classifier.py: unexpected line '{l}'"))
+        })
+        .collect();
+    assert_eq!(digits.len(), images.len(), "{}", stdout(&out));
+    Some(digits)
+}
+
+/// `Err` listing the images that do not show their digit (`expected[i]` for image i).
+pub fn check_drawn(images: &[Vec<u8>], expected: &[usize], what: &str) -> Result<(), String> {
+    let Some(drawn) = drawn_digits(images) else {
+        return Ok(());
+    };
+    let wrong: Vec<String> = expected
+        .iter()
+        .zip(&drawn)
+        .filter(|(e, d)| e != d)
+        .map(|(e, d)| format!("{e} drawn as {d}"))
+        .collect();
+    eprintln!("{what}: drawn digits {drawn:?}");
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: {} of {} images do not show the requested digit ({}; tools/digit_classifier.py)",
+            wrong.len(),
+            expected.len(),
+            wrong.join(", ")
+        ))
     }
 }
 
@@ -247,6 +302,8 @@ pub fn golden_check(
             worst.0, worst.1
         ));
     }
+    let classes: Vec<usize> = g.classes.iter().map(|&c| c as usize).collect();
+    check_drawn(&images, &classes, &format!("digits {variant} on {candidate}"))?;
     Ok(m)
 }
 
