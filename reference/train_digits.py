@@ -150,7 +150,7 @@ def main():
 
 
 def train(step_fn, start_params, args, what):
-    """Runs ``args.steps`` steps of ``step_fn`` (from :func:`jit_adamw_step`) from ``start_params``, logging the mean
+    """Runs ``args.steps`` steps (fewer with ``args.stop_at``) of ``step_fn`` (:func:`jit_adamw_step`) from ``start_params``, logging the mean
     loss every ``args.log_every`` steps and writing the EMA weights (``args.out``) and the loss history
     (``args.loss_log``) every ``args.save_every`` steps and at the end."""
     params = {k: jnp.asarray(v) for k, v in start_params.items()}
@@ -163,7 +163,8 @@ def train(step_fn, start_params, args, what):
 
     history, window = [], []
     start = time.time()
-    for step in range(args.steps):
+    last = min(args.steps, getattr(args, "stop_at", None) or args.steps)
+    for step in range(last):
         key, sub = jax.random.split(key)
         params, m, s, ema, loss = step_fn(params, m, s, ema, sub, jnp.asarray(step, jnp.float32))
         window.append(loss)
@@ -174,7 +175,7 @@ def train(step_fn, start_params, args, what):
             history.append((step + 1, mean, elapsed))
             print(f"step {step + 1:6d}  loss {mean:.4f}  lr {float(learning_rate(step, args)):.2e}  "
                   f"{elapsed:7.1f}s", flush=True)
-        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+        if (step + 1) % args.save_every == 0 or step + 1 == last:
             save_checkpoint({k: np.asarray(v) for k, v in ema.items()}, args.out)
             pathlib.Path(args.loss_log).write_text(
                 "step,loss,elapsed_s\n" + "".join(f"{a},{b:.5f},{c:.1f}\n" for a, b, c in history))

@@ -86,6 +86,9 @@ def main():
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--text-dropout", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--phrasings", type=int, default=len(TRAIN),
+                        help="train on the first N phrasings of TRAIN (the first stage of the committed run used 6)")
+    parser.add_argument("--stop-at", type=int, help="stop after this many steps (the schedule still spans --steps)")
     parser.add_argument("--init", help="start from these weights (e.g. the committed EMA) instead of a fresh init")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--save-every", type=int, default=250)
@@ -93,11 +96,11 @@ def main():
 
     cfg = json.loads(pathlib.Path(args.config).read_text())
     images, labels = load_dataset(cfg["default_height"])
-    table = phrasings(TRAIN)
+    table = phrasings(TRAIN[:args.phrasings])
     flat = [p for row in table for p in row]
     t0 = time.time()
     emb = encode(args.pixeldit_run, args.text_encoder, flat)
-    text_table = emb.reshape(10, len(TRAIN), *emb.shape[1:])
+    text_table = emb.reshape(10, len(table[0]), *emb.shape[1:])
     negative = encode(args.pixeldit_run, args.text_encoder, [""], negative=True)[0]
     print(f"encoded {len(flat)} prompts + the negative in {time.time() - t0:.1f}s: {text_table.shape}", flush=True)
 
