@@ -7,8 +7,8 @@
   with every value within 1e-6 (integers exact).
 * tests/golden/digits/: ``noise.npy`` must be identical, and every PNG must decode to the same size with pixel
   values within 1 (a float64 difference far below 1e-6 can still move a value across a rounding boundary).
-* The reference images of the trained ``digits`` model must show the digit they were asked for (class c), judged by
-  tools/digit_classifier.py.
+* The reference images of the trained models must show the digit they were asked for (``digits``: class c,
+  ``digits-t2i``: the held-out prompt "an image of the digit <c>"), judged by tools/digit_classifier.py.
 
 Exits 0 when everything matches, 1 otherwise (about 10 s in all).
 
@@ -108,6 +108,7 @@ def main():
     failures += check(gen_t2i_golden, gen_t2i_golden.DEFAULT_OUT)
     failures += check(gen_digits_t2i_golden, gen_digits_t2i_golden.DEFAULT_OUT)
     failures += check_drawn(gen_digits_golden.DEFAULT_OUT, "class_{c}.png")
+    failures += check_drawn(gen_digits_t2i_golden.DEFAULT_OUT, "prompt_{c}.png")
     return 1 if failures else 0
 
 

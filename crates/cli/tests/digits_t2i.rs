@@ -3,10 +3,11 @@
 //! when present) with the golden noise, the golden text embeddings and the model's DPM-Solver++ defaults, and its
 //! ten images (held-out prompts "an image of the digit <word>") are compared by PSNR with the float64 Python
 //! reference images in `tests/golden/digits-t2i/` (made by `reference/gen_digits_t2i_golden.py`; thresholds in
-//! that folder's `thresholds.json`, measurements in its README). A corrupted checkpoint must fail with a message
-//! naming the variant, the backend and the PSNR.
+//! that folder's `thresholds.json`, measurements in its README), and each image must show the digit its prompt
+//! names (`tools/digit_classifier.py`). A corrupted checkpoint must fail with a message naming the variant, the
+//! backend and the PSNR.
 
-use crate::digits::{decode_png, golden_backends, psnr_u8};
+use crate::digits::{check_drawn, decode_png, golden_backends, psnr_u8};
 use crate::util::*;
 use ndarray::{Array3, Array4, Axis};
 use pixeldit_cli::calibrate::{CalibInputs, TextCalibration};
@@ -138,6 +139,7 @@ pub fn golden_check(
             "PSNR {psnr:.2} dB against the golden images is below the {min_psnr_db} dB threshold"
         )));
     }
+    check_drawn(&images, &(0..10).collect::<Vec<_>>(), &fail("prompts 0-9".into()))?;
     Ok((psnr, rel))
 }
 
