@@ -3,7 +3,7 @@
 
 use crate::accuracy::{accuracy_report, EvalConfig};
 use crate::calibrate::{CalibInputs, TextCalibration};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use pixeldit_exporter::ExportOptions;
 use pixeldit_quantize::{CalibMethod, QuantConfig};
@@ -41,9 +41,10 @@ pub struct QuantArgs {
     /// The encoder's tokenizer.json [default: tokenizer.json next to --calib-text-encoder].
     #[arg(long, value_name = "FILE", requires = "calib_text_encoder")]
     pub calib_tokenizer: Option<PathBuf>,
-    /// Text-to-image calibration: prompt embedding files, comma-separated ([300, D] or [K, 300, D]; .npy f32 or
-    /// safetensors), e.g. made by tools/gemma_text_embeddings.py for a real model.
-    #[arg(long, value_delimiter = ',', value_name = "FILE,..")]
+    /// Text-to-image calibration: prompt embedding files or directories, comma-separated ([300, D] or [K, 300, D];
+    /// .npy f32 or safetensors; a directory stands for its .npy and .safetensors files in name order, except the
+    /// --calib-negative file), e.g. made by tools/gemma_text_embeddings.py or `pixeldit-run encode`.
+    #[arg(long, value_delimiter = ',', value_name = "FILE|DIR,..")]
     pub calib_embeddings: Vec<PathBuf>,
     /// Text-to-image calibration: the negative prompt's embeddings for CFG with --calib-embeddings (without it the
     /// calibration runs the prompt branch only).
@@ -110,6 +111,41 @@ fn parse_alpha(s: &str) -> Result<Alpha, String> {
     }
 }
 
+/// `paths` with every directory replaced by its `.npy` and `.safetensors` files in name order (leaving out
+/// `negative`); a directory without any is an error.
+fn embedding_files(paths: &[PathBuf], negative: Option<&Path>) -> Result<Vec<PathBuf>> {
+    let negative = negative.and_then(|n| n.canonicalize().ok());
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        let entries = std::fs::read_dir(path)
+            .with_context(|| format!("--calib-embeddings: reading directory {}", path.display()))?;
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("npy" | "safetensors")
+                    )
+            })
+            .filter(|p| negative.is_none() || p.canonicalize().ok() != negative)
+            .collect();
+        if found.is_empty() {
+            bail!(
+                "--calib-embeddings: directory {} has no .npy or .safetensors files",
+                path.display()
+            );
+        }
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
+}
+
 impl QuantArgs {
     /// The calibration's text conditions (text-to-image models) from the flags; the backend is the default.
     pub fn calib_inputs(&self) -> Result<CalibInputs> {
@@ -131,7 +167,7 @@ impl QuantArgs {
             }
         } else if !self.calib_embeddings.is_empty() {
             TextCalibration::Files {
-                prompts: self.calib_embeddings.clone(),
+                prompts: embedding_files(&self.calib_embeddings, self.calib_negative.as_deref())?,
                 negative: self.calib_negative.clone(),
             }
         } else {

@@ -152,6 +152,45 @@ fn t2i_calibration_sources_and_errors() {
     assert_eq!(c["prompts"][1], "emb.npy[1]");
     assert_eq!(c["cfg_scale"], 1.0);
 
+    // A directory: its .npy/.safetensors files in name order, without the negative's file (which gives CFG).
+    let emb_dir = d.join("emb");
+    std::fs::create_dir(&emb_dir).unwrap();
+    let write = |name: &str, k: usize, seed: u64| {
+        let a = pixeldit_runtime::io::seeded_noise(seed, [k, 300, 64, 1]);
+        pixeldit_runtime::io::write_atomic(
+            &emb_dir.join(name),
+            &pixeldit_runtime::io::npy_bytes(&[k, 300, 64], a.iter().copied()),
+        )
+        .unwrap();
+    };
+    write("b.npy", 1, 6);
+    write("a.npy", 2, 7);
+    write("negative.npy", 1, 8);
+    std::fs::write(emb_dir.join("notes.txt"), "not an embedding").unwrap();
+    let out = run(export_cmd().current_dir(d).arg("--config").arg(&cfg).args([
+        "--random-init",
+        "--precision",
+        "int8",
+        "--calib-embeddings",
+        "emb",
+        "--calib-negative",
+        "emb/negative.npy",
+        "--calib-steps",
+        "2",
+        "-o",
+        "dir.onnx",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let c = &report(&d.join("dir.quant.json"))["calibration"];
+    let prompts: Vec<&str> = c["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(prompts, ["emb/a.npy[0]", "emb/a.npy[1]", "emb/b.npy[0]"]);
+    assert!(c["cfg_scale"].as_f64().unwrap() > 1.0);
+
     let fails = |args: &[&str], expect: &str| {
         let out = run(export_cmd()
             .current_dir(d)
@@ -168,6 +207,11 @@ fn t2i_calibration_sources_and_errors() {
         "--calib-classes is for class-conditional models",
     );
     fails(&["--calib-embeddings", "missing.npy"], "missing.npy");
+    std::fs::create_dir(d.join("empty")).unwrap();
+    fails(
+        &["--calib-embeddings", "empty"],
+        "directory empty has no .npy or .safetensors files",
+    );
     fails(
         &["--calib-prompts", "missing.txt", "--calib-text-encoder", "g.onnx"],
         "missing.txt",
