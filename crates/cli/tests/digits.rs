@@ -61,19 +61,8 @@ pub fn golden() -> &'static DigitsGolden {
         let bytes =
             std::fs::read(golden_dir().join("digits_golden.safetensors")).expect("golden digits file");
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let raw = |k: &str| st.tensor(k).unwrap().data().to_vec();
-        let f32s = |k: &str| -> Vec<f32> {
-            raw(k)
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect()
-        };
-        let i64s = |k: &str| -> Vec<i64> {
-            raw(k)
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                .collect()
-        };
+        let data = |k: &str| st.tensor(k).unwrap().data();
+        let (f32s, i64s) = (|k: &str| le_f32s(data(k)), |k: &str| le_i64s(data(k)));
         let classes = i64s("classes");
         let images = classes
             .iter()
@@ -85,10 +74,7 @@ pub fn golden() -> &'static DigitsGolden {
             .collect();
         DigitsGolden {
             noise: Array4::from_shape_vec([classes.len(), 3, 32, 32], f32s("noise")).unwrap(),
-            timesteps: raw("timesteps")
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
+            timesteps: le_f64s(data("timesteps")),
             guided: i64s("guided"),
             x: f32s("x"),
             classes,
@@ -409,9 +395,10 @@ fn golden_digits_fp8_weights() {
     check_variant(FP8_WEIGHTS);
 }
 
-/// Writes a copy of the digits checkpoint with one tensor multiplied by `factor`.
-fn corrupted_checkpoint(dir: &Path, key: &str, factor: f32) -> PathBuf {
-    let bytes = std::fs::read(checkpoint()).unwrap();
+/// Writes a copy of the safetensors checkpoint `source` into `dir` with the f32 tensor `key` multiplied by
+/// `factor`.
+pub fn corrupted_checkpoint(source: &Path, dir: &Path, key: &str, factor: f32) -> PathBuf {
+    let bytes = std::fs::read(source).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut found = false;
@@ -427,7 +414,7 @@ fn corrupted_checkpoint(dir: &Path, key: &str, factor: f32) -> PathBuf {
         }
         tensors.push((name, view.dtype(), view.shape().to_vec(), data));
     }
-    assert!(found, "{key} not in the digits checkpoint");
+    assert!(found, "{key} not in {}", source.display());
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|(n, d, s, b)| {
@@ -437,7 +424,8 @@ fn corrupted_checkpoint(dir: &Path, key: &str, factor: f32) -> PathBuf {
             )
         })
         .collect();
-    let path = dir.join("digits_corrupted.safetensors");
+    let stem = source.file_stem().unwrap().to_string_lossy();
+    let path = dir.join(format!("{stem}_corrupted.safetensors"));
     safetensors::serialize_to_file(views, None, &path).unwrap();
     path
 }
@@ -448,7 +436,7 @@ fn corrupted_variant_fails_its_golden_check() {
     // reject it, in fp32 and in int8 (calibrated, activations quantized), and the message must say which
     // variant, which backend and what PSNR (measured: fp32 26.0 dB, int8 25.6 dB).
     let dir = tempfile::tempdir().unwrap();
-    let ckpt = corrupted_checkpoint(dir.path(), "patch_blocks.2.attn.proj.weight", 1.5);
+    let ckpt = corrupted_checkpoint(&checkpoint(), dir.path(), "patch_blocks.2.attn.proj.weight", 1.5);
     for v in [variant(FP32), variant(INT8)] {
         let model = export_variant(dir.path(), &v, &ckpt);
         let variant = format!("{}-corrupted", v.precision);

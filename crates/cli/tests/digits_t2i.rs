@@ -7,7 +7,7 @@
 //! names (`tools/digit_classifier.py`). A corrupted checkpoint must fail with a message naming the variant, the
 //! backend and the PSNR.
 
-use crate::digits::{check_drawn, decode_png, golden_backends, psnr_u8};
+use crate::digits::{check_drawn, corrupted_checkpoint, decode_png, golden_backends, psnr_u8};
 use crate::util::*;
 use ndarray::{Array3, Array4, Axis};
 use pixeldit_cli::calibrate::{CalibInputs, TextCalibration};
@@ -44,14 +44,7 @@ pub fn golden() -> &'static T2iGolden {
     G.get_or_init(|| {
         let bytes = std::fs::read(golden_dir().join("digits_t2i_golden.safetensors")).expect("golden file");
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let f32s = |k: &str| -> Vec<f32> {
-            st.tensor(k)
-                .unwrap()
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect()
-        };
+        let f32s = |k: &str| le_f32s(st.tensor(k).unwrap().data());
         let npy3 = |name: &str| -> Array3<f32> {
             io::read_npy(&golden_dir().join(name))
                 .unwrap()
@@ -199,35 +192,12 @@ fn corrupted_t2i_checkpoint_fails_its_golden_check() {
     // One joint-attention projection scaled by 1.5: every backend must reject the fp32 and the int8 export, and say
     // which variant, backend and PSNR.
     let dir = tempfile::tempdir().unwrap();
-    let bytes = std::fs::read(checkpoint()).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let key = "patch_blocks.1.attn.proj_x.weight";
-    let tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let mut data = view.data().to_vec();
-            if name.ends_with(key) {
-                for c in data.chunks_exact_mut(4) {
-                    let v = f32::from_le_bytes(c.try_into().unwrap()) * 1.5;
-                    c.copy_from_slice(&v.to_le_bytes());
-                }
-            }
-            (name, view.dtype(), view.shape().to_vec(), data)
-        })
-        .collect();
-    assert!(tensors.iter().any(|t| t.0.ends_with(key)), "{key}");
-    let views: Vec<_> = tensors
-        .iter()
-        .map(|(n, d, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    let ckpt = dir.path().join("corrupted.safetensors");
-    safetensors::serialize_to_file(views, None, &ckpt).unwrap();
+    let ckpt = corrupted_checkpoint(
+        &checkpoint(),
+        dir.path(),
+        "patch_blocks.1.attn.proj_x.weight",
+        1.5,
+    );
     for p in [Precision::Fp32, Precision::Int8] {
         let model = export(dir.path(), p, &ckpt);
         let variant = format!("{p}-corrupted");

@@ -1,7 +1,7 @@
 //! `pixeldit-export`: determinism, bad input, and (with the project's Python venv) the official ONNX checker,
 //! ONNX Runtime and the independent numpy reference of `reference/`.
 
-use crate::util::{python, python_check_models, reference_rel_l2, root};
+use crate::util::{le_f32s, python, python_check_models, reference_rel_l2, root};
 use pixeldit_spec::AttentionMode;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -94,11 +94,7 @@ fn read_golden() -> Vec<(String, Vec<usize>, Vec<f32>)> {
         .tensors()
         .into_iter()
         .map(|(k, t)| {
-            let vals = t
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let vals = le_f32s(t.data());
             (k, t.shape().to_vec(), vals)
         })
         .collect();

@@ -29,31 +29,12 @@ fn golden_dir() -> PathBuf {
 fn golden() -> Golden {
     let bytes = std::fs::read(golden_dir().join("sample_tiny.safetensors")).expect("golden sample file");
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |k: &str| -> Vec<f32> {
-        st.tensor(k)
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    };
-    let i64s = |k: &str| -> Vec<i64> {
-        st.tensor(k)
-            .unwrap()
-            .data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    };
-    let t = st.tensor("timesteps").unwrap();
+    let data = |k: &str| st.tensor(k).unwrap().data();
+    let (f32s, i64s) = (|k: &str| le_f32s(data(k)), |k: &str| le_i64s(data(k)));
     Golden {
         noise: Array4::from_shape_vec([2, 3, 32, 32], f32s("noise")).unwrap(),
         classes: i64s("classes"),
-        timesteps: t
-            .data()
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
+        timesteps: le_f64s(data("timesteps")),
         guided: i64s("guided"),
         x: f32s("x"),
     }

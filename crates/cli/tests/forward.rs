@@ -23,24 +23,14 @@ fn cases() -> Vec<Case> {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let f32s = |k: &str| -> (Vec<usize>, Vec<f32>) {
         let t = st.tensor(k).unwrap();
-        let v = t
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        (t.shape().to_vec(), v)
+        (t.shape().to_vec(), le_f32s(t.data()))
     };
     ["case_a", "case_b", "case_c"]
         .into_iter()
         .map(|name| {
             let (xs, x) = f32s(&format!("{name}.x"));
             let (_, t) = f32s(&format!("{name}.t"));
-            let yt = st.tensor(&format!("{name}.y")).unwrap();
-            let y = yt
-                .data()
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                .collect();
+            let y = le_i64s(st.tensor(&format!("{name}.y")).unwrap().data());
             Case {
                 name,
                 x: Array4::from_shape_vec([xs[0], xs[1], xs[2], xs[3]], x).unwrap(),

@@ -69,11 +69,7 @@ fn recipe_cases() -> Vec<(PromptKind, String, String, Vec<f32>)> {
             let name = c["name"].as_str().unwrap().to_string();
             let t = st.tensor(&format!("{name}.text")).unwrap();
             assert_eq!(t.dtype(), safetensors::Dtype::F32);
-            let values = t
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
+            let values = le_f32s(t.data());
             let kind = match c["kind"].as_str().unwrap() {
                 "prompt" => PromptKind::Prompt,
                 _ => PromptKind::Negative,

@@ -6,7 +6,7 @@
 //! The thresholds sit 1.4-2x above the errors measured when they were set (in brackets); the broken-scale tests
 //! show that a wrong scale lands 2-13x above them.
 
-use crate::util::root;
+use crate::util::{le_f32s, root};
 use ndarray::{Array1, Array4};
 use pixeldit_cli::calibrate::calibrate;
 use pixeldit_cli::variant::{export_to_file, export_variant, VariantExport};
@@ -112,10 +112,7 @@ fn scale_initializer(g: &mut Graph, name: &str, factor: f32) {
     let TensorData::Bytes(b) = &init.data else {
         panic!("scale is a constant")
     };
-    let v: Vec<f32> = b
-        .chunks(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()) * factor)
-        .collect();
+    let v: Vec<f32> = le_f32s(b).into_iter().map(|x| x * factor).collect();
     init.data = TensorData::Bytes(pixeldit_graph::encode_f32(&v, DType::F32));
 }
 

@@ -26,21 +26,9 @@ fn load(name: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
         .into_iter()
         .map(|(k, t)| {
             let v: Vec<f32> = match t.dtype() {
-                safetensors::Dtype::F32 => t
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-                safetensors::Dtype::F64 => t
-                    .data()
-                    .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-                    .collect(),
-                safetensors::Dtype::I64 => t
-                    .data()
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
-                    .collect(),
+                safetensors::Dtype::F32 => le_f32s(t.data()),
+                safetensors::Dtype::F64 => le_f64s(t.data()).into_iter().map(|v| v as f32).collect(),
+                safetensors::Dtype::I64 => le_i64s(t.data()).into_iter().map(|v| v as f32).collect(),
                 d => panic!("{k}: unexpected dtype {d:?}"),
             };
             (k, (t.shape().to_vec(), v))
@@ -139,13 +127,7 @@ fn t2i_sigmas_and_guidance_match_the_reference() {
     let g = load("sample_t2i_tiny.safetensors");
     let bytes = std::fs::read(golden_dir().join("sample_t2i_tiny.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let sig: Vec<f64> = st
-        .tensor("sigmas")
-        .unwrap()
-        .data()
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let sig = le_f64s(st.tensor("sigmas").unwrap().data());
     let ours = dpm_solver::flow_sigmas(6, 4.0);
     for (a, b) in ours.iter().zip(&sig) {
         assert!((a - b).abs() < 1e-15, "{ours:?} vs {sig:?}");

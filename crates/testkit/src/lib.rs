@@ -125,6 +125,30 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// Little-endian f32 values of raw tensor bytes (e.g. a safetensors tensor's `data()`).
+pub fn le_f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// Little-endian f64 values of raw tensor bytes.
+pub fn le_f64s(bytes: &[u8]) -> Vec<f64> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// Little-endian i64 values of raw tensor bytes.
+pub fn le_i64s(bytes: &[u8]) -> Vec<i64> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
 /// Relative L2 distance of `a` from `reference`.
 pub fn rel_l2(a: &[f32], reference: &[f32]) -> f64 {
     assert_eq!(a.len(), reference.len());

@@ -409,13 +409,11 @@ pub(crate) fn checked_outputs(a: &SampleArgs, k: usize) -> Result<Vec<PathBuf>> 
 
 /// Noise for `k` images of `meta` and the output paths (checked before the expensive part).
 pub(crate) fn prepare(a: &SampleArgs, meta: &ModelMetadata, k: usize) -> Result<Prepared> {
-    if k == 0 {
-        bail!("no images requested (--batch 0)");
-    }
+    let out_paths = checked_outputs(a, k)?;
     let shape = [k, meta.config.in_channels, meta.height, meta.width];
     Ok(Prepared {
         noise: initial_noise(a, shape)?,
-        out_paths: checked_output_paths(a, k)?,
+        out_paths,
     })
 }
 
