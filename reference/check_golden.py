@@ -24,7 +24,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tools"))
-from digit_classifier import classify  # noqa: E402  pylint: disable=wrong-import-position
+from digit_classifier import drawn  # noqa: E402  pylint: disable=wrong-import-position
 import gen_digits_golden
 import gen_digits_t2i_golden
 import gen_forward_golden
@@ -91,8 +91,8 @@ def check(generator, committed_dir):
 def check_drawn(committed_dir, pattern):
     """1 when one of the ten images ``pattern.format(c=c)`` does not show digit c, else 0."""
     images = np.stack([np.asarray(Image.open(committed_dir / pattern.format(c=c)).convert("RGB")) for c in range(10)])
-    drawn = [int(d) for d in classify(images)]
-    wrong = [f"{pattern.format(c=c)} shows {d}" for c, d in enumerate(drawn) if d != c]
+    digits, _ = drawn(images, range(10))
+    wrong = [f"{pattern.format(c=c)} shows {d}" for c, d in enumerate(digits) if d != c]
     label = f"{committed_dir.name}/{pattern.format(c='<c>')}"
     if wrong:
         print(f"FAIL {label}: {', '.join(wrong)} (tools/digit_classifier.py)")

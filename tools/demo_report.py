@@ -40,7 +40,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from digit_classifier import classify
+from digit_classifier import drawn
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 VARIANT_ORDER = ["fp32", "fp16", "bf16", "int8", "fp8", "int8-weights", "fp8-weights"]
@@ -121,7 +121,7 @@ def collect(out, golden_images, golden_x):
             rel_l2 = float(np.linalg.norm(x - golden_x) / np.linalg.norm(golden_x))
         per_class = [psnr(a, b) for a, b in zip(images, golden_images)]
         worst = int(np.argmin(per_class))
-        drawn = [int(d) for d in classify(images)]
+        drawn_digits, drawn_correct = drawn(images, CLASSES)
         runs.append({
             "variant": variant, "backend": backend, "provider": info.get("provider"),
             "precision": info.get("precision"), "image": grid.name, "images": images,
@@ -130,7 +130,7 @@ def collect(out, golden_images, golden_x):
             "sampler": info.get("sampler"), "cfg_scale": info.get("cfg_scale"),
             "psnr_vs_reference": psnr(images, golden_images),
             "worst_class": (worst, per_class[worst]), "rel_l2_vs_reference": rel_l2,
-            "drawn_digits": drawn, "drawn_correct": sum(d == c for d, c in zip(drawn, CLASSES)),
+            "drawn_digits": drawn_digits, "drawn_correct": drawn_correct,
         })
     runs.sort(key=lambda r: order_key(r["variant"], r["backend"]))
     fp32 = {r["backend"]: r["images"] for r in runs if r["variant"] == "fp32"}
@@ -197,7 +197,8 @@ def display_path(path):
 
 
 def write_reports(out, runs, failures, golden_dir, reference_drawn):
-    """report.md and report.json; ``reference_drawn``: the digits the reference images show."""
+    """report.md and report.json; ``reference_drawn``: the digits the reference images show and how many are right
+    (:func:`digit_classifier.drawn`)."""
     settings = next(iter(runs), {})
     golden_dir = display_path(golden_dir)
     meta = {
@@ -212,7 +213,7 @@ def write_reports(out, runs, failures, golden_dir, reference_drawn):
         "psnr": "uint8 RGB, peak 255, all ten images together; null + identical=true when identical",
         "drawn_digits": "the digit each image shows per tools/digit_classifier.py (logistic regression on 8x8, "
                         "97% held-out accuracy on the training digits); drawn_correct = how many equal their column",
-        "reference_drawn_digits": reference_drawn,
+        "reference_drawn_digits": reference_drawn[0],
     }
     records = [{
         "variant": r["variant"], "backend": r["backend"], "provider": r["provider"], "precision": r["precision"],
@@ -239,7 +240,7 @@ def write_reports(out, runs, failures, golden_dir, reference_drawn):
         f"* reference: {meta['reference']}",
         "* PSNR: uint8 RGB, peak 255, over all ten images; `identical` = bit-identical images",
         "* drawn: how many of the ten images show the digit of their column, judged by tools/digit_classifier.py "
-        f"(the reference: {sum(d == c for d, c in zip(meta['reference_drawn_digits'], CLASSES))}/10)", "",
+        f"(the reference: {reference_drawn[1]}/10)", "",
         "![contact sheet](contact_sheet.png)", "",
         "| variant | backend | provider | ms/step | PSNR vs reference (dB) | PSNR vs fp32 same backend (dB) "
         f"| worst {worst} (dB) | raw rel. L2 vs reference | drawn | image |",
@@ -279,9 +280,8 @@ def main():
     if not runs:
         print("demo_report: no successful runs found", file=sys.stderr)
         return 1
-    reference_drawn = [int(d) for d in classify(golden_images)]
-    rows = [(f"reference\n(Python float64)\ndrawn {sum(d == c for d, c in zip(reference_drawn, CLASSES))}/10",
-             golden_images)]
+    reference_drawn = drawn(golden_images, CLASSES)
+    rows = [(f"reference\n(Python float64)\ndrawn {reference_drawn[1]}/10", golden_images)]
     rows += [(f"{r['variant']} / {r['backend']}\n{fmt_db(r['psnr_vs_reference'])}"
               f"{'' if math.isinf(r['psnr_vs_reference']) else ' dB'} vs ref.\ndrawn {r['drawn_correct']}/10",
               r["images"]) for r in runs]

@@ -54,6 +54,12 @@ def classify(images, weights=None):
     return probabilities(images, weights).argmax(axis=1)
 
 
+def drawn(images, expected, weights=None):
+    """The digit each image shows (a list of ints) and how many of them equal ``expected`` (a digit per image)."""
+    digits = [int(d) for d in classify(images, weights)]
+    return digits, sum(d == e for d, e in zip(digits, expected))
+
+
 def fit(out):
     """Train on 4/5 of the digits (seeded split), report held-out accuracy, refit on all, save to ``out``."""
     sys.path.insert(0, str(ROOT / "reference"))
