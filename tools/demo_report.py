@@ -126,7 +126,8 @@ def collect(out, golden_images, golden_x):
             "variant": variant, "backend": backend, "provider": info.get("provider"),
             "precision": info.get("precision"), "image": grid.name, "images": images,
             "ms_per_step": info.get("ms_per_step"), "total_s": info.get("total_s"),
-            "steps": info.get("steps"), "forwards": info.get("forwards"), "forward_batch": info.get("forward_batch"),
+            "steps": info.get("steps"), "forwards": info.get("forwards"), "guided_forwards": info.get("guided_forwards"),
+            "forward_rows": info.get("forward_rows"),
             "sampler": info.get("sampler"), "cfg_scale": info.get("cfg_scale"),
             "psnr_vs_reference": psnr(images, golden_images),
             "worst_class": (worst, per_class[worst]), "rel_l2_vs_reference": rel_l2,
@@ -209,7 +210,8 @@ def write_reports(out, runs, failures, golden_dir, reference_drawn):
         "classes": CLASSES,
         "noise": f"{golden_dir}/noise.npy",
         "reference": f"{golden_dir}/{MODELS[MODEL]['image'].replace('{c}', '<c>')} (Python float64 reference sampler)",
-        "sampler": {k: settings.get(k) for k in ("sampler", "steps", "cfg_scale", "forwards", "forward_batch")},
+        "sampler": {k: settings.get(k)
+                    for k in ("sampler", "steps", "cfg_scale", "forwards", "guided_forwards", "forward_rows")},
         "psnr": "uint8 RGB, peak 255, all ten images together; null + identical=true when identical",
         "drawn_digits": "the digit each image shows per tools/digit_classifier.py (logistic regression on 8x8, "
                         "97% held-out accuracy on the training digits); drawn_correct = how many equal their column",
@@ -230,7 +232,9 @@ def write_reports(out, runs, failures, golden_dir, reference_drawn):
     (out / "report.json").write_text(json.dumps({**meta, "runs": records, "failures": failures}, indent=2) + "\n")
 
     forwards = meta["sampler"]["forwards"]
-    forwards = "" if forwards is None else f" ({forwards} forwards of batch {meta['sampler']['forward_batch']})"
+    forwards = "" if forwards is None else (
+        f" ({forwards} forwards, {meta['sampler']['guided_forwards']} guided, "
+        f"{meta['sampler']['forward_rows']} image rows in all)")
     worst = "class" if MODEL == "digits" else "prompt"
     lines = [
         f"# {MODEL} demo report", "",

@@ -6,21 +6,20 @@
 //! * **full samples**: both models run the sampler from the same noise; PSNR over the [-1, 1] data range
 //!   (peak-to-peak 2) per image, `10 log10(4 / MSE)`, plus the relative L2 of the whole batch.
 //!
-//! Text-to-image models run DPM-Solver++ with CFG instead, on the text conditions of [`EvalConfig::text`] (synthetic
-//! embeddings by default, drawn apart from the calibration's), and `t` maps to `sigma = 1 - t` (input 1000 sigma).
+//! Both go through the runtime's generation API with the model's sampler; text-to-image models run on the text
+//! conditions of [`EvalConfig::text`] (synthetic embeddings by default, drawn apart from the calibration's). `t` is
+//! the flow time of the generation API (`sigma = 1 - t` for text-to-image models).
 //!
 //! Evaluation seeds default to 100, 101, apart from the calibration seeds (0, 1). The default times stop at 0.95:
 //! the sampler never evaluates the network at t = 1 (its last step starts at 1 - 1/N), and there `v` is
 //! ill-conditioned (even fp16 differs by ~1e-2 on the `digits` model).
 
-use crate::calibrate::{class_run, text_run, TextCalibration, SYNTHETIC_EVAL_SEED};
-use anyhow::{bail, Context, Result};
-use ndarray::{Array1, Array3, Array4, ArrayView1, ArrayView3, ArrayView4};
+use crate::calibrate::{sampling_run, TextCalibration, SYNTHETIC_EVAL_SEED};
+use anyhow::{Context, Result};
+use ndarray::Array4;
 use pixeldit_exporter::ExportOptions;
-use pixeldit_runtime::samplers::dpm_solver::{self, DpmSolverConfig};
-use pixeldit_runtime::samplers::flow;
-use pixeldit_runtime::{backend, io, model, BackendKind, Denoiser, Device, LoadOptions};
-use pixeldit_spec::ModelKind;
+use pixeldit_runtime::generate::{generate, ImageShape, Noise, Request, VelocityModel};
+use pixeldit_runtime::{backend, io, model, BackendKind, Denoiser, Device, LoadOptions, Time};
 use serde::Serialize;
 use std::path::Path;
 
@@ -130,72 +129,6 @@ pub fn psnr(mse: f64) -> f64 {
     }
 }
 
-/// The conditions of an evaluation: classes, or text embeddings with the negative for CFG.
-enum Conditions {
-    Class {
-        classes: Vec<i64>,
-        null: i64,
-    },
-    Text {
-        cond: Array3<f32>,
-        uncond: Option<Array3<f32>>,
-    },
-}
-
-impl Conditions {
-    fn count(&self) -> usize {
-        match self {
-            Conditions::Class { classes, .. } => classes.len(),
-            Conditions::Text { cond, .. } => cond.shape()[0],
-        }
-    }
-
-    /// The conditional velocity at flow time `t` (0 = noise, 1 = data).
-    fn velocity(&self, d: &mut Denoiser, x: ArrayView4<f32>, t: f32) -> Result<Array4<f32>> {
-        let k = self.count();
-        Ok(match self {
-            Conditions::Class { classes, .. } => {
-                let y = Array1::from(classes.clone());
-                d.class_velocity(x, Array1::from_elem(k, t).view(), y.view())?
-            }
-            Conditions::Text { cond, .. } => {
-                d.text_velocity(x, Array1::from_elem(k, 1000.0 * (1.0 - t)).view(), cond.view())?
-            }
-        })
-    }
-}
-
-/// The sampler of a model: flow for class-conditional, DPM-Solver++ for text-to-image.
-enum Sampler {
-    Flow(flow::FlowSamplerConfig),
-    Dpm(DpmSolverConfig),
-}
-
-impl Sampler {
-    fn run(&self, d: &mut Denoiser, noise: Array4<f32>, c: &Conditions) -> Result<Array4<f32>> {
-        Ok(match (self, c) {
-            (Sampler::Flow(s), Conditions::Class { classes, null }) => {
-                let mut m =
-                    |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| d.class_velocity(x, t, y);
-                flow::sample(&mut m, noise, classes, *null, s, &mut |_| {})?
-            }
-            (Sampler::Dpm(s), Conditions::Text { cond, uncond }) => {
-                let mut m =
-                    |x: ArrayView4<f32>, t: ArrayView1<f32>, txt: ArrayView3<f32>| d.text_velocity(x, t, txt);
-                dpm_solver::sample(
-                    &mut m,
-                    noise,
-                    cond.view(),
-                    uncond.as_ref().map(|u| u.view()),
-                    s,
-                    &mut |_| {},
-                )?
-            }
-            _ => unreachable!("sampler and conditions come from the same model kind"),
-        })
-    }
-}
-
 /// Compares `variant` with the fp32 `reference` (same model, same size).
 pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<AccuracyReport> {
     let meta = model::read_metadata(reference)?;
@@ -208,51 +141,38 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
     let backend_name = q.candidate.to_string();
     let mut r = Denoiser::new(r.backend, &meta);
     let mut q = Denoiser::new(q.backend, &vmeta);
-    let (sampler, conditions, prompts, steps, cfg_scale) = match meta.config.kind {
-        ModelKind::C2i => {
-            let (classes, scfg) = class_run(&meta, &cfg.classes, 4, cfg.steps, usize::MAX, None)?;
-            let c = Conditions::Class {
-                classes,
-                null: meta.config.null_class(),
-            };
-            let (steps, w) = (scfg.steps, scfg.cfg_scale);
-            (Sampler::Flow(scfg), c, Vec::new(), steps, w)
-        }
-        ModelKind::T2i => {
-            if !cfg.classes.is_empty() {
-                bail!(
-                    "{} is a text-to-image model: evaluation classes do not apply",
-                    meta.config.name
-                );
-            }
-            let (tc, scfg) = text_run(&meta, &cfg.text, SYNTHETIC_EVAL_SEED, cfg.steps, usize::MAX, None)?;
-            let c = Conditions::Text {
-                cond: tc.cond,
-                uncond: tc.uncond,
-            };
-            (
-                Sampler::Dpm(scfg.clone()),
-                c,
-                tc.labels,
-                scfg.steps,
-                scfg.cfg_scale,
-            )
-        }
+    let run = sampling_run(
+        &meta,
+        &cfg.classes,
+        4,
+        &cfg.text,
+        SYNTHETIC_EVAL_SEED,
+        cfg.steps,
+        usize::MAX,
+        None,
+    )?;
+    let (conditions, image) = (&run.conditions, ImageShape::of(&meta));
+    let k = conditions.count();
+    let request = |noise: &Array4<f32>| Request {
+        conditions: conditions.clone(),
+        sampler: run.sampler.clone(),
+        image,
+        noise: Noise::Given(noise.clone()),
     };
-    let shape = [conditions.count(), 3, meta.height, meta.width];
+    let cond_rows = conditions.rows();
 
     let mut t_acc = vec![(0.0f64, 0.0f64, 0.0f32); cfg.t_points.len()];
     let mut psnrs = Vec::new();
     let (mut se_all, mut ref_all, mut n_all) = (0.0f64, 0.0f64, 0usize);
     for &seed in &cfg.seeds {
-        let noise = io::seeded_noise(seed, shape);
-        let xr = sampler
-            .run(&mut r, noise.clone(), &conditions)?
+        let noise = io::seeded_noise(seed, image.batch(k));
+        let xr = generate(&mut r, &request(&noise), &mut |_| {})?
+            .x
             .mapv(|v| v.clamp(-1.0, 1.0));
-        let xq = sampler
-            .run(&mut q, noise.clone(), &conditions)?
+        let xq = generate(&mut q, &request(&noise), &mut |_| {})?
+            .x
             .mapv(|v| v.clamp(-1.0, 1.0));
-        for k in 0..conditions.count() {
+        for k in 0..k {
             let (a, b) = (
                 xr.index_axis(ndarray::Axis(0), k),
                 xq.index_axis(ndarray::Axis(0), k),
@@ -269,8 +189,9 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
         }
         for (i, &t) in cfg.t_points.iter().enumerate() {
             let xt = &xr * t + &noise * (1.0 - t);
-            let vr = conditions.velocity(&mut r, xt.view(), t)?;
-            let vq = conditions.velocity(&mut q, xt.view(), t)?;
+            let time = Time::from_t(f64::from(t));
+            let vr = r.velocity(xt.view(), time, cond_rows.view())?;
+            let vq = q.velocity(xt.view(), time, cond_rows.view())?;
             let acc = &mut t_acc[i];
             for (a, b) in vr.iter().zip(vq.iter()) {
                 acc.0 += ((a - b) as f64).powi(2);
@@ -280,20 +201,16 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
         }
     }
     let pooled = psnr(se_all / n_all.max(1) as f64);
-    let classes = match conditions {
-        Conditions::Class { classes, .. } => classes,
-        Conditions::Text { .. } => Vec::new(),
-    };
     Ok(AccuracyReport {
         precision: vmeta.precision.to_string(),
         model: variant.display().to_string(),
         reference: reference.display().to_string(),
         backend: backend_name,
-        classes,
-        prompts,
+        classes: conditions.labels().to_vec(),
+        prompts: run.prompts.clone(),
         seeds: cfg.seeds.clone(),
-        steps,
-        cfg_scale,
+        steps: run.sampler.steps,
+        cfg_scale: run.sampler.cfg_scale,
         v_error: cfg
             .t_points
             .iter()

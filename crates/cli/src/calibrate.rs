@@ -1,21 +1,23 @@
 //! The calibration driver: writes the fp32 graph with every selected Linear input tapped as an extra output, runs
-//! it through the runtime's sampler (CFG batches on the model's time grid) and folds every forward into
-//! `pixeldit_quantize`'s statistics: class-conditional models with the flow sampler (noise at t = 0 to data at
-//! t = 1) over classes and seeds, text-to-image models with DPM-Solver++ (sigma 1 -> 0, t = 1000 sigma) over text
-//! conditions (prompts through the exported encoder, embedding files, or synthetic) and seeds.
+//! it through the runtime's generation API (the model's sampler, CFG batches on its time grid) and folds every
+//! forward into `pixeldit_quantize`'s statistics, over seeds and the conditions of [`sampling_run`]: classes for
+//! class-conditional models, text conditions (prompts through the exported encoder, embedding files, or synthetic)
+//! for text-to-image models. Statistics are keyed by the graph's own `t` input (flow time, or `1000 sigma`).
 
 use anyhow::{bail, Context, Result};
-use ndarray::{Array3, ArrayD, ArrayView1, ArrayView3, ArrayView4, Axis};
+use ndarray::{Array3, ArrayD, ArrayView4, Axis};
 use pixeldit_exporter::{write_graph, ExportOptions, Weights};
 use pixeldit_graph::Graph;
 use pixeldit_quantize::calib::{add_taps, spread_classes, Calibration, TensorStats};
 use pixeldit_quantize::{CalibConfig, Linear};
 use pixeldit_runtime::prompt::{PromptKind, PromptTokenizer};
-use pixeldit_runtime::samplers::dpm_solver::{self, DpmSolverConfig};
-use pixeldit_runtime::samplers::flow;
+use pixeldit_runtime::generate::{generate, ImageShape, Noise, Request};
 use pixeldit_runtime::text_encoder::{self, TextEncoder};
-use pixeldit_runtime::{backend, io, model, BackendKind, Denoiser, Device, LoadOptions, RuntimeError};
-use pixeldit_spec::{ModelMetadata, Precision, TextConfig};
+use pixeldit_runtime::{
+    backend, io, model, BackendKind, CondRows, Conditions, Denoiser, Device, LoadOptions, RuntimeError, SamplerConfig,
+    SamplerOverrides, Time,
+};
+use pixeldit_spec::{ModelKind, ModelMetadata, Precision, TextConfig};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -115,7 +117,7 @@ pub(crate) fn text_conditions(
     let (l, e) = (text.max_length, text.embed_dim);
     Ok(match src {
         TextCalibration::Synthetic => {
-            eprintln!(
+            crate::note!(
                 "pixeldit-export: synthetic N(0, 1) text embeddings ({SYNTHETIC_PROMPTS} prompts, seed \
                  {synthetic_seed:#x}): pass --calib-prompts (with --calib-text-encoder) or --calib-embeddings for \
                  real activation ranges"
@@ -152,7 +154,7 @@ pub(crate) fn text_conditions(
                     Some(repeat(&n, k))
                 }
                 None => {
-                    eprintln!(
+                    crate::note!(
                         "pixeldit-export: no --calib-negative: calibrating without CFG (the prompt branch only)"
                     );
                     None
@@ -209,57 +211,67 @@ pub(crate) fn text_conditions(
     })
 }
 
-/// The text conditions of `src` for `meta`'s model and its DPM-Solver++ settings: the model's defaults, `steps`
-/// (else the default capped at `max_default_steps`), `cfg_scale`; no CFG when there is no negative.
-pub(crate) fn text_run(
+/// What a calibration or accuracy run samples: the conditions, their labels (prompts; empty for classes) and the
+/// sampler settings.
+pub(crate) struct SamplingRun {
+    pub conditions: Conditions,
+    pub prompts: Vec<String>,
+    pub sampler: SamplerConfig,
+}
+
+/// The conditions of a run of `meta`'s model and its sampler settings.
+///
+/// Conditions: for class-conditional models `classes` (else `default_classes` spread over the model's classes),
+/// checked; for text-to-image models the text conditions of `text` (synthetic embeddings drawn with
+/// `synthetic_seed`). Sampler: the model's defaults, `steps` (else the default capped at `max_default_steps`),
+/// `cfg_scale`; no CFG when there is no negative.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sampling_run(
     meta: &ModelMetadata,
-    src: &TextCalibration,
+    classes: &[i64],
+    default_classes: usize,
+    text: &TextCalibration,
     synthetic_seed: u64,
     steps: Option<usize>,
     max_default_steps: usize,
     cfg_scale: Option<f32>,
-) -> Result<(TextConditions, DpmSolverConfig)> {
-    let text_cfg = meta
-        .config
-        .text
-        .clone()
-        .context("the model metadata has no text section")?;
-    let conditions = text_conditions(src, &text_cfg, &meta.config.name, synthetic_seed)?;
-    let mut scfg = DpmSolverConfig::from_defaults(&meta.sampler)?;
-    scfg.steps = steps.unwrap_or(scfg.steps.min(max_default_steps));
-    scfg.cfg_scale = cfg_scale.unwrap_or(scfg.cfg_scale);
-    if conditions.uncond.is_none() {
-        scfg.cfg_scale = 1.0;
-    }
-    scfg.validate()?;
-    Ok((conditions, scfg))
-}
-
-/// The classes of a class-conditional run (`classes`, else `default_count` spread over the model's classes; each
-/// checked) and its flow-sampler settings: the model's defaults, `steps` (else the default capped at
-/// `max_default_steps`), `cfg_scale`.
-pub(crate) fn class_run(
-    meta: &ModelMetadata,
-    classes: &[i64],
-    default_count: usize,
-    steps: Option<usize>,
-    max_default_steps: usize,
-    cfg_scale: Option<f32>,
-) -> Result<(Vec<i64>, flow::FlowSamplerConfig)> {
-    let mut scfg = flow::FlowSamplerConfig::from_defaults(&meta.sampler)?;
-    scfg.steps = steps.unwrap_or(scfg.steps.min(max_default_steps));
-    scfg.cfg_scale = cfg_scale.unwrap_or(scfg.cfg_scale);
-    scfg.validate()?;
-    let num_classes = meta.config.num_classes;
-    let chosen = if classes.is_empty() {
-        spread_classes(num_classes, default_count)
-    } else {
-        classes.to_vec()
+) -> Result<SamplingRun> {
+    let (conditions, prompts) = match (meta.config.kind, &meta.config.text) {
+        (ModelKind::T2i, Some(text_cfg)) => {
+            if !classes.is_empty() {
+                bail!(
+                    "classes (--calib-classes, evaluation classes) are for class-conditional models; {} is \
+                     text-to-image",
+                    meta.config.name
+                );
+            }
+            let t = text_conditions(text, text_cfg, &meta.config.name, synthetic_seed)?;
+            (Conditions::text(t.cond, t.uncond), t.labels)
+        }
+        _ => {
+            let chosen = if classes.is_empty() {
+                spread_classes(meta.config.num_classes, default_classes)
+            } else {
+                classes.to_vec()
+            };
+            (Conditions::classes(chosen, meta.config.null_class()), Vec::new())
+        }
     };
-    if let Some(&class) = chosen.iter().find(|c| **c < 0 || **c >= num_classes as i64) {
-        return Err(RuntimeError::ClassOutOfRange { class, num_classes }.into());
-    }
-    Ok((chosen, scfg))
+    conditions.check(&meta.config)?;
+    let defaults = SamplerConfig::from_metadata(&meta.sampler)?;
+    let overrides = SamplerOverrides {
+        steps: Some(steps.unwrap_or(defaults.steps.min(max_default_steps))),
+        cfg_scale: match conditions.has_negative() {
+            true => cfg_scale,
+            false => Some(1.0),
+        },
+        ..Default::default()
+    };
+    Ok(SamplingRun {
+        sampler: defaults.with_overrides(&overrides)?,
+        conditions,
+        prompts,
+    })
 }
 
 /// Folds one forward's taps into the statistics.
@@ -297,14 +309,12 @@ pub fn calibrate(
 ) -> Result<Calibration> {
     let start = Instant::now();
     let input_names: Vec<&str> = g.inputs().iter().map(|v| g.info(*v).name.as_str()).collect();
-    let text_to_image = match input_names.as_slice() {
-        ["x", "t", "y"] => false,
-        ["x", "t", "text"] => true,
-        other => bail!(
+    if !matches!(input_names.as_slice(), ["x", "t", "y"] | ["x", "t", "text"]) {
+        bail!(
             "activation calibration runs the model's sampler on inputs (x, t, y) or (x, t, text); this graph has \
-             inputs {other:?}; use bf16, int8-weights or fp8-weights"
-        ),
-    };
+             inputs {input_names:?}; use bf16, int8-weights or fp8-weights"
+        );
+    }
     let mut tapped = g.clone();
     let (names, of_scope) = add_taps(&mut tapped, layers)?;
     let dir = tempfile::Builder::new()
@@ -337,68 +347,31 @@ pub fn calibrate(
         }
         *forwards += 1;
     };
-    let (classes, prompts, steps, sampler, cfg_scale, shift);
-    if text_to_image {
-        if !cfg.classes.is_empty() {
-            bail!(
-                "--calib-classes is for class-conditional models; {} is text-to-image",
-                meta.config.name
-            );
-        }
-        let (conditions, scfg) = text_run(
-            &meta,
-            &inputs.text,
-            SYNTHETIC_CALIB_SEED,
-            cfg.steps,
-            25,
-            cfg.cfg_scale,
-        )?;
-        let k = conditions.cond.shape()[0];
-        for &seed in &cfg.seeds {
-            let noise = io::seeded_noise(seed, [k, 3, meta.height, meta.width]);
-            let mut model = |x: ArrayView4<f32>, t: ArrayView1<f32>, text: ArrayView3<f32>| {
-                let (v, taps) = denoiser.text_velocity_with_outputs(x, t, text, &names)?;
-                observe(&mut stats, &taps, &names, t[0], cfg.percentile)?;
-                record(t[0], &mut forwards);
-                Ok(v)
-            };
-            dpm_solver::sample(
-                &mut model,
-                noise,
-                conditions.cond.view(),
-                conditions.uncond.as_ref().map(|u| u.view()),
-                &scfg,
-                &mut |_| {},
-            )?;
-        }
-        (classes, prompts) = (Vec::new(), conditions.labels);
-        (steps, sampler, cfg_scale, shift) = (
-            scfg.steps,
-            dpm_solver::SAMPLER_NAME.to_string(),
-            scfg.cfg_scale,
-            scfg.shift,
-        );
-    } else {
-        let (chosen, scfg) = class_run(&meta, &cfg.classes, 8, cfg.steps, 25, cfg.cfg_scale)?;
-        for &seed in &cfg.seeds {
-            let noise = io::seeded_noise(seed, [chosen.len(), 3, meta.height, meta.width]);
-            let mut model = |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| {
-                let (v, taps) = denoiser.class_velocity_with_outputs(x, t, y, &names)?;
-                observe(&mut stats, &taps, &names, t[0], cfg.percentile)?;
-                record(t[0], &mut forwards);
-                Ok(v)
-            };
-            flow::sample(
-                &mut model,
-                noise,
-                &chosen,
-                meta.config.null_class(),
-                &scfg,
-                &mut |_| {},
-            )?;
-        }
-        (classes, prompts) = (chosen, Vec::new());
-        (steps, sampler, cfg_scale, shift) = (scfg.steps, scfg.kind.to_string(), scfg.cfg_scale, scfg.shift);
+    let run = sampling_run(
+        &meta,
+        &cfg.classes,
+        8,
+        &inputs.text,
+        SYNTHETIC_CALIB_SEED,
+        cfg.steps,
+        25,
+        cfg.cfg_scale,
+    )?;
+    for &seed in &cfg.seeds {
+        let request = Request {
+            conditions: run.conditions.clone(),
+            sampler: run.sampler.clone(),
+            image: ImageShape::of(&meta),
+            noise: Noise::seeded(seed),
+        };
+        let mut model = |x: ArrayView4<f32>, time: Time, rows: CondRows<'_>| {
+            let (v, taps) = denoiser.velocity_with_outputs(x, time, rows, &names)?;
+            let t = denoiser.model_time(time);
+            observe(&mut stats, &taps, &names, t, cfg.percentile)?;
+            record(t, &mut forwards);
+            Ok(v)
+        };
+        generate(&mut model, &request, &mut |_| {})?;
     }
     for s in &mut stats {
         s.per_t.sort_by(|a, b| a.t.total_cmp(&b.t));
@@ -409,13 +382,13 @@ pub fn calibrate(
         .map(|l| (l.scope.clone(), stats[of_scope[&l.scope]].clone()))
         .collect();
     Ok(Calibration {
-        classes,
-        prompts,
+        classes: run.conditions.labels().to_vec(),
+        prompts: run.prompts,
         seeds: cfg.seeds.clone(),
-        steps,
-        sampler,
-        cfg_scale,
-        time_shift: shift,
+        steps: run.sampler.steps,
+        sampler: run.sampler.kind.to_string(),
+        cfg_scale: run.sampler.cfg_scale,
+        time_shift: run.sampler.shift,
         percentile: cfg.percentile,
         backend: backend_name,
         forwards,

@@ -111,9 +111,9 @@ pub fn run(req: &EncoderRequest) -> Result<()> {
     let unused = weights.check(&cfg.parameter_shapes())?;
     if !req.quiet {
         for k in &unused {
-            eprintln!("warning: unused checkpoint key '{k}'");
+            crate::note!("warning: unused checkpoint key '{k}'");
         }
-        eprintln!(
+        crate::note!(
             "pixeldit-export: Gemma-2 {} ({} layers, width {}), {} tokens, {}, weights {}",
             cfg.name,
             cfg.num_hidden_layers,
@@ -133,7 +133,7 @@ pub fn run(req: &EncoderRequest) -> Result<()> {
     let report = gemma::export_to_file(&cfg, &weights, &export, &req.output, Some(&on_tensor))
         .with_context(|| format!("exporting the text encoder to {}", req.output.display()))?;
     bar.finish_and_clear();
-    println!(
+    crate::say!(
         "wrote {} (Gemma-2 {}, {:.2}M parameters, {} tokens, {}, {:.1} MB{}) in {:.1} s",
         req.output.display(),
         cfg.name,

@@ -66,7 +66,7 @@ pub struct ExportArgs {
     /// Print the stable text dump of the graph instead of writing a model.
     #[arg(long)]
     dump: bool,
-    /// No progress output (progress is drawn only when stderr is a terminal anyway).
+    /// Quiet: print nothing but errors (no progress, notes or summary).
     #[arg(short, long)]
     quiet: bool,
     /// Export the Gemma-2 text encoder of a text-to-image model instead of PixelDiT: a preset (gemma-2-2b,
@@ -209,10 +209,10 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let report = &exported.report;
     if !args.quiet {
         for k in &report.keys.unused {
-            eprintln!("warning: unused checkpoint key '{k}'");
+            crate::note!("warning: unused checkpoint key '{k}'");
         }
         if !report.keys.dropped.is_empty() {
-            eprintln!("dropped {} training-only key(s)", report.keys.dropped.len());
+            crate::note!("dropped {} training-only key(s)", report.keys.dropped.len());
         }
     }
     if let (Some(q), Some(summary), Some(path)) = (&quant, &exported.summary, &exported.summary_path) {
@@ -222,7 +222,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
             } else {
                 format!("{} prompt(s)", c.prompts.len())
             };
-            eprintln!(
+            crate::note!(
                 "calibrated {} layer(s): {} forwards over {} timesteps ({conditions}, seeds {:?}, {}, {}) in {:.1} s",
                 summary.quantized.len(),
                 c.forwards,
@@ -233,7 +233,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
                 c.seconds
             );
         }
-        eprintln!(
+        crate::note!(
             "{}: {} Linear layer(s) rewritten, {} kept in f32; settings and scales in {}",
             q.precision,
             summary.quantized.len(),
@@ -242,7 +242,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
         );
     }
     let w = &report.write;
-    println!(
+    crate::say!(
         "wrote {} ({} nodes, {:.2}M parameters, {} {}, attention {}, {:.1} MB{})",
         output.display(),
         report.nodes,
@@ -265,5 +265,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
 
 /// `main` of `pixeldit-export`: errors print their whole chain and exit 2.
 pub fn main() -> ExitCode {
-    crate::exit_code(run(ExportArgs::parse()), "pixeldit-export")
+    let args = ExportArgs::parse();
+    crate::log::set_quiet(args.quiet);
+    crate::exit_code(run(args), "pixeldit-export")
 }

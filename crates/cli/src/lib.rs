@@ -12,7 +12,7 @@
 //! * [`accuracy`]: `--accuracy-report` (a variant against the fp32 export, on the CPU).
 //! * [`bench_table`]: the `BENCHMARKS.md` rows of `pixeldit-run bench --append`.
 //! * [`progress`]: indicatif bars, drawn only on a terminal.
-//! * `remote`: `pixeldit-run --triton`.
+//! * [`log`]: notes and summaries that `-q` silences.
 //!
 //! Errors are `anyhow` here (this is the application); the libraries each have one `thiserror` enum.
 
@@ -21,9 +21,9 @@ pub mod bench_table;
 pub mod calibrate;
 pub mod encoder_export;
 pub mod export_cli;
+pub mod log;
 pub mod progress;
 pub mod quant_args;
-mod remote;
 pub mod run_cli;
 pub mod triton_args;
 pub mod variant;

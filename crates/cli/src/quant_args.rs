@@ -238,11 +238,11 @@ impl QuantArgs {
             ..Default::default()
         };
         let r = accuracy_report(opts, model, &eval).context("accuracy report")?;
-        println!("{}", r.line());
+        crate::say!("{}", r.line());
         let text = serde_json::to_string_pretty(&r).expect("report serializes") + "\n";
         pixeldit_runtime::io::write_atomic(out, text.as_bytes())
             .with_context(|| format!("writing {}", out.display()))?;
-        println!("accuracy report written to {}", out.display());
+        crate::say!("accuracy report written to {}", out.display());
         Ok(())
     }
 }

@@ -13,7 +13,8 @@ use pixeldit_exporter::{build_graph, load_weights, ExportOptions, WeightsSpec};
 use pixeldit_runtime::backend::{self, Candidate, LoadOptions};
 use pixeldit_runtime::io;
 use pixeldit_runtime::model::ModelInfo;
-use pixeldit_runtime::samplers::flow::{self, FlowSamplerConfig};
+use pixeldit_runtime::samplers::flow;
+use pixeldit_runtime::{Conditions, SamplerConfig};
 use pixeldit_spec::{ModelConfig, Precision};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -246,20 +247,18 @@ pub fn golden_check(
     let meta = ModelInfo::read(model)
         .and_then(|i| i.pixeldit_metadata())
         .map_err(|e| fail(e.to_string()))?;
-    let scfg = FlowSamplerConfig::from_defaults(&meta.sampler).map_err(|e| fail(e.to_string()))?;
+    let scfg = SamplerConfig::from_metadata(&meta.sampler).map_err(|e| fail(e.to_string()))?;
     let mut b = load_denoiser(model, candidate, opts).map_err(|e| fail(format!("load: {e}")))?;
     let start = Instant::now();
-    let mut f = |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| b.class_velocity(x, t, y);
-    let x = flow::sample(
-        &mut f,
+    let steps = scfg.steps;
+    let x = sample(
+        &mut b,
+        Conditions::classes(g.classes.clone(), meta.config.null_class()),
+        scfg,
         g.noise.clone(),
-        &g.classes,
-        meta.config.null_class(),
-        &scfg,
-        &mut |_| {},
     )
     .map_err(|e| fail(format!("sampling: {e}")))?;
-    let ms_per_step = start.elapsed().as_secs_f64() * 1e3 / scfg.steps as f64;
+    let ms_per_step = start.elapsed().as_secs_f64() * 1e3 / steps as f64;
     let images: Vec<Vec<u8>> = x.axis_iter(Axis(0)).map(io::image_rgb8).collect();
     let all: Vec<u8> = images.concat();
     let psnr_db = psnr_u8(&all, &g.images.concat());
@@ -345,12 +344,12 @@ fn digits_golden_matches_the_model_defaults() {
     let g = golden();
     assert_eq!(g.classes, (0..10).collect::<Vec<i64>>());
     let cfg = ModelConfig::preset("digits").unwrap();
-    let s = FlowSamplerConfig::from_defaults(&cfg.sampler).unwrap();
+    let s = SamplerConfig::from_metadata(&cfg.sampler).unwrap();
     let grid = flow::time_grid(s.steps, s.shift);
     assert_eq!(grid, g.timesteps, "time grid");
     let guided: Vec<i64> = grid[..s.steps]
         .iter()
-        .map(|&t| i64::from(flow::guidance_active(t, s.interval)))
+        .map(|&t| i64::from(s.interval.0 < t && t < s.interval.1))
         .collect();
     assert_eq!(guided, g.guided, "CFG decisions");
     // The PNGs are the official fp2uint8 of the raw x (the runtime's own conversion).
@@ -553,8 +552,10 @@ fn cli_reproduces_the_digits_golden_with_a_json_report() {
     assert_eq!(report["sampler"], "flow_dpm");
     assert_eq!(report["steps"], 25);
     assert_eq!(report["forwards"], 25);
-    assert_eq!(report["forward_batch"], 20);
-    assert_eq!(report["classes"].as_array().unwrap().len(), 10);
+    // CFG everywhere but at t = 0 (interval (0, 1), strict); the uncond half runs at every forward (batch 20).
+    assert_eq!(report["guided_forwards"], 24);
+    assert_eq!(report["forward_rows"], 25 * 20);
+    assert_eq!(report["conditions"]["classes"].as_array().unwrap().len(), 10);
     assert!(report["ms_per_step"].as_f64().unwrap() > 0.0);
     assert!(report["provider"].as_str().is_some());
 }

@@ -17,7 +17,7 @@ use pixeldit_quantize::QuantConfig;
 use pixeldit_runtime::backend::{Candidate, LoadOptions};
 use pixeldit_runtime::io;
 use pixeldit_runtime::model::ModelInfo;
-use pixeldit_runtime::samplers::dpm_solver::{self, DpmSolverConfig};
+use pixeldit_runtime::{Conditions, SamplerConfig};
 use pixeldit_spec::{ModelConfig, Precision};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -111,16 +111,14 @@ pub fn golden_check(
     let meta = ModelInfo::read(model)
         .and_then(|i| i.pixeldit_metadata())
         .map_err(|e| fail(e.to_string()))?;
-    let scfg = DpmSolverConfig::from_defaults(&meta.sampler).map_err(|e| fail(e.to_string()))?;
+    let scfg = SamplerConfig::from_metadata(&meta.sampler).map_err(|e| fail(e.to_string()))?;
     let mut d = load_denoiser(model, candidate, opts).map_err(|e| fail(format!("load: {e}")))?;
     let uncond = ndarray::concatenate(Axis(0), &vec![g.negative.view(); 10]).unwrap();
-    let x = dpm_solver::sample(
-        &mut |x, t, txt| d.text_velocity(x, t, txt),
+    let x = sample(
+        &mut d,
+        Conditions::text(g.text.clone(), Some(uncond)),
+        scfg,
         g.noise.clone(),
-        g.text.view(),
-        Some(uncond.view()),
-        &scfg,
-        &mut |_| {},
     )
     .map_err(|e| fail(format!("sampling: {e}")))?;
     let images: Vec<Vec<u8>> = x.axis_iter(Axis(0)).map(io::image_rgb8).collect();

@@ -8,7 +8,8 @@ use ndarray::{Array4, ArrayView1, ArrayView4};
 use pixeldit_cli::variant::export_to_file;
 use pixeldit_exporter::{ExportOptions, WeightsSpec};
 use pixeldit_runtime::backend::{self, Candidate, LoadOptions};
-use pixeldit_runtime::samplers::flow::{self, FlowSamplerConfig, SamplerKind};
+use pixeldit_runtime::samplers::flow;
+use pixeldit_runtime::{Conditions, SamplerConfig, SamplerKind};
 use pixeldit_runtime::Denoiser;
 use pixeldit_runtime::{io, Result};
 use pixeldit_spec::{AttentionMode, ModelConfig, Precision};
@@ -40,8 +41,8 @@ fn golden() -> Golden {
     }
 }
 
-fn golden_config() -> FlowSamplerConfig {
-    FlowSamplerConfig {
+fn golden_config() -> SamplerConfig {
+    SamplerConfig {
         kind: SamplerKind::FlowDpm,
         steps: 10,
         cfg_scale: 2.0,
@@ -64,14 +65,11 @@ fn export(dir: &Path, attention: AttentionMode, precision: Precision) -> PathBuf
 }
 
 fn sample_with(b: &mut Denoiser, g: &Golden) -> Result<Array4<f32>> {
-    let mut f = |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView1<i64>| b.class_velocity(x, t, y);
-    flow::sample(
-        &mut f,
+    sample(
+        b,
+        Conditions::classes(g.classes.clone(), 10),
+        golden_config(),
         g.noise.clone(),
-        &g.classes,
-        10,
-        &golden_config(),
-        &mut |_| {},
     )
 }
 
@@ -83,7 +81,7 @@ fn sampler_grid_and_guidance_match_the_reference() {
     assert_eq!(grid, g.timesteps, "time grid");
     let guided: Vec<i64> = grid[..10]
         .iter()
-        .map(|&t| i64::from(flow::guidance_active(t, (0.1, 0.9))))
+        .map(|&t| i64::from(0.1 < t && t < 0.9))
         .collect();
     assert_eq!(guided, g.guided);
 }
@@ -194,8 +192,8 @@ fn random_init_tiny_agrees_between_backends() {
     let ort_opts = LoadOptions::default().with_ort_lib(Some(lib));
     let cpu = Candidate::Ort(backend::ort::OrtProvider::Cpu);
     let mut ort = load_denoiser(&path, cpu, &ort_opts).unwrap();
-    let a = tr.class_velocity(x.view(), t.view(), y.view()).unwrap();
-    let b = ort.class_velocity(x.view(), t.view(), y.view()).unwrap();
+    let a = tr.forward(x.view(), t.view(), y.view().into()).unwrap();
+    let b = ort.forward(x.view(), t.view(), y.view().into()).unwrap();
     let err = rel_l2(a.as_slice().unwrap(), b.as_slice().unwrap());
     assert!(err < 1e-5, "tract vs ORT relative L2 {err}");
 }

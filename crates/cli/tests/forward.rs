@@ -67,7 +67,7 @@ fn forward_matches_reference_for_every_attention_mode() {
             for (c, lo) in &candidates {
                 let mut b = load_denoiser(&path, *c, lo).unwrap_or_else(|e| panic!("{c}: {e}"));
                 let v = b
-                    .class_velocity(case.x.view(), case.t.view(), case.y.view())
+                    .forward(case.x.view(), case.t.view(), case.y.view().into())
                     .unwrap();
                 let err = rel_l2(v.as_slice().unwrap(), &case.v);
                 eprintln!("{} {mode} {c}: relative L2 {err:.2e}", case.name);

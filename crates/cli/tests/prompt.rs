@@ -222,7 +222,7 @@ fn run_with_a_prompt_matches_run_with_reference_embeddings() {
         serde_json::from_slice(&std::fs::read(d.join("r.json")).unwrap()).unwrap();
     assert_eq!(report["conditions"]["negative_prompt"], "blurry");
     assert_eq!(report["conditions"]["prompts_truncated"], 1);
-    assert!(report["guided_steps"].as_u64().unwrap() > 0);
+    assert!(report["guided_forwards"].as_u64().unwrap() > 0);
 }
 
 /// Mismatched files and missing flags: clear errors naming the file, exit 2, no image.

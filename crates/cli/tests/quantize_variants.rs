@@ -68,7 +68,7 @@ fn export_quantized(o: &ExportOptions, q: &QuantConfig, path: &Path) -> VariantE
 
 fn forward(b: &mut Denoiser) -> Array4<f32> {
     let (x, t, y) = inputs();
-    b.class_velocity(x.view(), t.view(), y.view()).unwrap()
+    b.forward(x.view(), t.view(), y.view().into()).unwrap()
 }
 
 fn rel(a: &Array4<f32>, b: &Array4<f32>) -> f64 {

@@ -3,7 +3,7 @@
 use crate::util::*;
 use ndarray::Array4;
 use pixeldit_runtime::io;
-use pixeldit_runtime::samplers::flow;
+use pixeldit_runtime::{CondRows, Conditions, SamplerConfig, SamplerKind, Time};
 
 #[test]
 fn missing_model_file() {
@@ -153,23 +153,24 @@ fn unknown_custom_op_names_op_and_node() {
 
 /// The dummy model `v = 0.5 x + t + 0.01 y`, sampled in-process with the library sampler.
 fn dummy_reference(labels: &[i64], seed: u64, steps: usize) -> Array4<f32> {
-    let cfg = flow::FlowSamplerConfig {
-        kind: flow::SamplerKind::FlowDpm,
+    let cfg = SamplerConfig {
+        kind: SamplerKind::FlowDpm,
         steps,
         cfg_scale: 2.0,
         interval: (0.0, 1.0),
         shift: 1.0,
     };
-    let mut model =
-        |x: ndarray::ArrayView4<f32>, t: ndarray::ArrayView1<f32>, y: ndarray::ArrayView1<i64>| {
-            let mut v = x.mapv(|v| 0.5 * v);
-            for (b, mut img) in v.outer_iter_mut().enumerate() {
-                img.mapv_inplace(|a| a + (t[b] + 0.01 * y[b] as f32));
-            }
-            Ok(v)
-        };
+    let mut model = |x: ndarray::ArrayView4<f32>, t: Time, rows: CondRows<'_>| {
+        let CondRows::Class(y) = rows else { panic!("class rows") };
+        let t = t.t() as f32;
+        let mut v = x.mapv(|v| 0.5 * v);
+        for (b, mut img) in v.outer_iter_mut().enumerate() {
+            img.mapv_inplace(|a| a + (t + 0.01 * y[b] as f32));
+        }
+        Ok(v)
+    };
     let noise = io::seeded_noise(seed, [labels.len(), 3, 32, 32]);
-    flow::sample(&mut model, noise, labels, 10, &cfg, &mut |_| {}).unwrap()
+    sample(&mut model, Conditions::classes(labels.to_vec(), 10), cfg, noise).unwrap()
 }
 
 #[test]

@@ -7,7 +7,9 @@ use ndarray::{Array3, Array4, ArrayView1, ArrayView3, ArrayView4};
 use pixeldit_cli::variant::export_to_file;
 use pixeldit_exporter::{ExportOptions, WeightsSpec};
 use pixeldit_runtime::backend::Candidate;
-use pixeldit_runtime::samplers::dpm_solver::{self, DpmSolverConfig};
+use pixeldit_runtime::generate::{generate, ImageShape, Noise, Request};
+use pixeldit_runtime::samplers::dpmpp_2m;
+use pixeldit_runtime::{Conditions, SamplerConfig, SamplerKind};
 use pixeldit_runtime::Denoiser;
 use pixeldit_runtime::{io, Result};
 use pixeldit_spec::{AttentionMode, ModelConfig, Precision};
@@ -70,7 +72,7 @@ fn check_forward(attention: AttentionMode) {
         let v_ref = &cases[&format!("{case}.v")].1;
         for (c, opts) in candidates("t2i check_forward") {
             let mut b = load_denoiser(&path, c, &opts).unwrap_or_else(|e| panic!("{c}: {e}"));
-            let v = b.text_velocity(x.view(), t.view(), text.view()).unwrap();
+            let v = b.forward(x.view(), t.view(), text.view().into()).unwrap();
             let err = rel_l2(v.as_slice().unwrap(), v_ref);
             eprintln!("t2i {attention} {case} {c}: relative L2 vs reference {err:.3e}");
             assert!(err < 1e-4, "t2i {attention} {case} {c}: relative L2 {err}");
@@ -93,8 +95,9 @@ fn t2i_forward_decomposed_attention() {
     check_forward(AttentionMode::Decomposed);
 }
 
-fn golden_sampler() -> DpmSolverConfig {
-    DpmSolverConfig {
+fn golden_sampler() -> SamplerConfig {
+    SamplerConfig {
+        kind: SamplerKind::Dpmpp2m,
         steps: 6,
         cfg_scale: 3.0,
         interval: (0.0, 0.99),
@@ -102,24 +105,24 @@ fn golden_sampler() -> DpmSolverConfig {
     }
 }
 
-fn sample_with(
-    b: &mut Denoiser,
-    g: &HashMap<String, (Vec<usize>, Vec<f32>)>,
-) -> Result<(Array4<f32>, Vec<bool>)> {
+/// Samples the golden case; returns the images and how many forwards were guided.
+fn sample_with(b: &mut Denoiser, g: &HashMap<String, (Vec<usize>, Vec<f32>)>) -> Result<(Array4<f32>, usize)> {
     let (noise, text) = (a4(&g["noise"]), a3(&g["text"]));
     let neg = a3(&g["negative"]);
     let neg = ndarray::concatenate(ndarray::Axis(0), &[neg.view(), neg.view()]).unwrap();
-    let mut f = |x: ArrayView4<f32>, t: ArrayView1<f32>, y: ArrayView3<f32>| b.text_velocity(x, t, y);
-    let mut guided = Vec::new();
-    let x = dpm_solver::sample(
-        &mut f,
-        noise,
-        text.view(),
-        Some(neg.view()),
-        &golden_sampler(),
-        &mut |s| guided.push(s.guided),
-    )?;
-    Ok((x, guided))
+    let s = noise.shape().to_vec();
+    let req = Request {
+        conditions: Conditions::text(text, Some(neg)),
+        sampler: golden_sampler(),
+        image: ImageShape {
+            channels: s[1],
+            height: s[2],
+            width: s[3],
+        },
+        noise: Noise::Given(noise),
+    };
+    let out = generate(b, &req, &mut |_| {})?;
+    Ok((out.x, out.guided_forwards))
 }
 
 #[test]
@@ -128,13 +131,13 @@ fn t2i_sigmas_and_guidance_match_the_reference() {
     let bytes = std::fs::read(golden_dir().join("sample_t2i_tiny.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let sig = le_f64s(st.tensor("sigmas").unwrap().data());
-    let ours = dpm_solver::flow_sigmas(6, 4.0);
+    let ours = dpmpp_2m::flow_sigmas(6, 4.0);
     for (a, b) in ours.iter().zip(&sig) {
         assert!((a - b).abs() < 1e-15, "{ours:?} vs {sig:?}");
     }
     let guided: Vec<f32> = ours[..6]
         .iter()
-        .map(|&s| f32::from(u8::from(dpm_solver::guidance_active(s, (0.0, 0.99)))))
+        .map(|&s| f32::from(u8::from(0.0 < s && s < 0.99)))
         .collect();
     assert_eq!(guided, g["guided"].1);
 }
@@ -149,7 +152,7 @@ fn check_sample(attention: AttentionMode, precision: Precision, tol: f64) {
         }
         let mut b = load_denoiser(&path, c, &opts).unwrap_or_else(|e| panic!("{c}: {e}"));
         let (x, guided) = sample_with(&mut b, &g).unwrap();
-        assert_eq!(guided, vec![false, true, true, true, true, true]);
+        assert_eq!(guided, 5, "guided forwards (the first, at sigma 0.99975, is outside (0, 0.99))");
         let err = rel_l2(x.as_slice().unwrap(), &g["x"].1);
         eprintln!("t2i sample {attention} {precision} {c}: relative L2 vs reference {err:.3e}");
         assert!(
@@ -216,7 +219,9 @@ fn t2i_cli_reproduces_the_golden_sample() {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("r.json")).unwrap()).unwrap();
     assert_eq!(report["sampler"], "dpmpp_2m");
-    assert_eq!(report["flow_shift"], 4.0);
+    assert_eq!(report["time_shift"], 4.0);
+    assert_eq!(report["guidance_interval"], serde_json::json!([0.0, 0.99]));
+    assert_eq!(report["guided_forwards"], 5);
 
     // Errors name what is missing or wrong, and write nothing.
     let fails = |args: &[&str], expect: &str| {

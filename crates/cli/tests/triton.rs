@@ -383,7 +383,7 @@ fn triton_server_sampling_batching_and_schema() {
         .collect();
     let expected: Vec<Array4<f32>> = cases
         .iter()
-        .map(|(x, t, y)| reference.class_velocity(x.view(), t.view(), y.view()).unwrap())
+        .map(|(x, t, y)| reference.forward(x.view(), t.view(), y.view().into()).unwrap())
         .collect();
     let probe = TritonModel::connect(&server.url, MODEL, &ClientOptions::default()).unwrap();
     let before = probe.statistics().unwrap();
@@ -403,7 +403,7 @@ fn triton_server_sampling_batching_and_schema() {
                         let (x, t, y) = &cases[c * rounds + r];
                         (
                             c * rounds + r,
-                            b.class_velocity(x.view(), t.view(), y.view()).unwrap(),
+                            b.forward(x.view(), t.view(), y.view().into()).unwrap(),
                         )
                     })
                     .collect::<Vec<_>>()

@@ -14,7 +14,7 @@
 use crate::triton::{check_schema, local_backend, psnr_f32, read_png, requests, stat, triton_env, Server};
 use crate::util::*;
 use ndarray::Axis;
-use pixeldit_runtime::samplers::flow::{self, FlowSamplerConfig};
+use pixeldit_runtime::{Conditions, SamplerConfig};
 use pixeldit_runtime::{io, model};
 use pixeldit_triton::{ClientOptions, PipelineRequest, TritonModel};
 use std::path::{Path, PathBuf};
@@ -174,19 +174,17 @@ fn triton_pipeline_serves_one_image_per_request() {
     // 3. 16 concurrent requests, each its own connection: all correct, batched at the denoiser.
     let meta = model::read_metadata(&onnx).unwrap();
     let (mut reference, ref_name) = local_backend(&onnx);
-    let scfg = FlowSamplerConfig::from_defaults(&meta.sampler).unwrap();
+    let scfg = SamplerConfig::from_metadata(&meta.sampler).unwrap();
     let cases: Vec<(i64, u64)> = (0..16).map(|i| ((i * 3 % 10) as i64, 100 + i as u64)).collect();
     let expected: Vec<Vec<f32>> = cases
         .iter()
         .map(|&(c, seed)| {
             let noise = io::seeded_noise(seed, [1, 3, 32, 32]);
-            let x = flow::sample(
-                &mut |x, t, y| reference.class_velocity(x, t, y),
+            let x = sample(
+                &mut reference,
+                Conditions::classes(vec![c], meta.config.null_class()),
+                scfg.clone(),
                 noise,
-                &[c],
-                meta.config.null_class(),
-                &scfg,
-                &mut |_| {},
             )
             .unwrap();
             x.index_axis(Axis(0), 0).iter().copied().collect()
@@ -291,19 +289,17 @@ fn triton_pipeline_throughput() {
     // Client-driven: pixeldit's step-wise remote loop, one image at a time (25 CFG requests of batch 2 each).
     let denoiser = TritonModel::connect(&url, MODEL, &ClientOptions::default()).unwrap();
     let meta = denoiser.metadata().unwrap().clone();
-    let scfg = FlowSamplerConfig::from_defaults(&meta.sampler).unwrap();
+    let scfg = SamplerConfig::from_metadata(&meta.sampler).unwrap();
     let mut d = pixeldit_runtime::Denoiser::new(Box::new(denoiser), &meta);
     let step_wise = |n: usize, d: &mut pixeldit_runtime::Denoiser| {
         let t0 = Instant::now();
         for i in 0..n {
             let noise = io::seeded_noise(i as u64, [1, 3, 32, 32]);
-            flow::sample(
-                &mut |x, t, y| d.class_velocity(x, t, y),
+            sample(
+                d,
+                Conditions::classes(vec![(i % 10) as i64], meta.config.null_class()),
+                scfg.clone(),
                 noise,
-                &[(i % 10) as i64],
-                meta.config.null_class(),
-                &scfg,
-                &mut |_| {},
             )
             .unwrap();
         }

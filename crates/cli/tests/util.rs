@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 use pixeldit_runtime::backend::{self, Candidate, LoadOptions};
-use pixeldit_runtime::Denoiser;
+use ndarray::Array4;
+use pixeldit_runtime::generate::{generate, ImageShape, Noise, Request, VelocityModel};
+use pixeldit_runtime::{Conditions, Denoiser, SamplerConfig};
 pub use pixeldit_testkit::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,6 +13,28 @@ use std::process::{Command, Output};
 /// A committed fixture model of the runtime's tests.
 pub fn fixture(name: &str) -> PathBuf {
     workspace().join("crates/runtime/tests/fixtures").join(name)
+}
+
+/// Samples the images of `conditions` from `noise` ([K,C,H,W]) with the runtime's generation API.
+pub fn sample(
+    model: &mut dyn VelocityModel,
+    conditions: Conditions,
+    sampler: SamplerConfig,
+    noise: Array4<f32>,
+) -> pixeldit_runtime::Result<Array4<f32>> {
+    let s = noise.shape();
+    let image = ImageShape {
+        channels: s[1],
+        height: s[2],
+        width: s[3],
+    };
+    let req = Request {
+        conditions,
+        sampler,
+        image,
+        noise: Noise::Given(noise),
+    };
+    Ok(generate(model, &req, &mut |_| {})?.x)
 }
 
 pub fn bin() -> Command {

@@ -44,13 +44,13 @@ pub fn bench_forward(
             let emb = seeded_noise(1, [batch, text.max_length, text.embed_dim, 1])
                 .into_shape_with_order((batch, text.max_length, text.embed_dim))
                 .expect("same element count");
-            Box::new(move |d| d.text_velocity(x.view(), t.view(), emb.view()).map(drop))
+            Box::new(move |d| d.forward(x.view(), t.view(), emb.view().into()).map(drop))
         }
         _ => {
             let t = Array1::from_elem(batch, 0.5f32);
             let classes = meta.config.num_classes.max(1);
             let y: Array1<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
-            Box::new(move |d| d.class_velocity(x.view(), t.view(), y.view()).map(drop))
+            Box::new(move |d| d.forward(x.view(), t.view(), y.view().into()).map(drop))
         }
     };
     time_runs(warmup, runs, || forward(denoiser))

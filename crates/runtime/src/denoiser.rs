@@ -1,10 +1,19 @@
 //! The model adapter: owns the input and output names of an exported PixelDiT denoiser (from
-//! [`pixeldit_spec::io::model_io`]) and turns the samplers' calls into named [`Backend::run`]s.
+//! [`pixeldit_spec::io::model_io`]) and its time and velocity conventions, and turns calls into named
+//! [`Backend::run`]s.
+//!
+//! Two ways in:
+//! * [`Denoiser::forward`]: one network forward with the model's own inputs (`t` as the graph takes it), for golden
+//!   forward tests and benchmarks;
+//! * [`Denoiser::velocity`] (the [`VelocityModel`] the generation API samples): one [`Time`] convention for every
+//!   model kind, converted here: class-conditional models take the flow time `t` and predict `v = x0 - noise`;
+//!   text-to-image models take `1000 * sigma` (`sigma = 1 - t`) and predict `noise - x0`, which is negated.
 
 use crate::backend::Backend;
 use crate::error::{Result, RuntimeError};
+use crate::generate::{Time, VelocityModel};
 use crate::tensor::TensorRef;
-use ndarray::{Array4, ArrayD, ArrayView1, ArrayView3, ArrayView4};
+use ndarray::{Array1, Array4, ArrayD, ArrayView1, ArrayView3, ArrayView4};
 use pixeldit_spec::{ModelKind, ModelMetadata};
 
 /// What conditions the denoiser: class labels or text-encoder hidden states.
@@ -16,6 +25,76 @@ pub enum Conditioning {
     Text,
 }
 
+impl Conditioning {
+    /// What the condition is, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Conditioning::Class => "class labels",
+            Conditioning::Text => "text embeddings",
+        }
+    }
+}
+
+/// The condition rows of one forward, one per image of the batch.
+#[derive(Debug, Clone, Copy)]
+pub enum CondRows<'a> {
+    /// `y [B]` class labels.
+    Class(ArrayView1<'a, i64>),
+    /// `text [B, L, E]` hidden states.
+    Text(ArrayView3<'a, f32>),
+}
+
+impl CondRows<'_> {
+    /// Rows (batch size).
+    pub fn len(&self) -> usize {
+        match self {
+            CondRows::Class(y) => y.len(),
+            CondRows::Text(t) => t.shape()[0],
+        }
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Class labels or text.
+    pub fn conditioning(&self) -> Conditioning {
+        match self {
+            CondRows::Class(_) => Conditioning::Class,
+            CondRows::Text(_) => Conditioning::Text,
+        }
+    }
+
+    fn tensor(&self) -> TensorRef<'_> {
+        match self {
+            CondRows::Class(y) => TensorRef::from(y.view()),
+            CondRows::Text(t) => TensorRef::from(t.view()),
+        }
+    }
+}
+
+impl<'a> From<ArrayView1<'a, i64>> for CondRows<'a> {
+    fn from(y: ArrayView1<'a, i64>) -> Self {
+        CondRows::Class(y)
+    }
+}
+
+impl<'a> From<ArrayView3<'a, f32>> for CondRows<'a> {
+    fn from(t: ArrayView3<'a, f32>) -> Self {
+        CondRows::Text(t)
+    }
+}
+
+/// How the graph's `t` input and `v` output relate to the generation convention ([`Time`], `v = x0 - noise`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimeInput {
+    /// `t` in `[0, 1]` (0 = noise), `v = x0 - noise` (class-conditional models).
+    FlowTime,
+    /// `t = 1000 * sigma`, `v = noise - x0` (the official text-to-image model).
+    Sigma1000,
+}
+
 /// An exported denoiser on a backend: `(x, t, y|text) -> v`.
 pub struct Denoiser {
     backend: Box<dyn Backend>,
@@ -23,6 +102,7 @@ pub struct Denoiser {
     t: String,
     cond: String,
     conditioning: Conditioning,
+    time_input: TimeInput,
     v: String,
 }
 
@@ -30,10 +110,11 @@ impl Denoiser {
     /// Wraps `backend`, which runs the model described by `meta`.
     pub fn new(backend: Box<dyn Backend>, meta: &ModelMetadata) -> Self {
         let (inputs, outputs) = pixeldit_spec::io::model_io(&meta.config, meta.height, meta.width);
-        let conditioning = if meta.config.kind == ModelKind::T2i && meta.config.text.is_some() {
-            Conditioning::Text
+        let text = meta.config.kind == ModelKind::T2i && meta.config.text.is_some();
+        let (conditioning, time_input) = if text {
+            (Conditioning::Text, TimeInput::Sigma1000)
         } else {
-            Conditioning::Class
+            (Conditioning::Class, TimeInput::FlowTime)
         };
         Denoiser {
             backend,
@@ -41,6 +122,7 @@ impl Denoiser {
             t: inputs[1].name.to_string(),
             cond: inputs[2].name.to_string(),
             conditioning,
+            time_input,
             v: outputs[0].name.to_string(),
         }
     }
@@ -65,71 +147,66 @@ impl Denoiser {
         self.backend
     }
 
-    fn expect(&self, want: Conditioning) -> Result<()> {
-        if self.conditioning == want {
-            return Ok(());
+    /// The graph's `t` input for `time`: the flow time for class-conditional models, `1000 * sigma` for
+    /// text-to-image models (rounded to f32 once).
+    pub fn model_time(&self, time: Time) -> f32 {
+        match self.time_input {
+            TimeInput::FlowTime => time.t() as f32,
+            TimeInput::Sigma1000 => (time.sigma() * 1000.0) as f32,
         }
-        Err(RuntimeError::InvalidArgument(format!(
-            "this model is conditioned on {}, not {}",
-            describe(self.conditioning),
-            describe(want)
-        )))
     }
 
-    /// One forward of a class-conditional model: `x [B,3,H,W]`, `t [B]` in `[0, 1]`, `y [B]` -> `v`.
-    pub fn class_velocity(
+    /// One network forward with the graph's own inputs: `x [B,3,H,W]`, `t [B]` as the graph takes it (see
+    /// [`Denoiser::model_time`]), the condition rows -> the graph's `v`.
+    pub fn forward(&mut self, x: ArrayView4<f32>, t: ArrayView1<f32>, cond: CondRows<'_>) -> Result<Array4<f32>> {
+        Ok(self.forward_with_outputs(x, t, cond, &[])?.0)
+    }
+
+    /// [`Denoiser::forward`] that also returns the f32 graph outputs named in `extra` (debug or calibration taps
+    /// added at export), in that order.
+    pub fn forward_with_outputs(
         &mut self,
         x: ArrayView4<f32>,
         t: ArrayView1<f32>,
-        y: ArrayView1<i64>,
-    ) -> Result<Array4<f32>> {
-        Ok(self.class_velocity_with_outputs(x, t, y, &[])?.0)
-    }
-
-    /// [`Denoiser::class_velocity`] that also returns the f32 graph outputs named in `extra` (debug or calibration
-    /// taps added at export), in that order.
-    pub fn class_velocity_with_outputs(
-        &mut self,
-        x: ArrayView4<f32>,
-        t: ArrayView1<f32>,
-        y: ArrayView1<i64>,
+        cond: CondRows<'_>,
         extra: &[String],
     ) -> Result<(Array4<f32>, Vec<ArrayD<f32>>)> {
-        self.expect(Conditioning::Class)?;
+        if cond.conditioning() != self.conditioning {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "this model is conditioned on {}, not {}",
+                self.conditioning.describe(),
+                cond.conditioning().describe()
+            )));
+        }
         let feeds = [
             (self.x.as_str(), TensorRef::from(x.view())),
             (self.t.as_str(), TensorRef::from(t.view())),
-            (self.cond.as_str(), TensorRef::from(y.view())),
+            (self.cond.as_str(), cond.tensor()),
         ];
         run_v(self.backend.as_mut(), &self.v, &feeds, extra)
     }
 
-    /// One forward of a text-to-image model: `x [B,3,H,W]`, `t [B]` = sigma * 1000, `text [B,L,E]` -> `v`.
-    pub fn text_velocity(
+    /// The velocity `v = x0 - noise` at `time` for every row, plus the outputs named in `extra`.
+    pub fn velocity_with_outputs(
         &mut self,
         x: ArrayView4<f32>,
-        t: ArrayView1<f32>,
-        text: ArrayView3<f32>,
-    ) -> Result<Array4<f32>> {
-        Ok(self.text_velocity_with_outputs(x, t, text, &[])?.0)
-    }
-
-    /// [`Denoiser::text_velocity`] that also returns the f32 graph outputs named in `extra` (calibration taps), in
-    /// that order.
-    pub fn text_velocity_with_outputs(
-        &mut self,
-        x: ArrayView4<f32>,
-        t: ArrayView1<f32>,
-        text: ArrayView3<f32>,
+        time: Time,
+        cond: CondRows<'_>,
         extra: &[String],
     ) -> Result<(Array4<f32>, Vec<ArrayD<f32>>)> {
-        self.expect(Conditioning::Text)?;
-        let feeds = [
-            (self.x.as_str(), TensorRef::from(x.view())),
-            (self.t.as_str(), TensorRef::from(t.view())),
-            (self.cond.as_str(), TensorRef::from(text.view())),
-        ];
-        run_v(self.backend.as_mut(), &self.v, &feeds, extra)
+        let t = Array1::from_elem(x.shape()[0], self.model_time(time));
+        let (mut v, taps) = self.forward_with_outputs(x, t.view(), cond, extra)?;
+        if self.time_input == TimeInput::Sigma1000 {
+            // noise - x0 -> x0 - noise; exact in floating point.
+            v.mapv_inplace(|a| -a);
+        }
+        Ok((v, taps))
+    }
+}
+
+impl VelocityModel for Denoiser {
+    fn velocity(&mut self, x: ArrayView4<f32>, time: Time, cond: CondRows<'_>) -> Result<Array4<f32>> {
+        Ok(self.velocity_with_outputs(x, time, cond, &[])?.0)
     }
 }
 
@@ -151,11 +228,4 @@ fn run_v(
         .into_dimensionality()
         .map_err(|_| RuntimeError::Shape(format!("output '{v}' has shape {shape:?}, expected 4-D")))?;
     Ok((out, outs.collect()))
-}
-
-fn describe(c: Conditioning) -> &'static str {
-    match c {
-        Conditioning::Class => "class labels",
-        Conditioning::Text => "text embeddings",
-    }
 }

@@ -9,7 +9,10 @@
 //! * [`ops`]: the custom ops `pixeldit.RotaryAttention` and `pixeldit.JointRotaryAttention`, one module each
 //!   (kernel), their ORT and tract adapters, and the one registry both backends read.
 //! * [`lowp`]: BFLOAT16/FLOAT8 decoding and rounding for tract's load-time rewrite (tract has no such types).
-//! * [`samplers`]: the class-conditional flow sampler and the text-to-image DPM-Solver++ 2M, as pure functions.
+//! * [`generate`]: the generation API for every model kind: [`generate::Request`] (conditions, sampler settings
+//!   checked in one place, image shape, noise) and [`generate::generate`].
+//! * [`samplers`]: the [`samplers::Sampler`] trait and one module per sampler (`flow_dpm`, `euler`, `heun`,
+//!   `dpmpp_2m`), each usable with every model kind.
 //! * [`model`]: reads the `pixeldit.metadata` JSON and the node list of a model file without a backend.
 //! * [`prompt`]: the Gemma-2 tokenizer (`tokenizer.json`) and the official text-to-image prompt recipe.
 //! * [`text_encoder`]: the exported Gemma-2 encoder with its tokenizer: texts -> `[K, 300, D]` text embeddings,
@@ -18,24 +21,23 @@
 //! * [`bench`]: per-forward latency measurement.
 //!
 //! ```no_run
-//! use pixeldit_runtime::{backend, io, model, samplers::flow, Denoiser};
+//! use pixeldit_runtime::generate::{self, Conditions, ImageShape, Noise, Request, SamplerConfig};
+//! use pixeldit_runtime::{backend, io, model, Denoiser};
 //! # fn main() -> pixeldit_runtime::Result<()> {
 //! let path = std::path::Path::new("tiny.onnx");
 //! let meta = model::read_metadata(path)?;
 //! let sel = backend::load(path, &backend::LoadOptions::default())?;
 //! let mut denoiser = Denoiser::new(sel.backend, &meta);
-//! let cfg = flow::FlowSamplerConfig::from_defaults(&meta.sampler)?;
-//! let noise = io::seeded_noise(0, [1, 3, meta.height, meta.width]);
-//! let x = flow::sample(
-//!     &mut |x, t, y| denoiser.class_velocity(x, t, y),
-//!     noise,
-//!     &[1],
-//!     meta.config.null_class(),
-//!     &cfg,
-//!     &mut |_| {},
-//! )?;
-//! io::write_atomic(std::path::Path::new("out.png"), &io::png_bytes(
-//!     std::path::Path::new("out.png"), &io::image_rgb8(x.index_axis(ndarray::Axis(0), 0)), meta.width, meta.height)?)?;
+//! let req = Request {
+//!     conditions: Conditions::classes(vec![1], meta.config.null_class()),
+//!     sampler: SamplerConfig::from_metadata(&meta.sampler)?,
+//!     image: ImageShape::of(&meta),
+//!     noise: Noise::seeded(0),
+//! };
+//! let x = generate::generate(&mut denoiser, &req, &mut |_| {})?.x;
+//! let out = std::path::Path::new("out.png");
+//! let rgb = io::image_rgb8(x.index_axis(ndarray::Axis(0), 0));
+//! io::write_atomic(out, &io::png_bytes(out, &rgb, meta.width, meta.height)?)?;
 //! # Ok(()) }
 //! ```
 //!
@@ -45,6 +47,7 @@ pub mod backend;
 pub mod bench;
 pub mod denoiser;
 mod error;
+pub mod generate;
 pub mod io;
 pub mod lowp;
 pub mod model;
@@ -55,10 +58,10 @@ pub mod tensor;
 pub mod text_encoder;
 
 pub use backend::{Backend, BackendKind, Device, LoadOptions};
-pub use denoiser::{Conditioning, Denoiser};
+pub use denoiser::{CondRows, Conditioning, Denoiser};
 pub use error::{Result, RuntimeError};
-pub use samplers::dpm_solver::DpmSolverConfig;
-pub use samplers::flow::{FlowSamplerConfig, SamplerKind};
+pub use generate::{Conditions, SamplerConfig, SamplerOverrides, Time};
+pub use samplers::SamplerKind;
 pub use tensor::TensorRef;
 
 impl From<ops::KernelShapeError> for RuntimeError {

@@ -28,6 +28,9 @@ pub(crate) struct BenchArgs {
     /// Also append the rows to this Markdown table (created with a header if missing), e.g. BENCHMARKS.md.
     #[arg(long, value_name = "FILE")]
     append: Option<PathBuf>,
+    /// Quiet: print nothing but errors (the table too; use --append to keep it).
+    #[arg(short, long)]
+    pub(super) quiet: bool,
     #[command(flatten)]
     backend: BackendArgs,
 }
@@ -76,12 +79,12 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
             Ok(b) => b,
             Err(e) if explicit => return Err(e.into()),
             Err(e) => {
-                eprintln!("pixeldit-run: skipped {c}: {}", backend::short_reason(&e));
+                crate::note!("pixeldit-run: skipped {c}: {}", backend::short_reason(&e));
                 continue;
             }
         };
         for n in b.notes() {
-            eprintln!("pixeldit-run: {}: {n}", b.name());
+            crate::note!("pixeldit-run: {}: {n}", b.name());
         }
         let name = format!("{}/{}", b.name(), b.provider());
         let s = match &benched {
@@ -110,11 +113,11 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
     }
     print!("{}", bench_table::TABLE_HEAD);
     for r in &rows {
-        println!("{}", r.markdown());
+        crate::say!("{}", r.markdown());
     }
     if let Some(path) = &a.append {
         bench_table::append_rows(path, &rows)?;
-        eprintln!(
+        crate::note!(
             "pixeldit-run: appended {} row(s) to {}",
             rows.len(),
             path.display()

@@ -29,6 +29,9 @@ pub(crate) struct EncodeArgs {
     /// Output .npy, f32 [K, 300, D].
     #[arg(short, long, value_name = "FILE.npy")]
     output: PathBuf,
+    /// Quiet: print nothing but errors.
+    #[arg(short, long)]
+    pub(super) quiet: bool,
     #[command(flatten)]
     backend: BackendArgs,
 }
@@ -65,14 +68,14 @@ pub(crate) fn run(a: &EncodeArgs) -> Result<()> {
     let out = encoder.encode(kind, &texts)?;
     for (i, t) in out.truncated.iter().enumerate() {
         if let Some(t) = t {
-            eprintln!("pixeldit-run: text {} {t}", i + 1);
+            crate::note!("pixeldit-run: text {} {t}", i + 1);
         }
     }
     io::write_atomic(
         &a.output,
         &io::npy_bytes(out.embeddings.shape(), out.embeddings.iter().copied()),
     )?;
-    println!(
+    crate::say!(
         "wrote {} ({} text(s), {:?})",
         a.output.display(),
         texts.len(),
