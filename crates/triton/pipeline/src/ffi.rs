@@ -470,10 +470,8 @@ mod tests {
         let p = new_pipeline(config).unwrap();
         let mut shape = [0usize; 3];
         // SAFETY: a live pipeline and a buffer of 3.
-        assert_eq!(
-            unsafe { pixeldit_pipeline_image_shape(p, shape.as_mut_ptr(), 3) },
-            PIXELDIT_OK
-        );
+        let rc = unsafe { pixeldit_pipeline_image_shape(p, shape.as_mut_ptr(), 3) };
+        assert_eq!(rc, PIXELDIT_OK);
         let mut image = vec![0u8; 3 * shape[1] * shape[2] + extra];
         let mut x = vec![0f32; shape.iter().product()];
         let mut err = vec![0 as c_char; 512];
@@ -602,10 +600,8 @@ mod tests {
         let p = new_pipeline(&model_config("m", 0)).unwrap();
         let mut shape = [0usize; 4];
         // SAFETY: a live pipeline; the buffer has 4 elements.
-        assert_eq!(
-            unsafe { pixeldit_pipeline_image_shape(p, shape.as_mut_ptr(), 4) },
-            PIXELDIT_BUFFER
-        );
+        let rc = unsafe { pixeldit_pipeline_image_shape(p, shape.as_mut_ptr(), 4) };
+        assert_eq!(rc, PIXELDIT_BUFFER);
         // SAFETY: as above; null pipeline / buffer.
         unsafe {
             assert_eq!(
