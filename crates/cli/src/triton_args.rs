@@ -5,7 +5,7 @@ use clap::{Args, ValueEnum};
 use pixeldit_exporter::ExportOptions;
 use pixeldit_spec::{AttentionMode, ModelMetadata};
 use pixeldit_triton::config::{self as triton, README_FILE};
-use pixeldit_triton::pipeline::TextPipeline;
+use pixeldit_triton::pipeline::{find_library, PipelineOptions, TextPipeline};
 use pixeldit_triton::repository::onnx_path;
 use pixeldit_triton::{InstanceKind, Platform, RepositoryReport, TritonOptions};
 use std::path::{Path, PathBuf};
@@ -102,8 +102,8 @@ pub enum InstanceKindArg {
 pub struct TritonPlan {
     repo: PathBuf,
     opts: TritonOptions,
-    /// `(instances, library, text side)` of the pipeline model, when one is written.
-    pipeline: Option<(usize, PathBuf, Option<TextPipeline>)>,
+    /// The pipeline model, when one is written.
+    pipeline: Option<PipelineOptions>,
     /// Why no pipeline is written, when that is worth saying.
     note: Option<String>,
 }
@@ -175,7 +175,7 @@ impl TritonArgs {
             tokenizer: self
                 .pipeline_tokenizer
                 .clone()
-                .unwrap_or_else(|| enc.with_file_name(pixeldit_triton::pipeline::TOKENIZER_FILE)),
+                .unwrap_or_else(|| enc.with_file_name(triton::TOKENIZER_FILE)),
         });
         if let Some(t) = &text {
             for (what, p) in [
@@ -201,18 +201,24 @@ impl TritonArgs {
             let lib = self
                 .pipeline_lib
                 .clone()
-                .or_else(pixeldit_triton::pipeline::find_library)
+                .or_else(find_library)
                 .with_context(|| {
                     format!(
                         "the Triton pipeline model needs {}: build it with `cargo build -p pixeldit-triton-pipeline` \
                          (it lands next to pixeldit-export), pass --pipeline-lib FILE, or --no-triton-pipeline",
-                        pixeldit_triton::pipeline::LIBRARY_FILE
+                        triton::LIBRARY_FILE
                     )
                 })?;
             if !lib.is_file() {
                 anyhow::bail!("--pipeline-lib {}: no such file", lib.display());
             }
-            Some((self.pipeline_instances, lib, text))
+            Some(PipelineOptions {
+                denoiser: opts.model_name.clone().expect("set above"),
+                denoiser_max_batch_size: opts.max_batch_size,
+                instances: self.pipeline_instances,
+                library: lib,
+                text,
+            })
         };
         Ok(Some(TritonPlan {
             repo: repo.clone(),
@@ -254,20 +260,12 @@ impl TritonPlan {
         if let Some(n) = &self.note {
             eprintln!("pixeldit-export: {n}");
         }
-        if let Some((instances, lib, text)) = &self.pipeline {
-            let name = self.opts.model_name.as_deref().expect("set by plan");
-            let dir = pixeldit_triton::pipeline::write_pipeline(
-                &self.repo,
-                meta,
-                name,
-                self.opts.max_batch_size,
-                *instances,
-                lib,
-                text.as_ref(),
-            )?;
+        if let Some(p) = &self.pipeline {
+            let dir = pixeldit_triton::pipeline::write_pipeline(&self.repo, meta, p)?;
             println!(
-                "wrote Triton pipeline model {} (python backend, {instances} instance(s)): one request -> one image",
-                dir.display()
+                "wrote Triton pipeline model {} (python backend, {} instance(s)): one request -> one image",
+                dir.display(),
+                p.instances
             );
         }
         Ok(r)

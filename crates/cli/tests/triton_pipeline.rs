@@ -267,6 +267,43 @@ fn triton_pipeline_serves_one_image_per_request() {
         assert_eq!(code, 400, "{extra}: {resp}");
         assert!(msg.contains(want), "'{msg}' lacks '{want}'");
     }
+    // Non-finite numbers, sent as binary FP32 tensors (JSON has none): the range check names them, no parser detail.
+    let pipeline = TritonModel::connect(&server.url, PIPELINE, &ClientOptions::default()).unwrap();
+    for (req, want) in [
+        (
+            PipelineRequest {
+                cfg: Some(f32::NAN),
+                ..Default::default()
+            },
+            "cfg scale NaN is not finite",
+        ),
+        (
+            PipelineRequest {
+                cfg: Some(f32::INFINITY),
+                ..Default::default()
+            },
+            "cfg scale inf is not finite",
+        ),
+        (
+            PipelineRequest {
+                shift: Some(f64::NAN),
+                ..Default::default()
+            },
+            "time shift NaN",
+        ),
+    ] {
+        let req = PipelineRequest {
+            class: Some(1),
+            ..req
+        };
+        let msg = pipeline.generate(&req).unwrap_err().to_string();
+        eprintln!("non-finite request -> {msg}");
+        assert!(
+            msg.contains("HTTP 400") && msg.contains(want),
+            "'{msg}' lacks '{want}'"
+        );
+        assert!(!msg.contains("column"), "{msg}");
+    }
     let (code, _) = curl_json(&server.url, &request_body(7, 1, ""));
     assert_eq!(code, 200, "the server stopped serving after bad requests");
 }

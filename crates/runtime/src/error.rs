@@ -79,9 +79,15 @@ pub enum RuntimeError {
     /// Tensor shapes that do not fit together.
     #[error("shape mismatch: {0}")]
     Shape(String),
-    /// A Triton Inference Server request failed or the served model does not fit (names the server).
-    #[error("Triton server {url}: {message}")]
-    Triton { url: String, message: String },
+    /// A backend implemented outside this crate (a Triton server, a callback into Triton) failed; `source` is that
+    /// backend's own error and names the server or model.
+    #[error("{source}")]
+    Backend {
+        /// The backend's name ([`crate::Backend::name`]).
+        backend: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A `tokenizer.json` that cannot be loaded or used for the prompt recipe (names the file and what is wrong).
     #[error("tokenizer {}: {reason}", path.display())]
     Tokenizer { path: PathBuf, reason: String },
@@ -98,6 +104,19 @@ pub enum RuntimeError {
 pub type Result<T> = std::result::Result<T, RuntimeError>;
 
 impl RuntimeError {
+    /// Whether the caller's input is at fault (an invalid option or request value, a class label out of range, a
+    /// noise or `.npy` file of the wrong shape or content): a server answers these with "bad request" (HTTP 400),
+    /// everything else is a failure of the model, backend or system.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            RuntimeError::InvalidArgument(_)
+                | RuntimeError::ClassOutOfRange { .. }
+                | RuntimeError::NoiseShape { .. }
+                | RuntimeError::Npy { .. }
+        )
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         RuntimeError::Io {
             path: path.into(),

@@ -13,16 +13,19 @@
 //! * Plain `http://` only (no TLS in this build); every request has a timeout ([`ClientOptions::timeout`]).
 
 use crate::error::{Result, TritonError};
+use crate::kserve::{
+    error_text, InferInput, InferOutput, InferRequest, InferResponse, JsonData, ModelConfigJson,
+    RequestedOutput, ServerMetadata,
+};
+pub use crate::kserve::{RemoteTensor, HEADER_LENGTH};
 use ndarray::{concatenate, ArrayD, Axis, IxDyn, Slice};
 use pixeldit_runtime::backend::Backend;
 use pixeldit_runtime::tensor::{Feed, TensorRef};
 use pixeldit_runtime::RuntimeError;
 use pixeldit_spec::{ModelMetadata, META_FORMAT_VERSION, META_KEY};
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use std::time::Duration;
-
-/// Header of the binary tensor extension giving the JSON header's length.
-pub const HEADER_LENGTH: &str = "Inference-Header-Content-Length";
 
 /// Connection options.
 #[derive(Debug, Clone)]
@@ -40,17 +43,6 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(600),
         }
     }
-}
-
-/// One model tensor as the server declares it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteTensor {
-    /// Name.
-    pub name: String,
-    /// KServe datatype (`FP32`, `INT64`, ...).
-    pub datatype: String,
-    /// Shape; `-1` for the batch axis (first) and other variable dims.
-    pub shape: Vec<i64>,
 }
 
 /// A model served by Triton.
@@ -73,36 +65,15 @@ fn err(url: &str, message: impl Into<String>) -> TritonError {
     }
 }
 
+/// A failed request as the runtime's error, keeping the [`TritonError`] as its source.
 fn runtime_err(e: TritonError) -> RuntimeError {
     match e {
-        TritonError::Server { url, message } => RuntimeError::Triton { url, message },
-        e => RuntimeError::InvalidArgument(e.to_string()),
+        TritonError::Runtime(e) => e,
+        e => RuntimeError::Backend {
+            backend: "triton",
+            source: Box::new(e),
+        },
     }
-}
-
-/// The `error` field of a KServe error body.
-fn error_text(body: &[u8]) -> Option<String> {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-}
-
-fn tensors(meta: &Value, key: &str) -> Vec<RemoteTensor> {
-    meta[key]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|t| RemoteTensor {
-                    name: t["name"].as_str().unwrap_or_default().to_string(),
-                    datatype: t["datatype"].as_str().unwrap_or_default().to_string(),
-                    shape: t["shape"]
-                        .as_array()
-                        .map(|s| s.iter().filter_map(Value::as_i64).collect())
-                        .unwrap_or_default(),
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// One request to a pipeline model: class, seed, the image's position in the seed's noise stream, and the
@@ -161,15 +132,23 @@ impl TritonModel {
             outputs: Vec::new(),
             metadata: Err(String::new()),
         };
-        let server = m.get_json("/v2")?;
+        let server: ServerMetadata = m.get_json("/v2")?;
         m.server_version = format!(
             "{} {}",
-            server["name"].as_str().unwrap_or("server"),
-            server["version"].as_str().unwrap_or("?")
+            if server.name.is_empty() {
+                "server"
+            } else {
+                &server.name
+            },
+            if server.version.is_empty() {
+                "?"
+            } else {
+                &server.version
+            }
         );
-        let has_binary = server["extensions"]
-            .as_array()
-            .is_none_or(|e| e.iter().any(|x| x.as_str() == Some("binary_tensor_data")));
+        let has_binary = server
+            .extensions
+            .is_none_or(|e| e.iter().any(|x| x == "binary_tensor_data"));
         if !has_binary {
             return Err(err(
                 &m.base,
@@ -188,12 +167,12 @@ impl TritonModel {
                 ),
             ));
         }
-        let meta = m.get_json(&m.model_path(""))?;
-        m.inputs = tensors(&meta, "inputs");
-        m.outputs = tensors(&meta, "outputs");
-        let config = m.get_json(&m.model_path("/config"))?;
-        m.max_batch_size = config["max_batch_size"].as_u64().unwrap_or(0) as usize;
-        m.metadata = match config["parameters"][META_KEY]["string_value"].as_str() {
+        let meta: crate::kserve::ModelMetadata = m.get_json(&m.model_path(""))?;
+        m.inputs = meta.inputs;
+        m.outputs = meta.outputs;
+        let config: ModelConfigJson = m.get_json(&m.model_path("/config"))?;
+        m.max_batch_size = config.max_batch_size as usize;
+        m.metadata = match config.parameters.get(META_KEY).map(|p| p.string_value.as_str()) {
             Some(j) => match ModelMetadata::from_json(j) {
                 Ok(md) if md.format_version == META_FORMAT_VERSION => Ok(md),
                 Ok(md) => Err(format!(
@@ -230,17 +209,27 @@ impl TritonModel {
         &self.inputs
     }
 
-    /// `GET /v2/models/NAME[/versions/V]/stats` (Triton's statistics extension), as JSON.
+    /// `GET /v2/models/NAME[/versions/V]/stats` (Triton's statistics extension), as JSON (free-form: read by
+    /// benchmarks and tests).
     pub fn statistics(&self) -> Result<Value> {
         self.get_json(&self.model_path("/stats"))
     }
 
     /// One inference request (batch at most `max_batch_size` when that is > 0).
     pub fn infer(&self, feeds: &[Feed<'_, '_>], outputs: &[&str]) -> Result<Vec<ArrayD<f32>>> {
+        let (header, payload) = self.encode_inputs(feeds, outputs)?;
+        let (head, bytes, json_len, url) = self.post_infer(&header, &payload)?;
+        self.decode_outputs(&head, &bytes[json_len..], outputs, &url)
+    }
+
+    /// The request header and binary payload for `feeds` (checked against the server's inputs: names, batch,
+    /// datatypes, values per item), asking for `outputs` as binary data. Shapes follow the server's declaration
+    /// (see the module docs).
+    fn encode_inputs(&self, feeds: &[Feed<'_, '_>], outputs: &[&str]) -> Result<(InferRequest, Vec<u8>)> {
         let b = feeds
             .first()
             .map_or(0, |(_, t)| t.shape().first().copied().unwrap_or(0));
-        let mut header_inputs = Vec::new();
+        let mut inputs = Vec::new();
         let mut payload: Vec<u8> = Vec::new();
         for spec in &self.inputs {
             let (_, t) = feeds.iter().find(|(n, _)| *n == spec.name).ok_or_else(|| {
@@ -290,44 +279,40 @@ impl TritonModel {
                 ));
             }
             let bytes = t.to_le_bytes();
-            header_inputs.push(json!({
-                "name": spec.name,
-                "shape": shape,
-                "datatype": spec.datatype,
-                "parameters": {"binary_data_size": bytes.len()},
-            }));
+            inputs.push(InferInput::binary(&spec.name, &spec.datatype, shape, bytes.len()));
             payload.extend(bytes);
         }
-        let header = json!({
-            "inputs": header_inputs,
-            "outputs": outputs
-                .iter()
-                .map(|n| json!({"name": n, "parameters": {"binary_data": true}}))
-                .collect::<Vec<_>>(),
-        })
-        .to_string();
-        let (head, bytes, json_len, url) = self.post_infer(&header, &payload)?;
-        // Binary outputs follow the header in the order of the header's `outputs`.
-        let mut offset = json_len;
-        let mut found: Vec<(String, ArrayD<f32>)> = Vec::new();
-        for out in head["outputs"].as_array().into_iter().flatten() {
-            let name = out["name"].as_str().unwrap_or_default().to_string();
-            let size = out["parameters"]["binary_data_size"].as_u64().map(|s| s as usize);
-            let shape: Vec<usize> = out["shape"]
-                .as_array()
-                .map(|s| s.iter().filter_map(Value::as_u64).map(|d| d as usize).collect())
-                .unwrap_or_default();
+        let header = InferRequest {
+            inputs,
+            outputs: outputs.iter().map(|n| RequestedOutput::binary(n)).collect(),
+        };
+        Ok((header, payload))
+    }
+
+    /// The requested `outputs` (FP32) of a response: binary data from `data` (the body after the header, in the
+    /// order of the header's outputs) or values in the header.
+    fn decode_outputs(
+        &self,
+        head: &InferResponse,
+        data: &[u8],
+        outputs: &[&str],
+        url: &str,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        let mut offset = 0;
+        let mut found: Vec<(&str, ArrayD<f32>)> = Vec::new();
+        for out in &head.outputs {
+            let name = out.name.as_str();
+            let shape: Vec<usize> = out.shape.iter().map(|&d| d as usize).collect();
             let n: usize = shape.iter().product();
-            if out["datatype"] != "FP32" {
+            if out.datatype != "FP32" {
                 return Err(err(
                     &self.base,
-                    format!("output '{name}' is {}, expected FP32", out["datatype"]),
+                    format!("output '{name}' is \"{}\", expected FP32", out.datatype),
                 ));
             }
-            let data: Vec<f32> = match size {
+            let values: Vec<f32> = match out.parameters.binary_data_size {
                 Some(s) => {
-                    let raw = bytes
-                        .get(offset..offset + s)
+                    let raw = binary_slice(data, &mut offset, s)
                         .filter(|r| r.len() == n * 4)
                         .ok_or_else(|| {
                             err(
@@ -335,18 +320,16 @@ impl TritonModel {
                                 format!("output '{name}': {s} binary bytes for {n} values"),
                             )
                         })?;
-                    offset += s;
-                    raw.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect()
+                    le_f32s(raw)
                 }
-                None => out["data"]
-                    .as_array()
-                    .map(|d| d.iter().filter_map(Value::as_f64).map(|v| v as f32).collect())
+                None => out
+                    .data
+                    .as_ref()
+                    .map(|d| d.iter().map(|&v| v as f32).collect())
                     .filter(|d: &Vec<f32>| d.len() == n)
                     .ok_or_else(|| err(&self.base, format!("output '{name}' has no data")))?,
             };
-            let arr = ArrayD::from_shape_vec(IxDyn(&shape), data)
+            let arr = ArrayD::from_shape_vec(IxDyn(&shape), values)
                 .map_err(|e| err(&self.base, format!("output '{name}': {e}")))?;
             found.push((name, arr));
         }
@@ -369,7 +352,12 @@ impl TritonModel {
 
     /// POSTs one inference request (JSON header + binary payload); returns the response header, the whole body, the
     /// header's length in it and the URL.
-    fn post_infer(&self, header: &str, payload: &[u8]) -> Result<(Value, Vec<u8>, usize, String)> {
+    fn post_infer(
+        &self,
+        header: &InferRequest,
+        payload: &[u8],
+    ) -> Result<(InferResponse, Vec<u8>, usize, String)> {
+        let header = header.to_json();
         let mut body = Vec::with_capacity(header.len() + payload.len());
         body.extend_from_slice(header.as_bytes());
         body.extend_from_slice(payload);
@@ -403,80 +391,83 @@ impl TritonModel {
             ));
         }
         let json_len = json_len.unwrap_or(bytes.len()).min(bytes.len());
-        let head: Value = serde_json::from_slice(&bytes[..json_len]).map_err(|e| {
+        let head: InferResponse = serde_json::from_slice(&bytes[..json_len]).map_err(|e| {
             err(
                 &self.base,
-                format!("POST {url}: response header is not JSON: {e}"),
+                format!("POST {url}: response header is not a KServe v2 inference response: {e}"),
             )
         })?;
         Ok((head, bytes, json_len, url))
     }
 
     /// One image from a pipeline model (`NAME_pipeline`, see [`crate::pipeline`]): `image` u8 `[3, H, W]` and the
-    /// final sample `x` `[C, H, W]`.
+    /// final sample `x` `[C, H, W]`. The FP32 inputs go as binary data, so any f32 (NaN included) reaches the
+    /// server as it is.
     pub fn generate(&self, r: &PipelineRequest) -> Result<(Vec<u8>, ArrayD<f32>)> {
+        let one = || vec![1];
         let mut inputs = vec![
-            json!({"name": "seed", "datatype": "UINT64", "shape": [1], "data": [r.seed]}),
-            json!({"name": "index", "datatype": "UINT64", "shape": [1], "data": [r.index]}),
+            InferInput::json("seed", "UINT64", one(), JsonData::U64(vec![r.seed])),
+            InferInput::json("index", "UINT64", one(), JsonData::U64(vec![r.index])),
         ];
-        if let Some(v) = r.class {
-            inputs.push(json!({"name": "class", "datatype": "INT64", "shape": [1], "data": [v]}));
-        }
-        if let Some(v) = &r.prompt {
-            inputs.push(json!({"name": "prompt", "datatype": "BYTES", "shape": [1], "data": [v]}));
-        }
-        if let Some(v) = &r.negative_prompt {
-            inputs.push(json!({"name": "negative_prompt", "datatype": "BYTES", "shape": [1], "data": [v]}));
-        }
-        if let Some(v) = r.steps {
-            inputs.push(json!({"name": "steps", "datatype": "INT32", "shape": [1], "data": [v]}));
-        }
+        let mut payload = Vec::new();
+        let mut fp32 = |name: &str, values: &[f32]| {
+            inputs.push(InferInput::binary(
+                name,
+                "FP32",
+                vec![values.len() as i64],
+                4 * values.len(),
+            ));
+            payload.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        };
         if let Some(v) = r.cfg {
-            inputs.push(json!({"name": "cfg", "datatype": "FP32", "shape": [1], "data": [v]}));
-        }
-        if let Some(v) = &r.sampler {
-            inputs.push(json!({"name": "sampler", "datatype": "BYTES", "shape": [1], "data": [v]}));
+            fp32("cfg", &[v]);
         }
         if let Some((lo, hi)) = r.interval {
-            inputs.push(json!({"name": "interval", "datatype": "FP32", "shape": [2], "data": [lo, hi]}));
+            fp32("interval", &[lo as f32, hi as f32]);
         }
         if let Some(v) = r.shift {
-            inputs.push(json!({"name": "shift", "datatype": "FP32", "shape": [1], "data": [v]}));
+            fp32("shift", &[v as f32]);
         }
-        let header = json!({
-            "inputs": inputs,
-            "outputs": [
-                {"name": "image", "parameters": {"binary_data": true}},
-                {"name": "x", "parameters": {"binary_data": true}},
-            ],
-        })
-        .to_string();
-        let (head, bytes, json_len, url) = self.post_infer(&header, &[])?;
-        let mut offset = json_len;
+        let text = |v: &str| JsonData::Bytes(vec![v.to_string()]);
+        if let Some(v) = r.class {
+            inputs.push(InferInput::json("class", "INT64", one(), JsonData::I64(vec![v])));
+        }
+        if let Some(v) = &r.prompt {
+            inputs.push(InferInput::json("prompt", "BYTES", one(), text(v)));
+        }
+        if let Some(v) = &r.negative_prompt {
+            inputs.push(InferInput::json("negative_prompt", "BYTES", one(), text(v)));
+        }
+        if let Some(v) = r.steps {
+            inputs.push(InferInput::json(
+                "steps",
+                "INT32",
+                one(),
+                JsonData::I64(vec![v as i64]),
+            ));
+        }
+        if let Some(v) = &r.sampler {
+            inputs.push(InferInput::json("sampler", "BYTES", one(), text(v)));
+        }
+        let header = InferRequest {
+            inputs,
+            outputs: vec![RequestedOutput::binary("image"), RequestedOutput::binary("x")],
+        };
+        let (head, bytes, json_len, url) = self.post_infer(&header, &payload)?;
+        let data = &bytes[json_len..];
+        let mut offset = 0;
         let (mut image, mut x) = (None, None);
-        for out in head["outputs"].as_array().into_iter().flatten() {
-            let name = out["name"].as_str().unwrap_or_default();
-            let size = out["parameters"]["binary_data_size"].as_u64().unwrap_or(0) as usize;
-            let shape: Vec<usize> = out["shape"]
-                .as_array()
-                .map(|s| s.iter().filter_map(Value::as_u64).map(|d| d as usize).collect())
-                .unwrap_or_default();
-            let raw = bytes
-                .get(offset..offset + size)
-                .ok_or_else(|| err(&self.base, format!("POST {url}: output '{name}' is cut short")))?;
-            offset += size;
-            match name {
+        for out in &head.outputs {
+            let size = out.parameters.binary_data_size.unwrap_or(0);
+            let raw = binary_slice(data, &mut offset, size).ok_or_else(|| {
+                err(
+                    &self.base,
+                    format!("POST {url}: output '{}' is cut short", out.name),
+                )
+            })?;
+            match out.name.as_str() {
                 "image" => image = Some(raw.to_vec()),
-                "x" => {
-                    let v: Vec<f32> = raw
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect();
-                    x = Some(
-                        ArrayD::from_shape_vec(IxDyn(&shape), v)
-                            .map_err(|e| err(&self.base, format!("output 'x': {e}")))?,
-                    );
-                }
+                "x" => x = Some(pipeline_x(out, raw).map_err(|e| err(&self.base, e))?),
                 _ => {}
             }
         }
@@ -513,7 +504,7 @@ impl TritonModel {
         Ok((status, body))
     }
 
-    fn get_json(&self, path: &str) -> Result<Value> {
+    fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let (status, body) = self.get(path)?;
         if status != 200 {
             return Err(err(
@@ -525,9 +516,33 @@ impl TritonModel {
                 ),
             ));
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| err(&self.base, format!("GET {}{path}: not JSON: {e}", self.base)))
+        serde_json::from_slice(&body).map_err(|e| {
+            err(
+                &self.base,
+                format!("GET {}{path}: unexpected response: {e}", self.base),
+            )
+        })
     }
+}
+
+/// The next `size` bytes of `data` at `*offset` (advanced past them); `None` when the body is cut short.
+fn binary_slice<'a>(data: &'a [u8], offset: &mut usize, size: usize) -> Option<&'a [u8]> {
+    let raw = data.get(*offset..offset.checked_add(size)?)?;
+    *offset += size;
+    Some(raw)
+}
+
+/// Little-endian f32 values.
+fn le_f32s(raw: &[u8]) -> Vec<f32> {
+    raw.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// A pipeline's `x` output from its binary data.
+fn pipeline_x(out: &InferOutput, raw: &[u8]) -> std::result::Result<ArrayD<f32>, String> {
+    let shape: Vec<usize> = out.shape.iter().map(|&d| d as usize).collect();
+    ArrayD::from_shape_vec(IxDyn(&shape), le_f32s(raw)).map_err(|e| format!("output 'x': {e}"))
 }
 
 /// Items `start..end` (axis 0) of a feed.

@@ -30,6 +30,29 @@ pub const PLAN_FILE: &str = "model.plan";
 /// Notes file written next to `config.pbtxt`.
 pub const README_FILE: &str = "README.txt";
 
+// The pipeline model (`NAME_pipeline`, see `crate::pipeline`): files of its version folder and the config parameters
+// its `model.py` hands to the sampler library, which reads them (`pixeldit_triton_pipeline::config` mirrors these
+// keys; a test of this crate checks that a written pipeline config is accepted there).
+
+/// File name of the sampler library in the pipeline's version folder.
+pub const LIBRARY_FILE: &str = "libpixeldit_triton_pipeline.so";
+/// The python-backend model file of the pipeline.
+pub const MODEL_PY_FILE: &str = "model.py";
+/// The tokenizer's file name in the pipeline's version folder (text-to-image pipelines).
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// Config parameter naming the denoiser model that the pipeline calls; its presence marks a pipeline model.
+pub const DENOISER_KEY: &str = "pixeldit.denoiser";
+/// Config parameter with the denoiser's `max_batch_size` (batch-only inputs are sent as `[B, 1]` when > 0).
+pub const DENOISER_MBS_KEY: &str = "pixeldit.denoiser_max_batch_size";
+/// Config parameter naming the library file (read by `model.py`, which loads the library).
+pub const LIBRARY_KEY: &str = "pixeldit.library";
+/// Config parameter naming the text encoder model (text-to-image pipelines).
+pub const TEXT_ENCODER_KEY: &str = "pixeldit.text_encoder_model";
+/// Config parameter with the text encoder's metadata JSON (text-to-image pipelines).
+pub const TEXT_ENCODER_META_PARAM: &str = "pixeldit.text_encoder_metadata";
+/// Config parameter naming the tokenizer file in the version folder (text-to-image pipelines).
+pub const TOKENIZER_KEY: &str = "pixeldit.tokenizer";
+
 /// The Triton platform (backend) a model directory is written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Platform {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 /// Everything that can go wrong while writing, validating or talking to Triton. Each variant names the file,
 /// model or server involved.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TritonError {
     /// Reading or writing a file failed.
     #[error("{}: {source}", path.display())]
@@ -25,6 +26,9 @@ pub enum TritonError {
     /// A request to a server failed or the served model does not fit.
     #[error("Triton server {url}: {message}")]
     Server { url: String, message: String },
+    /// A runtime call failed (an atomic write, reading an exported text encoder or its tokenizer).
+    #[error(transparent)]
+    Runtime(#[from] pixeldit_runtime::RuntimeError),
 }
 
 /// Result alias of this crate.

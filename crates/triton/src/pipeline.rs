@@ -1,5 +1,5 @@
 //! The pipeline model written next to a denoiser (`NAME_pipeline`): Triton's python backend running
-//! `crates/triton/pipeline/model.py` with the sampler library `libpixeldit_triton_pipeline.so` (the crate
+//! `model.py` (`crates/triton/python/model.py`) with the sampler library `libpixeldit_triton_pipeline.so` (the crate
 //! `pixeldit-triton-pipeline`). One request (class, seed, optional sampler settings) gives one image; every network
 //! forward is a BLS request to the denoiser model, whose dynamic batcher then batches the steps of concurrent
 //! requests.
@@ -13,12 +13,17 @@
 //! (onnxruntime, inputs `input_ids`/`attention_mask` [-1, S], output `last_hidden_state` [-1, S, D]), and its
 //! `tokenizer.json` in the pipeline's version folder; prompts are tokenized and encoded in the server.
 
-use crate::config::{check_model_name, config_text, Platform, CONFIG_FILE, ONNX_FILE, README_FILE, VERSION};
+use crate::config::{
+    check_model_name, config_text, Platform, CONFIG_FILE, DENOISER_KEY, DENOISER_MBS_KEY, LIBRARY_FILE,
+    LIBRARY_KEY, MODEL_PY_FILE, ONNX_FILE, README_FILE, TEXT_ENCODER_KEY, TEXT_ENCODER_META_PARAM,
+    TOKENIZER_FILE, TOKENIZER_KEY, VERSION,
+};
 use crate::error::{Result, TritonError};
 use crate::pb::inference::model_instance_group::Kind;
 use crate::pb::inference::{
     DataType, ModelConfig, ModelInput, ModelInstanceGroup, ModelOutput, ModelParameter,
 };
+use pixeldit_runtime::io::write_atomic;
 use pixeldit_runtime::prompt::{PromptKind, PromptTokenizer, TEXT_TOKENS};
 use pixeldit_runtime::text_encoder::read_metadata;
 use pixeldit_spec::text_encoder::{
@@ -27,26 +32,23 @@ use pixeldit_spec::text_encoder::{
 use pixeldit_spec::{ModelKind, ModelMetadata, META_KEY};
 use std::path::{Path, PathBuf};
 
-/// File name of the sampler library in the pipeline's version folder.
-pub const LIBRARY_FILE: &str = "libpixeldit_triton_pipeline.so";
-/// The python-backend model file.
-pub const MODEL_PY_FILE: &str = "model.py";
-/// `model.py`, embedded.
-pub const MODEL_PY: &str = include_str!("../pipeline/model.py");
-/// Config parameter naming the denoiser model that the pipeline calls.
-pub const DENOISER_KEY: &str = "pixeldit.denoiser";
-/// Config parameter with the denoiser's `max_batch_size` (batch-only inputs are sent as `[B, 1]` when > 0).
-pub const DENOISER_MBS_KEY: &str = "pixeldit.denoiser_max_batch_size";
-/// Config parameter naming the library file.
-pub const LIBRARY_KEY: &str = "pixeldit.library";
-/// Config parameter naming the text encoder model (text-to-image pipelines).
-pub const TEXT_ENCODER_KEY: &str = "pixeldit.text_encoder_model";
-/// Config parameter with the text encoder's metadata JSON (text-to-image pipelines).
-pub const TEXT_ENCODER_META_PARAM: &str = "pixeldit.text_encoder_metadata";
-/// Config parameter naming the tokenizer file in the version folder (text-to-image pipelines).
-pub const TOKENIZER_KEY: &str = "pixeldit.tokenizer";
-/// The tokenizer's file name in the pipeline's version folder.
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// `model.py`, the python-backend side of the pipeline (`crates/triton/python/model.py`), embedded.
+pub const MODEL_PY: &str = include_str!("../python/model.py");
+
+/// What [`write_pipeline`] writes beside a denoiser.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// The denoiser's Triton model name (the pipeline is `<denoiser>_pipeline`).
+    pub denoiser: String,
+    /// The denoiser's `max_batch_size`.
+    pub denoiser_max_batch_size: usize,
+    /// Python-backend instances of the pipeline (each serves one request at a time); at least 1.
+    pub instances: usize,
+    /// The sampler library to copy (`libpixeldit_triton_pipeline.so`, see [`find_library`]).
+    pub library: PathBuf,
+    /// Text-to-image models: the encoder and tokenizer served beside the pipeline.
+    pub text: Option<TextPipeline>,
+}
 
 /// The text side of a text-to-image pipeline: the exported encoder (`pixeldit-export --text-encoder`) and its
 /// tokenizer.
@@ -131,15 +133,14 @@ fn input(name: &str, dt: DataType, dims: Vec<i64>, optional: bool) -> ModelInput
     }
 }
 
-/// The pipeline's `ModelConfig` for the denoiser `denoiser` (its metadata `meta`, its `max_batch_size`), with
-/// `instances` python-backend instances (each one request at a time).
+/// The pipeline's `ModelConfig` for the denoiser of `opts` (its metadata `meta`), with `opts.instances`
+/// python-backend instances; `text` is the encoder's metadata of a text-to-image pipeline.
 pub fn pipeline_config(
     meta: &ModelMetadata,
-    denoiser: &str,
-    denoiser_max_batch_size: usize,
-    instances: usize,
+    opts: &PipelineOptions,
     text: Option<&TextEncoderMetadata>,
 ) -> Result<ModelConfig> {
+    let (denoiser, instances) = (opts.denoiser.as_str(), opts.instances);
     check_model_name(denoiser)?;
     if meta.config.kind == ModelKind::T2i && text.is_none() {
         return Err(TritonError::Options(format!(
@@ -160,7 +161,7 @@ pub fn pipeline_config(
     let mut params = vec![
         (META_KEY, meta.to_json()),
         (DENOISER_KEY, denoiser.to_string()),
-        (DENOISER_MBS_KEY, denoiser_max_batch_size.to_string()),
+        (DENOISER_MBS_KEY, opts.denoiser_max_batch_size.to_string()),
         (LIBRARY_KEY, LIBRARY_FILE.to_string()),
     ];
     let mut inputs = match text {
@@ -220,7 +221,8 @@ pub fn pipeline_config(
     })
 }
 
-/// Copies `from` to `to` through a temporary file in the same directory (no partial file on failure).
+/// Copies `from` to `to` through a temporary file in the same directory (no partial file on failure). Files are
+/// copied, not read into memory: a text encoder's weights take gigabytes.
 fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
     let tmp = to.with_extension("tmp");
     std::fs::copy(from, &tmp).map_err(|e| TritonError::io(from, e))?;
@@ -228,55 +230,51 @@ fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Writes `<repo>/<denoiser>_pipeline/` (config.pbtxt, README.txt, 1/model.py, 1/libpixeldit_triton_pipeline.so
-/// copied from `library`) and validates it; returns the model directory.
-pub fn write_pipeline(
-    repo: &Path,
-    meta: &ModelMetadata,
-    denoiser: &str,
-    denoiser_max_batch_size: usize,
-    instances: usize,
-    library: &Path,
-    text: Option<&TextPipeline>,
-) -> Result<PathBuf> {
-    if !library.is_file() {
+/// copied from `opts.library`; text-to-image: 1/tokenizer.json and the encoder model beside it) and validates it;
+/// returns the model directory.
+pub fn write_pipeline(repo: &Path, meta: &ModelMetadata, opts: &PipelineOptions) -> Result<PathBuf> {
+    if !opts.library.is_file() {
         return Err(TritonError::Options(format!(
             "the pipeline's sampler library {} does not exist: build it with `cargo build -p \
              pixeldit-triton-pipeline` (or set PIXELDIT_PIPELINE_LIB), or pass --no-triton-pipeline",
-            library.display()
+            opts.library.display()
         )));
     }
-    let enc_meta = match text {
+    let enc_meta = match &opts.text {
         Some(t) => Some(check_text_pipeline(meta, t)?),
         None => None,
     };
-    let cfg = pipeline_config(
-        meta,
-        denoiser,
-        denoiser_max_batch_size,
-        instances,
-        enc_meta.as_ref(),
-    )?;
-    if let (Some(t), Some(enc)) = (text, &enc_meta) {
-        write_text_encoder(repo, &text_encoder_name(denoiser), enc, &t.encoder_onnx)?;
+    let cfg = pipeline_config(meta, opts, enc_meta.as_ref())?;
+    if let (Some(t), Some(enc)) = (&opts.text, &enc_meta) {
+        write_text_encoder(repo, &text_encoder_name(&opts.denoiser), enc, &t.encoder_onnx)?;
     }
     let dir = repo.join(&cfg.name);
     let version = dir.join(VERSION.to_string());
     std::fs::create_dir_all(&version).map_err(|e| TritonError::io(&version, e))?;
-    crate::repository::write_atomic(&version.join(MODEL_PY_FILE), MODEL_PY)?;
-    copy_atomic(library, &version.join(LIBRARY_FILE))?;
-    if let Some(t) = text {
+    write_atomic(&version.join(MODEL_PY_FILE), MODEL_PY.as_bytes())?;
+    copy_atomic(&opts.library, &version.join(LIBRARY_FILE))?;
+    if let Some(t) = &opts.text {
         copy_atomic(&t.tokenizer, &version.join(TOKENIZER_FILE))?;
     }
-    crate::repository::write_atomic(&dir.join(CONFIG_FILE), &config_text(&cfg))?;
-    let conditions = match &enc_meta {
-        None => "class INT64 [1]".to_string(),
-        Some(_) => format!(
+    write_atomic(&dir.join(CONFIG_FILE), config_text(&cfg).as_bytes())?;
+    let readme = pipeline_readme(&cfg.name, meta, &opts.denoiser, enc_meta.is_some());
+    write_atomic(&dir.join(README_FILE), readme.as_bytes())?;
+    crate::repository::validate_model_dir(&dir, false)?;
+    Ok(dir)
+}
+
+/// The `README.txt` of pipeline model `name` for `denoiser`: what it runs, its inputs and outputs, a curl example.
+fn pipeline_readme(name: &str, meta: &ModelMetadata, denoiser: &str, text: bool) -> String {
+    let conditions = if text {
+        format!(
             "prompt BYTES [1] (optional negative_prompt BYTES [1]; tokenized with {VERSION}/{TOKENIZER_FILE} and \
              encoded by {})",
             text_encoder_name(denoiser)
-        ),
+        )
+    } else {
+        "class INT64 [1]".to_string()
     };
-    let readme = format!(
+    format!(
         "{name}: one request -> one image for {denoiser} (PixelDiT {preset} {h}x{w} {prec}).\n\
          Triton python backend: {VERSION}/{MODEL_PY_FILE} loads {VERSION}/{LIBRARY_FILE} (pixeldit's sampler, the\n\
          same code as pixeldit-run) and sends every network forward to {denoiser} as a BLS request.\n\
@@ -286,23 +284,19 @@ pub fn write_pipeline(
          Example: curl -X POST localhost:8000/v2/models/{name}/infer -d \
          '{{\"inputs\":[{{\"name\":\"class\",\"datatype\":\"INT64\",\"shape\":[1],\"data\":[3]}},\
          {{\"name\":\"seed\",\"datatype\":\"UINT64\",\"shape\":[1],\"data\":[0]}}],\"outputs\":[{{\"name\":\"image\"}}]}}'\n",
-        name = cfg.name,
         preset = meta.config.name,
         h = meta.height,
         w = meta.width,
         prec = meta.precision,
-    );
-    crate::repository::write_atomic(&dir.join(README_FILE), &readme)?;
-    crate::repository::validate_model_dir(&dir, false)?;
-    Ok(dir)
+    )
 }
 
 /// Checks the text side of a text-to-image pipeline against the model (text width, 300 tokens) and the tokenizer
 /// (vocabulary, the recipe's sequence length) before anything is written; returns the encoder's metadata.
 fn check_text_pipeline(meta: &ModelMetadata, t: &TextPipeline) -> Result<TextEncoderMetadata> {
     let bad = |m: String| TritonError::Options(m);
-    let enc = read_metadata(&t.encoder_onnx).map_err(|e| bad(e.to_string()))?;
-    let tok = PromptTokenizer::from_file(&t.tokenizer).map_err(|e| bad(e.to_string()))?;
+    let enc = read_metadata(&t.encoder_onnx)?;
+    let tok = PromptTokenizer::from_file(&t.tokenizer)?;
     let text = meta
         .config
         .text
@@ -358,7 +352,7 @@ fn write_text_encoder(repo: &Path, name: &str, enc: &TextEncoderMetadata, onnx: 
     if data.is_file() {
         copy_atomic(&data, &version.join(&data_name))?;
     }
-    crate::repository::write_atomic(&dir.join(CONFIG_FILE), &config_text(&cfg))?;
+    write_atomic(&dir.join(CONFIG_FILE), config_text(&cfg).as_bytes())?;
     crate::repository::validate_model_dir(&dir, false)?;
     Ok(())
 }

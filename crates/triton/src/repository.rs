@@ -15,12 +15,13 @@
 
 use crate::config::{
     config_text, data_type, default_model_name, expected_dims, model_config, trtexec_command, Platform,
-    TritonOptions, CONFIG_FILE, ONNX_FILE, PLAN_FILE, README_FILE, VERSION,
+    TritonOptions, CONFIG_FILE, DENOISER_KEY, MODEL_PY_FILE, ONNX_FILE, PLAN_FILE, README_FILE, VERSION,
 };
 use crate::error::{Result, TritonError};
 use crate::pb::inference::model_config::SchedulingChoice;
 use crate::pb::inference::model_instance_group::Kind;
 use crate::pb::inference::{DataType, ModelConfig, ModelTensorReshape};
+use pixeldit_runtime::io::write_atomic;
 use pixeldit_spec::io::model_io;
 use pixeldit_spec::{ModelMetadata, META_KEY};
 use std::collections::BTreeMap;
@@ -58,12 +59,6 @@ pub struct RepositoryReport {
     pub trtexec: Option<String>,
 }
 
-pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, text).map_err(|e| TritonError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TritonError::io(path, e))
-}
-
 /// Writes `config.pbtxt` (and for TensorRT plans the version folder and README.txt) for a model whose ONNX is
 /// already at [`onnx_path`], then validates the model directory (a TensorRT plan still to be built is allowed).
 pub fn write_model_config(
@@ -80,7 +75,7 @@ pub fn write_model_config(
     let version_dir = model_dir.join(VERSION.to_string());
     std::fs::create_dir_all(&version_dir).map_err(|e| TritonError::io(&version_dir, e))?;
     let config_path = model_dir.join(CONFIG_FILE);
-    write_atomic(&config_path, &config_text(&cfg))?;
+    write_atomic(&config_path, config_text(&cfg).as_bytes())?;
     let onnx = onnx_path(repo, &name, opts.platform);
     let trtexec = (opts.platform == Platform::TensorRtPlan).then(|| trtexec_command(&cfg, meta, opts));
     let readme = match &trtexec {
@@ -111,7 +106,7 @@ pub fn write_model_config(
             att = meta.attention,
         ),
     };
-    write_atomic(&model_dir.join(README_FILE), &readme)?;
+    write_atomic(&model_dir.join(README_FILE), readme.as_bytes())?;
     validate_model_dir(&model_dir, true)?;
     Ok(RepositoryReport {
         model_dir,
@@ -186,6 +181,7 @@ fn seen_dims(dims: &[i64], reshape: &Option<ModelTensorReshape>) -> Vec<i64> {
 
 /// Checks one model directory (see the module docs). With `allow_pending_plan`, a `tensorrt_plan` model whose
 /// version folder lacks `model.plan` is accepted when `model.onnx` (the plan's source) is in the model directory.
+/// The error lists every problem found, one per line.
 pub fn validate_model_dir(dir: &Path, allow_pending_plan: bool) -> Result<ValidatedModel> {
     let dir_name = dir
         .file_name()
@@ -193,10 +189,41 @@ pub fn validate_model_dir(dir: &Path, allow_pending_plan: bool) -> Result<Valida
         .unwrap_or_default();
     let cfg = read_config(dir)?;
     let mut problems: Vec<String> = Vec::new();
+    let name = check_name_and_platform(&cfg, &dir_name, &mut problems);
+    check_batching_and_instances(&cfg, &mut problems);
+    let declared = check_tensors(&cfg, &mut problems);
+    check_io_contract(&cfg, &declared, &mut problems);
+    let (versions, plan_pending) = check_versions_and_files(dir, &cfg, allow_pending_plan, &mut problems)?;
+    let platform = cfg.platform.as_str();
+    let mbs = i64::from(cfg.max_batch_size);
+    if !problems.is_empty() {
+        return Err(TritonError::Invalid {
+            path: dir.to_path_buf(),
+            reason: problems
+                .iter()
+                .map(|p| format!("  {dir_name}: {p}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        });
+    }
+    Ok(ValidatedModel {
+        name,
+        platform: if platform.is_empty() {
+            cfg.backend.clone()
+        } else {
+            platform.to_string()
+        },
+        versions,
+        max_batch_size: mbs,
+        plan_pending,
+    })
+}
 
-    // Name and platform.
+/// The model name (the directory's when the config has none); it must equal the directory name, and the platform
+/// (or backend) must be set and known.
+fn check_name_and_platform(cfg: &ModelConfig, dir_name: &str, problems: &mut Vec<String>) -> String {
     let name = if cfg.name.is_empty() {
-        dir_name.clone()
+        dir_name.to_string()
     } else {
         cfg.name.clone()
     };
@@ -214,8 +241,12 @@ pub fn validate_model_dir(dir: &Path, allow_pending_plan: bool) -> Result<Valida
             KNOWN_PLATFORMS.join(", ")
         ));
     }
+    name
+}
 
-    // Batching and instances.
+/// `max_batch_size`, dynamic batching (preferred sizes within it), instance counts and kinds, execution accelerators.
+fn check_batching_and_instances(cfg: &ModelConfig, problems: &mut Vec<String>) {
+    let platform = cfg.platform.as_str();
     let mbs = i64::from(cfg.max_batch_size);
     if mbs < 0 {
         problems.push("max_batch_size must be a non-negative integer".into());
@@ -263,8 +294,12 @@ pub fn validate_model_dir(dir: &Path, allow_pending_plan: bool) -> Result<Valida
             }
         }
     }
+}
 
-    // Inputs and outputs.
+/// Every input and output named, typed and with positive dims (a leading `-1` only without `max_batch_size`), none
+/// declared twice; returns the declared tensors with the dims the model sees (after `reshape`).
+fn check_tensors<'a>(cfg: &'a ModelConfig, problems: &mut Vec<String>) -> BTreeMap<&'a str, (i32, Vec<i64>)> {
+    let mbs = i64::from(cfg.max_batch_size);
     let mut declared: BTreeMap<&str, (i32, Vec<i64>)> = BTreeMap::new();
     let tensors = [
         (
@@ -319,10 +354,18 @@ pub fn validate_model_dir(dir: &Path, allow_pending_plan: bool) -> Result<Valida
             }
         }
     }
+    declared
+}
 
-    // Dims against the I/O contract of the exported model, when the config carries its metadata (a pipeline model
-    // carries its denoiser's metadata but has its own I/O, see `crate::pipeline`).
-    let is_pipeline = cfg.parameters.contains_key(crate::pipeline::DENOISER_KEY);
+/// Dims and data types against the I/O contract of the exported model, when the config carries its metadata (a
+/// pipeline model carries its denoiser's metadata but has its own I/O, see `crate::pipeline`).
+fn check_io_contract(
+    cfg: &ModelConfig,
+    declared: &BTreeMap<&str, (i32, Vec<i64>)>,
+    problems: &mut Vec<String>,
+) {
+    let mbs = i64::from(cfg.max_batch_size);
+    let is_pipeline = cfg.parameters.contains_key(DENOISER_KEY);
     if let Some(p) = cfg.parameters.get(META_KEY).filter(|_| !is_pipeline) {
         match ModelMetadata::from_json(&p.string_value) {
             Ok(meta) => {
@@ -365,12 +408,21 @@ pub fn validate_model_dir(dir: &Path, allow_pending_plan: bool) -> Result<Valida
             Err(e) => problems.push(format!("parameter '{META_KEY}': {e}")),
         }
     }
+}
 
-    // Versions and model files.
+/// Numeric version folders, each holding the model file (a TensorRT plan may be pending, see
+/// [`validate_model_dir`]); returns the versions, ascending, and whether a plan is still to be built.
+fn check_versions_and_files(
+    dir: &Path,
+    cfg: &ModelConfig,
+    allow_pending_plan: bool,
+    problems: &mut Vec<String>,
+) -> Result<(Vec<u64>, bool)> {
+    let platform = cfg.platform.as_str();
     let file = if cfg.default_model_filename.is_empty() {
         match (platform, cfg.backend.as_str()) {
             ("tensorrt_plan", _) => PLAN_FILE.to_string(),
-            (_, "python") => crate::pipeline::MODEL_PY_FILE.to_string(),
+            (_, "python") => MODEL_PY_FILE.to_string(),
             _ => ONNX_FILE.to_string(),
         }
     } else {
@@ -403,25 +455,5 @@ pub fn validate_model_dir(dir: &Path, allow_pending_plan: bool) -> Result<Valida
             problems.push(format!("{v}/{file} is missing"));
         }
     }
-    if !problems.is_empty() {
-        return Err(TritonError::Invalid {
-            path: dir.to_path_buf(),
-            reason: problems
-                .iter()
-                .map(|p| format!("  {dir_name}: {p}"))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        });
-    }
-    Ok(ValidatedModel {
-        name,
-        platform: if platform.is_empty() {
-            cfg.backend.clone()
-        } else {
-            platform.to_string()
-        },
-        versions,
-        max_batch_size: mbs,
-        plan_pending,
-    })
+    Ok((versions, plan_pending))
 }

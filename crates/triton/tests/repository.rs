@@ -228,3 +228,48 @@ fn custom_attention_is_rejected_unless_forced() {
     check_attention(AttentionMode::Onnx23, Platform::OnnxRuntime, false).unwrap();
     assert!(check_attention(AttentionMode::Onnx23, Platform::TensorRtPlan, false).is_err());
 }
+
+/// The pipeline's config parameters, as Triton hands them to `model.py` (JSON), are what the sampler library reads:
+/// the keys are the same, and the library builds a pipeline from a written configuration.
+#[test]
+fn pipeline_config_is_read_by_the_sampler_library() {
+    use pixeldit_triton::config as w;
+    use pixeldit_triton_pipeline::config as r;
+    for (written, read) in [
+        (w::DENOISER_KEY, r::DENOISER_KEY),
+        (w::DENOISER_MBS_KEY, r::DENOISER_MBS_KEY),
+        (w::TEXT_ENCODER_KEY, r::TEXT_ENCODER_KEY),
+        (w::TEXT_ENCODER_META_PARAM, r::TEXT_ENCODER_META_PARAM),
+        (w::TOKENIZER_KEY, r::TOKENIZER_KEY),
+        (w::TOKENIZER_FILE, r::TOKENIZER_FILE),
+    ] {
+        assert_eq!(written, read);
+    }
+    // model.py reads one parameter itself: the library's file name.
+    let model_py = pixeldit_triton::pipeline::MODEL_PY;
+    for s in [w::LIBRARY_KEY, w::LIBRARY_FILE] {
+        assert!(model_py.contains(&format!("\"{s}\"")), "model.py lacks \"{s}\"");
+    }
+    let m = meta("tiny", Precision::Fp32);
+    let opts = pixeldit_triton::PipelineOptions {
+        denoiser: "pixeldit_tiny".into(),
+        denoiser_max_batch_size: 8,
+        instances: 2,
+        library: PathBuf::from("unused.so"),
+        text: None,
+    };
+    let cfg = pixeldit_triton::pipeline::pipeline_config(&m, &opts, None).unwrap();
+    let params: serde_json::Map<String, serde_json::Value> = cfg
+        .parameters
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::json!({ "string_value": v.string_value })))
+        .collect();
+    let json =
+        serde_json::json!({"name": cfg.name, "backend": cfg.backend, "parameters": params}).to_string();
+    let read = pixeldit_triton_pipeline::PipelineConfig::from_model_config(&json, Path::new("1")).unwrap();
+    assert_eq!(read.denoiser, "pixeldit_tiny");
+    assert_eq!(read.denoiser_max_batch_size, 8);
+    assert_eq!(read.text_encoder, None);
+    let p = pixeldit_triton_pipeline::Pipeline::new(&read).unwrap();
+    assert_eq!(p.sample_shape(), [m.config.in_channels, 32, 32]);
+}

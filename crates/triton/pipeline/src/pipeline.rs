@@ -1,0 +1,261 @@
+//! [`Pipeline`]: one served model's sampler, which turns one [`Request`] into one image with every forward sent
+//! through [`CallbackBackend`]s.
+
+use crate::callback::CallbackBackend;
+use crate::config::PipelineConfig;
+use crate::ffi::Callbacks;
+use crate::request::{sampler_config, text_sampler_config, Request};
+use crate::{PipelineError, Result, MAX_INDEX, MAX_PROMPT_BYTES};
+use ndarray::{Array3, ArrayD, Axis};
+use pixeldit_runtime::backend::Backend;
+use pixeldit_runtime::prompt::{PromptKind, PromptTokenizer};
+use pixeldit_runtime::samplers::{dpm_solver, flow};
+use pixeldit_runtime::tensor::Feed;
+use pixeldit_runtime::text_encoder::TextEncoder;
+use pixeldit_runtime::{io, Denoiser, RuntimeError};
+use pixeldit_spec::text_encoder::{TextEncoderMetadata, ATTENTION_MASK, INPUT_IDS, LAST_HIDDEN_STATE};
+use pixeldit_spec::{ModelKind, ModelMetadata};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// The text side of a text-to-image pipeline: the encoder's model name and the tokenizer + recipe (its backend is
+/// swapped in per request).
+struct TextSide {
+    encoder_name: String,
+    encoder: Mutex<TextEncoder>,
+}
+
+/// A served model's pipeline: its metadata, the Triton name of its denoiser and, for text-to-image models, the text
+/// side.
+pub struct Pipeline {
+    meta: ModelMetadata,
+    denoiser: String,
+    /// The denoiser batches (`max_batch_size > 0`): its batch-only inputs are sent as `[B, 1]`.
+    denoiser_batches: bool,
+    text: Option<TextSide>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("model", &self.meta.config.name)
+            .field("denoiser", &self.denoiser)
+            .field("text_encoder", &self.text.as_ref().map(|t| &t.encoder_name))
+            .finish()
+    }
+}
+
+/// What one request produces.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// `[3, H, W]` 8-bit pixels (grey-scale models repeat their channel), as `pixeldit-run` writes them to PNG.
+    pub image: Vec<u8>,
+    /// `[C, H, W]` final sample.
+    pub x: Array3<f32>,
+}
+
+/// A backend that is not connected (the text encoder between requests).
+struct Detached;
+
+impl Backend for Detached {
+    fn name(&self) -> &'static str {
+        "detached"
+    }
+    fn provider(&self) -> String {
+        "none".into()
+    }
+    fn run(&mut self, _: &[Feed<'_, '_>], _: &[&str]) -> pixeldit_runtime::Result<Vec<ArrayD<f32>>> {
+        Err(RuntimeError::InvalidArgument(
+            "the text encoder is not connected".into(),
+        ))
+    }
+    fn input_names(&self) -> Vec<String> {
+        vec![INPUT_IDS.into(), ATTENTION_MASK.into()]
+    }
+    fn output_names(&self) -> Vec<String> {
+        vec![LAST_HIDDEN_STATE.into()]
+    }
+}
+
+impl Pipeline {
+    /// A pipeline for the served model described by `cfg`.
+    pub fn new(cfg: &PipelineConfig) -> Result<Self> {
+        let meta = ModelMetadata::from_json(&cfg.metadata)?;
+        crate::callback::check_model_name(&cfg.denoiser)?;
+        let text = match meta.config.kind {
+            ModelKind::C2i => None,
+            ModelKind::T2i => {
+                let missing =
+                    |what: &str| PipelineError::Config(format!("a text-to-image pipeline needs {what}"));
+                let name = cfg
+                    .text_encoder
+                    .clone()
+                    .ok_or_else(|| missing("'text_encoder'"))?;
+                crate::callback::check_model_name(&name)?;
+                let enc_meta = cfg
+                    .text_encoder_metadata
+                    .as_deref()
+                    .ok_or_else(|| missing("'text_encoder_metadata'"))?;
+                let enc_meta = TextEncoderMetadata::from_json(enc_meta)?;
+                let tok_path = cfg.tokenizer.clone().ok_or_else(|| missing("'tokenizer'"))?;
+                let tokenizer = PromptTokenizer::from_file(&tok_path)?;
+                let encoder = TextEncoder::new(Box::new(Detached), Path::new(&name), enc_meta, tokenizer)?;
+                let text_cfg = meta
+                    .config
+                    .text
+                    .clone()
+                    .ok_or_else(|| missing("a model with a text section"))?;
+                encoder.check_model(&text_cfg, &meta.config.name)?;
+                encoder.check_prompt_length()?;
+                Some(TextSide {
+                    encoder_name: name,
+                    encoder: Mutex::new(encoder),
+                })
+            }
+        };
+        Ok(Pipeline {
+            meta,
+            denoiser: cfg.denoiser.clone(),
+            denoiser_batches: cfg.denoiser_max_batch_size > 0,
+            text,
+        })
+    }
+
+    /// `[C, H, W]` of the sample.
+    pub fn sample_shape(&self) -> [usize; 3] {
+        [self.meta.config.in_channels, self.meta.height, self.meta.width]
+    }
+
+    /// The request's noise: image `index` of the stream of `seed`.
+    fn noise(&self, req: &Request) -> Result<ndarray::Array4<f32>> {
+        if req.index > MAX_INDEX {
+            return Err(PipelineError::Request(format!(
+                "index {}: expected 0..={MAX_INDEX}",
+                req.index
+            )));
+        }
+        let [c, h, w] = self.sample_shape();
+        let stream = io::seeded_noise(req.seed, [req.index as usize + 1, c, h, w]);
+        Ok(stream
+            .slice_axis(Axis(0), (req.index as usize..).into())
+            .to_owned())
+    }
+
+    /// Checks `req` and samples its image; every network forward goes through `calls`.
+    pub fn generate(&self, req: &Request, calls: &Callbacks) -> Result<Generated> {
+        let (inputs, outputs) =
+            pixeldit_spec::io::model_io(&self.meta.config, self.meta.height, self.meta.width);
+        let input_names: Vec<&str> = inputs.iter().map(|t| t.name).collect();
+        let output_names: Vec<&str> = outputs.iter().map(|t| t.name).collect();
+        let backend = CallbackBackend::new(*calls, &self.denoiser, &input_names, &output_names)?
+            .with_batch_inputs_2d(self.denoiser_batches);
+        let mut denoiser = Denoiser::new(Box::new(backend), &self.meta);
+        let x = match &self.text {
+            None => self.sample_class(req, &mut denoiser)?,
+            Some(text) => {
+                let enc = CallbackBackend::new(
+                    *calls,
+                    &text.encoder_name,
+                    &[INPUT_IDS, ATTENTION_MASK],
+                    &[LAST_HIDDEN_STATE],
+                )?;
+                self.sample_text(req, text, Box::new(enc), &mut denoiser)?
+            }
+        };
+        let [_, h, w] = self.sample_shape();
+        let hwc = io::image_rgb8(x.view());
+        let mut image = vec![0u8; 3 * h * w];
+        for (i, px) in hwc.chunks_exact(3).enumerate() {
+            for ch in 0..3 {
+                image[ch * h * w + i] = px[ch];
+            }
+        }
+        Ok(Generated { image, x })
+    }
+
+    fn sample_class(&self, req: &Request, denoiser: &mut Denoiser) -> Result<Array3<f32>> {
+        if req.prompt.is_some() || req.negative_prompt.is_some() {
+            return Err(PipelineError::Request(format!(
+                "{} is class-conditional: send 'class', not a prompt",
+                self.meta.config.name
+            )));
+        }
+        let num_classes = self.meta.config.num_classes;
+        let class = req
+            .class
+            .ok_or_else(|| PipelineError::Request("'class' is required".into()))?;
+        if class < 0 || class >= num_classes as i64 {
+            return Err(PipelineError::Request(format!(
+                "class {class} is out of range 0..{num_classes}"
+            )));
+        }
+        let noise = self.noise(req)?;
+        let cfg = sampler_config(&self.meta, req)?;
+        let x = flow::sample(
+            &mut |x, t, y| denoiser.class_velocity(x, t, y),
+            noise,
+            &[class],
+            self.meta.config.null_class(),
+            &cfg,
+            &mut |_| {},
+        )?;
+        Ok(x.index_axis_move(Axis(0), 0))
+    }
+
+    fn sample_text(
+        &self,
+        req: &Request,
+        text: &TextSide,
+        encoder_backend: Box<dyn Backend>,
+        denoiser: &mut Denoiser,
+    ) -> Result<Array3<f32>> {
+        if req.class.is_some() {
+            return Err(PipelineError::Request(format!(
+                "{} is text-to-image: send 'prompt', not a class",
+                self.meta.config.name
+            )));
+        }
+        let prompt = req
+            .prompt
+            .clone()
+            .ok_or_else(|| PipelineError::Request("'prompt' is required".into()))?;
+        for (what, text) in [
+            ("prompt", Some(&prompt)),
+            ("negative_prompt", req.negative_prompt.as_ref()),
+        ] {
+            if let Some(t) = text.filter(|t| t.len() > MAX_PROMPT_BYTES) {
+                return Err(PipelineError::Request(format!(
+                    "{what} is {} bytes long; at most {MAX_PROMPT_BYTES}",
+                    t.len()
+                )));
+            }
+        }
+        let noise = self.noise(req)?;
+        let cfg = text_sampler_config(&self.meta, req)?;
+        let mut encoder = text.encoder.lock().unwrap_or_else(|p| p.into_inner());
+        encoder.replace_backend(encoder_backend)?;
+        let encoded = (|| -> pixeldit_runtime::Result<_> {
+            let cond = encoder.encode(PromptKind::Prompt, &[prompt])?;
+            let uncond = if cfg.cfg_scale != 1.0 {
+                let negative = req.negative_prompt.clone().unwrap_or_default();
+                Some(encoder.encode(PromptKind::Negative, &[negative])?.embeddings)
+            } else {
+                None
+            };
+            Ok((cond.embeddings, uncond))
+        })();
+        // Never keep the request's callback past the request.
+        encoder.replace_backend(Box::new(Detached))?;
+        drop(encoder);
+        let (cond, uncond) = encoded?;
+        let x = dpm_solver::sample(
+            &mut |x, t, txt| denoiser.text_velocity(x, t, txt),
+            noise,
+            cond.view(),
+            uncond.as_ref().map(|u| u.view()),
+            &cfg,
+            &mut |_| {},
+        )?;
+        Ok(x.index_axis_move(Axis(0), 0))
+    }
+}
