@@ -10,12 +10,12 @@ use pixeldit_exporter::{write_graph, ExportOptions, Weights};
 use pixeldit_graph::Graph;
 use pixeldit_quantize::calib::{add_taps, spread_classes, Calibration, TensorStats};
 use pixeldit_quantize::{CalibConfig, Linear};
-use pixeldit_runtime::prompt::{PromptKind, PromptTokenizer};
 use pixeldit_runtime::generate::{generate, ImageShape, Noise, Request};
+use pixeldit_runtime::prompt::{PromptKind, PromptTokenizer};
 use pixeldit_runtime::text_encoder::{self, TextEncoder};
 use pixeldit_runtime::{
-    backend, io, model, BackendKind, CondRows, Conditions, Denoiser, Device, LoadOptions, RuntimeError, SamplerConfig,
-    SamplerOverrides, Time,
+    backend, io, model, BackendKind, CondRows, Conditions, Denoiser, Device, LoadOptions, RuntimeError,
+    SamplerConfig, SamplerOverrides, Time,
 };
 use pixeldit_spec::{ModelKind, ModelMetadata, Precision, TextConfig};
 use std::path::PathBuf;

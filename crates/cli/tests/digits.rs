@@ -7,7 +7,7 @@
 //! insta snapshot of the graph dump.
 
 use crate::util::*;
-use ndarray::{Array4, ArrayView1, ArrayView4, Axis};
+use ndarray::{Array4, Axis};
 use pixeldit_cli::variant::export_to_file;
 use pixeldit_exporter::{build_graph, load_weights, ExportOptions, WeightsSpec};
 use pixeldit_runtime::backend::{self, Candidate, LoadOptions};

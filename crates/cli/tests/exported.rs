@@ -4,14 +4,14 @@
 //! attention lowering and the fp16 / bf16 variants.
 
 use crate::util::*;
-use ndarray::{Array4, ArrayView1, ArrayView4};
+use ndarray::Array4;
 use pixeldit_cli::variant::export_to_file;
 use pixeldit_exporter::{ExportOptions, WeightsSpec};
 use pixeldit_runtime::backend::{self, Candidate, LoadOptions};
 use pixeldit_runtime::samplers::flow;
-use pixeldit_runtime::{Conditions, SamplerConfig, SamplerKind};
 use pixeldit_runtime::Denoiser;
 use pixeldit_runtime::{io, Result};
+use pixeldit_runtime::{Conditions, SamplerConfig, SamplerKind};
 use pixeldit_spec::{AttentionMode, ModelConfig, Precision};
 use std::path::{Path, PathBuf};
 

@@ -161,7 +161,9 @@ fn dummy_reference(labels: &[i64], seed: u64, steps: usize) -> Array4<f32> {
         shift: 1.0,
     };
     let mut model = |x: ndarray::ArrayView4<f32>, t: Time, rows: CondRows<'_>| {
-        let CondRows::Class(y) = rows else { panic!("class rows") };
+        let CondRows::Class(y) = rows else {
+            panic!("class rows")
+        };
         let t = t.t() as f32;
         let mut v = x.mapv(|v| 0.5 * v);
         for (b, mut img) in v.outer_iter_mut().enumerate() {

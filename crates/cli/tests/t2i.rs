@@ -3,15 +3,15 @@
 //! negative embeddings (1e-4), on ONNX Runtime CPU and tract, for every attention lowering; the CLI end to end.
 
 use crate::util::*;
-use ndarray::{Array3, Array4, ArrayView1, ArrayView3, ArrayView4};
+use ndarray::{Array3, Array4};
 use pixeldit_cli::variant::export_to_file;
 use pixeldit_exporter::{ExportOptions, WeightsSpec};
 use pixeldit_runtime::backend::Candidate;
 use pixeldit_runtime::generate::{generate, ImageShape, Noise, Request};
 use pixeldit_runtime::samplers::dpmpp_2m;
-use pixeldit_runtime::{Conditions, SamplerConfig, SamplerKind};
 use pixeldit_runtime::Denoiser;
 use pixeldit_runtime::{io, Result};
+use pixeldit_runtime::{Conditions, SamplerConfig, SamplerKind};
 use pixeldit_spec::{AttentionMode, ModelConfig, Precision};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -106,7 +106,10 @@ fn golden_sampler() -> SamplerConfig {
 }
 
 /// Samples the golden case; returns the images and how many forwards were guided.
-fn sample_with(b: &mut Denoiser, g: &HashMap<String, (Vec<usize>, Vec<f32>)>) -> Result<(Array4<f32>, usize)> {
+fn sample_with(
+    b: &mut Denoiser,
+    g: &HashMap<String, (Vec<usize>, Vec<f32>)>,
+) -> Result<(Array4<f32>, usize)> {
     let (noise, text) = (a4(&g["noise"]), a3(&g["text"]));
     let neg = a3(&g["negative"]);
     let neg = ndarray::concatenate(ndarray::Axis(0), &[neg.view(), neg.view()]).unwrap();
@@ -152,7 +155,10 @@ fn check_sample(attention: AttentionMode, precision: Precision, tol: f64) {
         }
         let mut b = load_denoiser(&path, c, &opts).unwrap_or_else(|e| panic!("{c}: {e}"));
         let (x, guided) = sample_with(&mut b, &g).unwrap();
-        assert_eq!(guided, 5, "guided forwards (the first, at sigma 0.99975, is outside (0, 0.99))");
+        assert_eq!(
+            guided, 5,
+            "guided forwards (the first, at sigma 0.99975, is outside (0, 0.99))"
+        );
         let err = rel_l2(x.as_slice().unwrap(), &g["x"].1);
         eprintln!("t2i sample {attention} {precision} {c}: relative L2 vs reference {err:.3e}");
         assert!(

@@ -2,8 +2,8 @@
 
 #![allow(dead_code)]
 
-use pixeldit_runtime::backend::{self, Candidate, LoadOptions};
 use ndarray::Array4;
+use pixeldit_runtime::backend::{self, Candidate, LoadOptions};
 use pixeldit_runtime::generate::{generate, ImageShape, Noise, Request, VelocityModel};
 use pixeldit_runtime::{Conditions, Denoiser, SamplerConfig};
 pub use pixeldit_testkit::*;

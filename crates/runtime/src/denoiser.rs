@@ -158,7 +158,12 @@ impl Denoiser {
 
     /// One network forward with the graph's own inputs: `x [B,3,H,W]`, `t [B]` as the graph takes it (see
     /// [`Denoiser::model_time`]), the condition rows -> the graph's `v`.
-    pub fn forward(&mut self, x: ArrayView4<f32>, t: ArrayView1<f32>, cond: CondRows<'_>) -> Result<Array4<f32>> {
+    pub fn forward(
+        &mut self,
+        x: ArrayView4<f32>,
+        t: ArrayView1<f32>,
+        cond: CondRows<'_>,
+    ) -> Result<Array4<f32>> {
         Ok(self.forward_with_outputs(x, t, cond, &[])?.0)
     }
 

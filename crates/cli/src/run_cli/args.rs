@@ -176,4 +176,3 @@ fn parse_interval(s: &str) -> std::result::Result<(f64, f64), String> {
     let p = |v: &str| v.parse::<f64>().map_err(|_| format!("'{v}' is not a number"));
     Ok((p(lo)?, p(hi)?))
 }
-

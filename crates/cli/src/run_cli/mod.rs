@@ -163,4 +163,3 @@ pub(crate) fn report_selection(sel: &Selection) {
         crate::note!("pixeldit-run: {}: {n}", sel.backend.name());
     }
 }
-

@@ -5,10 +5,10 @@ use super::sample::{finish, Finished};
 use super::{SampleArgs, Target};
 use anyhow::{Context, Result};
 use ndarray::Axis;
-use std::path::PathBuf;
 use pixeldit_runtime::Backend;
 use pixeldit_spec::ModelMetadata;
 use pixeldit_triton::{ClientOptions, TritonModel};
+use std::path::PathBuf;
 
 /// A model served by Triton: the backend that runs its forwards and its metadata from the server.
 pub(crate) struct Remote {
@@ -68,7 +68,9 @@ pub(super) fn sample_in_server(
         .as_ref()
         .context("no pipeline model on the server")?;
     let name = pipeline.name().to_string();
-    crate::note!("pixeldit-run: using the Triton pipeline model {name} (one request per image, sampled in the server)");
+    crate::note!(
+        "pixeldit-run: using the Triton pipeline model {name} (one request per image, sampled in the server)"
+    );
     let bar = crate::progress::steps(requests.len(), a.quiet);
     let start = std::time::Instant::now();
     let mut samples = Vec::with_capacity(requests.len());

@@ -79,7 +79,9 @@ impl Source {
                 "prompts": prompts,
                 "negative_prompt": a.negative_prompt.clone().unwrap_or_default(),
             }),
-            Source::Embeddings => serde_json::json!({ "negative_embeddings": a.negative_embeddings.is_some() }),
+            Source::Embeddings => {
+                serde_json::json!({ "negative_embeddings": a.negative_embeddings.is_some() })
+            }
         }
     }
 }
@@ -114,7 +116,15 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
     if target.pipeline.is_some() && a.noise.is_none() {
         if let Some(requests) = source.pipeline_requests(a) {
             let out_paths = checked_outputs(a, requests.len())?;
-            return remote::sample_in_server(a, target, requests, &out_paths, scfg.steps, sampler_line, report);
+            return remote::sample_in_server(
+                a,
+                target,
+                requests,
+                &out_paths,
+                scfg.steps,
+                sampler_line,
+                report,
+            );
         }
     }
     // The image count and output paths are checked before the text encoder runs.

@@ -100,7 +100,7 @@ impl SamplerConfig {
         let min = sampler.min_steps();
         if !(min..=MAX_STEPS).contains(&self.steps) {
             return Err(invalid(format!(
-                "steps {}: {} takes {min}..={MAX_STEPS} steps",
+                "steps {}: expected {min}..={MAX_STEPS} for {}",
                 self.steps,
                 sampler.name()
             )));
@@ -185,7 +185,10 @@ mod tests {
             })
             .unwrap();
         // The interval is clamped to [0, 1].
-        assert_eq!((c.kind, c.steps, c.cfg_scale, c.interval, c.shift), (SamplerKind::Heun, 3, 1.0, (0.0, 1.0), 2.0));
+        assert_eq!(
+            (c.kind, c.steps, c.cfg_scale, c.interval, c.shift),
+            (SamplerKind::Heun, 3, 1.0, (0.0, 1.0), 2.0)
+        );
         // Switching to a sampler on the other time variable mirrors the default interval.
         let d = base
             .clone()
@@ -196,25 +199,56 @@ mod tests {
             .unwrap();
         assert!((d.interval.0 - 0.1).abs() < 1e-12 && (d.interval.1 - 0.9).abs() < 1e-12);
         let bad = |o: SamplerOverrides| base.clone().with_overrides(&o).unwrap_err().to_string();
-        let e = bad(SamplerOverrides { cfg_scale: Some(f32::NAN), ..Default::default() });
+        let e = bad(SamplerOverrides {
+            cfg_scale: Some(f32::NAN),
+            ..Default::default()
+        });
         assert!(e.contains("cfg scale NaN is not finite"), "{e}");
-        let e = bad(SamplerOverrides { cfg_scale: Some(1e30), ..Default::default() });
+        let e = bad(SamplerOverrides {
+            cfg_scale: Some(1e30),
+            ..Default::default()
+        });
         assert!(e.contains("cfg scale") && e.contains("out of range"), "{e}");
-        let e = bad(SamplerOverrides { shift: Some(f64::INFINITY), ..Default::default() });
+        let e = bad(SamplerOverrides {
+            shift: Some(f64::INFINITY),
+            ..Default::default()
+        });
         assert!(e.contains("time shift inf is not finite"), "{e}");
-        let e = bad(SamplerOverrides { shift: Some(1e30), ..Default::default() });
+        let e = bad(SamplerOverrides {
+            shift: Some(1e30),
+            ..Default::default()
+        });
         assert!(e.contains("time shift"), "{e}");
-        let e = bad(SamplerOverrides { shift: Some(0.0), ..Default::default() });
+        let e = bad(SamplerOverrides {
+            shift: Some(0.0),
+            ..Default::default()
+        });
         assert!(e.contains("time shift"), "{e}");
-        let e = bad(SamplerOverrides { interval: Some((f64::NAN, 1.0)), ..Default::default() });
+        let e = bad(SamplerOverrides {
+            interval: Some((f64::NAN, 1.0)),
+            ..Default::default()
+        });
         assert!(e.contains("guidance interval lo NaN is not finite"), "{e}");
-        let e = bad(SamplerOverrides { interval: Some((0.9, 0.1)), ..Default::default() });
+        let e = bad(SamplerOverrides {
+            interval: Some((0.9, 0.1)),
+            ..Default::default()
+        });
         assert!(e.contains("lo <= hi"), "{e}");
-        let e = bad(SamplerOverrides { steps: Some(0), ..Default::default() });
+        let e = bad(SamplerOverrides {
+            steps: Some(0),
+            ..Default::default()
+        });
         assert!(e.contains("steps 0"), "{e}");
-        let e = bad(SamplerOverrides { steps: Some(MAX_STEPS + 1), ..Default::default() });
+        let e = bad(SamplerOverrides {
+            steps: Some(MAX_STEPS + 1),
+            ..Default::default()
+        });
         assert!(e.contains("steps 1001"), "{e}");
-        let e = bad(SamplerOverrides { kind: Some(SamplerKind::Dpmpp2m), steps: Some(1), ..Default::default() });
-        assert!(e.contains("dpmpp_2m takes 2..=1000 steps"), "{e}");
+        let e = bad(SamplerOverrides {
+            kind: Some(SamplerKind::Dpmpp2m),
+            steps: Some(1),
+            ..Default::default()
+        });
+        assert!(e.contains("steps 1: expected 2..=1000 for dpmpp_2m"), "{e}");
     }
 }

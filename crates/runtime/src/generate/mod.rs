@@ -229,6 +229,7 @@ mod tests {
     use super::*;
     use crate::samplers::SamplerKind;
     use ndarray::Array3;
+    use std::cell::RefCell;
 
     fn config(kind: SamplerKind, steps: usize, w: f32, interval: (f64, f64), shift: f64) -> SamplerConfig {
         SamplerConfig {
@@ -256,10 +257,12 @@ mod tests {
     /// v = label as float (null class 10 -> 10); records every batch and its labels.
     #[test]
     fn class_cfg_batches_uncond_first_and_respects_interval_edges() {
-        let mut calls: Vec<(usize, f64, Vec<i64>)> = Vec::new();
+        let calls: RefCell<Vec<(usize, f64, Vec<i64>)>> = RefCell::new(Vec::new());
         let mut model = |x: ArrayView4<f32>, t: Time, c: CondRows<'_>| -> Result<Array4<f32>> {
-            let CondRows::Class(y) = c else { panic!("class rows") };
-            calls.push((x.shape()[0], t.t(), y.to_vec()));
+            let CondRows::Class(y) = c else {
+                panic!("class rows")
+            };
+            calls.borrow_mut().push((x.shape()[0], t.t(), y.to_vec()));
             let mut v = Array4::zeros(x.raw_dim());
             for (b, mut img) in v.outer_iter_mut().enumerate() {
                 img.fill(y[b] as f32);
@@ -274,30 +277,41 @@ mod tests {
         let out = generate(&mut model, &req, &mut |_| {}).unwrap();
         // Class-conditional: the uncond half runs at every forward (official), the combination only inside.
         assert_eq!((out.forwards, out.guided_forwards, out.rows), (10, 7, 40));
-        assert!(calls.iter().all(|c| c.0 == 4 && c.2 == vec![10, 10, 1, 7]));
+        assert!(calls
+            .borrow()
+            .iter()
+            .all(|c| c.0 == 4 && c.2 == vec![10, 10, 1, 7]));
         // guided v = u + 3(c - u) = 10 + 3(y - 10) = 3y - 20; unguided v = y; dt = 0.1 each
         for (k, y) in [1.0f32, 7.0].iter().enumerate() {
             let expect = 0.1 * (3.0 * y + 7.0 * (3.0 * y - 20.0));
-            assert!((out.x[[k, 0, 0, 0]] - expect).abs() < 1e-5, "{} vs {expect}", out.x[[k, 0, 0, 0]]);
+            assert!(
+                (out.x[[k, 0, 0, 0]] - expect).abs() < 1e-5,
+                "{} vs {expect}",
+                out.x[[k, 0, 0, 0]]
+            );
         }
         // cfg 1: never the negative branch.
-        calls.clear();
+        calls.borrow_mut().clear();
         let req = request(
             Conditions::classes(vec![1, 7], 10),
             config(SamplerKind::FlowDpm, 4, 1.0, (0.0, 1.0), 1.0),
         );
         let out = generate(&mut model, &req, &mut |_| {}).unwrap();
         assert_eq!((out.forwards, out.guided_forwards, out.rows), (4, 0, 8));
-        assert!(calls.iter().all(|c| c.0 == 2));
+        assert!(calls.borrow().iter().all(|c| c.0 == 2));
     }
 
     /// v = the text value (prompt 3, negative 1): guided v = 1 + w(3 - 1); on sigma, the network sees 1000 sigma.
     #[test]
     fn text_cfg_batches_negative_first_and_respects_the_interval_on_sigma() {
-        let mut calls: Vec<(usize, f64, Vec<f32>)> = Vec::new();
+        let calls: RefCell<Vec<(usize, f64, Vec<f32>)>> = RefCell::new(Vec::new());
         let mut model = |x: ArrayView4<f32>, t: Time, c: CondRows<'_>| -> Result<Array4<f32>> {
-            let CondRows::Text(text) = c else { panic!("text rows") };
-            calls.push((x.shape()[0], t.sigma(), text.iter().copied().collect()));
+            let CondRows::Text(text) = c else {
+                panic!("text rows")
+            };
+            calls
+                .borrow_mut()
+                .push((x.shape()[0], t.sigma(), text.iter().copied().collect()));
             let mut v = Array4::zeros(x.raw_dim());
             for (b, mut img) in v.outer_iter_mut().enumerate() {
                 img.fill(text[[b, 0, 0]]);
@@ -315,10 +329,13 @@ mod tests {
         );
         let out = generate(&mut model, &req, &mut |_| {}).unwrap();
         assert_eq!((out.forwards, out.guided_forwards, out.rows), (2, 1, 3));
-        assert_eq!((calls[0].0, calls[0].2.clone()), (1, vec![3.0]));
-        assert!((calls[0].1 - 0.9997498).abs() < 1e-6);
-        assert_eq!((calls[1].0, calls[1].2.clone()), (2, vec![1.0, 3.0]));
-        assert!((calls[1].1 - 0.7996798).abs() < 1e-5);
+        {
+            let calls = calls.borrow();
+            assert_eq!((calls[0].0, calls[0].2.clone()), (1, vec![3.0]));
+            assert!((calls[0].1 - 0.9997498).abs() < 1e-6);
+            assert_eq!((calls[1].0, calls[1].2.clone()), (2, vec![1.0, 3.0]));
+            assert!((calls[1].1 - 0.7996798).abs() < 1e-5);
+        }
         // Missing negative embeddings with CFG on is an error; cfg 1 needs none.
         let e = generate(
             &mut model,
@@ -349,7 +366,12 @@ mod tests {
             width: 2,
         };
         let all = Noise::seeded(5).draw(3, shape).unwrap();
-        let third = Noise::Seeded { seed: 5, first_index: 2 }.draw(1, shape).unwrap();
+        let third = Noise::Seeded {
+            seed: 5,
+            first_index: 2,
+        }
+        .draw(1, shape)
+        .unwrap();
         assert_eq!(all.slice(s![2.., .., .., ..]), third);
         let e = Noise::Seeded {
             seed: 5,

@@ -55,7 +55,6 @@ pub fn heun_update(x: &mut Array4<f32>, v1: ArrayView4<f32>, v2: ArrayView4<f32>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::Array4;
 
     fn close(a: &[f64], b: &[f64]) {
         assert_eq!(a.len(), b.len());

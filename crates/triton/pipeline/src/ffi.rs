@@ -354,8 +354,9 @@ mod tests {
     use super::*;
     use crate::callback::{DTYPE_F32, DTYPE_I64};
     use ndarray::Axis;
+    use pixeldit_runtime::generate::{generate as sample, ImageShape, Noise, Request as GenerationRequest};
     use pixeldit_runtime::io;
-    use pixeldit_runtime::samplers::flow::{self, FlowSamplerConfig};
+    use pixeldit_runtime::{CondRows, Conditions, SamplerConfig, Time};
     use pixeldit_spec::{AttentionMode, ModelConfig, ModelMetadata, Precision};
 
     fn meta() -> ModelMetadata {
@@ -511,27 +512,34 @@ mod tests {
         let (rc, msg, image) = generate(r#"{"class": 3, "seed": 7, "index": 1}"#);
         assert_eq!(rc, PIXELDIT_OK, "{msg}");
         let m = meta();
-        let cfg = FlowSamplerConfig::from_defaults(&m.sampler).unwrap();
+        let cfg = SamplerConfig::from_metadata(&m.sampler).unwrap();
         let [c, h, w] = [m.config.in_channels, m.height, m.width];
         let stream = io::seeded_noise(7, [2, c, h, w]);
         let noise = stream.slice_axis(Axis(0), (1..).into()).to_owned();
-        let x = flow::sample(
-            &mut |x: ndarray::ArrayView4<f32>, _t, y: ndarray::ArrayView1<i64>| {
-                let per = x.len() / x.shape()[0];
-                let flat: Vec<f32> = x
-                    .iter()
-                    .enumerate()
-                    .map(|(i, a)| -a + y[i / per] as f32 / 10.0)
-                    .collect();
-                Ok(ndarray::Array4::from_shape_vec(x.raw_dim(), flat).unwrap())
+        let req = GenerationRequest {
+            conditions: Conditions::classes(vec![3], m.config.null_class()),
+            sampler: cfg,
+            image: ImageShape {
+                channels: c,
+                height: h,
+                width: w,
             },
-            noise,
-            &[3],
-            m.config.null_class(),
-            &cfg,
-            &mut |_| {},
-        )
-        .unwrap();
+            noise: Noise::Given(noise),
+        };
+        // The fake denoiser of these tests: v = -x + y/10, with the flow time as its `t` input.
+        let mut model = |x: ndarray::ArrayView4<f32>, _t: Time, rows: CondRows<'_>| {
+            let CondRows::Class(y) = rows else {
+                panic!("class rows")
+            };
+            let per = x.len() / x.shape()[0];
+            let flat: Vec<f32> = x
+                .iter()
+                .enumerate()
+                .map(|(i, a)| -a + y[i / per] as f32 / 10.0)
+                .collect();
+            Ok(ndarray::Array4::from_shape_vec(x.raw_dim(), flat).unwrap())
+        };
+        let x = sample(&mut model, &req, &mut |_| {}).unwrap().x;
         let hwc = io::image_rgb8(x.index_axis(Axis(0), 0));
         for (i, px) in hwc.chunks_exact(3).enumerate() {
             for ch in 0..3 {
@@ -562,7 +570,7 @@ mod tests {
     #[test]
     fn bad_requests_are_named() {
         for (req, want) in [
-            (r#"{"class": 10}"#, "class 10 is out of range 0..10"),
+            (r#"{"class": 10}"#, "class 10 is out of range"),
             (r#"{"class": -1}"#, "class -1 is out of range"),
             (r#"{"seed": 1}"#, "'class' is required"),
             (r#"{"class": 1, "steps": 0}"#, "steps 0: expected 1..=1000"),

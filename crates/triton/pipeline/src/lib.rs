@@ -44,14 +44,14 @@ pub use ffi::{
     PIXELDIT_PANIC, RETURN_CODES,
 };
 pub use pipeline::{Generated, Pipeline};
-pub use request::{sampler_config, text_sampler_config, Request};
+pub use request::{sampler_config, Request};
 
 use pixeldit_runtime::RuntimeError;
 
-/// Largest `steps` a request may ask for.
-pub const MAX_STEPS: usize = 1000;
 /// Largest `index` (position in the seed's noise stream) a request may ask for.
-pub const MAX_INDEX: u64 = 1024;
+pub use pixeldit_runtime::generate::MAX_NOISE_INDEX as MAX_INDEX;
+/// Largest `steps` a request may ask for (the runtime's limit, the same as `pixeldit-run`'s).
+pub use pixeldit_runtime::generate::MAX_STEPS;
 /// Longest prompt or negative prompt a request may send, in bytes. Shorter prompts past the recipe's token limit
 /// are truncated as the official recipe (and `pixeldit-run`) does.
 pub const MAX_PROMPT_BYTES: usize = 16384;

@@ -4,15 +4,15 @@
 use crate::callback::CallbackBackend;
 use crate::config::PipelineConfig;
 use crate::ffi::Callbacks;
-use crate::request::{sampler_config, text_sampler_config, Request};
+use crate::request::{sampler_config, Request};
 use crate::{PipelineError, Result, MAX_INDEX, MAX_PROMPT_BYTES};
 use ndarray::{Array3, ArrayD, Axis};
 use pixeldit_runtime::backend::Backend;
+use pixeldit_runtime::generate::{self, ImageShape, Noise, Request as GenerationRequest};
 use pixeldit_runtime::prompt::{PromptKind, PromptTokenizer};
-use pixeldit_runtime::samplers::{dpm_solver, flow};
 use pixeldit_runtime::tensor::Feed;
 use pixeldit_runtime::text_encoder::TextEncoder;
-use pixeldit_runtime::{io, Denoiser, RuntimeError};
+use pixeldit_runtime::{io, Conditions, Denoiser, RuntimeError};
 use pixeldit_spec::text_encoder::{TextEncoderMetadata, ATTENTION_MASK, INPUT_IDS, LAST_HIDDEN_STATE};
 use pixeldit_spec::{ModelKind, ModelMetadata};
 use std::path::Path;
@@ -126,23 +126,16 @@ impl Pipeline {
         [self.meta.config.in_channels, self.meta.height, self.meta.width]
     }
 
-    /// The request's noise: image `index` of the stream of `seed`.
-    fn noise(&self, req: &Request) -> Result<ndarray::Array4<f32>> {
+    /// Checks `req` and samples its image; every network forward goes through `calls`. The request's fields are
+    /// checked before any forward (text-to-image: before the prompt is encoded).
+    pub fn generate(&self, req: &Request, calls: &Callbacks) -> Result<Generated> {
+        let sampler = sampler_config(&self.meta, req)?;
         if req.index > MAX_INDEX {
             return Err(PipelineError::Request(format!(
                 "index {}: expected 0..={MAX_INDEX}",
                 req.index
             )));
         }
-        let [c, h, w] = self.sample_shape();
-        let stream = io::seeded_noise(req.seed, [req.index as usize + 1, c, h, w]);
-        Ok(stream
-            .slice_axis(Axis(0), (req.index as usize..).into())
-            .to_owned())
-    }
-
-    /// Checks `req` and samples its image; every network forward goes through `calls`.
-    pub fn generate(&self, req: &Request, calls: &Callbacks) -> Result<Generated> {
         let (inputs, outputs) =
             pixeldit_spec::io::model_io(&self.meta.config, self.meta.height, self.meta.width);
         let input_names: Vec<&str> = inputs.iter().map(|t| t.name).collect();
@@ -150,8 +143,8 @@ impl Pipeline {
         let backend = CallbackBackend::new(*calls, &self.denoiser, &input_names, &output_names)?
             .with_batch_inputs_2d(self.denoiser_batches);
         let mut denoiser = Denoiser::new(Box::new(backend), &self.meta);
-        let x = match &self.text {
-            None => self.sample_class(req, &mut denoiser)?,
+        let conditions = match &self.text {
+            None => self.class_conditions(req)?,
             Some(text) => {
                 let enc = CallbackBackend::new(
                     *calls,
@@ -159,9 +152,21 @@ impl Pipeline {
                     &[INPUT_IDS, ATTENTION_MASK],
                     &[LAST_HIDDEN_STATE],
                 )?;
-                self.sample_text(req, text, Box::new(enc), &mut denoiser)?
+                self.text_conditions(req, text, Box::new(enc), sampler.cfg_scale != 1.0)?
             }
         };
+        let request = GenerationRequest {
+            conditions,
+            sampler,
+            image: ImageShape::of(&self.meta),
+            noise: Noise::Seeded {
+                seed: req.seed,
+                first_index: req.index,
+            },
+        };
+        let x = generate::generate(&mut denoiser, &request, &mut |_| {})?
+            .x
+            .index_axis_move(Axis(0), 0);
         let [_, h, w] = self.sample_shape();
         let hwc = io::image_rgb8(x.view());
         let mut image = vec![0u8; 3 * h * w];
@@ -173,42 +178,31 @@ impl Pipeline {
         Ok(Generated { image, x })
     }
 
-    fn sample_class(&self, req: &Request, denoiser: &mut Denoiser) -> Result<Array3<f32>> {
+    /// The class of a request to a class-conditional model, checked.
+    fn class_conditions(&self, req: &Request) -> Result<Conditions> {
         if req.prompt.is_some() || req.negative_prompt.is_some() {
             return Err(PipelineError::Request(format!(
                 "{} is class-conditional: send 'class', not a prompt",
                 self.meta.config.name
             )));
         }
-        let num_classes = self.meta.config.num_classes;
         let class = req
             .class
             .ok_or_else(|| PipelineError::Request("'class' is required".into()))?;
-        if class < 0 || class >= num_classes as i64 {
-            return Err(PipelineError::Request(format!(
-                "class {class} is out of range 0..{num_classes}"
-            )));
-        }
-        let noise = self.noise(req)?;
-        let cfg = sampler_config(&self.meta, req)?;
-        let x = flow::sample(
-            &mut |x, t, y| denoiser.class_velocity(x, t, y),
-            noise,
-            &[class],
-            self.meta.config.null_class(),
-            &cfg,
-            &mut |_| {},
-        )?;
-        Ok(x.index_axis_move(Axis(0), 0))
+        let conditions = Conditions::classes(vec![class], self.meta.config.null_class());
+        conditions.check(&self.meta.config)?;
+        Ok(conditions)
     }
 
-    fn sample_text(
+    /// The prompt (and, with CFG, the negative prompt) of a request to a text-to-image model, encoded by the text
+    /// encoder behind `encoder_backend`.
+    fn text_conditions(
         &self,
         req: &Request,
         text: &TextSide,
         encoder_backend: Box<dyn Backend>,
-        denoiser: &mut Denoiser,
-    ) -> Result<Array3<f32>> {
+        guided: bool,
+    ) -> Result<Conditions> {
         if req.class.is_some() {
             return Err(PipelineError::Request(format!(
                 "{} is text-to-image: send 'prompt', not a class",
@@ -230,13 +224,11 @@ impl Pipeline {
                 )));
             }
         }
-        let noise = self.noise(req)?;
-        let cfg = text_sampler_config(&self.meta, req)?;
         let mut encoder = text.encoder.lock().unwrap_or_else(|p| p.into_inner());
         encoder.replace_backend(encoder_backend)?;
         let encoded = (|| -> pixeldit_runtime::Result<_> {
             let cond = encoder.encode(PromptKind::Prompt, &[prompt])?;
-            let uncond = if cfg.cfg_scale != 1.0 {
+            let uncond = if guided {
                 let negative = req.negative_prompt.clone().unwrap_or_default();
                 Some(encoder.encode(PromptKind::Negative, &[negative])?.embeddings)
             } else {
@@ -248,14 +240,6 @@ impl Pipeline {
         encoder.replace_backend(Box::new(Detached))?;
         drop(encoder);
         let (cond, uncond) = encoded?;
-        let x = dpm_solver::sample(
-            &mut |x, t, txt| denoiser.text_velocity(x, t, txt),
-            noise,
-            cond.view(),
-            uncond.as_ref().map(|u| u.view()),
-            &cfg,
-            &mut |_| {},
-        )?;
-        Ok(x.index_axis_move(Axis(0), 0))
+        Ok(Conditions::text(cond, uncond))
     }
 }

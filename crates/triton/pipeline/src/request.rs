@@ -1,8 +1,8 @@
 //! One image request as `model.py` forwards it (JSON), and the sampler settings it asks for.
 
-use crate::{PipelineError, Result, MAX_STEPS};
-use pixeldit_runtime::samplers::dpm_solver::{self, DpmSolverConfig};
-use pixeldit_runtime::samplers::flow::FlowSamplerConfig;
+use crate::{PipelineError, Result};
+use pixeldit_runtime::generate::MAX_STEPS;
+use pixeldit_runtime::{SamplerConfig, SamplerKind, SamplerOverrides};
 use pixeldit_spec::ModelMetadata;
 use serde::Deserialize;
 
@@ -30,7 +30,7 @@ pub struct Request {
     /// CFG weight.
     #[serde(default, deserialize_with = "float::f32")]
     pub cfg: Option<f32>,
-    /// `flow_dpm`, `euler` or `heun`.
+    /// `flow_dpm`, `euler`, `heun` or `dpmpp_2m`.
     pub sampler: Option<String>,
     /// Guidance interval `[lo, hi]`.
     #[serde(default, deserialize_with = "float::pair")]
@@ -135,54 +135,39 @@ mod float {
     }
 }
 
-/// A request's `steps`, checked against `min..=MAX_STEPS`.
-pub(crate) fn checked_steps(steps: Option<i64>, min: usize) -> Result<Option<usize>> {
-    match steps {
-        Some(n) if n < min as i64 || n > MAX_STEPS as i64 => Err(PipelineError::Request(format!(
-            "steps {n}: expected {min}..={MAX_STEPS}"
-        ))),
-        n => Ok(n.map(|n| n as usize)),
+impl Request {
+    /// The request's sampler fields as overrides of the model's defaults (the types only; ranges are checked by
+    /// [`SamplerConfig::with_overrides`], the same checks as `pixeldit-run`'s).
+    pub fn sampler_overrides(&self) -> Result<SamplerOverrides> {
+        let steps = match self.steps {
+            Some(n) if !(0..=MAX_STEPS as i64).contains(&n) => {
+                return Err(PipelineError::Request(format!(
+                    "steps {n}: expected a count of at most {MAX_STEPS}"
+                )))
+            }
+            n => n.map(|n| n as usize),
+        };
+        let kind = match &self.sampler {
+            Some(s) => Some(s.parse::<SamplerKind>().map_err(|_| {
+                PipelineError::Request(format!("sampler '{s}': expected one of {}", SamplerKind::names()))
+            })?),
+            None => None,
+        };
+        Ok(SamplerOverrides {
+            kind,
+            steps,
+            cfg_scale: self.cfg,
+            interval: self.interval.map(|[lo, hi]| (lo, hi)),
+            shift: self.shift,
+        })
     }
 }
 
 /// The sampler settings of a request: the model's defaults, then the request's fields (as `pixeldit-run` applies
-/// its flags), checked.
-pub fn sampler_config(meta: &ModelMetadata, req: &Request) -> Result<FlowSamplerConfig> {
-    let mut cfg = FlowSamplerConfig::from_defaults(&meta.sampler)?;
-    if let Some(s) = &req.sampler {
-        cfg.kind = s.parse().map_err(|_| {
-            PipelineError::Request(format!("sampler '{s}': expected flow_dpm, euler or heun"))
-        })?;
-    }
-    cfg.steps = checked_steps(req.steps, 1)?.unwrap_or(cfg.steps);
-    cfg.cfg_scale = req.cfg.unwrap_or(cfg.cfg_scale);
-    cfg.shift = req.shift.unwrap_or(cfg.shift);
-    if let Some([lo, hi]) = req.interval {
-        cfg.interval = (lo, hi);
-    }
-    cfg.validate()
-        .map_err(|e| PipelineError::Request(e.to_string()))?;
-    Ok(cfg)
-}
-
-/// The DPM-Solver++ settings of a text-to-image request: the model's defaults, then the request's fields.
-pub fn text_sampler_config(meta: &ModelMetadata, req: &Request) -> Result<DpmSolverConfig> {
-    let mut cfg = DpmSolverConfig::from_defaults(&meta.sampler)?;
-    if let Some(s) = req.sampler.as_deref().filter(|s| *s != dpm_solver::SAMPLER_NAME) {
-        return Err(PipelineError::Request(format!(
-            "sampler '{s}': a text-to-image model samples with {}",
-            dpm_solver::SAMPLER_NAME
-        )));
-    }
-    cfg.steps = checked_steps(req.steps, 2)?.unwrap_or(cfg.steps);
-    cfg.cfg_scale = req.cfg.unwrap_or(cfg.cfg_scale);
-    cfg.shift = req.shift.unwrap_or(cfg.shift);
-    if let Some([lo, hi]) = req.interval {
-        cfg.interval = (lo, hi);
-    }
-    cfg.validate()
-        .map_err(|e| PipelineError::Request(e.to_string()))?;
-    Ok(cfg)
+/// its flags), checked by the runtime's one checker.
+pub fn sampler_config(meta: &ModelMetadata, req: &Request) -> Result<SamplerConfig> {
+    let defaults = SamplerConfig::from_metadata(&meta.sampler)?;
+    Ok(defaults.with_overrides(&req.sampler_overrides()?)?)
 }
 
 #[cfg(test)]
