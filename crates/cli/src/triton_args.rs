@@ -242,14 +242,14 @@ impl TritonPlan {
     /// Writes config.pbtxt (and README.txt) for the exported model and validates the model directory.
     pub fn finish(&self, meta: &ModelMetadata) -> Result<RepositoryReport> {
         let r = pixeldit_triton::write_model_config(&self.repo, meta, &self.opts)?;
-        println!(
+        crate::say!(
             "wrote Triton model {} ({}): {}",
             self.opts.model_name.as_deref().unwrap_or_default(),
             self.opts.platform,
             r.config_path.display()
         );
         if let Some(cmd) = &r.trtexec {
-            println!(
+            crate::say!(
                 "build {}/1/model.plan on the target GPU (see {}):\n  cd {} && {}",
                 r.model_dir.display(),
                 r.model_dir.join(README_FILE).display(),
@@ -258,11 +258,11 @@ impl TritonPlan {
             );
         }
         if let Some(n) = &self.note {
-            eprintln!("pixeldit-export: {n}");
+            crate::note!("pixeldit-export: {n}");
         }
         if let Some(p) = &self.pipeline {
             let dir = pixeldit_triton::pipeline::write_pipeline(&self.repo, meta, p)?;
-            println!(
+            crate::say!(
                 "wrote Triton pipeline model {} (python backend, {} instance(s)): one request -> one image",
                 dir.display(),
                 p.instances

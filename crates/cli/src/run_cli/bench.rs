@@ -111,7 +111,9 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
     if rows.is_empty() {
         bail!("no backend could run {}", a.model.display());
     }
-    print!("{}", bench_table::TABLE_HEAD);
+    if !crate::log::quiet() {
+        print!("{}", bench_table::TABLE_HEAD);
+    }
     for r in &rows {
         crate::say!("{}", r.markdown());
     }
