@@ -19,7 +19,7 @@ use ndarray::{Array1, Array3, Array4, ArrayView1, ArrayView3, ArrayView4};
 use pixeldit_exporter::ExportOptions;
 use pixeldit_runtime::samplers::dpm_solver::{self, DpmSolverConfig};
 use pixeldit_runtime::samplers::flow;
-use pixeldit_runtime::{backend, io, model, BackendKind, Denoiser, Device, LoadOptions};
+use pixeldit_runtime::{backend, io, model, BackendKind, Denoiser, Device};
 use pixeldit_spec::ModelKind;
 use serde::Serialize;
 use std::path::Path;
@@ -200,7 +200,7 @@ impl Sampler {
 pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<AccuracyReport> {
     let meta = model::read_metadata(reference)?;
     let vmeta = model::read_metadata(variant)?;
-    let opts = LoadOptions::default()
+    let opts = crate::load_options()
         .with_backend(cfg.backend)
         .with_device(Device::Cpu);
     let r = backend::load(reference, &opts)?;

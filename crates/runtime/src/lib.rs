@@ -56,7 +56,7 @@ pub mod text_encoder;
 
 pub use backend::{Backend, BackendKind, Device, LoadOptions};
 pub use denoiser::{Conditioning, Denoiser};
-pub use error::{Result, RuntimeError};
+pub use error::{BoxError, Result, RuntimeError};
 pub use samplers::dpm_solver::DpmSolverConfig;
 pub use samplers::flow::{FlowSamplerConfig, SamplerKind};
 pub use tensor::TensorRef;

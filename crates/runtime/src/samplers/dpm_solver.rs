@@ -150,8 +150,12 @@ where
     let v = match uncond.filter(|_| guided) {
         Some(u) => {
             let x2 = concatenate(Axis(0), &[x, x]).expect("same shapes");
-            let text2 = concatenate(Axis(0), &[u.view(), cond.view()])
-                .map_err(|e| RuntimeError::Shape(e.to_string()))?;
+            let text2 = concatenate(Axis(0), &[u.view(), cond.view()]).map_err(|source| {
+                RuntimeError::ArrayShape {
+                    what: "the negative and positive text embeddings do not stack".into(),
+                    source,
+                }
+            })?;
             let v2 = model(x2.view(), Array1::from_elem(2 * k, t).view(), text2.view())?;
             check(&v2, 2 * k)?;
             let (vu, vc) = (v2.slice(s![..k, .., .., ..]), v2.slice(s![k.., .., .., ..]));
