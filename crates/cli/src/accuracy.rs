@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use ndarray::Array4;
 use pixeldit_exporter::ExportOptions;
 use pixeldit_runtime::generate::{generate, ImageShape, Noise, Request, VelocityModel};
-use pixeldit_runtime::{backend, io, model, BackendKind, Denoiser, Device, LoadOptions, Time};
+use pixeldit_runtime::{backend, io, model, BackendKind, Denoiser, Device, Time};
 use serde::Serialize;
 use std::path::Path;
 
@@ -133,7 +133,7 @@ pub fn psnr(mse: f64) -> f64 {
 pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<AccuracyReport> {
     let meta = model::read_metadata(reference)?;
     let vmeta = model::read_metadata(variant)?;
-    let opts = LoadOptions::default()
+    let opts = crate::load_options()
         .with_backend(cfg.backend)
         .with_device(Device::Cpu);
     let r = backend::load(reference, &opts)?;

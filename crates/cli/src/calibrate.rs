@@ -14,7 +14,7 @@ use pixeldit_runtime::generate::{generate, ImageShape, Noise, Request};
 use pixeldit_runtime::prompt::{PromptKind, PromptTokenizer};
 use pixeldit_runtime::text_encoder::{self, TextEncoder};
 use pixeldit_runtime::{
-    backend, io, model, BackendKind, CondRows, Conditions, Denoiser, Device, LoadOptions, RuntimeError,
+    backend, io, model, BackendKind, CondRows, Conditions, Denoiser, Device, RuntimeError,
     SamplerConfig, SamplerOverrides, Time,
 };
 use pixeldit_spec::{ModelKind, ModelMetadata, Precision, TextConfig};
@@ -177,7 +177,7 @@ pub(crate) fn text_conditions(
                 bail!("--calib-prompts: no prompts");
             }
             let meta = text_encoder::read_metadata(encoder)?;
-            let load = LoadOptions::default().with_device(Device::Cpu);
+            let load = crate::load_options().with_device(Device::Cpu);
             let sel = backend::load(encoder, &load)?;
             let tok = PromptTokenizer::from_file(tokenizer)?;
             let mut enc = TextEncoder::new(sel.backend, encoder, meta, tok)?;
@@ -327,7 +327,7 @@ pub fn calibrate(
     write_graph(&tapped, &fp32, weights, &path, None, None)?;
     drop(tapped);
     let meta = model::read_metadata(&path)?;
-    let load = LoadOptions::default()
+    let load = crate::load_options()
         .with_backend(inputs.backend)
         .with_device(Device::Cpu);
     let sel = backend::load(&path, &load)?;

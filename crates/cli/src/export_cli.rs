@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use pixeldit_exporter::{ExportOptions, ExternalData, WeightsSpec};
 use pixeldit_graph::WriteProgress;
-use pixeldit_spec::{AttentionMode, ModelConfig, Precision, PRESET_NAMES};
+use pixeldit_spec::{AttentionMode, ModelConfig, Precision, Preset, PRESETS};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -110,13 +110,11 @@ impl From<ExternalDataArg> for ExternalData {
     }
 }
 
-/// The committed weights of the embedded default models (`digits`, `digits-t2i`).
+/// The committed weights (in `graphs/`) of a preset that ships them ([`pixeldit_spec::Preset::weights`]: `digits`,
+/// `digits-t2i`).
 fn default_checkpoint(preset: &str) -> Option<PathBuf> {
-    match preset {
-        "digits" => crate::workspace_file("graphs/digits.safetensors"),
-        "digits-t2i" => crate::workspace_file("graphs/digits-t2i.safetensors"),
-        _ => None,
-    }
+    let weights = Preset::find(PRESETS, preset)?.weights?;
+    crate::workspace_file(&format!("graphs/{weights}"))
 }
 
 /// The export options of the command line.
@@ -140,7 +138,7 @@ fn export_options(args: &ExportArgs) -> Result<ExportOptions> {
     } else {
         bail!(
             "no weights: pass --checkpoint FILE.safetensors or --random-init (presets: {})",
-            PRESET_NAMES.join(", ")
+            Preset::list(PRESETS)
         )
     };
     let mut opts = ExportOptions::new(config, weights);

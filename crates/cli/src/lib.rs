@@ -1,6 +1,7 @@
 //! The pixeldit application: the `pixeldit-export` and `pixeldit-run` binaries, and the orchestration that crosses
-//! the libraries (`pixeldit-exporter`, `pixeldit-quantize`, `pixeldit-runtime`, `pixeldit-triton`), which stand
-//! side by side and never depend on each other.
+//! the libraries (`pixeldit-exporter`, `pixeldit-quantize`, `pixeldit-runtime`, `pixeldit-triton`). Application
+//! policy lives here, not in the libraries: e.g. where the source checkout's committed weights and ONNX Runtime
+//! library are ([`source_workspace`]).
 //!
 //! Module map:
 //! * [`export_cli`]: `pixeldit-export` (flags, progress, summary); [`quant_args`], [`triton_args`]: its
@@ -28,7 +29,8 @@ pub mod run_cli;
 pub mod triton_args;
 pub mod variant;
 
-use std::path::PathBuf;
+use pixeldit_runtime::LoadOptions;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Prints an error with its whole chain as `NAME: error: ...` and maps it to exit code 2.
@@ -64,13 +66,28 @@ pub fn read_prompts_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> 
     Ok(prompts)
 }
 
-/// A file of the source workspace (committed weights, presets): relative to the current directory, else to this
-/// crate's workspace.
+/// The source workspace this binary was built from (the checkout's root). Application policy, kept out of the
+/// libraries: the committed weights ([`workspace_file`]) and the ONNX Runtime library of `scripts/setup.sh`
+/// ([`load_options`]) are looked up there after the current directory.
+pub fn source_workspace() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(manifest)
+        .to_path_buf()
+}
+
+/// A file of the source workspace (committed weights): relative to the current directory, else to
+/// [`source_workspace`].
 pub fn workspace_file(rel: &str) -> Option<PathBuf> {
-    [
-        PathBuf::from(rel),
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(rel),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
+    [PathBuf::from(rel), source_workspace().join(rel)]
+        .into_iter()
+        .find(|p| p.exists())
+}
+
+/// The default [`LoadOptions`] of the binaries: the ONNX Runtime library is looked up (after `--ort-lib` and
+/// `ORT_DYLIB_PATH`) in `.cache/onnxruntime*/` under the current directory, then under [`source_workspace`].
+pub fn load_options() -> LoadOptions {
+    LoadOptions::default().with_ort_search_dir(source_workspace())
 }

@@ -127,12 +127,8 @@ impl Weights {
     }
 
     fn from_mapped_safetensors(path: &Path, mmap: Arc<memmap2::Mmap>) -> Result<Self> {
-        let err = |reason: String| ExportError::Checkpoint {
-            path: path.display().to_string(),
-            reason,
-        };
         let (header_len, meta) = safetensors::SafeTensors::read_metadata(&mmap)
-            .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
+            .map_err(|e| ExportError::checkpoint_file(path, "not a valid safetensors file", e))?;
         let base = 8 + header_len;
         let raw: Vec<(String, Entry)> = meta
             .tensors()
@@ -317,13 +313,9 @@ fn init_kind(key: &str, shape: &[usize]) -> InitKind {
 }
 
 fn map_file(path: &Path) -> Result<memmap2::Mmap> {
-    let err = |reason: String| ExportError::Checkpoint {
-        path: path.display().to_string(),
-        reason,
-    };
-    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let file = std::fs::File::open(path).map_err(|e| ExportError::checkpoint_file(path, "cannot open", e))?;
     // SAFETY: the file is opened read-only and not modified while the export runs.
-    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(e.to_string()))
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ExportError::checkpoint_file(path, "cannot map", e))
 }
 
 /// Drops the pages of a mapped range from this process once a tensor was read, so that the resident

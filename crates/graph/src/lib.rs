@@ -32,6 +32,7 @@ pub use tensor::{Encoding, F32Source, Initializer, TensorData, VecSource};
 
 /// Errors of the graph builder and serializer.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GraphError {
     /// A node whose inputs do not fit together.
     #[error("node '{node}' ({op}): {reason}")]
@@ -46,6 +47,13 @@ pub enum GraphError {
     /// A tensor source that failed to produce its values.
     #[error("tensor '{name}': {reason}")]
     Tensor { name: String, reason: String },
+    /// A tensor source that failed with another error (the source), while writing tensor `name`.
+    #[error("tensor '{name}'")]
+    TensorSource {
+        name: String,
+        #[source]
+        source: Box<GraphError>,
+    },
     /// An I/O failure, with the path.
     #[error("{path}: {source}")]
     Io {

@@ -176,10 +176,10 @@ pub fn write_model(
             TensorData::Bytes(_) => None,
             TensorData::Deferred { source, .. } => {
                 let values = source.read().map_err(|e| match e {
-                    GraphError::Tensor { .. } => e,
-                    other => GraphError::Tensor {
+                    GraphError::Tensor { .. } | GraphError::TensorSource { .. } => e,
+                    other => GraphError::TensorSource {
                         name: init.name.clone(),
-                        reason: other.to_string(),
+                        source: Box::new(other),
                     },
                 })?;
                 if values.len() != init.numel() {

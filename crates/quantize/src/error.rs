@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong while rewriting a graph or reading calibration statistics.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum QuantizeError {
     /// Building or writing the graph failed.
     #[error(transparent)]

@@ -2,8 +2,14 @@
 
 use std::path::PathBuf;
 
-/// Everything that can go wrong in `pixeldit-runtime`. Each variant names the file, key, op or provider involved.
+/// A boxed error from another library (ONNX Runtime, tract, tokenizers, ...), kept as the source of a variant.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Everything that can go wrong in `pixeldit-runtime`. Each variant names the file, key, op or provider involved;
+/// the error of the library underneath, if any, is its [`std::error::Error::source`] (print the chain, e.g. with
+/// anyhow's `{:#}`, to see it).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RuntimeError {
     /// The model file does not exist.
     #[error("model file {} does not exist", path.display())]
@@ -15,9 +21,14 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is not a parseable ONNX `ModelProto`.
+    /// The file is not a parseable ONNX `ModelProto` (with the parser's error as the source, when there is one).
     #[error("{} is not a valid ONNX model: {reason}", path.display())]
-    InvalidModel { path: PathBuf, reason: String },
+    InvalidModel {
+        path: PathBuf,
+        reason: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The model has no PixelDiT metadata (`metadata_props` key [`pixeldit_spec::META_KEY`]).
     #[error(
         "{} has no PixelDiT metadata: metadata_props key '{key}' is missing (was it written by pixeldit-export?)",
@@ -30,13 +41,20 @@ pub enum RuntimeError {
         path: PathBuf,
         key: &'static str,
         reason: String,
+        #[source]
+        source: Option<pixeldit_spec::SpecError>,
     },
     /// A class label outside `0..num_classes`.
     #[error("class {class} is out of range: the model has {num_classes} classes (valid labels 0..={max})", max = num_classes - 1)]
     ClassOutOfRange { class: i64, num_classes: usize },
-    /// A `.npy` file that cannot be used.
+    /// A `.npy` (or tensor) file that cannot be used (with the underlying error as the source, when there is one).
     #[error("{}: {reason}", path.display())]
-    Npy { path: PathBuf, reason: String },
+    Npy {
+        path: PathBuf,
+        reason: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// Given noise whose shape does not match `[K, 3, H, W]`.
     #[error("noise file {} has shape {found:?}, expected {expected:?} (f32 [K,3,H,W] for K images)", path.display())]
     NoiseShape {
@@ -47,15 +65,28 @@ pub enum RuntimeError {
     /// No ONNX Runtime shared library was found.
     #[error("ONNX Runtime library not found ({tried}); pass --ort-lib or set ORT_DYLIB_PATH")]
     OrtLibraryNotFound { tried: String },
-    /// The ONNX Runtime shared library exists but could not be loaded.
-    #[error("cannot load the ONNX Runtime library: {message}")]
-    OrtLoad { message: String },
-    /// An ONNX Runtime call failed.
-    #[error("ONNX Runtime ({provider}): {message}")]
-    Ort { provider: String, message: String },
-    /// An explicitly requested execution provider or device cannot be used.
+    /// The ONNX Runtime shared library exists but could not be loaded (`ort::LoadDynamicError` as the source).
+    #[error("cannot load the ONNX Runtime library")]
+    OrtLoad {
+        #[source]
+        source: BoxError,
+    },
+    /// An ONNX Runtime call failed (`ort::Error` as the source).
+    #[error("ONNX Runtime ({provider})")]
+    Ort {
+        provider: String,
+        #[source]
+        source: BoxError,
+    },
+    /// An explicitly requested execution provider or device cannot be used (with the error that showed it as the
+    /// source, when there is one).
     #[error("{provider} was requested but cannot be used: {reason}")]
-    ProviderUnavailable { provider: String, reason: String },
+    ProviderUnavailable {
+        provider: String,
+        reason: String,
+        #[source]
+        source: Option<Box<RuntimeError>>,
+    },
     /// The model contains an op the backend has no kernel for.
     #[error("backend {backend} cannot run op '{op}' (domain '{domain}') of node '{node}'")]
     UnsupportedOp {
@@ -64,9 +95,12 @@ pub enum RuntimeError {
         domain: String,
         node: String,
     },
-    /// A tract call failed.
-    #[error("tract: {message}")]
-    Tract { message: String },
+    /// A tract call failed (tract's `anyhow::Error`, with its context chain, as the source).
+    #[error("tract")]
+    Tract {
+        #[source]
+        source: BoxError,
+    },
     /// `--backend auto` found nothing that could load the model.
     #[error("no backend could load {}:\n{attempts}", path.display())]
     NoBackend { path: PathBuf, attempts: String },
@@ -79,25 +113,42 @@ pub enum RuntimeError {
     /// Tensor shapes that do not fit together.
     #[error("shape mismatch: {0}")]
     Shape(String),
+    /// An array that cannot take the shape it is given (`what` names it; `ndarray::ShapeError` as the source).
+    #[error("shape mismatch: {what}")]
+    ArrayShape {
+        what: String,
+        #[source]
+        source: ndarray::ShapeError,
+    },
     /// A backend implemented outside this crate (a Triton server, a callback into Triton) failed; `source` is that
     /// backend's own error and names the server or model.
-    #[error("{source}")]
+    #[error("{backend} backend")]
     Backend {
         /// The backend's name ([`crate::Backend::name`]).
         backend: &'static str,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: BoxError,
     },
-    /// A `tokenizer.json` that cannot be loaded or used for the prompt recipe (names the file and what is wrong).
+    /// A `tokenizer.json` that cannot be loaded or used for the prompt recipe (names the file and what is wrong;
+    /// the tokenizers error as the source, when there is one).
     #[error("tokenizer {}: {reason}", path.display())]
-    Tokenizer { path: PathBuf, reason: String },
+    Tokenizer {
+        path: PathBuf,
+        reason: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// A text encoder that does not fit the tokenizer or the text-to-image model (names the file and the
     /// mismatch).
     #[error("text encoder {}: {reason}", path.display())]
     TextEncoder { path: PathBuf, reason: String },
-    /// PNG encoding failed.
-    #[error("{}: PNG encoding failed: {message}", path.display())]
-    Png { path: PathBuf, message: String },
+    /// PNG encoding failed (`png::EncodingError` as the source).
+    #[error("{}: PNG encoding failed", path.display())]
+    Png {
+        path: PathBuf,
+        #[source]
+        source: png::EncodingError,
+    },
 }
 
 /// Result alias of this crate.
@@ -115,6 +166,27 @@ impl RuntimeError {
                 | RuntimeError::NoiseShape { .. }
                 | RuntimeError::Npy { .. }
         )
+    }
+
+    /// An [`RuntimeError::InvalidModel`] without a source.
+    pub(crate) fn invalid_model(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        RuntimeError::InvalidModel {
+            path: path.into(),
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// This error and its sources on one line, `outer: inner: ...` (as anyhow's `{:#}` prints them).
+    pub fn chain(&self) -> String {
+        let mut s = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cause = c.source();
+        }
+        s
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -23,6 +23,7 @@ pub fn read_npy(path: &Path) -> Result<ArrayD<f32>> {
     let bad = |reason: String| RuntimeError::Npy {
         path: path.to_path_buf(),
         reason,
+        source: None,
     };
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("not a .npy file (bad magic)".into()));
@@ -89,7 +90,11 @@ pub fn read_npy(path: &Path) -> Result<ArrayD<f32>> {
             )))
         }
     };
-    ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|e| bad(e.to_string()))
+    ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|e| RuntimeError::Npy {
+        path: path.to_path_buf(),
+        reason: format!("the data does not fit the shape {shape:?}"),
+        source: Some(e.into()),
+    })
 }
 
 /// Encodes an f32 array as `.npy` version 1.0 bytes.
@@ -160,9 +165,9 @@ pub fn grid_rgb8(x: ArrayView4<f32>) -> (Vec<u8>, usize, usize) {
 
 /// PNG-encodes interleaved RGB8.
 pub fn png_bytes(path: &Path, rgb: &[u8], width: usize, height: usize) -> Result<Vec<u8>> {
-    let err = |e: png::EncodingError| RuntimeError::Png {
+    let err = |source: png::EncodingError| RuntimeError::Png {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        source,
     };
     let mut buf = Vec::new();
     {
@@ -236,6 +241,7 @@ pub fn read_text_embeddings(path: &Path, len: usize, dim: usize) -> Result<Array
     let bad = |reason: String| RuntimeError::Npy {
         path: path.to_path_buf(),
         reason,
+        source: None,
     };
     let head = {
         use std::io::Read;
@@ -247,7 +253,8 @@ pub fn read_text_embeddings(path: &Path, len: usize, dim: usize) -> Result<Array
     let arr: ArrayD<f32> = if head.starts_with(b"\x93NUMPY") {
         crate::io::read_npy(path)?
     } else if head.len() == 9 && head[8] == b'{' {
-        read_safetensors_tensor(path).map_err(bad)?
+        let bytes = std::fs::read(path).map_err(|e| RuntimeError::io(path, e))?;
+        read_safetensors_tensor(&bytes).map_err(bad)?
     } else {
         return Err(bad(
             "not a .npy or safetensors file (text embeddings: f32 .npy, or F32/F16/BF16 safetensors)".into(),
@@ -276,8 +283,7 @@ pub fn read_text_embeddings(path: &Path, len: usize, dim: usize) -> Result<Array
     Ok(a3)
 }
 
-fn read_safetensors_tensor(path: &Path) -> std::result::Result<ArrayD<f32>, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+fn read_safetensors_tensor(bytes: &[u8]) -> std::result::Result<ArrayD<f32>, String> {
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
     let header: serde_json::Value = bytes
         .get(8..8 + n)

@@ -59,7 +59,7 @@ pub mod text_encoder;
 
 pub use backend::{Backend, BackendKind, Device, LoadOptions};
 pub use denoiser::{CondRows, Conditioning, Denoiser};
-pub use error::{Result, RuntimeError};
+pub use error::{BoxError, Result, RuntimeError};
 pub use generate::{Conditions, SamplerConfig, SamplerOverrides, Time};
 pub use samplers::SamplerKind;
 pub use tensor::TensorRef;

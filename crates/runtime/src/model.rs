@@ -47,10 +47,7 @@ impl ModelInfo {
         }
         let file = std::fs::File::open(path).map_err(|e| RuntimeError::io(path, e))?;
         let len = file.metadata().map_err(|e| RuntimeError::io(path, e))?.len();
-        let invalid = |reason: String| RuntimeError::InvalidModel {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let invalid = |reason: String| RuntimeError::invalid_model(path, reason);
         if len == 0 {
             return Err(invalid("the file is empty".into()));
         }
@@ -84,17 +81,22 @@ impl ModelInfo {
                 path: self.path.clone(),
                 key: META_KEY,
             })?;
-        let bad = |reason: String| RuntimeError::BadMetadata {
+        let meta = ModelMetadata::from_json(json).map_err(|e| RuntimeError::BadMetadata {
             path: self.path.clone(),
             key: META_KEY,
-            reason,
-        };
-        let meta = ModelMetadata::from_json(json).map_err(|e| bad(e.to_string()))?;
+            reason: "it does not parse".into(),
+            source: Some(e),
+        })?;
         if meta.format_version != META_FORMAT_VERSION {
-            return Err(bad(format!(
-                "format_version {} is not supported (this runtime reads version {META_FORMAT_VERSION})",
-                meta.format_version
-            )));
+            return Err(RuntimeError::BadMetadata {
+                path: self.path.clone(),
+                key: META_KEY,
+                reason: format!(
+                    "format_version {} is not supported (this runtime reads version {META_FORMAT_VERSION})",
+                    meta.format_version
+                ),
+                source: None,
+            });
         }
         Ok(meta)
     }

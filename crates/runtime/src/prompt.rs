@@ -145,13 +145,15 @@ impl PromptTokenizer {
         let mut tokenizer =
             tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| RuntimeError::Tokenizer {
                 path: path.to_path_buf(),
-                reason: format!("not a Hugging Face tokenizer.json: {e}"),
+                reason: "not a Hugging Face tokenizer.json".into(),
+                source: Some(e),
             })?;
         tokenizer
             .with_truncation(None)
             .map_err(|e| RuntimeError::Tokenizer {
                 path: path.to_path_buf(),
-                reason: e.to_string(),
+                reason: "cannot switch off its truncation".into(),
+                source: Some(e),
             })?
             .with_padding(None);
         let pad_id = tokenizer
@@ -161,6 +163,7 @@ impl PromptTokenizer {
                 reason: format!(
                     "the vocabulary has no padding token '{PAD_TOKEN}' (is this Gemma's tokenizer?)"
                 ),
+                source: None,
             })?;
         let mut this = PromptTokenizer {
             tokenizer,
@@ -245,7 +248,8 @@ impl PromptTokenizer {
             .encode(text, true)
             .map_err(|e| RuntimeError::Tokenizer {
                 path: self.path.clone(),
-                reason: format!("cannot tokenize {text:?}: {e}"),
+                reason: format!("cannot tokenize {text:?}"),
+                source: Some(e),
             })?;
         Ok(enc.get_ids().to_vec())
     }

@@ -36,7 +36,8 @@ pub fn read_metadata(path: &Path) -> Result<TextEncoderMetadata> {
     TextEncoderMetadata::from_json(json).map_err(|e| RuntimeError::BadMetadata {
         path: path.to_path_buf(),
         key: TEXT_ENCODER_META_KEY,
-        reason: e.to_string(),
+        reason: "it does not parse".into(),
+        source: Some(e),
     })
 }
 

@@ -1,7 +1,7 @@
 //! Shared description of a PixelDiT model, used by the exporter, the quantizer and the runtime.
 //!
-//! * [`ModelConfig`]: every hyper-parameter of one model (the JSON presets in `graphs/`, embedded with
-//!   `include_str!`), see `shared/docs/pixeldit-architecture.md` section 1.
+//! * [`ModelConfig`]: every hyper-parameter of one model, see `shared/docs/pixeldit-architecture.md` section 1.
+//! * [`presets`]: the embedded presets ([`PRESETS`], [`TEXT_ENCODER_PRESETS`]): name, JSON, shipped weights.
 //! * [`ModelMetadata`]: what the exporter writes into the ONNX `metadata_props` (key [`META_KEY`]) so that
 //!   `pixeldit-run model.onnx` needs nothing else.
 //! * [`io`]: the input/output contract of the exported graph (`x`, `t`, `y` -> `v`).
@@ -15,7 +15,10 @@
 
 pub mod custom_op;
 pub mod io;
+pub mod presets;
 pub mod text_encoder;
+
+pub use presets::{Preset, PRESETS, TEXT_ENCODER_PRESETS};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -23,8 +26,9 @@ use std::str::FromStr;
 
 /// Errors of the shared model description.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SpecError {
-    /// A preset name that is not one of [`PRESET_NAMES`].
+    /// A preset name that is not one of [`PRESETS`].
     #[error("unknown preset '{name}': expected one of {known}")]
     UnknownPreset { name: String, known: String },
     /// A JSON document (preset or metadata) that does not parse.
@@ -148,42 +152,14 @@ pub struct ModelConfig {
     pub sampler: SamplerDefaults,
 }
 
-/// Names of the presets embedded from `graphs/`.
-pub const PRESET_NAMES: &[&str] = &[
-    "tiny",
-    "digits",
-    "digits-t2i",
-    "B",
-    "L",
-    "XL-256",
-    "XL-512",
-    "t2i",
-    "t2i-tiny",
-];
-
-fn preset_json(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "tiny" => include_str!("../../../graphs/tiny.json"),
-        "digits" => include_str!("../../../graphs/digits.json"),
-        "digits-t2i" => include_str!("../../../graphs/digits-t2i.json"),
-        "B" => include_str!("../../../graphs/B.json"),
-        "L" => include_str!("../../../graphs/L.json"),
-        "XL" | "XL-256" => include_str!("../../../graphs/XL-256.json"),
-        "XL-512" => include_str!("../../../graphs/XL-512.json"),
-        "t2i" => include_str!("../../../graphs/t2i.json"),
-        "t2i-tiny" => include_str!("../../../graphs/t2i-tiny.json"),
-        _ => return None,
-    })
-}
-
 impl ModelConfig {
-    /// Loads an embedded preset by name (`XL` is an alias of `XL-256`).
+    /// Loads an embedded preset ([`PRESETS`]) by name or alias (`XL` is an alias of `XL-256`).
     pub fn preset(name: &str) -> Result<Self> {
-        let json = preset_json(name).ok_or_else(|| SpecError::UnknownPreset {
+        let preset = Preset::find(PRESETS, name).ok_or_else(|| SpecError::UnknownPreset {
             name: name.to_string(),
-            known: format!("{} (XL = XL-256)", PRESET_NAMES.join(", ")),
+            known: Preset::list(PRESETS),
         })?;
-        Self::from_json(json)
+        Self::from_json(preset.json)
     }
 
     /// Parses and validates a configuration from JSON.
@@ -374,9 +350,9 @@ mod tests {
 
     #[test]
     fn presets_parse_and_validate() {
-        for name in PRESET_NAMES {
-            let cfg = ModelConfig::preset(name).unwrap();
-            assert_eq!(&cfg.name, name);
+        for p in PRESETS {
+            let cfg = ModelConfig::preset(p.name).unwrap();
+            assert_eq!(cfg.name, p.name);
         }
         assert_eq!(ModelConfig::preset("XL").unwrap().name, "XL-256");
         assert!(matches!(

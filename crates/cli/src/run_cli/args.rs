@@ -36,7 +36,7 @@ pub(crate) struct BackendArgs {
 
 impl BackendArgs {
     pub(crate) fn options(&self, precision: Precision) -> LoadOptions {
-        let mut o = LoadOptions::default()
+        let mut o = crate::load_options()
             .with_backend(self.backend)
             .with_device(self.device)
             .with_ort_lib(self.ort_lib.clone())

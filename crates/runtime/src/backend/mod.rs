@@ -160,6 +160,9 @@ pub struct LoadOptions {
     pub device: Device,
     /// ONNX Runtime library (`--ort-lib`).
     pub ort_lib: Option<PathBuf>,
+    /// More directories to look for `.cache/onnxruntime*/` in, after the current directory (see
+    /// `ort::locate_library`; e.g. the application's source checkout).
+    pub ort_search_dirs: Vec<PathBuf>,
     /// TensorRT engine cache directory.
     pub trt_cache_dir: Option<PathBuf>,
     /// Model precision (TensorRT builder flags).
@@ -186,6 +189,11 @@ impl LoadOptions {
     /// Sets the ONNX Runtime library path.
     pub fn with_ort_lib(mut self, p: Option<PathBuf>) -> Self {
         self.ort_lib = p;
+        self
+    }
+    /// Adds a directory to look for `.cache/onnxruntime*/` in, after the current directory and the ones added before.
+    pub fn with_ort_search_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.ort_search_dirs.push(dir.into());
         self
     }
     /// Sets the model precision.
@@ -308,12 +316,13 @@ pub fn load_candidate(
         Candidate::Ort(provider) => {
             if provider != ort::OrtProvider::Cpu {
                 // An explicit GPU request without a usable library names the provider in its error.
-                if let Err(e) = ort::environment(opts.ort_lib.as_deref()) {
+                if let Err(e) = ort::environment(opts.ort_lib.as_deref(), &opts.ort_search_dirs) {
                     return Err(match e {
                         RuntimeError::OrtLibraryNotFound { .. } | RuntimeError::OrtLoad { .. } if !probe => {
                             RuntimeError::ProviderUnavailable {
                                 provider: provider.ep_name().into(),
-                                reason: e.to_string(),
+                                reason: "the ONNX Runtime library is not usable".into(),
+                                source: Some(Box::new(e)),
                             }
                         }
                         e => e,
@@ -325,6 +334,7 @@ pub fn load_candidate(
                     return Err(RuntimeError::ProviderUnavailable {
                         provider: provider.ep_name().into(),
                         reason: "the ONNX Runtime library was built without it".into(),
+                        source: None,
                     });
                 }
                 if !nvidia_gpu_present() {
@@ -338,6 +348,7 @@ pub fn load_candidate(
                                 proc.display()
                             )
                         },
+                        source: None,
                     });
                 }
             }
@@ -393,11 +404,16 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Selection> {
     })
 }
 
-/// A one-line reason for a skipped candidate.
+/// A one-line reason for a skipped candidate (the error with its causes).
 pub fn short_reason(e: &RuntimeError) -> String {
     let s = match e {
-        RuntimeError::ProviderUnavailable { reason, .. } => reason.clone(),
-        e => e.to_string(),
+        RuntimeError::ProviderUnavailable {
+            reason, source: None, ..
+        } => reason.clone(),
+        RuntimeError::ProviderUnavailable {
+            source: Some(source), ..
+        } => source.chain(),
+        e => e.chain(),
     };
     s.lines().next().unwrap_or_default().to_string()
 }

@@ -56,6 +56,8 @@ pub struct OrtOptions {
     pub provider: OrtProvider,
     /// Explicit library path (overrides `ORT_DYLIB_PATH` and the default locations).
     pub library: Option<PathBuf>,
+    /// More directories to look for `.cache/onnxruntime*/` in, after the current directory ([`locate_library`]).
+    pub library_search_dirs: Vec<PathBuf>,
     /// TensorRT engine cache directory (default: `<model dir>/.trt-cache`).
     pub trt_cache_dir: Option<PathBuf>,
     /// Precision of the model (from its metadata): sets the TensorRT fp16 / bf16 / int8 builder flags.
@@ -83,6 +85,7 @@ impl OrtOptions {
         OrtOptions {
             provider,
             library: o.ort_lib.clone(),
+            library_search_dirs: o.ort_search_dirs.clone(),
             trt_cache_dir: o.trt_cache_dir.clone(),
             precision: o.precision,
             threads: o.threads,
@@ -99,6 +102,7 @@ impl Default for OrtOptions {
         OrtOptions {
             provider: OrtProvider::Cpu,
             library: None,
+            library_search_dirs: Vec::new(),
             trt_cache_dir: None,
             precision: None,
             threads: None,
@@ -111,11 +115,12 @@ impl Default for OrtOptions {
 }
 
 /// Finds the ONNX Runtime library: `explicit` (the `--ort-lib` flag), then `ORT_DYLIB_PATH`, then
-/// `.cache/onnxruntime/libonnxruntime.so.1.31.1` under the current directory and under the workspace root; when an
-/// NVIDIA GPU is present ([`super::nvidia_gpu_present`]) the GPU build in `.cache/onnxruntime-gpu/` (written by
-/// `scripts/setup.sh`) comes before it in each place. An explicit path or `ORT_DYLIB_PATH` that does not exist is
-/// an error (no search continues past it).
-pub fn locate_library(explicit: Option<&Path>) -> Result<PathBuf> {
+/// `.cache/onnxruntime/libonnxruntime.so.1.31.1` under the current directory and then under each of `search_dirs`
+/// (the caller's choice, e.g. an application's source checkout); when an NVIDIA GPU is present
+/// ([`super::nvidia_gpu_present`]) the GPU build in `.cache/onnxruntime-gpu/` (written by `scripts/setup.sh`) comes
+/// before it in each place. An explicit path or `ORT_DYLIB_PATH` that does not exist is an error (no search
+/// continues past it).
+pub fn locate_library(explicit: Option<&Path>, search_dirs: &[PathBuf]) -> Result<PathBuf> {
     if let Some(p) = explicit {
         return if p.is_file() {
             Ok(p.to_path_buf())
@@ -140,16 +145,11 @@ pub fn locate_library(explicit: Option<&Path>) -> Result<PathBuf> {
         rels.insert(0, Path::new(".cache").join(GPU_LIBRARY_DIR).join(LIBRARY_FILE));
     }
     let mut tried = Vec::new();
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let workspace = manifest
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or(manifest)
-        .to_path_buf();
-    for base in [std::env::current_dir().ok(), Some(workspace)]
+    let bases = std::env::current_dir()
+        .ok()
         .into_iter()
-        .flatten()
-    {
+        .chain(search_dirs.iter().cloned());
+    for base in bases {
         for rel in &rels {
             let p = base.join(rel);
             if p.is_file() {
@@ -173,24 +173,22 @@ struct LoadedEnv {
 
 static ENV: Mutex<Option<LoadedEnv>> = Mutex::new(None);
 
-/// Loads the library (once per process) and returns the environment and the path it was loaded from. A second
-/// call with another path reuses the first library: a process can hold only one.
-pub fn environment(library: Option<&Path>) -> Result<(Environment, PathBuf)> {
+/// Loads the library found by [`locate_library`] (once per process) and returns the environment and the path it
+/// was loaded from. A second call with another path reuses the first library: a process can hold only one.
+pub fn environment(library: Option<&Path>, search_dirs: &[PathBuf]) -> Result<(Environment, PathBuf)> {
     let mut guard = ENV.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(l) = guard.as_ref() {
         return Ok((l.env.clone(), l.library.clone()));
     }
-    let path = locate_library(library)?;
+    let path = locate_library(library, search_dirs)?;
     // Keep the LoadDynamicError as is: turning it into an ort::Error would call into the missing library.
-    let builder = ort::init_from(&path).map_err(|e| RuntimeError::OrtLoad {
-        message: e.to_string(),
-    })?;
+    let builder = ort::init_from(&path).map_err(|e| RuntimeError::OrtLoad { source: e.into() })?;
     let env = builder
         .with_name("pixeldit")
         .build()
         .map_err(|e| RuntimeError::Ort {
             provider: "environment".into(),
-            message: e.to_string(),
+            source: e.into(),
         })?;
     *guard = Some(LoadedEnv {
         env: env.clone(),
@@ -209,7 +207,7 @@ pub fn provider_compiled_in(provider: OrtProvider) -> Result<bool> {
     };
     r.map_err(|e| RuntimeError::Ort {
         provider: provider.ep_name().into(),
-        message: e.to_string(),
+        source: e.into(),
     })
 }
 
@@ -232,9 +230,10 @@ pub struct OrtBackend {
 fn ort_err(
     provider: OrtProvider,
 ) -> impl Fn(ort::Error<ort::session::builder::SessionBuilder>) -> RuntimeError {
+    // The error holds the builder to recover; keep its code and message (errors of the C API have no cause).
     move |e| RuntimeError::Ort {
         provider: provider.ep_name().into(),
-        message: e.to_string(),
+        source: ort::Error::new_with_code(e.code(), e.message()).into(),
     }
 }
 
@@ -244,12 +243,12 @@ impl OrtBackend {
     pub fn with_options(path: &Path, opts: &OrtOptions) -> Result<Self> {
         let info = ModelInfo::read(path)?;
         check_ops(&info)?;
-        let (env, library) = environment(opts.library.as_deref())?;
+        let (env, library) = environment(opts.library.as_deref(), &opts.library_search_dirs)?;
         let provider = opts.provider;
         let e = ort_err(provider);
         let simple = |e: ort::Error| RuntimeError::Ort {
             provider: provider.ep_name().into(),
-            message: e.to_string(),
+            source: e.into(),
         };
         if !provider_compiled_in(provider)? {
             return Err(RuntimeError::ProviderUnavailable {
@@ -258,6 +257,7 @@ impl OrtBackend {
                     "the ONNX Runtime library {} was built without it (use the onnxruntime-gpu 1.31.1 library)",
                     library.display()
                 ),
+                source: None,
             });
         }
         let domain = crate::ops::ort::domain().map_err(simple)?;
@@ -317,6 +317,7 @@ impl OrtBackend {
                     .map_err(|err| RuntimeError::ProviderUnavailable {
                         provider: provider.ep_name().into(),
                         reason: provider_failure(&err.to_string(), preloaded),
+                        source: None,
                     })?;
         }
         let session = {
@@ -357,7 +358,7 @@ impl OrtBackend {
         let provider = self.provider;
         move |e: ort::Error| RuntimeError::Ort {
             provider: provider.ep_name().into(),
-            message: e.to_string(),
+            source: e.into(),
         }
     }
 }
@@ -563,8 +564,12 @@ impl Backend for OrtBackend {
                     .try_extract_tensor::<f32>()
                     .map_err(err)?;
                 let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-                ArrayD::from_shape_vec(IxDyn(&dims), data.to_vec())
-                    .map_err(|e| RuntimeError::Shape(e.to_string()))
+                ArrayD::from_shape_vec(IxDyn(&dims), data.to_vec()).map_err(|source| {
+                    RuntimeError::ArrayShape {
+                        what: format!("ONNX Runtime output '{name}' of shape {dims:?}"),
+                        source,
+                    }
+                })
             })
             .collect()
     }

@@ -120,11 +120,14 @@ impl GemmaWeights {
         };
         let mut tensors = BTreeMap::new();
         for file in &files {
-            let f = std::fs::File::open(file).map_err(|e| ckpt_err(file, e.to_string()))?;
+            let f = std::fs::File::open(file)
+                .map_err(|e| ExportError::checkpoint_file(file, "cannot open", e))?;
             // SAFETY: the file is opened read-only and only read while the export runs.
-            let map = Arc::new(unsafe { memmap2::Mmap::map(&f) }.map_err(|e| ckpt_err(file, e.to_string()))?);
+            let map = unsafe { memmap2::Mmap::map(&f) }
+                .map_err(|e| ExportError::checkpoint_file(file, "cannot map", e))?;
+            let map = Arc::new(map);
             let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map[..])
-                .map_err(|e| ckpt_err(file, format!("not a safetensors file: {e}")))?;
+                .map_err(|e| ExportError::checkpoint_file(file, "not a safetensors file", e))?;
             let base = 8 + header_len;
             for (key, info) in meta.tensors() {
                 let (s, e) = info.data_offsets;
@@ -236,9 +239,10 @@ impl GemmaWeights {
 
 /// The distinct shard files named by an index's `weight_map`, in sorted order, next to the index.
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index).map_err(|e| ckpt_err(index, e.to_string()))?;
+    let text =
+        std::fs::read_to_string(index).map_err(|e| ExportError::checkpoint_file(index, "cannot read", e))?;
     let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| ckpt_err(index, format!("invalid JSON: {e}")))?;
+        serde_json::from_str(&text).map_err(|e| ExportError::checkpoint_file(index, "invalid JSON", e))?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())

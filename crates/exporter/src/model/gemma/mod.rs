@@ -20,7 +20,7 @@ use pixeldit_spec::text_encoder::{
     TextEncoderMetadata, ATTENTION_MASK, INPUT_IDS, LAST_HIDDEN_STATE, TEXT_ENCODER_FORMAT_VERSION,
     TEXT_ENCODER_META_KEY,
 };
-use pixeldit_spec::Precision;
+use pixeldit_spec::{Precision, Preset, TEXT_ENCODER_PRESETS};
 
 pub use checkpoint::{GemmaWeights, INDEX_FILE, SINGLE_FILE};
 use decoder_layer::{additive_mask, decoder_layer, scoped, GemmaCtx, LayerInputs};
@@ -62,42 +62,48 @@ pub struct GemmaConfig {
     pub default_sequence_length: usize,
 }
 
-const PRESETS: [(&str, &str); 2] = [
-    (
-        "gemma-2-2b",
-        include_str!("../../../../../graphs/gemma-2-2b.json"),
-    ),
-    (
-        "gemma-tiny",
-        include_str!("../../../../../graphs/gemma-tiny.json"),
-    ),
-];
+fn cfg_err(config: &str, reason: impl Into<String>) -> ExportError {
+    ExportError::GemmaConfig {
+        config: config.to_string(),
+        reason: reason.into(),
+    }
+}
 
-fn cfg_err(source: &str, reason: impl Into<String>) -> ExportError {
-    ExportError::Unsupported(format!("Gemma-2 config {source}: {}", reason.into()))
+fn cfg_file_err(
+    config: &str,
+    what: &'static str,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> ExportError {
+    ExportError::GemmaConfigFile {
+        config: config.to_string(),
+        what,
+        source: source.into(),
+    }
 }
 
 impl GemmaConfig {
-    /// A preset from `graphs/` (`gemma-2-2b`, `gemma-tiny`).
+    /// A preset of [`TEXT_ENCODER_PRESETS`] (`gemma-2-2b`, `gemma-tiny`).
     pub fn preset(name: &str) -> Result<Self> {
-        let (_, text) = PRESETS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
-            let names: Vec<_> = PRESETS.iter().map(|(n, _)| *n).collect();
-            cfg_err(name, format!("unknown preset (known: {})", names.join(", ")))
+        let preset = Preset::find(TEXT_ENCODER_PRESETS, name).ok_or_else(|| {
+            cfg_err(
+                name,
+                format!("unknown preset (known: {})", Preset::list(TEXT_ENCODER_PRESETS)),
+            )
         })?;
-        Self::from_json(name, text)
+        Self::from_json(name, preset.json)
     }
 
     /// Reads a Hugging Face `config.json` (or a preset in the same format).
     pub fn from_hf_config(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| cfg_err(&path.display().to_string(), e.to_string()))?;
-        Self::from_json(&path.display().to_string(), &text)
+        let config = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| cfg_file_err(&config, "cannot read", e))?;
+        Self::from_json(&config, &text)
     }
 
     /// Parses `Gemma2Config` JSON (`rope_theta` at the top level or under `rope_parameters`).
     pub fn from_json(source: &str, text: &str) -> Result<Self> {
         let j: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| cfg_err(source, format!("invalid JSON: {e}")))?;
+            serde_json::from_str(text).map_err(|e| cfg_file_err(source, "invalid JSON", e))?;
         let uint = |k: &str| -> Result<usize> {
             j.get(k)
                 .and_then(|v| v.as_u64())
