@@ -14,8 +14,8 @@ use pixeldit_runtime::generate::{generate, ImageShape, Noise, Request};
 use pixeldit_runtime::prompt::{PromptKind, PromptTokenizer};
 use pixeldit_runtime::text_encoder::{self, TextEncoder};
 use pixeldit_runtime::{
-    backend, io, model, BackendKind, CondRows, Conditions, Denoiser, Device, RuntimeError,
-    SamplerConfig, SamplerOverrides, Time,
+    backend, io, model, BackendKind, CondRows, Conditions, Denoiser, Device, RuntimeError, SamplerConfig,
+    SamplerOverrides, Time,
 };
 use pixeldit_spec::{ModelKind, ModelMetadata, Precision, TextConfig};
 use std::path::PathBuf;
@@ -240,8 +240,7 @@ pub(crate) fn sampling_run(
         (ModelKind::T2i, Some(text_cfg)) => {
             if !classes.is_empty() {
                 bail!(
-                    "classes (--calib-classes, evaluation classes) are for class-conditional models; {} is \
-                     text-to-image",
+                    "--calib-classes is for class-conditional models; {} is text-to-image",
                     meta.config.name
                 );
             }

@@ -326,3 +326,116 @@ fn bench_appends_a_row_per_backend() {
             .any(|r| r.contains("| ort/CPUExecutionProvider | 2 |")));
     }
 }
+
+/// Non-finite or out-of-range sampler flags are refused before anything runs, the message naming the field.
+#[test]
+fn non_finite_and_out_of_range_sampler_flags_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, expect) in [
+        (vec!["--cfg", "nan"], "cfg scale NaN is not finite"),
+        (vec!["--cfg", "inf"], "cfg scale inf is not finite"),
+        (
+            vec!["--cfg", "1e30"],
+            "cfg scale 1000000000000000000000000000000 is out of range 0..=100",
+        ),
+        (vec!["--shift", "nan"], "time shift NaN is not finite"),
+        (
+            vec!["--shift", "1e30"],
+            "time shift 1000000000000000000000000000000 is out of range",
+        ),
+        (
+            vec!["--interval", "nan,1"],
+            "guidance interval lo NaN is not finite",
+        ),
+        (
+            vec!["--interval", "0,inf"],
+            "guidance interval hi inf is not finite",
+        ),
+        (vec!["--interval", "0.9,0.1"], "must have lo <= hi"),
+        (
+            vec!["--steps", "1001"],
+            "steps 1001: expected 1..=1000 for flow_dpm",
+        ),
+        (
+            vec!["--sampler", "dpmpp_2m", "--steps", "1"],
+            "steps 1: expected 2..=1000 for dpmpp_2m",
+        ),
+    ] {
+        let out = run(bin()
+            .current_dir(dir.path())
+            .arg(fixture("dummy_tiny.onnx"))
+            .args(["--backend", "tract"])
+            .args(&args)
+            .args(["-o", "x.png"]));
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(expect), "{args:?}: {}", stderr(&out));
+    }
+    assert!(files(dir.path()).is_empty());
+}
+
+/// `-q` on every binary and subcommand prints nothing on success; without it the same runs report what they did.
+#[test]
+fn quiet_means_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let export = |args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pixeldit-export"));
+        c.current_dir(d).args(args);
+        run(&mut c)
+    };
+    let silent = |out: &std::process::Output, what: &str| {
+        assert!(out.status.success(), "{what} failed");
+        assert!(
+            out.stdout.is_empty() && out.stderr.is_empty(),
+            "{what} -q printed: {}{}",
+            stdout(out),
+            stderr(out)
+        );
+    };
+    let loud = export(&["--preset", "tiny", "--random-init", "-o", "t.onnx"]);
+    assert!(loud.status.success() && stdout(&loud).contains("wrote t.onnx"));
+    silent(
+        &export(&["--preset", "tiny", "--random-init", "-q", "-o", "t.onnx"]),
+        "pixeldit-export",
+    );
+    let gemma = workspace().join("tests/golden/gemma/model");
+    let enc = export(&["--text-encoder", gemma.to_str().unwrap(), "-q", "-o", "g.onnx"]);
+    silent(&enc, "pixeldit-export --text-encoder");
+    // Default backend selection (auto): without -q it names the backend, with -q nothing.
+    let sample = |extra: &[&str]| {
+        run(bin()
+            .current_dir(d)
+            .args(["t.onnx", "--class", "1", "--steps", "2", "-o", "s.png"])
+            .args(extra))
+    };
+    let loud = sample(&[]);
+    assert!(loud.status.success() && stderr(&loud).contains("pixeldit-run: using "));
+    assert!(stdout(&loud).contains("flow_dpm 2 steps"));
+    silent(&sample(&["-q"]), "pixeldit-run");
+    let tok = gemma.join("tokenizer.json");
+    let encode = run(bin().current_dir(d).args([
+        "encode",
+        "--text-encoder",
+        "g.onnx",
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--prompt",
+        "the digit three",
+        "-q",
+        "-o",
+        "e.npy",
+    ]));
+    silent(&encode, "pixeldit-run encode");
+    let bench = run(bin().current_dir(d).args([
+        "bench",
+        "t.onnx",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--backend",
+        "tract",
+        "-q",
+    ]));
+    silent(&bench, "pixeldit-run bench");
+}

@@ -259,7 +259,7 @@ fn t2i_cli_reproduces_the_golden_sample() {
     );
     fails(
         &["--text-embeddings", "text.npy", "--cfg", "1", "--steps", "1"],
-        "at least 2 steps",
+        "steps 1: expected 2..=1000 for dpmpp_2m",
     );
 }
 

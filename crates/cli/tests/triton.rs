@@ -322,7 +322,7 @@ fn triton_server_sampling_batching_and_schema() {
     // 1. pixeldit-run --triton vs local ORT CPU: same sampler, same noise, same image.
     let (remote_png, remote_raw) = (dir.path().join("remote.png"), dir.path().join("remote.npy"));
     let (local_png, local_raw) = (dir.path().join("local.png"), dir.path().join("local.npy"));
-    let common = ["--classes", "1,7", "--seed", "0", "--grid", "-q"];
+    let common = ["--classes", "1,7", "--seed", "0", "--grid"];
     let t0 = Instant::now();
     let out = run(bin()
         .args(["--triton", &server.url, "--model", MODEL])
@@ -469,7 +469,6 @@ fn triton_server_sampling_batching_and_schema() {
             "1",
             "--seed",
             "0",
-            "-q",
             "--save-raw",
             out,
             "-o",

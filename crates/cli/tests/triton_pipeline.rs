@@ -29,7 +29,7 @@ fn export_repo(repo: &Path) -> PathBuf {
     let out = run(Command::new(env!("CARGO_BIN_EXE_pixeldit-export"))
         .args(["--preset", "digits", "--triton-repo"])
         .arg(repo)
-        .args(["--max-queue-delay-us", "2000", "-q"]));
+        .args(["--max-queue-delay-us", "2000"]));
     assert!(out.status.success(), "export with --triton-repo failed");
     assert!(
         stdout(&out).contains(&format!(
@@ -131,7 +131,7 @@ fn triton_pipeline_serves_one_image_per_request() {
     assert_eq!(differing, 0, "the served image differs from the local one");
 
     // 2. pixeldit-run --triton uses the pipeline (one request per image); --triton-step-wise drives the steps.
-    let common = ["--classes", "1,4,9", "--seed", "5", "--interval", "0.1,0.9", "-q"];
+    let common = ["--classes", "1,4,9", "--seed", "5", "--interval", "0.1,0.9"];
     let raw = |name: &str| d.join(name).to_str().unwrap().to_string();
     let out = run(bin()
         .args(["--triton", &server.url, "--model", MODEL])
@@ -149,11 +149,7 @@ fn triton_pipeline_serves_one_image_per_request() {
         .args(common)
         .args(["-o", &raw("s.png"), "--save-raw", &raw("s.npy")]));
     assert!(out.status.success());
-    assert!(
-        stdout(&out).contains("25 forwards of batch 6"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains("25 forwards, "), "{}", stdout(&out));
     assert!(local_run(
         &onnx,
         &[&common[..], &["-o", &raw("l.png"), "--save-raw", &raw("l.npy")]].concat()
@@ -496,7 +492,7 @@ fn triton_pipeline_serves_text_to_image_by_prompt() {
             "--prompts-file",
         ])
         .arg(d.join("prompts.txt"))
-        .args(["--negative-prompt", "blurry", "--seed", "2", "-q", "-o"])
+        .args(["--negative-prompt", "blurry", "--seed", "2", "-o"])
         .arg(d.join("r.png"))
         .arg("--save-raw")
         .arg(&rraw));

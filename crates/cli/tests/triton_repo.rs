@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 
 fn export(args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_pixeldit-export"))
-        .args(["--preset", "tiny", "--random-init", "-q"])
+        .args(["--preset", "tiny", "--random-init"])
         .args(args)
         .output()
         .unwrap();
