@@ -3,7 +3,8 @@
 //!
 //! Nothing is ever imported or executed. `GLOBAL`/`STACK_GLOBAL` push a [`Value::Global`] naming the
 //! callable; `REDUCE`/`NEWOBJ`/`BUILD` interpret the few callables `torch.save` needs and turn every
-//! other one into an opaque [`Value::Object`]:
+//! other one into an opaque [`Value::Object`] (the interpretation lives in the private module
+//! `checkpoint::torch_objects`):
 //!
 //! * `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, metadata])`
 //!   and `_rebuild_tensor` give a [`Value::Tensor`] (a description only: storage key, dtype, offset,
@@ -21,6 +22,8 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
+
+use super::torch_objects;
 
 /// Element type of a torch storage (`torch.<Name>Storage`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +139,8 @@ pub enum Value {
 }
 
 impl Value {
-    fn kind(&self) -> &'static str {
+    /// The Python type name, for messages.
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Value::None => "None",
             Value::Bool(_) => "bool",
@@ -315,91 +319,6 @@ fn global(module: &str, name: &str) -> Value {
     Value::Global(Rc::new((module.to_string(), name.to_string())))
 }
 
-fn usize_of(v: &Value, what: &str) -> std::result::Result<usize, String> {
-    match v {
-        Value::Int(i) if *i >= 0 => Ok(*i as usize),
-        other => Err(format!(
-            "{what}: expected a non-negative int, got {}",
-            other.kind()
-        )),
-    }
-}
-
-fn usizes_of(v: &Value, what: &str) -> std::result::Result<Vec<usize>, String> {
-    match v {
-        Value::Tuple(t) => t.iter().map(|x| usize_of(x, what)).collect(),
-        Value::List(l) => l.borrow().iter().map(|x| usize_of(x, what)).collect(),
-        other => Err(format!("{what}: expected a tuple of ints, got {}", other.kind())),
-    }
-}
-
-fn tuple_items(v: &Value) -> Option<Vec<Value>> {
-    match v {
-        Value::Tuple(t) => Some(t.to_vec()),
-        _ => None,
-    }
-}
-
-/// Interprets a call `callable(*args)` for the callables `torch.save` uses.
-fn call(callable: &Value, args: &Value) -> std::result::Result<Value, String> {
-    let Value::Global(g) = callable else {
-        // Calling an opaque object or a non-global: the result is opaque too.
-        return Ok(Value::Object(Rc::new(("<call>".into(), callable.kind().into()))));
-    };
-    let (module, name) = (g.0.as_str(), g.1.as_str());
-    let a = tuple_items(args).unwrap_or_default();
-    match (module, name) {
-        ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
-            if a.len() < 4 {
-                return Err(format!("{module}.{name} with {} arguments", a.len()));
-            }
-            let Value::Storage(storage) = &a[0] else {
-                return Err(format!(
-                    "{module}.{name}: first argument is a {}, not a storage",
-                    a[0].kind()
-                ));
-            };
-            let offset = usize_of(&a[1], "storage offset")?;
-            let shape = usizes_of(&a[2], "tensor size")?;
-            let strides = usizes_of(&a[3], "tensor stride")?;
-            if shape.len() != strides.len() {
-                return Err(format!("size {shape:?} and stride {strides:?} differ in rank"));
-            }
-            Ok(Value::Tensor(Rc::new(TensorRef {
-                storage: (**storage).clone(),
-                offset,
-                shape,
-                strides,
-            })))
-        }
-        ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => a
-            .first()
-            .cloned()
-            .ok_or_else(|| format!("{module}.{name} without arguments")),
-        ("torch._tensor", "_rebuild_from_type_v2") => {
-            if a.len() < 3 {
-                return Err(format!("{module}.{name} with {} arguments", a.len()));
-            }
-            call(&a[0], &a[2])
-        }
-        ("collections", "OrderedDict") | ("builtins", "dict") | ("__builtin__", "dict") => {
-            Ok(Value::Dict(Rc::default()))
-        }
-        ("builtins", "set")
-        | ("__builtin__", "set")
-        | ("builtins", "frozenset")
-        | ("__builtin__", "frozenset") => {
-            let items = match a.first() {
-                Some(Value::List(l)) => l.borrow().clone(),
-                Some(Value::Tuple(t)) => t.to_vec(),
-                _ => Vec::new(),
-            };
-            Ok(Value::List(Rc::new(RefCell::new(items))))
-        }
-        _ => Ok(Value::Object(Rc::new((module.to_string(), name.to_string())))),
-    }
-}
-
 impl<'a> Vm<'a> {
     fn err<T>(&self, reason: impl Into<String>) -> R<T> {
         Err(PickleError {
@@ -548,35 +467,12 @@ impl<'a> Vm<'a> {
         }
     }
 
+    /// `BINPERSID`: the storage named by the persistent id `pid`.
     fn persistent(&mut self, pid: Value) -> R<Value> {
-        let Some(t) = tuple_items(&pid) else {
-            return self.err(format!("persistent id is a {}, not a tuple", pid.kind()));
-        };
-        if t.first().and_then(Value::as_str) != Some("storage") || t.len() < 5 {
-            return self.err(format!(
-                "persistent id {:?} is not ('storage', type, key, location, numel)",
-                t.first().and_then(Value::as_str)
-            ));
+        match torch_objects::storage(&pid) {
+            Ok(v) => Ok(v),
+            Err(e) => self.err(e),
         }
-        let type_name = match &t[1] {
-            Value::Global(g) => g.1.clone(),
-            other => return self.err(format!("storage type is a {}", other.kind())),
-        };
-        let key = match &t[2] {
-            Value::Str(s) => s.to_string(),
-            Value::Int(i) => i.to_string(),
-            other => return self.err(format!("storage key is a {}", other.kind())),
-        };
-        let numel = match usize_of(&t[4], "storage numel") {
-            Ok(n) => n,
-            Err(e) => return self.err(e),
-        };
-        Ok(Value::Storage(Rc::new(StorageRef {
-            key,
-            dtype: StorageDType::from_storage_name(&type_name),
-            type_name,
-            numel,
-        })))
     }
 
     fn run(&mut self) -> R<Value> {
@@ -817,7 +713,7 @@ impl<'a> Vm<'a> {
                 b'R' => {
                     let args = self.pop()?;
                     let f = self.pop()?;
-                    match call(&f, &args) {
+                    match torch_objects::call(&f, &args) {
                         Ok(v) => self.stack.push(v),
                         Err(e) => return self.err(e),
                     }
@@ -825,13 +721,13 @@ impl<'a> Vm<'a> {
                 0x81 => {
                     let _args = self.pop()?;
                     let cls = self.pop()?;
-                    self.stack.push(new_object(&cls));
+                    self.stack.push(torch_objects::new_object(&cls));
                 }
                 0x92 => {
                     let _kwargs = self.pop()?;
                     let _args = self.pop()?;
                     let cls = self.pop()?;
-                    self.stack.push(new_object(&cls));
+                    self.stack.push(torch_objects::new_object(&cls));
                 }
                 b'o' => {
                     let mut items = self.pop_mark()?;
@@ -839,7 +735,7 @@ impl<'a> Vm<'a> {
                         return self.err("OBJ without a class");
                     }
                     let cls = items.remove(0);
-                    self.stack.push(new_object(&cls));
+                    self.stack.push(torch_objects::new_object(&cls));
                 }
                 b'i' => {
                     let module = self.line()?.to_string();
@@ -864,16 +760,6 @@ impl<'a> Vm<'a> {
                 _ => return self.err("unknown opcode"),
             }
         }
-    }
-}
-
-fn new_object(cls: &Value) -> Value {
-    match cls {
-        Value::Global(g) if matches!((g.0.as_str(), g.1.as_str()), ("collections", "OrderedDict")) => {
-            Value::Dict(Rc::default())
-        }
-        Value::Global(g) => Value::Object(g.clone()),
-        other => Value::Object(Rc::new(("<new>".into(), other.kind().into()))),
     }
 }
 
