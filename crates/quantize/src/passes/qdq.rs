@@ -80,17 +80,13 @@ pub fn qdq_linear(
     } else {
         None
     };
-    let (w, smooth) = smooth_weight(g, l, cfg, stats, source, encoding)?;
-    let (wd, weight_range) = quantize_weight(g, l, cfg, dtype, w)?;
+    let SmoothedWeight { values, factors } = smooth_weight(g, l, cfg, stats, source, encoding)?;
+    let (wd, weight_range) = quantize_weight(g, l, cfg, dtype, values)?;
     let act = match stats {
-        Some(st) => Some(insert_activation_qdq(
-            g,
-            l,
-            cfg,
-            dtype,
-            st,
-            smooth.as_ref().map(|s| s.as_slice()),
-        )?),
+        Some(st) => {
+            let smooth = factors.as_deref().map(Vec::as_slice);
+            Some(insert_activation_qdq(g, l, cfg, dtype, st, smooth)?)
+        }
         None => None,
     };
     rewire_gemm(g, l, cfg, wd, act.as_ref().map(|a| a.output))?;
@@ -99,7 +95,7 @@ pub fn qdq_linear(
         weight_scale_max: weight_range[1],
         input_range: act.as_ref().map(|a| a.range),
         input_scale: act.as_ref().map(|a| a.scale),
-        smooth_range: smooth.map(|s| min_max(&s)),
+        smooth_range: factors.map(|s| min_max(&s)),
     })
 }
 
@@ -122,8 +118,14 @@ fn deferred_weight(g: &Graph, name: &str) -> (Arc<dyn F32Source>, Encoding) {
         .expect("find_linears returns deferred weights")
 }
 
+/// The weight values to quantize and the SmoothQuant factors `s` they were multiplied by, if any.
+struct SmoothedWeight {
+    values: Vec<f32>,
+    factors: Option<Arc<Vec<f32>>>,
+}
+
 /// Reads the weight and, with SmoothQuant, migrates the activation range into its input columns: the
-/// stored initializer becomes the smoothed weight. Returns the (smoothed) values and the factors `s`.
+/// stored initializer becomes the smoothed weight.
 fn smooth_weight(
     g: &mut Graph,
     l: &Linear,
@@ -131,10 +133,13 @@ fn smooth_weight(
     stats: Option<&TensorStats>,
     source: Arc<dyn F32Source>,
     encoding: Encoding,
-) -> Result<(Vec<f32>, Option<Arc<Vec<f32>>>)> {
+) -> Result<SmoothedWeight> {
     let mut w = source.read()?;
     let (Some(alpha), Some(st)) = (cfg.smoothquant, stats) else {
-        return Ok((w, None));
+        return Ok(SmoothedWeight {
+            values: w,
+            factors: None,
+        });
     };
     let s = smooth_factors(&st.channel_amax, &column_amax(&w, l.in_features), alpha);
     for row in w.chunks_mut(l.in_features) {
@@ -151,7 +156,10 @@ fn smooth_weight(
         source: scaled,
         encoding,
     };
-    Ok((w, Some(factors)))
+    Ok(SmoothedWeight {
+        values: w,
+        factors: Some(factors),
+    })
 }
 
 /// Stores the weight quantized under its checkpoint name with per-output-channel scales
