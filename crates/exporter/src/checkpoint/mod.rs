@@ -12,6 +12,7 @@
 //! dropped, callbacks) is ever read.
 
 pub mod pickle;
+mod torch_objects;
 pub mod torch_zip;
 
 /// A checkpoint container format, detected from the first bytes of the file.

@@ -3,7 +3,8 @@
 //!
 //! Nothing is ever imported or executed. `GLOBAL`/`STACK_GLOBAL` push a [`Value::Global`] naming the
 //! callable; `REDUCE`/`NEWOBJ`/`BUILD` interpret the few callables `torch.save` needs and turn every
-//! other one into an opaque [`Value::Object`]:
+//! other one into an opaque [`Value::Object`] (the interpretation lives in the private module
+//! `checkpoint::torch_objects`):
 //!
 //! * `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, metadata])`
 //!   and `_rebuild_tensor` give a [`Value::Tensor`] (a description only: storage key, dtype, offset,
@@ -21,6 +22,8 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
+
+use super::torch_objects;
 
 /// Element type of a torch storage (`torch.<Name>Storage`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +139,8 @@ pub enum Value {
 }
 
 impl Value {
-    fn kind(&self) -> &'static str {
+    /// The Python type name, for messages.
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Value::None => "None",
             Value::Bool(_) => "bool",
@@ -210,79 +214,112 @@ impl fmt::Display for PickleError {
 
 impl std::error::Error for PickleError {}
 
-/// The pickletools name of an opcode.
+/// The pickletools name of an opcode byte (`unknown` for a byte that is no opcode).
 pub fn opcode_name(op: u8) -> &'static str {
-    match op {
-        b'(' => "MARK",
-        b'.' => "STOP",
-        b'0' => "POP",
-        b'1' => "POP_MARK",
-        b'2' => "DUP",
-        b'F' => "FLOAT",
-        b'I' => "INT",
-        b'J' => "BININT",
-        b'K' => "BININT1",
-        b'L' => "LONG",
-        b'M' => "BININT2",
-        b'N' => "NONE",
-        b'P' => "PERSID",
-        b'Q' => "BINPERSID",
-        b'R' => "REDUCE",
-        b'S' => "STRING",
-        b'T' => "BINSTRING",
-        b'U' => "SHORT_BINSTRING",
-        b'V' => "UNICODE",
-        b'X' => "BINUNICODE",
-        b'a' => "APPEND",
-        b'b' => "BUILD",
-        b'c' => "GLOBAL",
-        b'd' => "DICT",
-        b'}' => "EMPTY_DICT",
-        b'e' => "APPENDS",
-        b'g' => "GET",
-        b'h' => "BINGET",
-        b'i' => "INST",
-        b'j' => "LONG_BINGET",
-        b'l' => "LIST",
-        b']' => "EMPTY_LIST",
-        b'o' => "OBJ",
-        b'p' => "PUT",
-        b'q' => "BINPUT",
-        b'r' => "LONG_BINPUT",
-        b's' => "SETITEM",
-        b't' => "TUPLE",
-        b')' => "EMPTY_TUPLE",
-        b'u' => "SETITEMS",
-        b'G' => "BINFLOAT",
-        b'B' => "BINBYTES",
-        b'C' => "SHORT_BINBYTES",
-        0x80 => "PROTO",
-        0x81 => "NEWOBJ",
-        0x82 => "EXT1",
-        0x83 => "EXT2",
-        0x84 => "EXT4",
-        0x85 => "TUPLE1",
-        0x86 => "TUPLE2",
-        0x87 => "TUPLE3",
-        0x88 => "NEWTRUE",
-        0x89 => "NEWFALSE",
-        0x8a => "LONG1",
-        0x8b => "LONG4",
-        0x8c => "SHORT_BINUNICODE",
-        0x8d => "BINUNICODE8",
-        0x8e => "BINBYTES8",
-        0x8f => "EMPTY_SET",
-        0x90 => "ADDITEMS",
-        0x91 => "FROZENSET",
-        0x92 => "NEWOBJ_EX",
-        0x93 => "STACK_GLOBAL",
-        0x94 => "MEMOIZE",
-        0x95 => "FRAME",
-        0x96 => "BYTEARRAY8",
-        0x97 => "NEXT_BUFFER",
-        0x98 => "READONLY_BUFFER",
-        _ => "unknown",
-    }
+    OpCode::from_byte(op).map_or("unknown", OpCode::name)
+}
+
+/// Declares [`OpCode`] from one table: variant, byte, pickletools name.
+macro_rules! opcodes {
+    ($($variant:ident = $byte:literal, $name:literal;)*) => {
+        /// A pickle opcode (protocols 0 to 5), its discriminant the opcode byte.
+        #[repr(u8)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        enum OpCode {
+            $(
+                #[doc = concat!("`", $name, "`")]
+                $variant = $byte,
+            )*
+        }
+
+        impl OpCode {
+            /// The opcode of a byte, `None` for a byte that is no opcode.
+            fn from_byte(byte: u8) -> Option<Self> {
+                match byte {
+                    $($byte => Some(Self::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// The pickletools name.
+            fn name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+opcodes! {
+    Mark = b'(', "MARK";
+    Stop = b'.', "STOP";
+    Pop = b'0', "POP";
+    PopMark = b'1', "POP_MARK";
+    Dup = b'2', "DUP";
+    Float = b'F', "FLOAT";
+    Int = b'I', "INT";
+    BinInt = b'J', "BININT";
+    BinInt1 = b'K', "BININT1";
+    Long = b'L', "LONG";
+    BinInt2 = b'M', "BININT2";
+    None = b'N', "NONE";
+    PersId = b'P', "PERSID";
+    BinPersId = b'Q', "BINPERSID";
+    Reduce = b'R', "REDUCE";
+    String = b'S', "STRING";
+    BinString = b'T', "BINSTRING";
+    ShortBinString = b'U', "SHORT_BINSTRING";
+    Unicode = b'V', "UNICODE";
+    BinUnicode = b'X', "BINUNICODE";
+    Append = b'a', "APPEND";
+    Build = b'b', "BUILD";
+    Global = b'c', "GLOBAL";
+    Dict = b'd', "DICT";
+    EmptyDict = b'}', "EMPTY_DICT";
+    Appends = b'e', "APPENDS";
+    Get = b'g', "GET";
+    BinGet = b'h', "BINGET";
+    Inst = b'i', "INST";
+    LongBinGet = b'j', "LONG_BINGET";
+    List = b'l', "LIST";
+    EmptyList = b']', "EMPTY_LIST";
+    Obj = b'o', "OBJ";
+    Put = b'p', "PUT";
+    BinPut = b'q', "BINPUT";
+    LongBinPut = b'r', "LONG_BINPUT";
+    SetItem = b's', "SETITEM";
+    Tuple = b't', "TUPLE";
+    EmptyTuple = b')', "EMPTY_TUPLE";
+    SetItems = b'u', "SETITEMS";
+    BinFloat = b'G', "BINFLOAT";
+    BinBytes = b'B', "BINBYTES";
+    ShortBinBytes = b'C', "SHORT_BINBYTES";
+    Proto = 0x80, "PROTO";
+    NewObj = 0x81, "NEWOBJ";
+    Ext1 = 0x82, "EXT1";
+    Ext2 = 0x83, "EXT2";
+    Ext4 = 0x84, "EXT4";
+    Tuple1 = 0x85, "TUPLE1";
+    Tuple2 = 0x86, "TUPLE2";
+    Tuple3 = 0x87, "TUPLE3";
+    NewTrue = 0x88, "NEWTRUE";
+    NewFalse = 0x89, "NEWFALSE";
+    Long1 = 0x8a, "LONG1";
+    Long4 = 0x8b, "LONG4";
+    ShortBinUnicode = 0x8c, "SHORT_BINUNICODE";
+    BinUnicode8 = 0x8d, "BINUNICODE8";
+    BinBytes8 = 0x8e, "BINBYTES8";
+    EmptySet = 0x8f, "EMPTY_SET";
+    AddItems = 0x90, "ADDITEMS";
+    FrozenSet = 0x91, "FROZENSET";
+    NewObjEx = 0x92, "NEWOBJ_EX";
+    StackGlobal = 0x93, "STACK_GLOBAL";
+    Memoize = 0x94, "MEMOIZE";
+    Frame = 0x95, "FRAME";
+    ByteArray8 = 0x96, "BYTEARRAY8";
+    NextBuffer = 0x97, "NEXT_BUFFER";
+    ReadonlyBuffer = 0x98, "READONLY_BUFFER";
 }
 
 struct Vm<'a> {
@@ -313,91 +350,6 @@ pub fn load(data: &[u8]) -> R<Value> {
 
 fn global(module: &str, name: &str) -> Value {
     Value::Global(Rc::new((module.to_string(), name.to_string())))
-}
-
-fn usize_of(v: &Value, what: &str) -> std::result::Result<usize, String> {
-    match v {
-        Value::Int(i) if *i >= 0 => Ok(*i as usize),
-        other => Err(format!(
-            "{what}: expected a non-negative int, got {}",
-            other.kind()
-        )),
-    }
-}
-
-fn usizes_of(v: &Value, what: &str) -> std::result::Result<Vec<usize>, String> {
-    match v {
-        Value::Tuple(t) => t.iter().map(|x| usize_of(x, what)).collect(),
-        Value::List(l) => l.borrow().iter().map(|x| usize_of(x, what)).collect(),
-        other => Err(format!("{what}: expected a tuple of ints, got {}", other.kind())),
-    }
-}
-
-fn tuple_items(v: &Value) -> Option<Vec<Value>> {
-    match v {
-        Value::Tuple(t) => Some(t.to_vec()),
-        _ => None,
-    }
-}
-
-/// Interprets a call `callable(*args)` for the callables `torch.save` uses.
-fn call(callable: &Value, args: &Value) -> std::result::Result<Value, String> {
-    let Value::Global(g) = callable else {
-        // Calling an opaque object or a non-global: the result is opaque too.
-        return Ok(Value::Object(Rc::new(("<call>".into(), callable.kind().into()))));
-    };
-    let (module, name) = (g.0.as_str(), g.1.as_str());
-    let a = tuple_items(args).unwrap_or_default();
-    match (module, name) {
-        ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
-            if a.len() < 4 {
-                return Err(format!("{module}.{name} with {} arguments", a.len()));
-            }
-            let Value::Storage(storage) = &a[0] else {
-                return Err(format!(
-                    "{module}.{name}: first argument is a {}, not a storage",
-                    a[0].kind()
-                ));
-            };
-            let offset = usize_of(&a[1], "storage offset")?;
-            let shape = usizes_of(&a[2], "tensor size")?;
-            let strides = usizes_of(&a[3], "tensor stride")?;
-            if shape.len() != strides.len() {
-                return Err(format!("size {shape:?} and stride {strides:?} differ in rank"));
-            }
-            Ok(Value::Tensor(Rc::new(TensorRef {
-                storage: (**storage).clone(),
-                offset,
-                shape,
-                strides,
-            })))
-        }
-        ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => a
-            .first()
-            .cloned()
-            .ok_or_else(|| format!("{module}.{name} without arguments")),
-        ("torch._tensor", "_rebuild_from_type_v2") => {
-            if a.len() < 3 {
-                return Err(format!("{module}.{name} with {} arguments", a.len()));
-            }
-            call(&a[0], &a[2])
-        }
-        ("collections", "OrderedDict") | ("builtins", "dict") | ("__builtin__", "dict") => {
-            Ok(Value::Dict(Rc::default()))
-        }
-        ("builtins", "set")
-        | ("__builtin__", "set")
-        | ("builtins", "frozenset")
-        | ("__builtin__", "frozenset") => {
-            let items = match a.first() {
-                Some(Value::List(l)) => l.borrow().clone(),
-                Some(Value::Tuple(t)) => t.to_vec(),
-                _ => Vec::new(),
-            };
-            Ok(Value::List(Rc::new(RefCell::new(items))))
-        }
-        _ => Ok(Value::Object(Rc::new((module.to_string(), name.to_string())))),
-    }
 }
 
 impl<'a> Vm<'a> {
@@ -548,332 +500,383 @@ impl<'a> Vm<'a> {
         }
     }
 
+    /// `BINPERSID`: the storage named by the persistent id `pid`.
     fn persistent(&mut self, pid: Value) -> R<Value> {
-        let Some(t) = tuple_items(&pid) else {
-            return self.err(format!("persistent id is a {}, not a tuple", pid.kind()));
-        };
-        if t.first().and_then(Value::as_str) != Some("storage") || t.len() < 5 {
-            return self.err(format!(
-                "persistent id {:?} is not ('storage', type, key, location, numel)",
-                t.first().and_then(Value::as_str)
-            ));
+        match torch_objects::storage(&pid) {
+            Ok(v) => Ok(v),
+            Err(e) => self.err(e),
         }
-        let type_name = match &t[1] {
-            Value::Global(g) => g.1.clone(),
-            other => return self.err(format!("storage type is a {}", other.kind())),
-        };
-        let key = match &t[2] {
-            Value::Str(s) => s.to_string(),
-            Value::Int(i) => i.to_string(),
-            other => return self.err(format!("storage key is a {}", other.kind())),
-        };
-        let numel = match usize_of(&t[4], "storage numel") {
-            Ok(n) => n,
-            Err(e) => return self.err(e),
-        };
-        Ok(Value::Storage(Rc::new(StorageRef {
-            key,
-            dtype: StorageDType::from_storage_name(&type_name),
-            type_name,
-            numel,
-        })))
     }
 
+    /// Runs opcodes until `STOP` and returns the value it pops.
     fn run(&mut self) -> R<Value> {
         loop {
             self.op_at = self.pos;
             self.op = 0;
-            let op = self.u8()?;
-            self.op = op;
-            match op {
-                0x80 => {
-                    let p = self.u8()?;
-                    if p > 5 {
-                        return self.err(format!("pickle protocol {p} is newer than 5"));
-                    }
-                }
-                0x95 => {
-                    self.u64()?; // FRAME: the frame length is only a read-ahead hint
-                }
-                b'.' => return self.pop(),
-                b'(' => self.marks.push(self.stack.len()),
-                b'0' => {
-                    self.pop()?;
-                }
-                b'1' => {
-                    self.pop_mark()?;
-                }
-                b'2' => {
-                    let v = self.top()?.clone();
-                    self.stack.push(v);
-                }
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
-                b'K' => {
-                    let v = self.u8()?;
-                    self.stack.push(Value::Int(v.into()))
-                }
-                b'M' => {
-                    let v = self.u16()?;
-                    self.stack.push(Value::Int(v.into()))
-                }
-                b'J' => {
-                    let v = self.u32()? as i32;
-                    self.stack.push(Value::Int(v.into()))
-                }
-                0x8a => {
-                    let n = self.u8()? as usize;
-                    let b = self.take(n)?;
-                    self.stack.push(Self::long(b))
-                }
-                0x8b => {
-                    let n = self.u32()? as usize;
-                    let b = self.take(n)?;
-                    self.stack.push(Self::long(b))
-                }
-                b'I' | b'L' => {
-                    let s = self.line()?.trim_end_matches('L');
-                    let v = match s {
-                        "00" => Value::Bool(false),
-                        "01" => Value::Bool(true),
-                        s => match s.parse::<i64>() {
-                            Ok(i) => Value::Int(i),
-                            Err(_) => Value::BigInt(Rc::new(s.as_bytes().to_vec())),
-                        },
-                    };
-                    self.stack.push(v)
-                }
-                b'G' => {
-                    let b = self.take(8)?;
-                    self.stack
-                        .push(Value::Float(f64::from_be_bytes(b.try_into().expect("8 bytes"))))
-                }
-                b'F' => {
-                    let s = self.line()?;
-                    match s.trim().parse::<f64>() {
-                        Ok(f) => self.stack.push(Value::Float(f)),
-                        Err(_) => return self.err(format!("bad float literal '{s}'")),
-                    }
-                }
-                b'X' => {
-                    let n = self.u32()? as usize;
-                    let v = self.string(n)?;
-                    self.stack.push(v)
-                }
-                0x8c => {
-                    let n = self.u8()? as usize;
-                    let v = self.string(n)?;
-                    self.stack.push(v)
-                }
-                0x8d => {
-                    let n = self.u64()?;
-                    let n = self.len(n)?;
-                    let v = self.string(n)?;
-                    self.stack.push(v)
-                }
-                b'V' => {
-                    // raw-unicode-escape text: good enough for ASCII names
-                    let s = self.line()?;
-                    self.stack.push(Value::Str(Rc::from(s)))
-                }
-                b'S' => {
-                    let s = self.line()?;
-                    let s = s.trim();
-                    let unq = s
-                        .strip_prefix('\'')
-                        .and_then(|x| x.strip_suffix('\''))
-                        .or_else(|| s.strip_prefix('"').and_then(|x| x.strip_suffix('"')))
-                        .unwrap_or(s);
-                    self.stack.push(Value::Str(Rc::from(unq)))
-                }
-                b'T' => {
-                    let n = self.u32()? as usize;
-                    let b = self.take(n)?;
-                    self.stack.push(Value::Bytes(Rc::new(b.to_vec())))
-                }
-                b'U' | b'C' => {
-                    let n = self.u8()? as usize;
-                    let b = self.take(n)?;
-                    self.stack.push(Value::Bytes(Rc::new(b.to_vec())))
-                }
-                b'B' => {
-                    let n = self.u32()? as usize;
-                    let b = self.take(n)?;
-                    self.stack.push(Value::Bytes(Rc::new(b.to_vec())))
-                }
-                0x8e | 0x96 => {
-                    let n = self.u64()?;
-                    let n = self.len(n)?;
-                    let b = self.take(n)?;
-                    self.stack.push(Value::Bytes(Rc::new(b.to_vec())))
-                }
-                b')' => self.stack.push(Value::Tuple(Rc::new(Vec::new()))),
-                b't' => {
-                    let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(Rc::new(items)))
-                }
-                0x85..=0x87 => {
-                    let n = (op - 0x84) as usize;
-                    if self.stack.len() < n {
-                        return self.err("stack underflow");
-                    }
-                    let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Value::Tuple(Rc::new(items)))
-                }
-                b']' => self.stack.push(Value::List(Rc::default())),
-                b'l' => {
-                    let items = self.pop_mark()?;
-                    self.stack.push(Value::List(Rc::new(RefCell::new(items))))
-                }
-                b'}' => self.stack.push(Value::Dict(Rc::default())),
-                b'd' => {
-                    let items = self.pop_mark()?;
-                    let d = Value::Dict(Rc::default());
-                    self.set_items(&d, items)?;
-                    self.stack.push(d)
-                }
-                0x8f => self.stack.push(Value::List(Rc::default())),
-                0x91 => {
-                    let items = self.pop_mark()?;
-                    self.stack.push(Value::List(Rc::new(RefCell::new(items))))
-                }
-                0x90 => {
-                    let items = self.pop_mark()?;
-                    let target = self.top()?.clone();
-                    self.append(&target, items)?;
-                }
-                b'a' => {
-                    let v = self.pop()?;
-                    let target = self.top()?.clone();
-                    self.append(&target, vec![v])?;
-                }
-                b'e' => {
-                    let items = self.pop_mark()?;
-                    let target = self.top()?.clone();
-                    self.append(&target, items)?;
-                }
-                b's' => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    let target = self.top()?.clone();
-                    self.set_items(&target, vec![k, v])?;
-                }
-                b'u' => {
-                    let items = self.pop_mark()?;
-                    let target = self.top()?.clone();
-                    self.set_items(&target, items)?;
-                }
-                b'q' => {
-                    let i = self.u8()?;
-                    self.memo_put(i.into())?
-                }
-                b'r' => {
-                    let i = self.u32()?;
-                    self.memo_put(i.into())?
-                }
-                0x94 => {
-                    let i = self.memo.len() as u64;
-                    self.memo_put(i)?
-                }
-                b'p' => {
-                    let s = self.line()?;
-                    match s.trim().parse::<u64>() {
-                        Ok(i) => self.memo_put(i)?,
-                        Err(_) => return self.err(format!("bad memo key '{s}'")),
-                    }
-                }
-                b'h' => {
-                    let i = self.u8()?;
-                    let v = self.memo_get(i.into())?;
-                    self.stack.push(v)
-                }
-                b'j' => {
-                    let i = self.u32()?;
-                    let v = self.memo_get(i.into())?;
-                    self.stack.push(v)
-                }
-                b'g' => {
-                    let s = self.line()?;
-                    let v = match s.trim().parse::<u64>() {
-                        Ok(i) => self.memo_get(i)?,
-                        Err(_) => return self.err(format!("bad memo key '{s}'")),
-                    };
-                    self.stack.push(v)
-                }
-                b'c' => {
-                    let module = self.line()?.to_string();
-                    let name = self.line()?.to_string();
-                    self.stack.push(global(&module, &name))
-                }
-                0x93 => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
-                    match (module.as_str(), name.as_str()) {
-                        (Some(m), Some(n)) => self.stack.push(global(m, n)),
-                        _ => return self.err("STACK_GLOBAL needs two strings"),
-                    }
-                }
-                b'R' => {
-                    let args = self.pop()?;
-                    let f = self.pop()?;
-                    match call(&f, &args) {
-                        Ok(v) => self.stack.push(v),
-                        Err(e) => return self.err(e),
-                    }
-                }
-                0x81 => {
-                    let _args = self.pop()?;
-                    let cls = self.pop()?;
-                    self.stack.push(new_object(&cls));
-                }
-                0x92 => {
-                    let _kwargs = self.pop()?;
-                    let _args = self.pop()?;
-                    let cls = self.pop()?;
-                    self.stack.push(new_object(&cls));
-                }
-                b'o' => {
-                    let mut items = self.pop_mark()?;
-                    if items.is_empty() {
-                        return self.err("OBJ without a class");
-                    }
-                    let cls = items.remove(0);
-                    self.stack.push(new_object(&cls));
-                }
-                b'i' => {
-                    let module = self.line()?.to_string();
-                    let name = self.line()?.to_string();
-                    self.pop_mark()?;
-                    self.stack.push(Value::Object(Rc::new((module, name))));
-                }
-                b'b' => {
-                    // BUILD sets instance state (`__setstate__` / `__dict__`); for the values this reader
-                    // interprets (dicts, tensors) that state is attributes such as `_metadata`, never items.
-                    let _state = self.pop()?;
-                    self.top()?;
-                }
-                b'Q' => {
-                    let pid = self.pop()?;
-                    let v = self.persistent(pid)?;
-                    self.stack.push(v)
-                }
-                b'P' => return self.err("text persistent ids are not used by torch.save"),
-                0x82..=0x84 => return self.err("extension registry codes are not supported"),
-                0x97 | 0x98 => return self.err("out-of-band buffers are not supported"),
-                _ => return self.err("unknown opcode"),
+            let byte = self.u8()?;
+            self.op = byte;
+            let Some(op) = OpCode::from_byte(byte) else {
+                return self.err("unknown opcode");
+            };
+            if let Some(root) = self.step(op)? {
+                return Ok(root);
             }
         }
     }
-}
 
-fn new_object(cls: &Value) -> Value {
-    match cls {
-        Value::Global(g) if matches!((g.0.as_str(), g.1.as_str()), ("collections", "OrderedDict")) => {
-            Value::Dict(Rc::default())
+    /// Executes one opcode (its arguments follow at `pos`); `Some` is the root value at `STOP`.
+    fn step(&mut self, op: OpCode) -> R<Option<Value>> {
+        use OpCode as O;
+        match op {
+            O::Stop => return self.pop().map(Some),
+            O::Proto | O::Frame | O::Mark | O::Pop | O::PopMark | O::Dup => self.control(op)?,
+            O::None
+            | O::NewTrue
+            | O::NewFalse
+            | O::BinInt1
+            | O::BinInt2
+            | O::BinInt
+            | O::Long1
+            | O::Long4
+            | O::Int
+            | O::Long
+            | O::BinFloat
+            | O::Float => self.push_number(op)?,
+            O::BinUnicode
+            | O::ShortBinUnicode
+            | O::BinUnicode8
+            | O::Unicode
+            | O::String
+            | O::BinString
+            | O::ShortBinString
+            | O::ShortBinBytes
+            | O::BinBytes
+            | O::BinBytes8
+            | O::ByteArray8 => self.push_text(op)?,
+            O::EmptyTuple
+            | O::Tuple
+            | O::Tuple1
+            | O::Tuple2
+            | O::Tuple3
+            | O::EmptyList
+            | O::List
+            | O::EmptyDict
+            | O::Dict
+            | O::EmptySet
+            | O::FrozenSet => self.build_container(op)?,
+            O::AddItems | O::Append | O::Appends | O::SetItem | O::SetItems => self.extend_container(op)?,
+            O::BinPut | O::LongBinPut | O::Memoize | O::Put | O::BinGet | O::LongBinGet | O::Get => {
+                self.memo_op(op)?
+            }
+            O::Global
+            | O::StackGlobal
+            | O::Reduce
+            | O::NewObj
+            | O::NewObjEx
+            | O::Obj
+            | O::Inst
+            | O::Build
+            | O::BinPersId => self.global_or_reduce(op)?,
+            O::PersId => return self.err("text persistent ids are not used by torch.save"),
+            O::Ext1 | O::Ext2 | O::Ext4 => return self.err("extension registry codes are not supported"),
+            O::NextBuffer | O::ReadonlyBuffer => return self.err("out-of-band buffers are not supported"),
         }
-        Value::Global(g) => Value::Object(g.clone()),
-        other => Value::Object(Rc::new(("<new>".into(), other.kind().into()))),
+        Ok(None)
+    }
+
+    /// Protocol and framing headers, `MARK` and the plain stack operations.
+    fn control(&mut self, op: OpCode) -> R<()> {
+        match op {
+            OpCode::Proto => {
+                let p = self.u8()?;
+                if p > 5 {
+                    return self.err(format!("pickle protocol {p} is newer than 5"));
+                }
+            }
+            OpCode::Frame => {
+                self.u64()?; // FRAME: the frame length is only a read-ahead hint
+            }
+            OpCode::Mark => self.marks.push(self.stack.len()),
+            OpCode::Pop => {
+                self.pop()?;
+            }
+            OpCode::PopMark => {
+                self.pop_mark()?;
+            }
+            OpCode::Dup => {
+                let v = self.top()?.clone();
+                self.stack.push(v);
+            }
+            _ => unreachable!("{op:?} is dispatched elsewhere"),
+        }
+        Ok(())
+    }
+
+    /// Pushes a `None`, bool, int or float literal.
+    fn push_number(&mut self, op: OpCode) -> R<()> {
+        let v = match op {
+            OpCode::None => Value::None,
+            OpCode::NewTrue => Value::Bool(true),
+            OpCode::NewFalse => Value::Bool(false),
+            OpCode::BinInt1 => Value::Int(self.u8()?.into()),
+            OpCode::BinInt2 => Value::Int(self.u16()?.into()),
+            OpCode::BinInt => Value::Int((self.u32()? as i32).into()),
+            OpCode::Long1 => {
+                let n = self.u8()? as usize;
+                Self::long(self.take(n)?)
+            }
+            OpCode::Long4 => {
+                let n = self.u32()? as usize;
+                Self::long(self.take(n)?)
+            }
+            OpCode::Int | OpCode::Long => {
+                let s = self.line()?.trim_end_matches('L');
+                match s {
+                    "00" => Value::Bool(false),
+                    "01" => Value::Bool(true),
+                    s => match s.parse::<i64>() {
+                        Ok(i) => Value::Int(i),
+                        Err(_) => Value::BigInt(Rc::new(s.as_bytes().to_vec())),
+                    },
+                }
+            }
+            OpCode::BinFloat => {
+                let b = self.take(8)?;
+                Value::Float(f64::from_be_bytes(b.try_into().expect("8 bytes")))
+            }
+            OpCode::Float => {
+                let s = self.line()?;
+                match s.trim().parse::<f64>() {
+                    Ok(f) => Value::Float(f),
+                    Err(_) => return self.err(format!("bad float literal '{s}'")),
+                }
+            }
+            _ => unreachable!("{op:?} is dispatched elsewhere"),
+        };
+        self.stack.push(v);
+        Ok(())
+    }
+
+    /// Pushes a `str` or `bytes` literal.
+    fn push_text(&mut self, op: OpCode) -> R<()> {
+        let v = match op {
+            OpCode::BinUnicode => {
+                let n = self.u32()? as usize;
+                self.string(n)?
+            }
+            OpCode::ShortBinUnicode => {
+                let n = self.u8()? as usize;
+                self.string(n)?
+            }
+            OpCode::BinUnicode8 => {
+                let n = self.u64()?;
+                let n = self.len(n)?;
+                self.string(n)?
+            }
+            OpCode::Unicode => {
+                // raw-unicode-escape text: good enough for ASCII names
+                Value::Str(Rc::from(self.line()?))
+            }
+            OpCode::String => {
+                let s = self.line()?;
+                let s = s.trim();
+                let unq = s
+                    .strip_prefix('\'')
+                    .and_then(|x| x.strip_suffix('\''))
+                    .or_else(|| s.strip_prefix('"').and_then(|x| x.strip_suffix('"')))
+                    .unwrap_or(s);
+                Value::Str(Rc::from(unq))
+            }
+            OpCode::BinString | OpCode::BinBytes => {
+                let n = self.u32()? as usize;
+                Value::Bytes(Rc::new(self.take(n)?.to_vec()))
+            }
+            OpCode::ShortBinString | OpCode::ShortBinBytes => {
+                let n = self.u8()? as usize;
+                Value::Bytes(Rc::new(self.take(n)?.to_vec()))
+            }
+            OpCode::BinBytes8 | OpCode::ByteArray8 => {
+                let n = self.u64()?;
+                let n = self.len(n)?;
+                Value::Bytes(Rc::new(self.take(n)?.to_vec()))
+            }
+            _ => unreachable!("{op:?} is dispatched elsewhere"),
+        };
+        self.stack.push(v);
+        Ok(())
+    }
+
+    /// Pushes a new tuple, list, dict or set (empty, or of the items above the mark or the top few).
+    fn build_container(&mut self, op: OpCode) -> R<()> {
+        let v = match op {
+            OpCode::EmptyTuple => Value::Tuple(Rc::new(Vec::new())),
+            OpCode::Tuple => Value::Tuple(Rc::new(self.pop_mark()?)),
+            OpCode::Tuple1 | OpCode::Tuple2 | OpCode::Tuple3 => {
+                let n = match op {
+                    OpCode::Tuple1 => 1,
+                    OpCode::Tuple2 => 2,
+                    _ => 3,
+                };
+                if self.stack.len() < n {
+                    return self.err("stack underflow");
+                }
+                Value::Tuple(Rc::new(self.stack.split_off(self.stack.len() - n)))
+            }
+            OpCode::EmptyList | OpCode::EmptySet => Value::List(Rc::default()),
+            OpCode::List | OpCode::FrozenSet => Value::List(Rc::new(RefCell::new(self.pop_mark()?))),
+            OpCode::EmptyDict => Value::Dict(Rc::default()),
+            OpCode::Dict => {
+                let items = self.pop_mark()?;
+                let d = Value::Dict(Rc::default());
+                self.set_items(&d, items)?;
+                d
+            }
+            _ => unreachable!("{op:?} is dispatched elsewhere"),
+        };
+        self.stack.push(v);
+        Ok(())
+    }
+
+    /// Adds items to the list, set or dict below them (`APPEND(S)`, `ADDITEMS`, `SETITEM(S)`).
+    fn extend_container(&mut self, op: OpCode) -> R<()> {
+        match op {
+            OpCode::Append => {
+                let v = self.pop()?;
+                let target = self.top()?.clone();
+                self.append(&target, vec![v])
+            }
+            OpCode::Appends | OpCode::AddItems => {
+                let items = self.pop_mark()?;
+                let target = self.top()?.clone();
+                self.append(&target, items)
+            }
+            OpCode::SetItem => {
+                let v = self.pop()?;
+                let k = self.pop()?;
+                let target = self.top()?.clone();
+                self.set_items(&target, vec![k, v])
+            }
+            OpCode::SetItems => {
+                let items = self.pop_mark()?;
+                let target = self.top()?.clone();
+                self.set_items(&target, items)
+            }
+            _ => unreachable!("{op:?} is dispatched elsewhere"),
+        }
+    }
+
+    /// Stores the stack top in the memo (`PUT`s, `MEMOIZE`) or pushes a memoized value (`GET`s).
+    fn memo_op(&mut self, op: OpCode) -> R<()> {
+        match op {
+            OpCode::BinPut => {
+                let i = self.u8()?;
+                self.memo_put(i.into())
+            }
+            OpCode::LongBinPut => {
+                let i = self.u32()?;
+                self.memo_put(i.into())
+            }
+            OpCode::Memoize => {
+                let i = self.memo.len() as u64;
+                self.memo_put(i)
+            }
+            OpCode::Put => {
+                let s = self.line()?;
+                match s.trim().parse::<u64>() {
+                    Ok(i) => self.memo_put(i),
+                    Err(_) => self.err(format!("bad memo key '{s}'")),
+                }
+            }
+            OpCode::BinGet => {
+                let i = self.u8()?;
+                let v = self.memo_get(i.into())?;
+                self.stack.push(v);
+                Ok(())
+            }
+            OpCode::LongBinGet => {
+                let i = self.u32()?;
+                let v = self.memo_get(i.into())?;
+                self.stack.push(v);
+                Ok(())
+            }
+            OpCode::Get => {
+                let s = self.line()?;
+                let v = match s.trim().parse::<u64>() {
+                    Ok(i) => self.memo_get(i)?,
+                    Err(_) => return self.err(format!("bad memo key '{s}'")),
+                };
+                self.stack.push(v);
+                Ok(())
+            }
+            _ => unreachable!("{op:?} is dispatched elsewhere"),
+        }
+    }
+
+    /// Globals, calls, object construction, `BUILD` and persistent ids (storages): nothing is imported,
+    /// the torch callables are interpreted by `torch_objects`.
+    fn global_or_reduce(&mut self, op: OpCode) -> R<()> {
+        let v = match op {
+            OpCode::Global => {
+                let module = self.line()?.to_string();
+                let name = self.line()?.to_string();
+                global(&module, &name)
+            }
+            OpCode::StackGlobal => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                match (module.as_str(), name.as_str()) {
+                    (Some(m), Some(n)) => global(m, n),
+                    _ => return self.err("STACK_GLOBAL needs two strings"),
+                }
+            }
+            OpCode::Reduce => {
+                let args = self.pop()?;
+                let f = self.pop()?;
+                match torch_objects::call(&f, &args) {
+                    Ok(v) => v,
+                    Err(e) => return self.err(e),
+                }
+            }
+            OpCode::NewObj => {
+                let _args = self.pop()?;
+                let cls = self.pop()?;
+                torch_objects::new_object(&cls)
+            }
+            OpCode::NewObjEx => {
+                let _kwargs = self.pop()?;
+                let _args = self.pop()?;
+                let cls = self.pop()?;
+                torch_objects::new_object(&cls)
+            }
+            OpCode::Obj => {
+                let mut items = self.pop_mark()?;
+                if items.is_empty() {
+                    return self.err("OBJ without a class");
+                }
+                let cls = items.remove(0);
+                torch_objects::new_object(&cls)
+            }
+            OpCode::Inst => {
+                let module = self.line()?.to_string();
+                let name = self.line()?.to_string();
+                self.pop_mark()?;
+                Value::Object(Rc::new((module, name)))
+            }
+            OpCode::Build => {
+                // BUILD sets instance state (`__setstate__` / `__dict__`); for the values this reader
+                // interprets (dicts, tensors) that state is attributes such as `_metadata`, never items.
+                let _state = self.pop()?;
+                self.top()?;
+                return Ok(());
+            }
+            OpCode::BinPersId => {
+                let pid = self.pop()?;
+                self.persistent(pid)?
+            }
+            _ => unreachable!("{op:?} is dispatched elsewhere"),
+        };
+        self.stack.push(v);
+        Ok(())
     }
 }
 
@@ -916,6 +919,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("memo key 5"));
+    }
+
+    #[test]
+    fn opcode_table_round_trips() {
+        let mut known = 0;
+        for b in 0..=u8::MAX {
+            if let Some(op) = OpCode::from_byte(b) {
+                assert_eq!(op as u8, b, "{op:?}");
+                assert_eq!(opcode_name(b), op.name());
+                known += 1;
+            } else {
+                assert_eq!(opcode_name(b), "unknown");
+            }
+        }
+        assert_eq!(known, 68);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::config::{Format, QuantConfig};
 use crate::scales::{activation_range, column_amax, nonzero, smooth_factors, weight_scales};
 use crate::select::Linear;
 use crate::{QuantizeError, Result};
-use pixeldit_graph::{Attr, DType, Dim, Encoding, F32Source, Graph, TensorData};
+use pixeldit_graph::{Attr, DType, Dim, Encoding, F32Source, Graph, TensorData, Value};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -74,49 +74,107 @@ pub fn qdq_linear(
         Format::Fp8 => DType::F8E4M3,
         Format::Bf16 => unreachable!("bf16 has its own pass"),
     };
-    let (source, encoding) = g
-        .initializers()
-        .find(|(_, i)| i.name == l.weight)
-        .and_then(|(_, i)| match &i.data {
-            TensorData::Deferred { source, encoding } => Some((source.clone(), encoding.clone())),
-            TensorData::Bytes(_) => None,
-        })
-        .expect("find_linears returns deferred weights");
+    let (source, encoding) = deferred_weight(g, &l.weight);
     let stats = if cfg.activations {
         Some(stats.ok_or_else(|| QuantizeError::MissingStats(l.scope.clone()))?)
     } else {
         None
     };
-
-    // SmoothQuant: migrate activation range into the weight's input columns.
-    let mut w = source.read()?;
-    let mut smooth = None;
-    if let (Some(alpha), Some(st)) = (cfg.smoothquant, stats) {
-        let s = smooth_factors(&st.channel_amax, &column_amax(&w, l.in_features), alpha);
-        for row in w.chunks_mut(l.in_features) {
-            for (x, f) in row.iter_mut().zip(&s) {
-                *x *= f;
-            }
+    let SmoothedWeight { values, factors } = smooth_weight(g, l, cfg, stats, source, encoding)?;
+    let (wd, weight_range) = quantize_weight(g, l, cfg, dtype, values)?;
+    let act = match stats {
+        Some(st) => {
+            let smooth = factors.as_deref().map(Vec::as_slice);
+            Some(insert_activation_qdq(g, l, cfg, dtype, st, smooth)?)
         }
-        let factors = Arc::new(s);
-        let scaled: Arc<dyn F32Source> = Arc::new(ScaledColumns {
-            inner: source,
-            factors: factors.clone(),
-        });
-        g.initializer_mut(&l.weight).expect("weight exists").data = TensorData::Deferred {
-            source: scaled,
-            encoding,
-        };
-        smooth = Some(factors);
-    }
+        None => None,
+    };
+    rewire_gemm(g, l, cfg, wd, act.as_ref().map(|a| a.output))?;
+    Ok(LayerReport {
+        weight_scale_min: weight_range[0],
+        weight_scale_max: weight_range[1],
+        input_range: act.as_ref().map(|a| a.range),
+        input_scale: act.as_ref().map(|a| a.scale),
+        smooth_range: factors.map(|s| min_max(&s)),
+    })
+}
 
-    // Weight: per-output-channel scales, stored quantized under the checkpoint name.
+/// Smallest and largest of `v` (`[inf, 0]` when empty).
+fn min_max(v: &[f32]) -> [f32; 2] {
+    [
+        v.iter().copied().fold(f32::INFINITY, f32::min),
+        v.iter().copied().fold(0.0f32, f32::max),
+    ]
+}
+
+/// The lazy source and encoding of the checkpoint weight `name`.
+fn deferred_weight(g: &Graph, name: &str) -> (Arc<dyn F32Source>, Encoding) {
+    g.initializers()
+        .find(|(_, i)| i.name == name)
+        .and_then(|(_, i)| match &i.data {
+            TensorData::Deferred { source, encoding } => Some((source.clone(), encoding.clone())),
+            TensorData::Bytes(_) => None,
+        })
+        .expect("find_linears returns deferred weights")
+}
+
+/// The weight values to quantize and the SmoothQuant factors `s` they were multiplied by, if any.
+struct SmoothedWeight {
+    values: Vec<f32>,
+    factors: Option<Arc<Vec<f32>>>,
+}
+
+/// Reads the weight and, with SmoothQuant, migrates the activation range into its input columns: the
+/// stored initializer becomes the smoothed weight.
+fn smooth_weight(
+    g: &mut Graph,
+    l: &Linear,
+    cfg: &QuantConfig,
+    stats: Option<&TensorStats>,
+    source: Arc<dyn F32Source>,
+    encoding: Encoding,
+) -> Result<SmoothedWeight> {
+    let mut w = source.read()?;
+    let (Some(alpha), Some(st)) = (cfg.smoothquant, stats) else {
+        return Ok(SmoothedWeight {
+            values: w,
+            factors: None,
+        });
+    };
+    let s = smooth_factors(&st.channel_amax, &column_amax(&w, l.in_features), alpha);
+    for row in w.chunks_mut(l.in_features) {
+        for (x, f) in row.iter_mut().zip(&s) {
+            *x *= f;
+        }
+    }
+    let factors = Arc::new(s);
+    let scaled: Arc<dyn F32Source> = Arc::new(ScaledColumns {
+        inner: source,
+        factors: factors.clone(),
+    });
+    g.initializer_mut(&l.weight).expect("weight exists").data = TensorData::Deferred {
+        source: scaled,
+        encoding,
+    };
+    Ok(SmoothedWeight {
+        values: w,
+        factors: Some(factors),
+    })
+}
+
+/// Stores the weight quantized under its checkpoint name with per-output-channel scales
+/// (`<weight>_scale`, INT8 also `<weight>_zero_point`) and adds its `DequantizeLinear(axis=0)`.
+/// Returns the dequantized weight and the smallest and largest scale.
+fn quantize_weight(
+    g: &mut Graph,
+    l: &Linear,
+    cfg: &QuantConfig,
+    dtype: DType,
+    w: Vec<f32>,
+) -> Result<(Value, [f32; 2])> {
     let scales = weight_scales(&w, l.out_features, cfg.weight_qmax());
     drop(w);
-    let report_w = (
-        scales.iter().copied().fold(f32::INFINITY, f32::min),
-        scales.iter().copied().fold(0.0f32, f32::max),
-    );
+    let range = min_max(&scales);
     let scale_bytes = pixeldit_graph::encode_f32(&scales, DType::F32);
     g.set_weight_encoding(
         &l.weight,
@@ -157,54 +215,70 @@ pub fn qdq_linear(
             vec![(DType::F32, wshape)],
         )?[0])
     })?;
+    Ok((wd, range))
+}
 
-    // Activation: per-tensor Q/DQ (after the SmoothQuant division).
-    let mut input_range = None;
-    let mut input_scale = None;
-    let mut xq = None;
-    if let Some(st) = stats {
-        let range = match &smooth {
-            // The smoothed input's range is exact from the per-channel maxima.
-            Some(s) => st
-                .channel_amax
-                .iter()
-                .zip(s.iter())
-                .fold(0.0f32, |m, (a, f)| m.max(a / f)),
-            None => activation_range(st, cfg.method),
-        };
-        let scale = nonzero(range / cfg.activation_qmax());
-        let inv = match &smooth {
-            Some(s) => {
-                let inv: Vec<f32> = s.iter().map(|f| 1.0 / f).collect();
-                Some(g.initializer(
-                    &format!("{}.smooth_inv_scale", l.scope),
-                    DType::F32,
-                    vec![l.in_features],
-                    TensorData::Bytes(pixeldit_graph::encode_f32(&inv, DType::F32)),
-                )?)
-            }
-            None => None,
-        };
-        let sv = g.initializer(
-            &format!("{}.input_scale", l.scope),
-            DType::F32,
-            vec![],
-            TensorData::Bytes(scalar_bytes(scale)),
-        )?;
-        let zp = g.constant(dtype, vec![], vec![0u8])?;
-        xq = Some(g.scoped(&l.scope, |g| {
-            let x = match inv {
-                Some(inv) => g.mul(l.input, inv)?,
-                None => l.input,
-            };
-            let q = g.quantize_linear(x, sv, zp, None)?;
-            g.dequantize_linear(q, sv, zp, None)
-        })?);
-        input_range = Some(range);
-        input_scale = Some(scale);
-    }
+/// The activation side of a layer: its Q/DQ output and the calibrated range and scale.
+struct ActivationQdq {
+    output: Value,
+    range: f32,
+    scale: f32,
+}
 
-    // Rewire the Gemm.
+/// Adds the per-tensor `QuantizeLinear -> DequantizeLinear` on the layer input (after the SmoothQuant
+/// `Mul` by `1/s` when `smooth` is given), with the scale `<scope>.input_scale` and zero point 0.
+fn insert_activation_qdq(
+    g: &mut Graph,
+    l: &Linear,
+    cfg: &QuantConfig,
+    dtype: DType,
+    st: &TensorStats,
+    smooth: Option<&[f32]>,
+) -> Result<ActivationQdq> {
+    let range = match smooth {
+        // The smoothed input's range is exact from the per-channel maxima.
+        Some(s) => st
+            .channel_amax
+            .iter()
+            .zip(s.iter())
+            .fold(0.0f32, |m, (a, f)| m.max(a / f)),
+        None => activation_range(st, cfg.method),
+    };
+    let scale = nonzero(range / cfg.activation_qmax());
+    let inv = match smooth {
+        Some(s) => {
+            let inv: Vec<f32> = s.iter().map(|f| 1.0 / f).collect();
+            Some(g.initializer(
+                &format!("{}.smooth_inv_scale", l.scope),
+                DType::F32,
+                vec![l.in_features],
+                TensorData::Bytes(pixeldit_graph::encode_f32(&inv, DType::F32)),
+            )?)
+        }
+        None => None,
+    };
+    let sv = g.initializer(
+        &format!("{}.input_scale", l.scope),
+        DType::F32,
+        vec![],
+        TensorData::Bytes(scalar_bytes(scale)),
+    )?;
+    let zp = g.constant(dtype, vec![], vec![0u8])?;
+    let output = g.scoped(&l.scope, |g| {
+        let x = match inv {
+            Some(inv) => g.mul(l.input, inv)?,
+            None => l.input,
+        };
+        let q = g.quantize_linear(x, sv, zp, None)?;
+        g.dequantize_linear(q, sv, zp, None)
+    })?;
+    Ok(ActivationQdq { output, range, scale })
+}
+
+/// Points the `Gemm` at the dequantized weight `wd` and input `xq`. INT8 with activations moves the bias into
+/// an `Add` after it (ONNX Runtime fuses a Q/DQ `Gemm` only when every input is dequantized), unless the
+/// `Gemm` output is a graph output.
+fn rewire_gemm(g: &mut Graph, l: &Linear, cfg: &QuantConfig, wd: Value, xq: Option<Value>) -> Result<()> {
     let i = node_index(g, &l.node);
     let split_bias = cfg.format == Format::Int8 && xq.is_some() && l.bias.is_some();
     let out = g.nodes()[i].outputs[0];
@@ -227,16 +301,5 @@ pub fn qdq_linear(
         let add_name = g.nodes().last().expect("just added").name.clone();
         redirect(g, out, added, &add_name);
     }
-    Ok(LayerReport {
-        weight_scale_min: report_w.0,
-        weight_scale_max: report_w.1,
-        input_range,
-        input_scale,
-        smooth_range: smooth.map(|s| {
-            [
-                s.iter().copied().fold(f32::INFINITY, f32::min),
-                s.iter().copied().fold(0.0f32, f32::max),
-            ]
-        }),
-    })
+    Ok(())
 }
