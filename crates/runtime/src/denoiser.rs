@@ -86,23 +86,15 @@ impl<'a> From<ArrayView3<'a, f32>> for CondRows<'a> {
     }
 }
 
-/// How the graph's `t` input and `v` output relate to the generation convention ([`Time`], `v = x0 - noise`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TimeInput {
-    /// `t` in `[0, 1]` (0 = noise), `v = x0 - noise` (class-conditional models).
-    FlowTime,
-    /// `t = 1000 * sigma`, `v = noise - x0` (the official text-to-image model).
-    Sigma1000,
-}
-
 /// An exported denoiser on a backend: `(x, t, y|text) -> v`.
 pub struct Denoiser {
     backend: Box<dyn Backend>,
     x: String,
     t: String,
     cond: String,
+    /// Also the graph's time convention: class-conditional graphs take the flow time `t` and predict
+    /// `x0 - noise`; the text-to-image graph takes `1000 sigma` and predicts `noise - x0`.
     conditioning: Conditioning,
-    time_input: TimeInput,
     v: String,
 }
 
@@ -111,10 +103,10 @@ impl Denoiser {
     pub fn new(backend: Box<dyn Backend>, meta: &ModelMetadata) -> Self {
         let (inputs, outputs) = pixeldit_spec::io::model_io(&meta.config, meta.height, meta.width);
         let text = meta.config.kind == ModelKind::T2i && meta.config.text.is_some();
-        let (conditioning, time_input) = if text {
-            (Conditioning::Text, TimeInput::Sigma1000)
+        let conditioning = if text {
+            Conditioning::Text
         } else {
-            (Conditioning::Class, TimeInput::FlowTime)
+            Conditioning::Class
         };
         Denoiser {
             backend,
@@ -122,7 +114,6 @@ impl Denoiser {
             t: inputs[1].name.to_string(),
             cond: inputs[2].name.to_string(),
             conditioning,
-            time_input,
             v: outputs[0].name.to_string(),
         }
     }
@@ -150,9 +141,9 @@ impl Denoiser {
     /// The graph's `t` input for `time`: the flow time for class-conditional models, `1000 * sigma` for
     /// text-to-image models (rounded to f32 once).
     pub fn model_time(&self, time: Time) -> f32 {
-        match self.time_input {
-            TimeInput::FlowTime => time.t() as f32,
-            TimeInput::Sigma1000 => (time.sigma() * 1000.0) as f32,
+        match self.conditioning {
+            Conditioning::Class => time.t() as f32,
+            Conditioning::Text => (time.sigma() * 1000.0) as f32,
         }
     }
 
@@ -201,7 +192,7 @@ impl Denoiser {
     ) -> Result<(Array4<f32>, Vec<ArrayD<f32>>)> {
         let t = Array1::from_elem(x.shape()[0], self.model_time(time));
         let (mut v, taps) = self.forward_with_outputs(x, t.view(), cond, extra)?;
-        if self.time_input == TimeInput::Sigma1000 {
+        if self.conditioning == Conditioning::Text {
             // noise - x0 -> x0 - noise; exact in floating point.
             v.mapv_inplace(|a| -a);
         }

@@ -32,10 +32,6 @@ pub(super) fn source(a: &SampleArgs, target: &Target) -> Result<Source> {
         }
         (None, c) => vec![c.unwrap_or(0); a.batch.unwrap_or(1)],
     };
-    let conditions = Conditions::classes(labels, target.meta.config.null_class());
-    conditions.check(&target.meta.config)?;
-    let Conditions::Class { labels, .. } = conditions else {
-        unreachable!("built as classes")
-    };
+    Conditions::classes(labels.clone(), target.meta.config.null_class()).check(&target.meta.config)?;
     Ok(Source::Classes(labels))
 }

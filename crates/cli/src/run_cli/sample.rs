@@ -127,10 +127,8 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
             );
         }
     }
-    // The image count and output paths are checked before the text encoder runs.
-    if let Some(k) = source.count() {
-        checked_outputs(a, k)?;
-    }
+    // The image count and output paths are checked before the text encoder runs, when the count is known.
+    let known_paths = source.count().map(|k| checked_outputs(a, k)).transpose()?;
     let (conditions, conditions_report) = match source {
         Source::Classes(labels) => (Conditions::classes(labels, target.meta.config.null_class()), None),
         Source::Prompts(texts) => text::from_prompts(a, &target, &scfg, texts)?,
@@ -141,7 +139,10 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
     }
     conditions.check(&target.meta.config)?;
     let k = conditions.count();
-    let out_paths = checked_outputs(a, k)?;
+    let out_paths = match known_paths {
+        Some(paths) => paths,
+        None => checked_outputs(a, k)?,
+    };
     let image = ImageShape::of(&target.meta);
     let request = Request {
         conditions,

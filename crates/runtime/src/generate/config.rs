@@ -142,7 +142,7 @@ impl SamplerConfig {
 }
 
 /// `Ok` if `v` is finite, else an error naming `field` and saying "not finite".
-pub fn check_finite(field: &str, v: f64) -> Result<()> {
+fn check_finite(field: &str, v: f64) -> Result<()> {
     if v.is_finite() {
         Ok(())
     } else {

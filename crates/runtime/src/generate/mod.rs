@@ -21,7 +21,7 @@ mod config;
 mod time;
 
 pub use conditions::{ConditionRows, Conditions};
-pub use config::{check_finite, SamplerConfig, SamplerOverrides, MAX_CFG_SCALE, MAX_STEPS, MAX_TIME_SHIFT};
+pub use config::{SamplerConfig, SamplerOverrides, MAX_CFG_SCALE, MAX_STEPS, MAX_TIME_SHIFT};
 pub use time::{Time, TimeAxis};
 
 use crate::denoiser::CondRows;
@@ -96,16 +96,24 @@ impl Noise {
         Noise::Seeded { seed, first_index: 0 }
     }
 
+    /// Checks what can be checked before drawing: a seeded stream's first index is at most [`MAX_NOISE_INDEX`].
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Noise::Seeded { first_index, .. } if *first_index > MAX_NOISE_INDEX => {
+                Err(RuntimeError::InvalidArgument(format!(
+                    "noise index {first_index} is out of range 0..={MAX_NOISE_INDEX}"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The `[K, C, H, W]` noise for `k` images of `shape`.
     pub fn draw(&self, k: usize, shape: ImageShape) -> Result<Array4<f32>> {
+        self.check()?;
         let want = shape.batch(k);
         match self {
             Noise::Seeded { seed, first_index } => {
-                if *first_index > MAX_NOISE_INDEX {
-                    return Err(RuntimeError::InvalidArgument(format!(
-                        "noise index {first_index} is out of range 0..={MAX_NOISE_INDEX}"
-                    )));
-                }
                 let first = *first_index as usize;
                 let mut stream_shape = want;
                 stream_shape[0] += first;

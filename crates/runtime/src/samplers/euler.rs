@@ -1,9 +1,9 @@
 //! `euler`: `x += dt*v` on the flow grid ([`super::flow::time_grid`]). One network call per step.
 
-use super::flow::{euler_update, time_grid};
+use super::flow::{euler_update, integrate};
 use super::{GuidedVelocity, Sampler, Step};
 use crate::error::Result;
-use crate::generate::{Time, TimeAxis};
+use crate::generate::TimeAxis;
 use ndarray::Array4;
 
 /// See the module docs.
@@ -25,19 +25,11 @@ impl Sampler for Euler {
         shift: f64,
         on_step: &mut dyn FnMut(Step),
     ) -> Result<Array4<f32>> {
-        let grid = time_grid(steps, shift);
-        let mut x = noise;
-        for i in 0..steps {
-            let time = Time::from_t(grid[i]);
-            let v = model(x.view(), time)?;
-            euler_update(&mut x, v.view(), (grid[i + 1] - grid[i]) as f32);
-            on_step(Step {
-                step: i + 1,
-                steps,
-                time,
-            });
-        }
-        Ok(x)
+        integrate(noise, steps, shift, on_step, |x, s| {
+            let v = model(x.view(), s.time)?;
+            euler_update(x, v.view(), s.dt);
+            Ok(())
+        })
     }
 }
 

@@ -8,7 +8,48 @@
 //! `t / (t + (1-t)*shift)`. Computed in f64 exactly as numpy does (`i * step`, last point set to the stop value);
 //! the network receives `t` as f32.
 
+use super::Step;
+use crate::error::Result;
+use crate::generate::Time;
 use ndarray::{Array4, ArrayView4};
+
+/// One step of the flow grid: its start and end times and `dt = t_next - t` (as f32).
+#[derive(Debug, Clone, Copy)]
+pub struct GridStep {
+    /// Time at the start of the step.
+    pub time: Time,
+    /// Time at its end.
+    pub next: Time,
+    /// `t_next - t`, rounded to f32 once.
+    pub dt: f32,
+}
+
+/// Walks the `steps` intervals of [`time_grid`]`(steps, shift)` from `noise`: `update(x, step)` advances `x` over one
+/// interval, then `on_step` reports it. The loop the flow samplers share; each brings its update rule.
+pub fn integrate(
+    noise: Array4<f32>,
+    steps: usize,
+    shift: f64,
+    on_step: &mut dyn FnMut(Step),
+    mut update: impl FnMut(&mut Array4<f32>, GridStep) -> Result<()>,
+) -> Result<Array4<f32>> {
+    let grid = time_grid(steps, shift);
+    let mut x = noise;
+    for i in 0..steps {
+        let step = GridStep {
+            time: Time::from_t(grid[i]),
+            next: Time::from_t(grid[i + 1]),
+            dt: (grid[i + 1] - grid[i]) as f32,
+        };
+        update(&mut x, step)?;
+        on_step(Step {
+            step: i + 1,
+            steps,
+            time: step.time,
+        });
+    }
+    Ok(x)
+}
 
 /// `t / (t + (1-t)*shift)`.
 pub fn shift_time(t: f64, shift: f64) -> f64 {

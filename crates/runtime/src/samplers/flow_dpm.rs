@@ -2,10 +2,10 @@
 //! 2-step Adams-Bashforth `x += dt*(1.5*v_i - 0.5*v_{i-1})` with no correction for unequal steps, on the flow grid
 //! ([`super::flow::time_grid`]). One network call per step; every reported FID uses it.
 
-use super::flow::{ab2_update, euler_update, time_grid};
+use super::flow::{ab2_update, euler_update, integrate};
 use super::{GuidedVelocity, Sampler, Step};
 use crate::error::Result;
-use crate::generate::{Time, TimeAxis};
+use crate::generate::TimeAxis;
 use ndarray::Array4;
 
 /// See the module docs.
@@ -27,25 +27,16 @@ impl Sampler for FlowDpm {
         shift: f64,
         on_step: &mut dyn FnMut(Step),
     ) -> Result<Array4<f32>> {
-        let grid = time_grid(steps, shift);
-        let mut x = noise;
         let mut v_prev: Option<Array4<f32>> = None;
-        for i in 0..steps {
-            let time = Time::from_t(grid[i]);
-            let dt = (grid[i + 1] - grid[i]) as f32;
-            let v = model(x.view(), time)?;
+        integrate(noise, steps, shift, on_step, |x, s| {
+            let v = model(x.view(), s.time)?;
             match &v_prev {
-                None => euler_update(&mut x, v.view(), dt),
-                Some(p) => ab2_update(&mut x, v.view(), p.view(), dt),
+                None => euler_update(x, v.view(), s.dt),
+                Some(p) => ab2_update(x, v.view(), p.view(), s.dt),
             }
             v_prev = Some(v);
-            on_step(Step {
-                step: i + 1,
-                steps,
-                time,
-            });
-        }
-        Ok(x)
+            Ok(())
+        })
     }
 }
 

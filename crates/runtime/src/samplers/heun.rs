@@ -1,10 +1,10 @@
 //! `heun`: Euler predictor to `t_next`, then `x += dt*(v(x,t) + v(x_pred,t_next))/2` on every step (the last step
 //! evaluates the network at `t = 1`), on the flow grid ([`super::flow::time_grid`]). Two network calls per step.
 
-use super::flow::{euler_update, heun_update, time_grid};
+use super::flow::{euler_update, heun_update, integrate};
 use super::{GuidedVelocity, Sampler, Step};
 use crate::error::Result;
-use crate::generate::{Time, TimeAxis};
+use crate::generate::TimeAxis;
 use ndarray::Array4;
 
 /// See the module docs.
@@ -29,23 +29,14 @@ impl Sampler for Heun {
         shift: f64,
         on_step: &mut dyn FnMut(Step),
     ) -> Result<Array4<f32>> {
-        let grid = time_grid(steps, shift);
-        let mut x = noise;
-        for i in 0..steps {
-            let (time, next) = (Time::from_t(grid[i]), Time::from_t(grid[i + 1]));
-            let dt = (grid[i + 1] - grid[i]) as f32;
-            let v = model(x.view(), time)?;
+        integrate(noise, steps, shift, on_step, |x, s| {
+            let v = model(x.view(), s.time)?;
             let mut pred = x.clone();
-            euler_update(&mut pred, v.view(), dt);
-            let v2 = model(pred.view(), next)?;
-            heun_update(&mut x, v.view(), v2.view(), dt);
-            on_step(Step {
-                step: i + 1,
-                steps,
-                time,
-            });
-        }
-        Ok(x)
+            euler_update(&mut pred, v.view(), s.dt);
+            let v2 = model(pred.view(), s.next)?;
+            heun_update(x, v.view(), v2.view(), s.dt);
+            Ok(())
+        })
     }
 }
 

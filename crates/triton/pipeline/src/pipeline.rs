@@ -5,7 +5,7 @@ use crate::callback::CallbackBackend;
 use crate::config::PipelineConfig;
 use crate::ffi::Callbacks;
 use crate::request::{sampler_config, Request};
-use crate::{PipelineError, Result, MAX_INDEX, MAX_PROMPT_BYTES};
+use crate::{PipelineError, Result, MAX_PROMPT_BYTES};
 use ndarray::{Array3, ArrayD, Axis};
 use pixeldit_runtime::backend::Backend;
 use pixeldit_runtime::generate::{self, ImageShape, Noise, Request as GenerationRequest};
@@ -130,12 +130,12 @@ impl Pipeline {
     /// checked before any forward (text-to-image: before the prompt is encoded).
     pub fn generate(&self, req: &Request, calls: &Callbacks) -> Result<Generated> {
         let sampler = sampler_config(&self.meta, req)?;
-        if req.index > MAX_INDEX {
-            return Err(PipelineError::Request(format!(
-                "index {}: expected 0..={MAX_INDEX}",
-                req.index
-            )));
-        }
+        let noise = Noise::Seeded {
+            seed: req.seed,
+            first_index: req.index,
+        };
+        // Before any forward (text-to-image: before the prompt is encoded).
+        noise.check()?;
         let (inputs, outputs) =
             pixeldit_spec::io::model_io(&self.meta.config, self.meta.height, self.meta.width);
         let input_names: Vec<&str> = inputs.iter().map(|t| t.name).collect();
@@ -159,10 +159,7 @@ impl Pipeline {
             conditions,
             sampler,
             image: ImageShape::of(&self.meta),
-            noise: Noise::Seeded {
-                seed: req.seed,
-                first_index: req.index,
-            },
+            noise,
         };
         let x = generate::generate(&mut denoiser, &request, &mut |_| {})?
             .x

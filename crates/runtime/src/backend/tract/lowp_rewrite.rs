@@ -403,12 +403,7 @@ fn broadcast_scale(
     let rank = *ranks
         .get(&node.input[0])
         .ok_or_else(|| format!("rank of '{}' is unknown", node.input[0]))?;
-    let axis = node
-        .attribute
-        .iter()
-        .find(|a| a.name == "axis")
-        .map_or(1, |a| a.i);
-    let axis = if axis < 0 { axis + rank as i64 } else { axis } as usize;
+    let axis = axis_attribute(node, rank);
     if dims.len() != 1 || axis >= rank {
         return Err(format!(
             "scale of shape {dims:?} with axis {axis} for rank {rank}"
@@ -421,6 +416,16 @@ fn broadcast_scale(
         new_inits.push(f32_tensor(&name, shape, v));
     }
     Ok(name)
+}
+
+/// The `axis` attribute of a Q/DQ node (default 1), negative values counted from the end of a rank-`rank` input.
+fn axis_attribute(node: &pb::NodeProto, rank: usize) -> usize {
+    let axis = node
+        .attribute
+        .iter()
+        .find(|a| a.name == "axis")
+        .map_or(1, |a| a.i);
+    (if axis < 0 { axis + rank as i64 } else { axis }) as usize
 }
 
 fn f32_tensor(name: &str, dims: Vec<i64>, v: &[f32]) -> pb::TensorProto {
@@ -446,12 +451,7 @@ fn fold_dequantize(
         .get(scale)
         .ok_or_else(|| format!("scale '{scale}' is not an f32 initializer"))?;
     let rank = xd.len();
-    let axis = node
-        .attribute
-        .iter()
-        .find(|a| a.name == "axis")
-        .map_or(1, |a| a.i);
-    let axis = if axis < 0 { axis + rank as i64 } else { axis } as usize;
+    let axis = axis_attribute(node, rank);
     let block = node
         .attribute
         .iter()
