@@ -27,6 +27,7 @@ def parameter_shapes(cfg):
     a, f = cfg["pixel_attn_hidden_size"], mlp_hidden(cfg)
     hd, phd = d // cfg["num_heads"], a // cfg["pixel_num_heads"]
     hm = dp * cfg["pixel_mlp_ratio"]
+    n_mod = 4 if cfg.get("pit_adaln_post_modulation", False) else 6  # post-modulation PiT blocks: 4 chunks
     shapes = [
         ("s_embedder.proj.weight", (d, c * p2)),
         ("s_embedder.proj.bias", (d,)),
@@ -72,8 +73,8 @@ def parameter_shapes(cfg):
             (b + "mlp.fc1.bias", (hm,)),
             (b + "mlp.fc2.weight", (dp, hm)),
             (b + "mlp.fc2.bias", (dp,)),
-            (b + "adaLN_modulation.0.weight", (6 * dp * p2, d)),
-            (b + "adaLN_modulation.0.bias", (6 * dp * p2,)),
+            (b + "adaLN_modulation.0.weight", (n_mod * dp * p2, d)),
+            (b + "adaLN_modulation.0.bias", (n_mod * dp * p2,)),
         ]
     shapes += [
         ("final_layer.norm.weight", (dp,)),

@@ -5,6 +5,9 @@ Files:
 * ``cases.safetensors``: per case ``case_<n>.x`` [B,3,H,W] f32, ``case_<n>.t`` [B] f32,
   ``case_<n>.y`` [B] i64 and ``case_<n>.v`` [B,3,H,W] f32, the reference output computed in
   float64 from the float32 inputs and weights, then cast to float32.
+* ``tiny_p8_postmod.safetensors`` and ``cases_postmod.safetensors``: the same cases for a post-modulation model
+  (official ``pit_adaln_post_modulation``; POSTMOD below: the tiny preset with patch size 8 to keep the file small,
+  seed 1), whose flag the exporter must detect from the PiT adaLN row count.
 * ``sample_tiny.safetensors``: ``noise`` [2,3,32,32] f32, ``classes`` [2] i64, the time grid
   ``timesteps`` [N+1] f64, per-step CFG flags ``guided`` [N] i64 and the final image ``x``
   [2,3,32,32] f32 of a reference sample (SAMPLE settings below, computed in float64).
@@ -36,6 +39,10 @@ CASES = {
     "case_b": (32, 32, [0.0, 1.0], [0, 9]),
     "case_c": (48, 32, [0.5], [10]),
 }
+
+#: The post-modulation model: the tiny preset with these fields replaced, and its checkpoint seed.
+POSTMOD = {"patch_size": 8, "pit_adaln_post_modulation": True}
+POSTMOD_SEED = 1
 
 #: Sampler settings of sample_tiny.safetensors (32x32, two images).
 SAMPLE = {"sampler": "flow_dpm", "steps": 10, "cfg": 2.0, "interval": (0.1, 0.9), "shift": 1.0, "classes": [1, 7]}
@@ -83,6 +90,12 @@ def main(out_dir=DEFAULT_OUT):
     save_file(sample_case(params, cfg), str(out_dir / "sample_tiny.safetensors"),
               metadata={"generator": "reference/gen_forward_golden.py", "preset": "tiny",
                         **{k: str(v) for k, v in SAMPLE.items()}})
+    post_cfg = {**cfg, **POSTMOD}
+    post = make_random_checkpoint(post_cfg, POSTMOD_SEED)
+    save_checkpoint(post, out_dir / "tiny_p8_postmod.safetensors")
+    save_file(forward_cases(post, post_cfg), str(out_dir / "cases_postmod.safetensors"),
+              metadata={"generator": "reference/gen_forward_golden.py", "preset": "tiny",
+                        **{k: str(v) for k, v in POSTMOD.items()}})
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ Files:
 * ``sample_t2i_tiny.safetensors``: a DPM-Solver++ 2M sample with CFG and a negative prompt (SAMPLE below):
   ``noise``, ``text``, ``negative`` (f32), the sigma grid ``sigmas`` [N+1] f64, per-evaluation CFG flags
   ``guided`` [N] i64 and the final image ``x`` [2,3,32,32] f32 (computed in float64).
+* ``t2i_tiny_postmod.safetensors`` and ``cases_postmod.safetensors``: the same cases for t2i-tiny with
+  post-modulation PiT blocks (official ``pit_adaln_post_modulation``, POSTMOD below, checkpoint seed 1).
 
 Usage: ``.venv/bin/python reference/gen_t2i_golden.py [OUT_DIR]`` (default OUT_DIR is tests/golden/t2i).
 """
@@ -28,6 +30,10 @@ DEFAULT_OUT = ROOT / "tests" / "golden" / "t2i"
 CHECKPOINT_SEED = 0
 INPUT_SEED = 2024
 SAMPLE_SEED = 77
+
+#: The post-modulation model (official ``pit_adaln_post_modulation``): t2i-tiny with this flag, its checkpoint seed.
+POSTMOD = {"pit_adaln_post_modulation": True}
+POSTMOD_SEED = 1
 
 #: name -> (height, width, t = sigma * 1000)
 CASES = {
@@ -90,6 +96,12 @@ def main(out_dir=DEFAULT_OUT):
     save_file(forward_cases(params, cfg), str(out_dir / "cases.safetensors"), metadata=meta)
     save_file(sample_case(params, cfg), str(out_dir / "sample_t2i_tiny.safetensors"),
               metadata={**meta, **{k: str(v) for k, v in SAMPLE.items()}})
+    post_cfg = {**cfg, **POSTMOD}
+    post = make_random_checkpoint(post_cfg, POSTMOD_SEED)
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in post.items()},
+              str(out_dir / "t2i_tiny_postmod.safetensors"))
+    save_file(forward_cases(post, post_cfg), str(out_dir / "cases_postmod.safetensors"),
+              metadata={**meta, **{k: str(v) for k, v in POSTMOD.items()}})
 
 
 if __name__ == "__main__":

@@ -151,29 +151,45 @@ def patch_block(params, prefix, s, c, num_heads, cos, sin, eps, xp=np):
     return s + gate_mlp * swiglu
 
 
-def pixel_block(params, prefix, x, s_cond, batch, num_heads, cos, sin, eps, xp=np):
+def pixel_block(params, prefix, x, s_cond, batch, num_heads, cos, sin, eps, xp=np, post_modulation=False):
     """``PiTBlock`` on pixel tokens x [B*L, P2, Dp] conditioned by s_cond [B*L, D].
 
-    Pixel-wise adaLN: Linear(D -> 6*P2*Dp) viewed [B*L, P2, 6, Dp] (pixel-major).
+    Pixel-wise adaLN: Linear(D -> n*P2*Dp) viewed [B*L, P2, n, Dp] (pixel-major), n = 6 by default.
     The attention branch compresses each patch's P2*Dp features to A, runs
     RotaryAttention over the L patch tokens of each image and expands back.
+
+    ``post_modulation`` is the official ``PiTBlock(adaln_post_modulation=True)`` (pixdit_core/pixeldit_c2i.py of
+    NVlabs/PixelDiT as mirrored by Apache0ne/PixelDiT at 8f83fa88): n = 4 chunks scale1, shift1, scale2, shift2;
+    the branch inputs are only normalized and the branch outputs are modulated, without gates:
+    ``x + f(N(x)) * (1 + scale) + shift``.
     """
     bl, p2, dp = x.shape
+    n_mod = 4 if post_modulation else 6
     mod = linear(s_cond, params[prefix + "adaLN_modulation.0.weight"], params[prefix + "adaLN_modulation.0.bias"])
-    mod = mod.reshape(bl, p2, 6, dp)
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (mod[:, :, i, :] for i in range(6))
-    h = modulate(rms_norm(x, params[prefix + "norm1.weight"], eps, xp), shift_msa, scale_msa)
+    mod = mod.reshape(bl, p2, n_mod, dp)
+    chunks = [mod[:, :, i, :] for i in range(n_mod)]
+    if post_modulation:
+        scale1, shift1, scale2, shift2 = chunks
+        h = rms_norm(x, params[prefix + "norm1.weight"], eps, xp)
+    else:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = chunks
+        h = modulate(rms_norm(x, params[prefix + "norm1.weight"], eps, xp), shift_msa, scale_msa)
     tokens = linear(h.reshape(bl, p2 * dp), params[prefix + "compress_to_attn.weight"],
                     params[prefix + "compress_to_attn.bias"])
     tokens = tokens.reshape(batch, bl // batch, -1)
     attn = rotary_attention(params, prefix + "attn.", tokens, num_heads, cos, sin, eps, xp)
     expanded = linear(attn.reshape(bl, -1), params[prefix + "expand_from_attn.weight"],
-                      params[prefix + "expand_from_attn.bias"])
-    x = x + gate_msa * expanded.reshape(bl, p2, dp)
-    h = modulate(rms_norm(x, params[prefix + "norm2.weight"], eps, xp), shift_mlp, scale_mlp)
-    mlp = linear(gelu(linear(h, params[prefix + "mlp.fc1.weight"], params[prefix + "mlp.fc1.bias"]), xp),
-                 params[prefix + "mlp.fc2.weight"], params[prefix + "mlp.fc2.bias"])
-    return x + gate_mlp * mlp
+                      params[prefix + "expand_from_attn.bias"]).reshape(bl, p2, dp)
+
+    def mlp(h):
+        return linear(gelu(linear(h, params[prefix + "mlp.fc1.weight"], params[prefix + "mlp.fc1.bias"]), xp),
+                      params[prefix + "mlp.fc2.weight"], params[prefix + "mlp.fc2.bias"])
+
+    if post_modulation:
+        x = x + modulate(expanded, shift1, scale1)
+        return x + modulate(mlp(rms_norm(x, params[prefix + "norm2.weight"], eps, xp)), shift2, scale2)
+    x = x + gate_msa * expanded
+    return x + gate_mlp * mlp(modulate(rms_norm(x, params[prefix + "norm2.weight"], eps, xp), shift_mlp, scale_mlp))
 
 
 def forward(params, cfg, x, t, y, xp=np, dtype="float64"):
@@ -221,7 +237,8 @@ def forward(params, cfg, x, t, y, xp=np, dtype="float64"):
     pcos, psin = (xp.asarray(a, dtype=dtype) for a in
                   rope_2d_tables(hs, ws, cfg["pixel_attn_hidden_size"] // cfg["pixel_num_heads"], cfg["rope_theta"]))
     for i in range(cfg["pixel_depth"]):
-        pix = pixel_block(p, f"pixel_blocks.{i}.", pix, s_cond, bsz, cfg["pixel_num_heads"], pcos, psin, eps, xp)
+        pix = pixel_block(p, f"pixel_blocks.{i}.", pix, s_cond, bsz, cfg["pixel_num_heads"], pcos, psin, eps, xp,
+                          cfg.get("pit_adaln_post_modulation", False))
 
     # Final layer (RMSNorm + Linear, no adaLN) and the inverse of the pixel grouping (F.fold).
     out = linear(rms_norm(pix, p["final_layer.norm.weight"], eps, xp), p["final_layer.linear.weight"],

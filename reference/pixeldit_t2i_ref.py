@@ -128,7 +128,8 @@ def forward(params, cfg, x, t, text, xp=np, dtype="float64"):
     pcos, psin = (xp.asarray(a, dtype=dtype) for a in
                   rope_2d_tables(hs, ws, cfg["pixel_attn_hidden_size"] // cfg["pixel_num_heads"], cfg["rope_theta"]))
     for i in range(cfg["pixel_depth"]):
-        pix = pixel_block(p, f"pixel_blocks.{i}.", pix, s_cond, bsz, cfg["pixel_num_heads"], pcos, psin, eps, xp)
+        pix = pixel_block(p, f"pixel_blocks.{i}.", pix, s_cond, bsz, cfg["pixel_num_heads"], pcos, psin, eps, xp,
+                          cfg.get("pit_adaln_post_modulation", False))
     out = linear(rms_norm(pix, p["final_layer.norm.weight"], eps, xp), p["final_layer.linear.weight"],
                  p["final_layer.linear.bias"])
     out = out.reshape(bsz, hs, ws, patch, patch, chans).transpose(0, 5, 1, 3, 2, 4)

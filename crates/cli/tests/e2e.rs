@@ -7,6 +7,7 @@
 
 mod util;
 
+mod checkpoint_layouts;
 mod digits;
 mod digits_t2i;
 mod export_cli;

@@ -130,6 +130,22 @@ pub fn linear_dtype(precision: Precision) -> DType {
     }
 }
 
+/// The configuration an export really builds: `config` with the layout options a checkpoint fixes by its shapes.
+/// Today that is post-modulation PiT blocks, detected when `pixel_blocks.0.adaLN_modulation.0.weight` has
+/// `4 * D_pix * p^2` rows (the default has 6); every other block must then agree, or the build names its key.
+pub fn resolve_config(config: &ModelConfig, weights: &Weights) -> ModelConfig {
+    let mut cfg = config.clone();
+    if cfg.pixel_depth > 0 {
+        let rows = weights
+            .shape("pixel_blocks.0.adaLN_modulation.0.weight")
+            .and_then(|s| s.first().copied());
+        if rows == Some(4 * cfg.pixel_hidden_size * cfg.patch_pixels()) {
+            cfg.pit_adaln_post_modulation = true;
+        }
+    }
+    cfg
+}
+
 /// Builds the graph of an export (no file is written).
 pub fn build_graph(opts: &ExportOptions, weights: &Weights) -> Result<Graph> {
     build_graph_and_report(opts, weights).map(|(g, _)| g)
@@ -138,13 +154,14 @@ pub fn build_graph(opts: &ExportOptions, weights: &Weights) -> Result<Graph> {
 /// [`build_graph`] and the key report of the weights.
 pub fn build_graph_and_report(opts: &ExportOptions, weights: &Weights) -> Result<(Graph, KeyReport)> {
     opts.config.check_size(opts.height, opts.width)?;
+    let config = resolve_config(&opts.config, weights);
     let cx = nn::Ctx::new(
         weights,
         linear_dtype(opts.precision),
         opts.attention,
         opts.config.norm_eps as f32,
     );
-    let (mut g, report) = model::build_graph(cx, &opts.config, opts.height, opts.width)?;
+    let (mut g, report) = model::build_graph(cx, &config, opts.height, opts.width)?;
     g.set_name(&format!("pixeldit_{}", opts.config.name));
     g.set_doc(&format!(
         "PixelDiT {} ({}x{}, {}, attention {}), exported by pixeldit-exporter {}",
@@ -158,11 +175,12 @@ pub fn build_graph_and_report(opts: &ExportOptions, weights: &Weights) -> Result
     Ok((g, report))
 }
 
-/// The metadata of an export, with the weight hash filled in by the writer.
+/// The metadata of an export, with the weight hash filled in by the writer; its config is
+/// [`resolve_config`]'s.
 pub fn metadata(opts: &ExportOptions, weights: &Weights, weights_sha256: &str) -> ModelMetadata {
     ModelMetadata {
         format_version: META_FORMAT_VERSION,
-        config: opts.config.clone(),
+        config: resolve_config(&opts.config, weights),
         height: opts.height,
         width: opts.width,
         precision: opts.precision,

@@ -148,6 +148,12 @@ pub struct ModelConfig {
     /// Text conditioning (text-to-image models only; absent from C2I configs and their metadata).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<TextConfig>,
+    /// Post-modulation PiT blocks (official `pit_adaln_post_modulation`, shared docs
+    /// `checkpoints-in-the-wild.md` section 2): the pixel-wise adaLN has 4 chunks (scale1, shift1, scale2, shift2)
+    /// that modulate the branch outputs, without gates. The exporter detects it from a checkpoint's
+    /// `pixel_blocks.i.adaLN_modulation.0` row count; absent from the JSON when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pit_adaln_post_modulation: bool,
     /// Sampler defaults.
     pub sampler: SamplerDefaults,
 }
@@ -224,6 +230,14 @@ impl ModelConfig {
     /// Pixels per patch p^2.
     pub fn patch_pixels(&self) -> usize {
         self.patch_size * self.patch_size
+    }
+    /// Chunks of the PiT blocks' pixel-wise adaLN: 4 with post-modulation, else 6.
+    pub fn pit_modulation_chunks(&self) -> usize {
+        if self.pit_adaln_post_modulation {
+            4
+        } else {
+            6
+        }
     }
     /// Null class label used for CFG.
     pub fn null_class(&self) -> i64 {

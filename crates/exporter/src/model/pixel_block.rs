@@ -1,5 +1,6 @@
 //! `pixel_blocks.{i}`: the PiT block (pixel-wise AdaLN, token compaction, attention, GELU MLP),
-//! spec 2.3 step 10.
+//! spec 2.3 step 10, and its post-modulation variant (shared docs `checkpoints-in-the-wild.md`
+//! section 2; official `PiTBlock(adaln_post_modulation=True)`).
 
 use crate::nn::{AdaLn, Ctx};
 use crate::Result;
@@ -28,27 +29,64 @@ pub fn pixel_block(
     };
     let pix = [rows, Dim::Fixed(p2), Dim::Fixed(dp)];
 
-    // Pixel-wise AdaLN: rows are laid out [pixel][6][D_pix].
-    let m = cx.linear(s_cond, &format!("{pre}.adaLN_modulation.0"), 6 * dp * p2, true)?;
+    // Pixel-wise AdaLN: rows are laid out [pixel][n_mod][D_pix] (6 chunks, or 4 with post-modulation).
+    let n_mod = cfg.pit_modulation_chunks();
+    let m = cx.linear(
+        s_cond,
+        &format!("{pre}.adaLN_modulation.0"),
+        n_mod * dp * p2,
+        true,
+    )?;
     let chunks = cx.g.scoped(&format!("{pre}.adaLN_modulation"), |g| {
-        let m = g.reshape(m, &[rows, Dim::Fixed(p2), Dim::Fixed(6), Dim::Fixed(dp)])?;
-        let parts = g.split(m, 2, &[1; 6])?;
+        let m = g.reshape(m, &[rows, Dim::Fixed(p2), Dim::Fixed(n_mod), Dim::Fixed(dp)])?;
+        let parts = g.split(m, 2, &vec![1; n_mod])?;
         parts
             .into_iter()
             .map(|v| g.reshape(v, &pix))
             .collect::<pixeldit_graph::Result<Vec<_>>>()
     })?;
-    let AdaLn {
-        shift_msa,
-        scale_msa,
-        gate_msa,
-        shift_mlp,
-        scale_mlp,
-        gate_mlp,
-    } = AdaLn::from_chunks(&chunks);
+    // Default: the branch inputs are modulated and the outputs gated. Post-modulation (official
+    // `pit_adaln_post_modulation`): chunks scale1, shift1, scale2, shift2 modulate the branch outputs, no gates.
+    let post = cfg.pit_adaln_post_modulation;
+    let (attn_mod, mlp_mod) = if post {
+        let [scale1, shift1, scale2, shift2] = chunks[..] else {
+            unreachable!("four chunks")
+        };
+        (
+            Branch::Post {
+                shift: shift1,
+                scale: scale1,
+            },
+            Branch::Post {
+                shift: shift2,
+                scale: scale2,
+            },
+        )
+    } else {
+        let AdaLn {
+            shift_msa,
+            scale_msa,
+            gate_msa,
+            shift_mlp,
+            scale_mlp,
+            gate_mlp,
+        } = AdaLn::from_chunks(&chunks);
+        (
+            Branch::Pre {
+                shift: shift_msa,
+                scale: scale_msa,
+                gate: gate_msa,
+            },
+            Branch::Pre {
+                shift: shift_mlp,
+                scale: scale_mlp,
+                gate: gate_mlp,
+            },
+        )
+    };
 
     let xn = cx.rms_norm(x, &format!("{pre}.norm1.weight"))?;
-    let xn = cx.modulate(xn, shift_msa, scale_msa)?;
+    let xn = attn_mod.input(cx, xn)?;
     // Token compaction: one token per patch.
     let flat =
         cx.g.scoped(&pre, |g| g.reshape(xn, &[rows, Dim::Fixed(p2 * dp)]))?;
@@ -65,19 +103,46 @@ pub fn pixel_block(
     )?;
     let att = cx.g.scoped(&pre, |g| g.reshape(att, &[rows, Dim::Fixed(a)]))?;
     let exp = cx.linear(att, &format!("{pre}.expand_from_attn"), p2 * dp, true)?;
-    let x = cx.g.scoped(&pre, |g| {
-        let e = g.reshape(exp, &pix)?;
-        let ge = g.mul(gate_msa, e)?;
-        g.add(x, ge)
-    })?;
+    let e = cx.g.scoped(&pre, |g| g.reshape(exp, &pix))?;
+    let x = attn_mod.residual(cx, &pre, x, e)?;
 
     let h = cx.rms_norm(x, &format!("{pre}.norm2.weight"))?;
-    let h = cx.modulate(h, shift_mlp, scale_mlp)?;
+    let h = mlp_mod.input(cx, h)?;
     let h = cx.linear(h, &format!("{pre}.mlp.fc1"), dp * cfg.pixel_mlp_ratio, true)?;
     let h = cx.gelu(h, &format!("{pre}.mlp.act"))?;
     let h = cx.linear(h, &format!("{pre}.mlp.fc2"), dp, true)?;
-    Ok(cx.g.scoped(&pre, |g| {
-        let gh = g.mul(gate_mlp, h)?;
-        g.add(x, gh)
-    })?)
+    mlp_mod.residual(cx, &pre, x, h)
+}
+
+/// How one branch (attention or MLP) of a PiT block is conditioned.
+#[derive(Clone, Copy)]
+enum Branch {
+    /// `x + gate * f(N(x) * (1 + scale) + shift)` (the default, 6-way).
+    Pre { shift: Value, scale: Value, gate: Value },
+    /// `x + f(N(x)) * (1 + scale) + shift` (post-modulation, 4-way).
+    Post { shift: Value, scale: Value },
+}
+
+impl Branch {
+    /// The branch input from the normalized stream.
+    fn input(self, cx: &mut Ctx, xn: Value) -> Result<Value> {
+        match self {
+            Branch::Pre { shift, scale, .. } => cx.modulate(xn, shift, scale),
+            Branch::Post { .. } => Ok(xn),
+        }
+    }
+
+    /// The residual update `x + ...` with the branch output `f`.
+    fn residual(self, cx: &mut Ctx, pre: &str, x: Value, f: Value) -> Result<Value> {
+        match self {
+            Branch::Pre { gate, .. } => Ok(cx.g.scoped(pre, |g| {
+                let gf = g.mul(gate, f)?;
+                g.add(x, gf)
+            })?),
+            Branch::Post { shift, scale } => {
+                let mf = cx.modulate(f, shift, scale)?;
+                Ok(cx.g.scoped(pre, |g| g.add(x, mf))?)
+            }
+        }
+    }
 }
