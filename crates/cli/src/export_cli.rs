@@ -34,8 +34,11 @@ pub struct ExportArgs {
     #[arg(long, conflicts_with = "preset")]
     config: Option<PathBuf>,
     /// Checkpoint with official key names: safetensors, or a torch.save archive (Lightning `.ckpt`, T2I `.pth`),
-    /// detected from its first bytes. `ema_denoiser.`/`core.` prefixes are stripped, training-only tensors dropped.
-    /// The `digits` preset defaults to its committed weights.
+    /// detected from its first bytes. `ema_denoiser.`/`core.`/`model.diffusion_model.`/`net.` prefixes are
+    /// stripped, training-only tensors dropped. ComfyUI files are read as they are: bf16, MXFP8 and per-tensor
+    /// float8 Linears (`comfy_quant` tags or `_quantization_metadata`, dequantized exactly), split PiT modulation.
+    /// Post-modulation PiT blocks are detected from the adaLN row count. The `digits` preset defaults to its
+    /// committed weights.
     #[arg(long, conflicts_with = "random_init")]
     checkpoint: Option<PathBuf>,
     /// Deterministic random weights instead of a checkpoint.

@@ -172,3 +172,136 @@ fn postmod_t2i_exports_in_weight_precisions() {
         ],
     );
 }
+
+/// The ComfyUI-layout fixtures of `tools/gen_comfy_fixtures.py`, written into a temporary directory.
+fn comfy_fixtures() -> Option<tempfile::TempDir> {
+    let py = python()?;
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(py)
+        .arg(workspace().join("tools/gen_comfy_fixtures.py"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Some(dir)
+}
+
+/// Exports `ckpt` as `preset` (fp32, custom attention) to `out`; the report.
+fn export_plain(
+    preset: &str,
+    ckpt: &Path,
+    out: &Path,
+) -> pixeldit_exporter::Result<pixeldit_exporter::ExportReport> {
+    let opts = ExportOptions::new(
+        ModelConfig::preset(preset).unwrap(),
+        WeightsSpec::Checkpoint(ckpt.to_path_buf()),
+    );
+    pixeldit_exporter::export_to_file(&opts, out)
+}
+
+/// Fixed inputs of a preset's default size: 2 images, t = 0.3 / 0.8 (T2I: sigma * 1000 = 300 / 800).
+fn run_fixed(
+    path: &Path,
+    cfg: &ModelConfig,
+    c: pixeldit_runtime::backend::Candidate,
+    lo: &pixeldit_runtime::backend::LoadOptions,
+) -> Vec<f32> {
+    let mut b = load_denoiser(path, c, lo).unwrap_or_else(|e| panic!("{c}: {e}"));
+    let x = pixeldit_runtime::io::seeded_noise(5, [2, 3, cfg.default_height, cfg.default_width]);
+    let v = match &cfg.text {
+        Some(t) => {
+            let text = pixeldit_runtime::io::seeded_noise(6, [2, 1, t.max_length, t.embed_dim])
+                .into_shape_with_order([2, t.max_length, t.embed_dim])
+                .unwrap();
+            let t = Array1::from(vec![300.0, 800.0]);
+            b.forward(x.view(), t.view(), text.view().into())
+        }
+        None => {
+            let (t, y) = (Array1::from(vec![0.3, 0.8]), Array1::from(vec![1i64, 10]));
+            b.forward(x.view(), t.view(), y.view().into())
+        }
+    };
+    v.unwrap().into_raw_vec_and_offset().0
+}
+
+#[test]
+fn comfy_layouts_export_like_their_official_equivalents() {
+    let Some(fx) = comfy_fixtures() else { return };
+    let t2i_tiny = workspace().join("tests/golden/t2i/t2i_tiny.safetensors");
+    let f = |n: &str| fx.path().join(n);
+    let cases = [
+        ("t2i-tiny", f("t2i_bf16.safetensors"), t2i_tiny.clone()),
+        (
+            "t2i-tiny",
+            f("t2i_mxfp8.safetensors"),
+            f("t2i_mxfp8_official.safetensors"),
+        ),
+        (
+            "t2i-tiny",
+            f("t2i_mxfp8_oldmeta.safetensors"),
+            f("t2i_mxfp8_official.safetensors"),
+        ),
+        ("t2i-tiny", f("t2i_split.safetensors"), t2i_tiny),
+        (
+            "tiny",
+            f("tiny_net_bf16.safetensors"),
+            f("tiny_bf16_official.safetensors"),
+        ),
+    ];
+    let out = tempfile::tempdir().unwrap();
+    for (i, (preset, comfy, official)) in cases.iter().enumerate() {
+        let cfg = ModelConfig::preset(preset).unwrap();
+        let (a, b) = (
+            out.path().join(format!("{i}_comfy.onnx")),
+            out.path().join(format!("{i}_official.onnx")),
+        );
+        let ra = export_plain(preset, comfy, &a).unwrap_or_else(|e| panic!("{}: {e}", comfy.display()));
+        let rb = export_plain(preset, official, &b).unwrap();
+        let name = comfy.file_name().unwrap().to_string_lossy();
+        assert!(ra.keys.unused.is_empty(), "{name}: unused {:?}", ra.keys.unused);
+        // The same (dequantized) weights give the same initializers.
+        assert_eq!(ra.write.weights_sha256, rb.write.weights_sha256, "{name}");
+        for (c, lo) in candidates(&name) {
+            let err = rel_l2(&run_fixed(&a, &cfg, c, &lo), &run_fixed(&b, &cfg, c, &lo));
+            eprintln!(
+                "{name} vs {}: {c} relative L2 {err:.1e}",
+                official.file_name().unwrap().to_string_lossy()
+            );
+            assert!(err < 1e-6, "{name} {c}: relative L2 {err}");
+        }
+    }
+}
+
+#[test]
+fn comfy_bad_inputs_are_clear_errors() {
+    let Some(fx) = comfy_fixtures() else { return };
+    let victim = "model.diffusion_model.patch_blocks.0.attn.qkv_x";
+    let cases = [
+        (
+            "bad_scale_length",
+            format!("{victim}.weight_scale"),
+            "expected 512 E8M0 bytes",
+        ),
+        ("bad_no_scale", format!("{victim}.weight"), "without a scale"),
+        (
+            "bad_tag_no_scale",
+            format!("{victim}.weight_scale"),
+            "which is missing",
+        ),
+        ("bad_nvfp4", victim.to_string(), "\"nvfp4\""),
+    ];
+    let out = tempfile::tempdir().unwrap();
+    for (file, key, expected) in cases {
+        let path = fx.path().join(format!("{file}.safetensors"));
+        let model = out.path().join(format!("{file}.onnx"));
+        let e = export_plain("t2i-tiny", &path, &model).unwrap_err().to_string();
+        eprintln!("{file}: {e}");
+        assert!(
+            e.contains(&format!("{file}.safetensors")),
+            "{file}: names the file: {e}"
+        );
+        assert!(e.contains(&key), "{file}: names {key}: {e}");
+        assert!(e.contains(expected), "{file}: says {expected}: {e}");
+        assert!(files(out.path()).is_empty(), "{file}: no partial output");
+    }
+}

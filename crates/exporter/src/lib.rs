@@ -32,6 +32,7 @@
 //! ```
 
 pub mod checkpoint;
+mod comfy;
 mod error;
 pub mod model;
 pub mod nn;

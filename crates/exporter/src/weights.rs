@@ -15,13 +15,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Prefixes of the official checkpoints, stripped on load (spec section 3).
-pub const STRIP_PREFIXES: &[&str] = &["ema_denoiser.", "core."];
+/// Prefixes stripped on load: the official checkpoints' (spec section 3) and ComfyUI's (`model.diffusion_model.`
+/// in its repackaged and saved files, `net.` in some conversions; see [`crate::comfy`]).
+pub const STRIP_PREFIXES: &[&str] = &["ema_denoiser.", "core.", "model.diffusion_model.", "net."];
 /// Prefixes of training-only tensors, dropped on load.
 pub const TRAINING_ONLY_PREFIXES: &[&str] = &["diffusion_trainer.", "_repa_projector.", "denoiser."];
 
+/// Where one tensor's values come from.
 #[derive(Clone)]
-enum Entry {
+pub(crate) enum Entry {
     Mapped {
         file: Arc<memmap2::Mmap>,
         dtype: safetensors::Dtype,
@@ -37,10 +39,57 @@ enum Entry {
         shape: Vec<usize>,
         kind: InitKind,
     },
+    /// A quantized weight, dequantized exactly when read ([`crate::comfy`]); `shape` is the logical shape, which
+    /// may cut the zero padding of the stored tensor (rows and columns, MXFP8).
+    Quant {
+        q: Box<Entry>,
+        scale: crate::comfy::Scale,
+        shape: Vec<usize>,
+    },
+    /// Rows interleaved from several tensors: `chunk_rows` rows of each part in turn (ComfyUI's split PiT
+    /// modulation, recombined per pixel).
+    Interleave {
+        parts: Vec<Entry>,
+        chunk_rows: usize,
+        shape: Vec<usize>,
+    },
+}
+
+impl Entry {
+    /// The (logical) shape.
+    pub(crate) fn shape(&self) -> &[usize] {
+        match self {
+            Entry::Mapped { shape, .. }
+            | Entry::Random { shape, .. }
+            | Entry::Quant { shape, .. }
+            | Entry::Interleave { shape, .. } => shape,
+        }
+    }
+
+    /// The stored dtype of a mapped tensor.
+    pub(crate) fn dtype(&self) -> Option<safetensors::Dtype> {
+        match self {
+            Entry::Mapped { dtype, .. } => Some(*dtype),
+            _ => None,
+        }
+    }
+
+    /// The raw bytes of a contiguous mapped tensor (small tensors read at open time: tags, scales).
+    pub(crate) fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Entry::Mapped {
+                file,
+                range,
+                strides: None,
+                ..
+            } => Some(&file[range.0..range.1]),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
-enum InitKind {
+pub(crate) enum InitKind {
     Ones,
     Normal(f32),
 }
@@ -129,6 +178,7 @@ impl Weights {
     fn from_mapped_safetensors(path: &Path, mmap: Arc<memmap2::Mmap>) -> Result<Self> {
         let (header_len, meta) = safetensors::SafeTensors::read_metadata(&mmap)
             .map_err(|e| ExportError::checkpoint_file(path, "not a valid safetensors file", e))?;
+        let file_metadata = meta.metadata().clone().unwrap_or_default();
         let base = 8 + header_len;
         let raw: Vec<(String, Entry)> = meta
             .tensors()
@@ -145,11 +195,13 @@ impl Weights {
                 (name, e)
             })
             .collect();
+        let raw = crate::comfy::dequantize_layers(path, raw, &file_metadata)?;
         Self::from_raw(path, raw)
     }
 
     /// Applies the prefix rules of the official layouts to raw `(key, entry)` pairs.
     fn from_raw(path: &Path, raw: Vec<(String, Entry)>) -> Result<Self> {
+        crate::comfy::reject_unscaled_float8(path, &raw)?;
         let err = |reason: String| ExportError::Checkpoint {
             path: path.display().to_string(),
             reason,
@@ -176,6 +228,7 @@ impl Weights {
                 return Err(err(format!("key '{key}' appears twice after stripping prefixes")));
             }
         }
+        crate::comfy::join_split_modulation(path, &mut entries)?;
         dropped.sort();
         // The origin deliberately omits the file name: the same tensors give the same model bytes
         // whatever file or format they came from (the metadata carries their SHA-256).
@@ -225,18 +278,28 @@ impl Weights {
             },
             (None, None) => return Ok(Lookup::Missing),
         };
-        if let Entry::Mapped {
-            dtype, shape: found, ..
-        } = &entry
-        {
-            if found.as_slice() != shape {
-                return Err(ExportError::ShapeMismatch {
-                    path: self.path_str(),
-                    key: key.to_string(),
-                    expected: shape.to_vec(),
-                    found: found.clone(),
-                });
-            }
+        let entry = match entry {
+            // MXFP8 weights are stored padded to multiples of 32: the model's shape cuts them.
+            Entry::Quant {
+                q,
+                scale,
+                shape: stored,
+            } if stored.as_slice() != shape && crate::comfy::pads_to(shape, &stored) => Entry::Quant {
+                q,
+                scale,
+                shape: shape.to_vec(),
+            },
+            e => e,
+        };
+        if !matches!(entry, Entry::Random { .. }) && entry.shape() != shape {
+            return Err(ExportError::ShapeMismatch {
+                path: self.path_str(),
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: entry.shape().to_vec(),
+            });
+        }
+        if let Some(dtype) = entry.dtype() {
             if !matches!(
                 dtype,
                 safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16
@@ -275,9 +338,7 @@ impl Weights {
 
     /// Shape of a key stored in the checkpoint.
     pub fn shape(&self, key: &str) -> Option<&[usize]> {
-        self.entries.get(key).map(|e| match e {
-            Entry::Mapped { shape, .. } | Entry::Random { shape, .. } => shape.as_slice(),
-        })
+        self.entries.get(key).map(Entry::shape)
     }
 
     /// A lazy f32 source for a key stored in the checkpoint (no shape check; tools and tests).
@@ -343,69 +404,99 @@ struct Lazy {
 
 impl F32Source for Lazy {
     fn read(&self) -> std::result::Result<Vec<f32>, GraphError> {
-        match &self.entry {
-            Entry::Mapped {
-                file,
-                dtype,
-                range,
-                shape,
-                strides,
-                crc,
-            } => {
-                if let Some((start, len, want)) = crc {
-                    let got = torch_zip::crc32(&file[*start..*start + *len]);
-                    release(file, *start, *start + *len);
-                    if got != *want {
-                        return Err(GraphError::Tensor {
-                            name: self.key.clone(),
-                            reason: "its storage record fails the zip CRC-32 check (corrupt checkpoint)"
-                                .into(),
-                        });
-                    }
+        read_entry(&self.key, &self.entry)
+    }
+}
+
+/// The f32 values of `entry` (named `key` in errors).
+pub(crate) fn read_entry(key: &str, entry: &Entry) -> std::result::Result<Vec<f32>, GraphError> {
+    match entry {
+        Entry::Mapped {
+            file,
+            dtype,
+            range,
+            shape,
+            strides,
+            crc,
+        } => {
+            if let Some((start, len, want)) = crc {
+                let got = torch_zip::crc32(&file[*start..*start + *len]);
+                release(file, *start, *start + *len);
+                if got != *want {
+                    return Err(GraphError::Tensor {
+                        name: key.to_string(),
+                        reason: "its storage record fails the zip CRC-32 check (corrupt checkpoint)".into(),
+                    });
                 }
-                let gathered;
-                let bytes = match strides {
-                    None => &file[range.0..range.1],
-                    Some(st) => {
-                        let es = dtype.bitsize() / 8;
-                        gathered = torch_zip::gather_strided(file, range.0, shape, st, es);
-                        &gathered[..]
-                    }
-                };
-                let v = match dtype {
-                    safetensors::Dtype::F32 => bytes
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect(),
-                    safetensors::Dtype::F16 => bytes
-                        .chunks_exact(2)
-                        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                        .collect(),
-                    safetensors::Dtype::BF16 => bytes
-                        .chunks_exact(2)
-                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                        .collect(),
-                    other => {
-                        return Err(GraphError::Tensor {
-                            name: self.key.clone(),
-                            reason: format!("unsupported checkpoint dtype {other:?}"),
-                        })
-                    }
-                };
-                release(file, range.0, range.1);
-                Ok(v)
             }
-            Entry::Random { seed, shape, kind } => {
-                let n: usize = shape.iter().product();
-                Ok(match kind {
-                    InitKind::Ones => vec![1.0; n],
-                    InitKind::Normal(std) => {
-                        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(*seed);
-                        let normal = rand_distr::Normal::new(0.0f32, *std).expect("valid std");
-                        (0..n).map(|_| normal.sample(&mut rng)).collect()
-                    }
-                })
+            let gathered;
+            let bytes = match strides {
+                None => &file[range.0..range.1],
+                Some(st) => {
+                    let es = dtype.bitsize() / 8;
+                    gathered = torch_zip::gather_strided(file, range.0, shape, st, es);
+                    &gathered[..]
+                }
+            };
+            let v = match dtype {
+                safetensors::Dtype::F32 => bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                safetensors::Dtype::F16 => bytes
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                safetensors::Dtype::BF16 => bytes
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                safetensors::Dtype::F8_E4M3 => bytes.iter().map(|b| crate::comfy::e4m3_to_f32(*b)).collect(),
+                safetensors::Dtype::F8_E5M2 => bytes.iter().map(|b| crate::comfy::e5m2_to_f32(*b)).collect(),
+                other => {
+                    return Err(GraphError::Tensor {
+                        name: key.to_string(),
+                        reason: format!("unsupported checkpoint dtype {other:?}"),
+                    })
+                }
+            };
+            release(file, range.0, range.1);
+            Ok(v)
+        }
+        Entry::Random { seed, shape, kind } => {
+            let n: usize = shape.iter().product();
+            Ok(match kind {
+                InitKind::Ones => vec![1.0; n],
+                InitKind::Normal(std) => {
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(*seed);
+                    let normal = rand_distr::Normal::new(0.0f32, *std).expect("valid std");
+                    (0..n).map(|_| normal.sample(&mut rng)).collect()
+                }
+            })
+        }
+        Entry::Quant { q, scale, shape } => {
+            let values = read_entry(key, q)?;
+            crate::comfy::dequantize(key, values, q.shape(), scale, shape)
+        }
+        Entry::Interleave {
+            parts,
+            chunk_rows,
+            shape,
+        } => {
+            let cols: usize = shape[1..].iter().product();
+            let values = parts
+                .iter()
+                .map(|p| read_entry(key, p))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let chunk = chunk_rows * cols;
+            let groups = values[0].len() / chunk;
+            let mut out = Vec::with_capacity(shape.iter().product());
+            for g in 0..groups {
+                for v in &values {
+                    out.extend_from_slice(&v[g * chunk..(g + 1) * chunk]);
+                }
             }
+            Ok(out)
         }
     }
 }
