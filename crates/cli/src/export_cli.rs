@@ -6,7 +6,7 @@ use crate::quant_args::QuantArgs;
 use crate::triton_args::TritonArgs;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use pixeldit_exporter::{ExportOptions, ExternalData, WeightsSpec};
+use pixeldit_exporter::{ExportOptions, ExternalData, LoraSpec, WeightsSpec};
 use pixeldit_graph::WriteProgress;
 use pixeldit_spec::{AttentionMode, ModelConfig, Precision, Preset, PRESETS};
 use std::path::PathBuf;
@@ -21,6 +21,8 @@ use std::process::ExitCode;
 ///   pixeldit-export --preset t2i --checkpoint pixeldit_t2i_v1.pth -o t2i.onnx
 ///   pixeldit-export --preset digits --attention decomposed -o digits.onnx
 ///   pixeldit-export --preset digits --triton-repo models --max-batch-size 16   # Triton model repository
+///   pixeldit-export --preset t2i --checkpoint pixeldit_1300m_1024px_mxfp8.safetensors -o t2i.onnx   # ComfyUI file
+///   pixeldit-export --preset XL --checkpoint xl.ckpt --lora style.safetensors:0.8 -o xl-style.onnx
 ///   pixeldit-export --preset digits --precision fp8 --accuracy-report fp8.json -o digits-fp8.onnx
 ///   pixeldit-export --text-encoder gemma-2-2b-it/ --precision bf16 -o gemma.onnx   # the T2I text encoder
 ///   pixeldit-export --text-encoder gemma-2-2b --random-init --tokenizer tokenizer.json -o gemma.onnx
@@ -44,6 +46,13 @@ pub struct ExportArgs {
     /// Deterministic random weights instead of a checkpoint.
     #[arg(long)]
     random_init: bool,
+    /// Merge a LoRA adapter into the checkpoint's Linear weights before anything else (repeatable, in order):
+    /// `W + SCALE * alpha/rank * B @ A`, SCALE 1 by default. Layouts: pixeldit2-lora-v1 (the official fork's
+    /// `<module>.lora_A/.lora_B` with `modules` metadata), PEFT (`lora_A.weight`/`lora_B.weight`, alpha = rank
+    /// unless `<module>.alpha`), kohya (`lora_unet_*.lora_down/lora_up.weight` + `.alpha`). Keys that fit no
+    /// Linear are an error listing each; the model's `pixeldit.adapters` metadata records what was merged.
+    #[arg(long, value_name = "FILE[:SCALE]", conflicts_with = "random_init")]
+    lora: Vec<LoraSpec>,
     /// Seed for --random-init.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -150,6 +159,7 @@ fn export_options(args: &ExportArgs) -> Result<ExportOptions> {
     opts.precision = args.precision;
     opts.attention = args.attention.unwrap_or_else(|| args.triton.default_attention());
     opts.external_data = args.external_data.into();
+    opts.loras = args.lora.clone();
     opts.config.check_size(opts.height, opts.width)?;
     Ok(opts)
 }
@@ -162,6 +172,9 @@ pub fn run(args: ExportArgs) -> Result<()> {
         }
         if args.height.is_some() || args.width.is_some() {
             bail!("--height/--width do not apply to the text encoder");
+        }
+        if !args.lora.is_empty() {
+            bail!("--lora applies to the PixelDiT checkpoint, not to the text encoder");
         }
         return crate::encoder_export::run(&crate::encoder_export::EncoderRequest {
             encoder: encoder.clone(),
@@ -214,6 +227,9 @@ pub fn run(args: ExportArgs) -> Result<()> {
         }
         if !report.keys.dropped.is_empty() {
             crate::note!("dropped {} training-only key(s)", report.keys.dropped.len());
+        }
+        if !args.lora.is_empty() {
+            crate::note!("weights: {}", report.metadata.weights_source);
         }
     }
     if let (Some(q), Some(summary), Some(path)) = (&quant, &exported.summary, &exported.summary_path) {

@@ -305,3 +305,95 @@ fn comfy_bad_inputs_are_clear_errors() {
         assert!(files(out.path()).is_empty(), "{file}: no partial output");
     }
 }
+
+/// The LoRA fixtures of `tools/gen_lora_fixtures.py`, written into a temporary directory.
+fn lora_fixtures() -> Option<tempfile::TempDir> {
+    let py = python()?;
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(py)
+        .arg(workspace().join("tools/gen_lora_fixtures.py"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Some(dir)
+}
+
+#[test]
+fn lora_cli_merges_like_the_merged_checkpoint() {
+    let Some(fx) = lora_fixtures() else { return };
+    let tiny = workspace().join("tests/golden/forward/tiny.safetensors");
+    let out = tempfile::tempdir().unwrap();
+    let model = out.path().join("lora.onnx");
+    let f = |n: &str| fx.path().join(n).display().to_string();
+    let o = run(std::process::Command::new(env!("CARGO_BIN_EXE_pixeldit-export"))
+        .args(["--preset", "tiny", "--checkpoint"])
+        .arg(&tiny)
+        .args(["--lora", &f("lora_v1.safetensors")])
+        .args(["--lora", &format!("{}:0.5", f("lora_peft.safetensors"))])
+        .args(["--lora", &format!("{}:0.75", f("lora_kohya.safetensors"))])
+        .arg("-o")
+        .arg(&model));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let meta = pixeldit_runtime::model::read_metadata(&model).unwrap();
+    assert_eq!(
+        meta.weights_source,
+        "checkpoint + LoRA lora_v1.safetensors x 1 + LoRA lora_peft.safetensors x 0.5 + LoRA lora_kohya.safetensors x 0.75"
+    );
+    let merged = out.path().join("merged.onnx");
+    let base = out.path().join("base.onnx");
+    let merged_report =
+        export_plain("tiny", &fx.path().join("tiny_lora_merged.safetensors"), &merged).unwrap();
+    // The weight hash covers the merged weights: the same as the checkpoint merged by the Python writer.
+    assert_eq!(meta.weights_sha256, merged_report.write.weights_sha256);
+    export_plain("tiny", &tiny, &base).unwrap();
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    for (c, lo) in candidates("lora") {
+        let v = run_fixed(&model, &cfg, c, &lo);
+        let err = rel_l2(&v, &run_fixed(&merged, &cfg, c, &lo));
+        let change = rel_l2(&v, &run_fixed(&base, &cfg, c, &lo));
+        eprintln!("--lora x3 vs the merged checkpoint, {c}: relative L2 {err:.1e} (the adapters change v by {change:.2})");
+        assert!(err < 1e-6, "{c}: relative L2 {err}");
+        assert!(change > 0.05, "{c}: the adapters must matter ({change})");
+    }
+}
+
+#[test]
+fn lora_for_another_model_lists_every_key() {
+    let Some(fx) = lora_fixtures() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let mut opts = ExportOptions::new(
+        ModelConfig::preset("tiny").unwrap(),
+        WeightsSpec::Checkpoint(workspace().join("tests/golden/forward/tiny.safetensors")),
+    );
+    let lora = fx.path().join("lora_other_model.safetensors");
+    opts.loras.push(pixeldit_exporter::LoraSpec {
+        path: lora,
+        scale: 1.0,
+    });
+    let e = pixeldit_exporter::export_to_file(&opts, &out.path().join("x.onnx"))
+        .unwrap_err()
+        .to_string();
+    eprintln!("{e}");
+    assert!(e.contains("lora_other_model.safetensors"), "{e}");
+    assert!(e.contains("2 key(s) do not fit"), "{e}");
+    assert!(
+        e.contains("the checkpoint has no Linear 'patch_blocks.5.attn.qkv.weight'"),
+        "{e}"
+    );
+    assert!(
+        e.contains("'patch_blocks.0.attn.qkv.lora_A' [4, 128]") && e.contains("[r, 64]"),
+        "{e}"
+    );
+    assert!(files(out.path()).is_empty(), "no partial output");
+    assert!(
+        "a.safetensors:0.5"
+            .parse::<pixeldit_exporter::LoraSpec>()
+            .unwrap()
+            .scale
+            == 0.5
+    );
+    assert!("a.safetensors:inf"
+        .parse::<pixeldit_exporter::LoraSpec>()
+        .is_err());
+}

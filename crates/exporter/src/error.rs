@@ -46,6 +46,9 @@ pub enum ExportError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A LoRA adapter that cannot be merged (lists every key that does not fit the checkpoint).
+    #[error("LoRA {path}: {reason}")]
+    Lora { path: String, reason: String },
     /// A combination of options that is not supported.
     #[error("unsupported: {0}")]
     Unsupported(String),

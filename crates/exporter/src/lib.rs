@@ -34,11 +34,13 @@
 pub mod checkpoint;
 mod comfy;
 mod error;
+pub mod lora;
 pub mod model;
 pub mod nn;
 pub mod weights;
 
 pub use error::{ExportError, Result};
+pub use lora::{AdapterInfo, LoraSpec};
 pub use pixeldit_graph::ExternalData;
 pub use weights::{KeyReport, Weights};
 
@@ -79,6 +81,8 @@ pub struct ExportOptions {
     pub external_data: ExternalData,
     /// Sampler defaults written to the metadata (the config's when `None`).
     pub sampler: Option<SamplerDefaults>,
+    /// LoRA adapters merged into the checkpoint's weights before anything reads them, in order.
+    pub loras: Vec<LoraSpec>,
 }
 
 impl ExportOptions {
@@ -93,6 +97,7 @@ impl ExportOptions {
             weights,
             external_data: ExternalData::Auto,
             sampler: None,
+            loras: Vec::new(),
         }
     }
 }
@@ -110,14 +115,17 @@ pub struct ExportReport {
     pub nodes: usize,
 }
 
-/// Opens the weights of an export and checks them against the model before anything is written: the graph is
-/// built once, and every key is checked where the model files read it (all missing keys are listed at once);
-/// returns the unused and dropped keys.
+/// Opens the weights of an export, merges its LoRA adapters, and checks them against the model before anything is
+/// written: the graph is built once, and every key is checked where the model files read it (all missing keys are
+/// listed at once); returns the unused and dropped keys.
 pub fn load_weights(opts: &ExportOptions) -> Result<(Weights, KeyReport)> {
-    let weights = match &opts.weights {
+    let mut weights = match &opts.weights {
         WeightsSpec::Checkpoint(p) => Weights::from_checkpoint(p)?,
         WeightsSpec::RandomInit { seed } => Weights::random(*seed),
     };
+    for l in &opts.loras {
+        weights.merge_lora(l)?;
+    }
     let (_, keys) = build_graph_and_report(opts, &weights)?;
     Ok((weights, keys))
 }
@@ -225,6 +233,11 @@ pub fn write_graph(
             format!("{}x{}", opts.height, opts.width),
         ));
         props.push(("pixeldit.weights_sha256".into(), r.weights_sha256.clone()));
+        if !weights.adapters().is_empty() {
+            let list: Vec<_> = weights.adapters().iter().map(AdapterInfo::to_json).collect();
+            let adapters = serde_json::Value::Array(list).to_string();
+            props.push(("pixeldit.adapters".into(), adapters));
+        }
         meta_out = Some(meta);
     })?;
     Ok((report, meta_out.expect("finalize ran")))

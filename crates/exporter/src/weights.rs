@@ -46,6 +46,11 @@ pub(crate) enum Entry {
         scale: crate::comfy::Scale,
         shape: Vec<usize>,
     },
+    /// A weight with LoRA updates merged when read ([`crate::lora`]).
+    Lora {
+        base: Box<Entry>,
+        deltas: Vec<crate::lora::Delta>,
+    },
     /// Rows interleaved from several tensors: `chunk_rows` rows of each part in turn (ComfyUI's split PiT
     /// modulation, recombined per pixel).
     Interleave {
@@ -63,13 +68,15 @@ impl Entry {
             | Entry::Random { shape, .. }
             | Entry::Quant { shape, .. }
             | Entry::Interleave { shape, .. } => shape,
+            Entry::Lora { base, .. } => base.shape(),
         }
     }
 
-    /// The stored dtype of a mapped tensor.
+    /// The stored dtype of a mapped tensor (of the base weight of a LoRA merge).
     pub(crate) fn dtype(&self) -> Option<safetensors::Dtype> {
         match self {
             Entry::Mapped { dtype, .. } => Some(*dtype),
+            Entry::Lora { base, .. } => base.dtype(),
             _ => None,
         }
     }
@@ -113,6 +120,8 @@ pub struct Weights {
     dropped: Vec<String>,
     /// `Some(seed)`: every requested key is made up from (seed, key) ([`Weights::random`]).
     random_seed: Option<u64>,
+    /// LoRA adapters merged into the weights, in order.
+    adapters: Vec<crate::lora::AdapterInfo>,
 }
 
 /// What [`Weights::source_for`] found for a key.
@@ -176,25 +185,7 @@ impl Weights {
     }
 
     fn from_mapped_safetensors(path: &Path, mmap: Arc<memmap2::Mmap>) -> Result<Self> {
-        let (header_len, meta) = safetensors::SafeTensors::read_metadata(&mmap)
-            .map_err(|e| ExportError::checkpoint_file(path, "not a valid safetensors file", e))?;
-        let file_metadata = meta.metadata().clone().unwrap_or_default();
-        let base = 8 + header_len;
-        let raw: Vec<(String, Entry)> = meta
-            .tensors()
-            .into_iter()
-            .map(|(name, info)| {
-                let e = Entry::Mapped {
-                    file: mmap.clone(),
-                    dtype: info.dtype,
-                    shape: info.shape.clone(),
-                    range: (base + info.data_offsets.0, base + info.data_offsets.1),
-                    strides: None,
-                    crc: None,
-                };
-                (name, e)
-            })
-            .collect();
+        let (raw, file_metadata) = safetensors_entries(path, mmap)?;
         let raw = crate::comfy::dequantize_layers(path, raw, &file_metadata)?;
         Self::from_raw(path, raw)
     }
@@ -238,6 +229,7 @@ impl Weights {
             path: Some(path.to_path_buf()),
             dropped,
             random_seed: None,
+            adapters: Vec::new(),
         })
     }
 
@@ -250,12 +242,51 @@ impl Weights {
             path: None,
             dropped: Vec::new(),
             random_seed: Some(seed),
+            adapters: Vec::new(),
         }
     }
 
-    /// Where the weights came from (`checkpoint` or `random-init:seed=<n>`).
+    /// Where the weights came from (`checkpoint` or `random-init:seed=<n>`, then ` + LoRA FILE x SCALE` per
+    /// merged adapter).
     pub fn origin(&self) -> &str {
         &self.origin
+    }
+
+    /// Merges a LoRA adapter into the checkpoint's Linear weights ([`crate::lora`]); checks the whole file first
+    /// and lists every key that does not fit.
+    pub fn merge_lora(&mut self, spec: &crate::LoraSpec) -> Result<crate::lora::AdapterInfo> {
+        if self.random_seed.is_some() {
+            return Err(ExportError::Lora {
+                path: spec.path.display().to_string(),
+                reason: "a LoRA is merged into a checkpoint, not into random weights".into(),
+            });
+        }
+        let info = crate::lora::merge(self, spec)?;
+        self.origin
+            .push_str(&format!(" + LoRA {} x {}", info.file, info.scale));
+        self.adapters.push(info.clone());
+        Ok(info)
+    }
+
+    /// The merged adapters, in order.
+    pub fn adapters(&self) -> &[crate::lora::AdapterInfo] {
+        &self.adapters
+    }
+
+    /// Adds a low-rank update to the weight `key` (which exists).
+    pub(crate) fn add_delta(&mut self, key: &str, delta: crate::lora::Delta) {
+        let e = self.entries.remove(key).expect("checked by the caller");
+        let e = match e {
+            Entry::Lora { base, mut deltas } => {
+                deltas.push(delta);
+                Entry::Lora { base, deltas }
+            }
+            base => Entry::Lora {
+                base: Box::new(base),
+                deltas: vec![delta],
+            },
+        };
+        self.entries.insert(key.to_string(), e);
     }
 
     fn path_str(&self) -> String {
@@ -373,6 +404,43 @@ fn init_kind(key: &str, shape: &[usize]) -> InitKind {
     }
 }
 
+/// A safetensors file's `__metadata__`.
+pub(crate) type FileMetadata = std::collections::HashMap<String, String>;
+
+/// The tensors of a mapped safetensors file as entries, and its metadata.
+fn safetensors_entries(
+    path: &Path,
+    mmap: Arc<memmap2::Mmap>,
+) -> Result<(Vec<(String, Entry)>, FileMetadata)> {
+    let (header_len, meta) = safetensors::SafeTensors::read_metadata(&mmap)
+        .map_err(|e| ExportError::checkpoint_file(path, "not a valid safetensors file", e))?;
+    let file_metadata = meta.metadata().clone().unwrap_or_default();
+    let base = 8 + header_len;
+    let raw = meta
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| {
+            let e = Entry::Mapped {
+                file: mmap.clone(),
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                range: (base + info.data_offsets.0, base + info.data_offsets.1),
+                strides: None,
+                crc: None,
+            };
+            (name, e)
+        })
+        .collect();
+    Ok((raw, file_metadata))
+}
+
+/// [`safetensors_entries`] of a file opened here (LoRA adapters).
+pub(crate) fn open_safetensors_entries(
+    path: &Path,
+) -> Result<(Vec<(String, Entry)>, FileMetadata)> {
+    safetensors_entries(path, Arc::new(map_file(path)?))
+}
+
 fn map_file(path: &Path) -> Result<memmap2::Mmap> {
     let file = std::fs::File::open(path).map_err(|e| ExportError::checkpoint_file(path, "cannot open", e))?;
     // SAFETY: the file is opened read-only and not modified while the export runs.
@@ -477,6 +545,14 @@ pub(crate) fn read_entry(key: &str, entry: &Entry) -> std::result::Result<Vec<f3
         Entry::Quant { q, scale, shape } => {
             let values = read_entry(key, q)?;
             crate::comfy::dequantize(key, values, q.shape(), scale, shape)
+        }
+        Entry::Lora { base, deltas } => {
+            let w = read_entry(key, base)?;
+            let ds = deltas
+                .iter()
+                .map(|d| Ok((read_entry(key, &d.a)?, read_entry(key, &d.b)?, d.factor)))
+                .collect::<std::result::Result<Vec<_>, GraphError>>()?;
+            Ok(crate::lora::apply(w, base.shape(), &ds))
         }
         Entry::Interleave {
             parts,
