@@ -22,6 +22,13 @@ tests/golden/forward/tiny.safetensors):
   each PiT ``adaLN_modulation.0`` split into ``adaLN_modulation_msa``/``_mlp``. Equivalent: ``t2i_tiny.safetensors``.
 * ``tiny_net_bf16.safetensors``: the C2I tiny model in bf16 under ``net.``. Equivalent:
   ``tiny_bf16_official.safetensors`` (the same bf16 values as f32, official keys).
+* ``gemma_bf16.safetensors``: ComfyUI's single-file Gemma-2 layout (``gemma_2_2b_it_elm_bf16.safetensors``: the
+  Hugging Face names in one file, bf16) of the gemma-tiny golden model (tests/golden/gemma/model). Equivalent:
+  ``gemma_bf16_official.safetensors`` (the same values as f32).
+* ``gemma_fp8_scaled.safetensors``: ComfyUI's ``fp8_scaled`` layout (``convert_old_quants``: a ``scaled_fp8``
+  marker, every Linear weight ``F8_E4M3`` with a per-tensor f32 ``scale_weight`` = amax / 448), the rest bf16, under
+  the text-encoder object prefix ``gemma2_2b.transformer.``. Equivalent: ``gemma_fp8_official.safetensors``
+  (``fp8 * scale`` in f32, Hugging Face names).
 * Bad inputs (from ``t2i_mxfp8``): ``bad_scale_length`` (one ``weight_scale`` 16 bytes short),
   ``bad_no_scale`` (one layer's ``weight_scale`` and tag removed: an F8_E4M3 tensor without a scale),
   ``bad_tag_no_scale`` (the tag kept, the scale removed), ``bad_nvfp4`` (one tag says ``nvfp4``).
@@ -139,6 +146,25 @@ def main(out_dir):
     tiny = load_file(str(ROOT / "tests/golden/forward/tiny.safetensors"))
     save(out / "tiny_net_bf16.safetensors", {"net." + k: bf16(v) for k, v in tiny.items()})
     save(out / "tiny_bf16_official.safetensors", {k: np.asarray(bf16(v), dtype=np.float32) for k, v in tiny.items()})
+
+    gemma = {}
+    for shard in sorted((ROOT / "tests/golden/gemma/model").glob("model-*.safetensors")):
+        gemma.update(load_file(str(shard)))
+    save(out / "gemma_bf16.safetensors", {k: bf16(v) for k, v in gemma.items()})
+    save(out / "gemma_bf16_official.safetensors", {k: np.asarray(bf16(v), dtype=np.float32) for k, v in gemma.items()})
+    fp8, fp8_official = {"gemma2_2b.transformer.scaled_fp8": np.zeros(0, dtype=ml_dtypes.float8_e4m3fn)}, {}
+    for k, v in gemma.items():
+        if v.ndim == 2 and k.endswith("_proj.weight"):
+            scale = np.float32(np.abs(v).max() / 448.0)
+            q = np.clip(v / scale, -448, 448).astype(ml_dtypes.float8_e4m3fn)
+            layer = "gemma2_2b.transformer." + k[: -len(".weight")]
+            fp8[layer + ".weight"], fp8[layer + ".scale_weight"] = q, np.array(scale, dtype=np.float32)
+            fp8_official[k] = q.astype(np.float32) * scale
+        else:
+            fp8["gemma2_2b.transformer." + k] = bf16(v)
+            fp8_official[k] = np.asarray(bf16(v), dtype=np.float32)
+    save(out / "gemma_fp8_scaled.safetensors", fp8)
+    save(out / "gemma_fp8_official.safetensors", fp8_official)
 
     victim = PREFIX + "patch_blocks.0.attn.qkv_x"
     short = dict(mx, **tags)

@@ -52,10 +52,33 @@ fn resolve_config(spec: &str) -> Result<(GemmaConfig, Option<PathBuf>)> {
         }
         return Ok((cfg, Some(path.to_path_buf())));
     }
+    if path.is_file() && spec.ends_with(".safetensors") {
+        return Ok((single_file_config(path)?, None));
+    }
     if path.is_file() || spec.ends_with(".json") {
         return Ok((GemmaConfig::from_hf_config(path)?, None));
     }
     Ok((GemmaConfig::preset(spec)?, None))
+}
+
+/// The configuration of a single-file text encoder (ComfyUI's `gemma_2_2b_it_elm_*.safetensors`, which carry no
+/// config.json): the text-encoder preset whose every tensor shape the file has.
+fn single_file_config(path: &Path) -> Result<GemmaConfig> {
+    let weights = GemmaWeights::open(path)?;
+    let mut tried = Vec::new();
+    for p in pixeldit_spec::TEXT_ENCODER_PRESETS {
+        let cfg = GemmaConfig::preset(p.name)?;
+        match weights.check(&cfg.parameter_shapes()) {
+            Ok(_) => return Ok(cfg),
+            Err(e) => tried.push(format!("{}: {e}", p.name)),
+        }
+    }
+    bail!(
+        "--text-encoder {}: a single-file Gemma-2 checkpoint must match a text-encoder preset, and it matches none \
+         ({}); pass --text-encoder CONFIG.json --checkpoint FILE instead",
+        path.display(),
+        tried.join("; ")
+    )
 }
 
 /// The sequence length of the export: `--seq-len`, else the prompt recipe's length for the tokenizer.
@@ -75,7 +98,10 @@ fn sequence_length(req: &EncoderRequest, tokenizer: Option<&PromptTokenizer>) ->
 /// Exports the encoder and prints the summary line.
 pub fn run(req: &EncoderRequest) -> Result<()> {
     let (cfg, dir) = resolve_config(&req.encoder)?;
-    let weights = match (req.random_seed, &req.checkpoint, &dir) {
+    // `--text-encoder FILE.safetensors` is also the checkpoint.
+    let file =
+        Some(PathBuf::from(&req.encoder)).filter(|p| p.is_file() && req.encoder.ends_with(".safetensors"));
+    let weights = match (req.random_seed, req.checkpoint.as_ref().or(file.as_ref()), &dir) {
         (Some(seed), _, _) => GemmaWeights::random(&cfg.parameter_shapes(), seed),
         (None, Some(p), _) => GemmaWeights::open(p)?,
         (None, None, Some(d)) => GemmaWeights::open(d)?,

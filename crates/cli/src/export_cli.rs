@@ -82,11 +82,13 @@ pub struct ExportArgs {
     #[arg(short, long)]
     quiet: bool,
     /// Export the Gemma-2 text encoder of a text-to-image model instead of PixelDiT: a preset (gemma-2-2b,
-    /// gemma-tiny), a Hugging Face config.json, or a checkpoint directory with config.json (such as a download of
+    /// gemma-tiny), a Hugging Face config.json, a checkpoint directory with config.json (such as a download of
     /// Efficient-Large-Model/gemma-2-2b-it; it is then also the default --checkpoint, and its tokenizer.json the
-    /// default --tokenizer). Inputs input_ids and attention_mask [B, S] int64, output last_hidden_state [B, S, D];
+    /// default --tokenizer), or a single .safetensors file such as ComfyUI's gemma_2_2b_it_elm_bf16.safetensors or
+    /// _fp8_scaled.safetensors (float8 weights dequantized exactly; the preset whose shapes it has; pass
+    /// --tokenizer). Inputs input_ids and attention_mask [B, S] int64, output last_hidden_state [B, S, D];
     /// --precision fp32, fp16 or bf16 (matrices and embedding table; norms and softmax stay f32).
-    #[arg(long, value_name = "PRESET|CONFIG|DIR", conflicts_with_all = ["preset", "config", "triton_repo", "dump"])]
+    #[arg(long, value_name = "PRESET|CONFIG|DIR|FILE", conflicts_with_all = ["preset", "config", "triton_repo", "dump"])]
     text_encoder: Option<String>,
     /// With --text-encoder: the tokenizer.json of the prompt recipe, which fixes the sequence length at
     /// len(tokenize(CHI)) + 298 tokens and must have the embedding table's vocabulary.

@@ -397,3 +397,47 @@ fn lora_for_another_model_lists_every_key() {
         .parse::<pixeldit_exporter::LoraSpec>()
         .is_err());
 }
+
+#[test]
+fn comfy_gemma_files_export_like_the_hf_layout() {
+    let Some(fx) = comfy_fixtures() else { return };
+    let tokenizer = workspace().join("tests/golden/gemma/model/tokenizer.json");
+    let out = tempfile::tempdir().unwrap();
+    let export = |args: &[&std::ffi::OsStr], name: &str| {
+        let path = out.path().join(name);
+        let o = run(std::process::Command::new(env!("CARGO_BIN_EXE_pixeldit-export"))
+            .args(args)
+            .arg("--tokenizer")
+            .arg(&tokenizer)
+            .arg("-o")
+            .arg(&path));
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("unused"), "{}", stderr(&o));
+        pixeldit_runtime::text_encoder::read_metadata(&path).unwrap()
+    };
+    for (comfy, official) in [
+        ("gemma_bf16.safetensors", "gemma_bf16_official.safetensors"),
+        ("gemma_fp8_scaled.safetensors", "gemma_fp8_official.safetensors"),
+    ] {
+        let a = export(
+            &["--text-encoder".as_ref(), fx.path().join(comfy).as_os_str()],
+            "a.onnx",
+        );
+        let b = export(
+            &[
+                "--text-encoder".as_ref(),
+                "gemma-tiny".as_ref(),
+                "--checkpoint".as_ref(),
+                fx.path().join(official).as_os_str(),
+            ],
+            "b.onnx",
+        );
+        assert_eq!(
+            a.name, "gemma-tiny",
+            "{comfy}: the preset is found from the shapes"
+        );
+        // The same graph with the same (dequantized) initializers: the same model.
+        assert_eq!(a.weights_sha256, b.weights_sha256, "{comfy} vs {official}");
+        eprintln!("{comfy}: weights SHA-256 {} = {official}'s", a.weights_sha256);
+    }
+}

@@ -404,6 +404,14 @@ fn init_kind(key: &str, shape: &[usize]) -> InitKind {
     }
 }
 
+/// A lazy f32 source for an entry (the Gemma-2 reader shares the ComfyUI dequantization).
+pub(crate) fn entry_source(key: &str, entry: Entry) -> Arc<dyn F32Source> {
+    Arc::new(Lazy {
+        key: key.to_string(),
+        entry,
+    })
+}
+
 /// A safetensors file's `__metadata__`.
 pub(crate) type FileMetadata = std::collections::HashMap<String, String>;
 
@@ -435,9 +443,7 @@ fn safetensors_entries(
 }
 
 /// [`safetensors_entries`] of a file opened here (LoRA adapters).
-pub(crate) fn open_safetensors_entries(
-    path: &Path,
-) -> Result<(Vec<(String, Entry)>, FileMetadata)> {
+pub(crate) fn open_safetensors_entries(path: &Path) -> Result<(Vec<(String, Entry)>, FileMetadata)> {
     safetensors_entries(path, Arc::new(map_file(path)?))
 }
 

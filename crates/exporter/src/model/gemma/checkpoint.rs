@@ -1,11 +1,12 @@
 //! Gemma-2 weights: the official Hugging Face layout (`model.safetensors` or shards listed by
-//! `model.safetensors.index.json`), memory-mapped and decoded one tensor at a time, or seeded random weights.
+//! `model.safetensors.index.json`) or ComfyUI's single file (the same names, optionally under its text-encoder
+//! prefixes, bf16 or `fp8_scaled`), memory-mapped and decoded one tensor at a time, or seeded random weights.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use pixeldit_graph::{F32Source, GraphError};
+use pixeldit_graph::F32Source;
 use rand::SeedableRng;
 use rand_distr::Distribution;
 
@@ -15,6 +16,14 @@ use crate::{ExportError, Result};
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// Name of an unsharded Hugging Face checkpoint.
 pub const SINGLE_FILE: &str = "model.safetensors";
+
+/// Prefixes of Gemma-2 keys in files saved from ComfyUI's text-encoder objects (`PixelDiTGemma2TE` holds
+/// `gemma2_2b.transformer` = `Gemma2_2B`, whose `model` has the Hugging Face names), stripped on load.
+pub const COMFY_PREFIXES: &[&str] = &[
+    "text_encoders.gemma2_2b.transformer.",
+    "gemma2_2b.transformer.",
+    "transformer.",
+];
 
 /// Where each tensor of a Gemma-2 checkpoint lives, with its shape.
 pub struct GemmaWeights {
@@ -35,46 +44,6 @@ fn ckpt_err(path: &Path, reason: impl Into<String>) -> ExportError {
     ExportError::Checkpoint {
         path: path.display().to_string(),
         reason: reason.into(),
-    }
-}
-
-/// One tensor inside a memory-mapped safetensors file.
-struct MappedTensor {
-    map: Arc<memmap2::Mmap>,
-    file: PathBuf,
-    key: String,
-    dtype: safetensors::Dtype,
-    start: usize,
-    end: usize,
-}
-
-impl F32Source for MappedTensor {
-    fn read(&self) -> pixeldit_graph::Result<Vec<f32>> {
-        let bytes = &self.map[self.start..self.end];
-        let two = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
-        Ok(match self.dtype {
-            safetensors::Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            safetensors::Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_bits(two(b)).to_f32())
-                .collect(),
-            safetensors::Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_bits(two(b)).to_f32())
-                .collect(),
-            other => {
-                return Err(GraphError::Tensor {
-                    name: self.key.clone(),
-                    reason: format!(
-                        "{}: dtype {other:?} is not a float type (F32, F16 or BF16 expected)",
-                        self.file.display()
-                    ),
-                })
-            }
-        })
     }
 }
 
@@ -120,35 +89,23 @@ impl GemmaWeights {
         };
         let mut tensors = BTreeMap::new();
         for file in &files {
-            let f = std::fs::File::open(file)
-                .map_err(|e| ExportError::checkpoint_file(file, "cannot open", e))?;
-            // SAFETY: the file is opened read-only and only read while the export runs.
-            let map = unsafe { memmap2::Mmap::map(&f) }
-                .map_err(|e| ExportError::checkpoint_file(file, "cannot map", e))?;
-            let map = Arc::new(map);
-            let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map[..])
-                .map_err(|e| ExportError::checkpoint_file(file, "not a safetensors file", e))?;
-            let base = 8 + header_len;
-            for (key, info) in meta.tensors() {
-                let (s, e) = info.data_offsets;
-                let src = MappedTensor {
-                    map: map.clone(),
-                    file: file.clone(),
-                    key: key.clone(),
-                    dtype: info.dtype,
-                    start: base + s,
-                    end: base + e,
-                };
-                if tensors
-                    .insert(
-                        key.clone(),
-                        (info.shape.clone(), Arc::new(src) as Arc<dyn F32Source>),
-                    )
-                    .is_some()
-                {
+            // ComfyUI's single files: float8 Linears (`fp8_scaled`: per-tensor scales; `comfy_quant` tags) are
+            // dequantized exactly, the text-encoder object prefixes stripped (see [`COMFY_PREFIXES`]).
+            let (raw, metadata) = crate::weights::open_safetensors_entries(file)?;
+            let raw = crate::comfy::dequantize_layers(file, raw, &metadata)?;
+            crate::comfy::reject_unscaled_float8(file, &raw)?;
+            for (name, entry) in raw {
+                let key = COMFY_PREFIXES
+                    .iter()
+                    .find_map(|p| name.strip_prefix(p))
+                    .unwrap_or(&name)
+                    .to_string();
+                let shape = entry.shape().to_vec();
+                let src = crate::weights::entry_source(&key, entry);
+                if tensors.insert(key.clone(), (shape, src)).is_some() {
                     return Err(ckpt_err(
                         file,
-                        format!("key '{key}' appears in more than one shard"),
+                        format!("key '{key}' appears twice (in more than one shard, or with and without a prefix)"),
                     ));
                 }
             }
