@@ -31,6 +31,14 @@ pub enum Encoding {
         scales: Arc<Vec<f32>>,
         qmax: f32,
     },
+    /// Block quantization of a 2-D `[rows, cols]` tensor to `dtype` (F8E4M3, saturating): one scale per `block`
+    /// consecutive elements of a row, `scales` row-major `[rows, cols / block]` (ONNX blocked
+    /// `DequantizeLinear`, axis 1).
+    Blocked {
+        dtype: DType,
+        block: usize,
+        scales: Arc<Vec<f32>>,
+    },
 }
 
 impl Encoding {
@@ -38,7 +46,7 @@ impl Encoding {
     pub fn dtype(&self) -> DType {
         match self {
             Encoding::Float(d) => *d,
-            Encoding::Quantized { dtype, .. } => *dtype,
+            Encoding::Quantized { dtype, .. } | Encoding::Blocked { dtype, .. } => *dtype,
         }
     }
 
@@ -74,6 +82,19 @@ impl Encoding {
                             DType::F8E4M3 => crate::fp8_e4m3_encode(q),
                             other => panic!("quantized encoding to {other:?}"),
                         }
+                    })
+                    .collect()
+            }
+            Encoding::Blocked { dtype, block, scales } => {
+                assert_eq!(*dtype, DType::F8E4M3, "blocked encoding to {dtype:?}");
+                let cols = shape[shape.len() - 1];
+                let per_row = cols / block;
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let (r, c) = ((start + i) / cols, (start + i) % cols);
+                        crate::fp8_e4m3_encode(v / scales[r * per_row + c / block])
                     })
                     .collect()
             }
@@ -164,6 +185,11 @@ mod tests {
                 axis: 0,
                 scales,
                 qmax: 448.0,
+            },
+            Encoding::Blocked {
+                dtype: DType::F8E4M3,
+                block: 5,
+                scales: Arc::new((1..=6).map(|i| i as f32 / 8.0).collect()),
             },
         ] {
             let whole = enc.encode(&values, &shape);

@@ -40,6 +40,8 @@ pub enum Format {
     Int8,
     /// FP8 E4M3 (`float8e4m3fn`, saturating).
     Fp8,
+    /// MXFP8: FP8 E4M3 with one power-of-two scale per block of 32 inputs (weights only).
+    Mxfp8,
 }
 
 /// How a per-tensor activation range is chosen from the calibration statistics.
@@ -145,6 +147,7 @@ impl QuantConfig {
             Precision::Fp8 => (Format::Fp8, true),
             Precision::Int8Weights => (Format::Int8, false),
             Precision::Fp8Weights => (Format::Fp8, false),
+            Precision::Mxfp8Weights => (Format::Mxfp8, false),
         };
         let default_exclude = if format == Format::Bf16 {
             Vec::new()
@@ -176,6 +179,9 @@ impl QuantConfig {
     /// Checks ranges.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(QuantizeError::Invalid(m));
+        if self.format == Format::Mxfp8 && self.activations {
+            return bad("MXFP8 quantizes weights only".into());
+        }
         if !(1.0..=127.0).contains(&self.int8_weight_qmax) {
             return bad(format!(
                 "INT8 weight range {} is not in 1..=127",
@@ -209,7 +215,7 @@ impl QuantConfig {
     pub fn weight_qmax(&self) -> f32 {
         match self.format {
             Format::Int8 => self.int8_weight_qmax,
-            Format::Fp8 => FP8_MAX,
+            Format::Fp8 | Format::Mxfp8 => FP8_MAX,
             Format::Bf16 => f32::INFINITY,
         }
     }
@@ -218,7 +224,7 @@ impl QuantConfig {
     pub fn activation_qmax(&self) -> f32 {
         match self.format {
             Format::Int8 => INT8_MAX,
-            Format::Fp8 => FP8_MAX,
+            Format::Fp8 | Format::Mxfp8 => FP8_MAX,
             Format::Bf16 => f32::INFINITY,
         }
     }

@@ -90,7 +90,15 @@ pub fn partition(g: &Graph, cfg: &QuantConfig) -> (Vec<Linear>, Vec<Linear>) {
 /// Applies `cfg` to the fp32 graph `g` with an existing calibration (required when activations are quantized).
 pub fn apply(g: &mut Graph, cfg: &QuantConfig, calibration: Option<Calibration>) -> Result<QuantSummary> {
     cfg.validate()?;
-    let (selected, kept) = partition(g, cfg);
+    let (mut selected, mut kept) = partition(g, cfg);
+    if cfg.format == Format::Mxfp8 {
+        // Blocks of 32 along the input: other widths stay f32.
+        let (ok, narrow): (Vec<Linear>, Vec<Linear>) = selected
+            .into_iter()
+            .partition(|l| l.in_features % passes::mx::BLOCK == 0);
+        selected = ok;
+        kept.extend(narrow);
+    }
     if cfg.needs_calibration() && calibration.is_none() {
         return Err(QuantizeError::Invalid(format!(
             "precision {} quantizes activations and needs a calibration",
@@ -100,10 +108,18 @@ pub fn apply(g: &mut Graph, cfg: &QuantConfig, calibration: Option<Calibration>)
     if cfg.format == Format::Fp8 {
         passes::opset::upgrade_opset(g, 19)?;
     }
+    if cfg.format == Format::Mxfp8 {
+        // Blocked DequantizeLinear (`block_size`).
+        passes::opset::upgrade_opset(g, 21)?;
+    }
     let mut layers = BTreeMap::new();
     for l in &selected {
         match cfg.format {
             Format::Bf16 => passes::bf16::bf16_linear(g, l, cfg.activations)?,
+            Format::Mxfp8 => {
+                let r = passes::mx::mx_linear(g, l)?;
+                layers.insert(l.scope.clone(), r);
+            }
             Format::Int8 | Format::Fp8 => {
                 let stats = calibration
                     .as_ref()
@@ -123,10 +139,11 @@ pub fn apply(g: &mut Graph, cfg: &QuantConfig, calibration: Option<Calibration>)
     let (weight_dtype, act) = match cfg.format {
         Format::Bf16 => ("bfloat16", "bfloat16 (rounded)"),
         Format::Int8 => ("int8", "int8"),
-        Format::Fp8 => ("float8e4m3fn", "float8e4m3fn"),
+        Format::Fp8 | Format::Mxfp8 => ("float8e4m3fn", "float8e4m3fn"),
     };
     let weight_granularity = match cfg.format {
         Format::Bf16 => "element",
+        Format::Mxfp8 => "blocks of 32 inputs (axis 1 of [out, in]), power-of-two scales",
         _ => "per output channel (axis 0 of [out, in])",
     };
     Ok(QuantSummary {

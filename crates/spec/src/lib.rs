@@ -304,6 +304,9 @@ string_enum!(
         Int8Weights => "int8-weights",
         /// FP8 E4M3 weights with DequantizeLinear, fp32 math.
         Fp8Weights => "fp8-weights",
+        /// MXFP8 weights: E4M3 with one power-of-two scale per 32 inputs (blocked DequantizeLinear, opset 21),
+        /// fp32 math; an MXFP8 checkpoint's weights keep their values exactly.
+        Mxfp8Weights => "mxfp8-weights",
     }
 );
 

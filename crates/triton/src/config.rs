@@ -254,7 +254,7 @@ pub fn data_type(t: IoType) -> DataType {
 pub fn trt_precision_mode(p: Precision) -> &'static str {
     match p {
         Precision::Fp32 | Precision::Bf16 => "FP32",
-        Precision::Fp16 | Precision::Fp8 | Precision::Fp8Weights => "FP16",
+        Precision::Fp16 | Precision::Fp8 | Precision::Fp8Weights | Precision::Mxfp8Weights => "FP16",
         Precision::Int8 | Precision::Int8Weights => "INT8",
     }
 }

@@ -2,6 +2,7 @@
 //! activation rounding), [`qdq`] (INT8/FP8 weights with `DequantizeLinear`, optional activation Q/DQ).
 
 pub mod bf16;
+pub mod mx;
 pub mod opset;
 pub mod qdq;
 

@@ -72,7 +72,7 @@ pub fn qdq_linear(
     let dtype = match cfg.format {
         Format::Int8 => DType::I8,
         Format::Fp8 => DType::F8E4M3,
-        Format::Bf16 => unreachable!("bf16 has its own pass"),
+        Format::Bf16 | Format::Mxfp8 => unreachable!("bf16 and mxfp8 have their own passes"),
     };
     let (source, encoding) = deferred_weight(g, &l.weight);
     let stats = if cfg.activations {
