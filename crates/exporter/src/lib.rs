@@ -21,6 +21,9 @@
 //!   build context that checks every weight it reads.
 //! * [`weights`]: checkpoints (safetensors, `torch.save` archives) memory-mapped and read lazily, or random init.
 //! * [`checkpoint`]: the `torch.save` zip reader and the pickle VM that never executes code.
+//! * `comfy` (private): ComfyUI's layouts read into the official one (MXFP8 and float8 Linears dequantized exactly,
+//!   split PiT modulation recombined); [`lora`]: LoRA adapters merged into the weights before anything reads them.
+//! * [`resolve_config`]: layout options a checkpoint fixes by its shapes (post-modulation PiT blocks).
 //!
 //! ```no_run
 //! use pixeldit_exporter::{export_to_file, ExportOptions, WeightsSpec};
