@@ -29,7 +29,8 @@ tests/golden/forward/tiny.safetensors):
   marker, every Linear weight ``F8_E4M3`` with a per-tensor f32 ``scale_weight`` = amax / 448), the rest bf16, under
   the text-encoder object prefix ``gemma2_2b.transformer.``. Equivalent: ``gemma_fp8_official.safetensors``
   (``fp8 * scale`` in f32, Hugging Face names).
-* Bad inputs (from ``t2i_mxfp8``): ``bad_scale_length`` (one ``weight_scale`` 16 bytes short),
+* Bad inputs (from ``t2i_mxfp8``): ``bad_scale_length`` (one ``weight_scale`` 16 bytes short, truncated),
+  ``bad_scale_long`` (one ``weight_scale`` twice as long),
   ``bad_no_scale`` (one layer's ``weight_scale`` and tag removed: an F8_E4M3 tensor without a scale),
   ``bad_tag_no_scale`` (the tag kept, the scale removed), ``bad_nvfp4`` (one tag says ``nvfp4``).
 
@@ -170,6 +171,9 @@ def main(out_dir):
     short = dict(mx, **tags)
     short[victim + ".weight_scale"] = short[victim + ".weight_scale"].reshape(-1)[:-16]
     save(out / "bad_scale_length.safetensors", short)
+    long = dict(mx, **tags)
+    long[victim + ".weight_scale"] = np.concatenate([long[victim + ".weight_scale"]] * 2)
+    save(out / "bad_scale_long.safetensors", long)
     save(out / "bad_no_scale.safetensors", {k: v for k, v in {**mx, **tags}.items()
                                               if k not in (victim + ".weight_scale", victim + ".comfy_quant")})
     save(out / "bad_tag_no_scale.safetensors", {k: v for k, v in {**mx, **tags}.items() if k != victim + ".weight_scale"})

@@ -282,6 +282,11 @@ fn comfy_bad_inputs_are_clear_errors() {
             format!("{victim}.weight_scale"),
             "expected 512 E8M0 bytes",
         ),
+        (
+            "bad_scale_long",
+            format!("{victim}.weight_scale"),
+            "1024 element(s) (shape [256, 4]), expected 512",
+        ),
         ("bad_no_scale", format!("{victim}.weight"), "without a scale"),
         (
             "bad_tag_no_scale",
@@ -439,6 +444,22 @@ fn comfy_gemma_files_export_like_the_hf_layout() {
         // The same graph with the same (dequantized) initializers: the same model.
         assert_eq!(a.weights_sha256, b.weights_sha256, "{comfy} vs {official}");
         eprintln!("{comfy}: weights SHA-256 {} = {official}'s", a.weights_sha256);
+        for (c, lo) in candidates(comfy) {
+            let encode = |name: &str| {
+                let path = out.path().join(name);
+                let meta = pixeldit_runtime::text_encoder::read_metadata(&path).unwrap();
+                let b = pixeldit_runtime::backend::load_candidate(&path, c, &lo, false).unwrap();
+                let tok = pixeldit_runtime::prompt::PromptTokenizer::from_file(&tokenizer).unwrap();
+                let mut enc = pixeldit_runtime::text_encoder::TextEncoder::new(b, &path, meta, tok).unwrap();
+                let e = enc
+                    .encode(pixeldit_runtime::prompt::PromptKind::Prompt, &["a 7".into()])
+                    .unwrap();
+                e.embeddings.into_raw_vec_and_offset().0
+            };
+            let err = rel_l2(&encode("a.onnx"), &encode("b.onnx"));
+            eprintln!("{comfy} vs {official}, prompt embeddings on {c}: relative L2 {err:.1e}");
+            assert!(err < 1e-6, "{comfy} {c}: {err}");
+        }
     }
 }
 
