@@ -345,6 +345,17 @@ fn lora_cli_merges_like_the_merged_checkpoint() {
         meta.weights_source,
         "checkpoint + LoRA lora_v1.safetensors x 1 + LoRA lora_peft.safetensors x 0.5 + LoRA lora_kohya.safetensors x 0.75"
     );
+    let info = pixeldit_runtime::model::ModelInfo::read(&model).unwrap();
+    let adapters: serde_json::Value =
+        serde_json::from_str(info.metadata_prop("pixeldit.adapters").unwrap()).unwrap();
+    assert_eq!(
+        adapters,
+        serde_json::json!([
+            {"file": "lora_v1.safetensors", "format": "pixeldit2-lora-v1", "scale": 1.0, "modules": 10},
+            {"file": "lora_peft.safetensors", "format": "peft", "scale": 0.5, "modules": 2},
+            {"file": "lora_kohya.safetensors", "format": "kohya", "scale": 0.75, "modules": 2},
+        ])
+    );
     let merged = out.path().join("merged.onnx");
     let base = out.path().join("base.onnx");
     let merged_report =
