@@ -567,3 +567,39 @@ fn mxfp8_weights_digits_t2i_psnr_against_bf16() {
         assert!(psnr > 35.0, "{c}: PSNR {psnr:.2} dB");
     }
 }
+
+#[test]
+fn lora_is_merged_before_quantization() {
+    let Some(fx) = lora_fixtures() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let tiny = workspace().join("tests/golden/forward/tiny.safetensors");
+    let export_int8w = |ckpt: &Path, loras: Vec<pixeldit_exporter::LoraSpec>, name: &str| {
+        let mut opts = ExportOptions::new(
+            ModelConfig::preset("tiny").unwrap(),
+            WeightsSpec::Checkpoint(ckpt.into()),
+        );
+        opts.precision = Precision::Int8Weights;
+        opts.loras = loras;
+        export_to_file(&opts, &out.path().join(name)).unwrap()
+    };
+    let spec = |n: &str, scale| pixeldit_exporter::LoraSpec {
+        path: fx.path().join(n),
+        scale,
+    };
+    let with = export_int8w(
+        &tiny,
+        vec![
+            spec("lora_v1.safetensors", 1.0),
+            spec("lora_peft.safetensors", 0.5),
+            spec("lora_kohya.safetensors", 0.75),
+        ],
+        "with.onnx",
+    );
+    let merged = export_int8w(
+        &fx.path().join("tiny_lora_merged.safetensors"),
+        vec![],
+        "merged.onnx",
+    );
+    // The quantizer reads the merged weights: the same weights (and so the same int8 weights and scales).
+    assert_eq!(with.write.weights_sha256, merged.write.weights_sha256);
+}
