@@ -4,7 +4,7 @@
 use crate::weights::{KeyReport, Lookup, Weights};
 use crate::{ExportError, Result};
 use pixeldit_graph::{Attr, DType, Dim, Encoding, Graph, TensorData, Value};
-use pixeldit_spec::{custom_op, AttentionMode};
+use pixeldit_spec::{custom_op, AttentionMode, PatchCut};
 use std::collections::{BTreeSet, HashMap};
 
 /// The six adaLN modulation chunks, in the official order.
@@ -53,6 +53,8 @@ pub struct Ctx<'w> {
     pub attention: AttentionMode,
     /// RMSNorm epsilon.
     pub eps: f32,
+    /// Where the model is cut for the patch-level step cache (the cut tensor becomes an extra output).
+    pub patch_cut: Option<PatchCut>,
     position_ids: HashMap<usize, Value>,
     /// Checkpoint keys the model read (or declared), with their shapes, in reading order: the schema.
     read: Vec<(String, Vec<usize>)>,
@@ -87,6 +89,7 @@ impl<'w> Ctx<'w> {
             linear_dtype,
             attention,
             eps,
+            patch_cut: None,
             position_ids: HashMap::new(),
             read: Vec::new(),
             missing: Vec::new(),
