@@ -155,7 +155,9 @@ fn export_options(args: &ExportArgs) -> Result<ExportOptions> {
     opts.precision = args.precision;
     opts.attention = args.attention.unwrap_or_else(|| args.triton.default_attention());
     opts.external_data = args.external_data.into();
-    opts.patch_cut = (!args.no_patch_split).then_some(args.patch_split);
+    // Triton repositories serve whole forwards (the pipeline has no patch cache yet): one graph there.
+    let split = !args.no_patch_split && args.triton.triton_repo.is_none();
+    opts.patch_cut = split.then_some(args.patch_split);
     opts.config.check_size(opts.height, opts.width)?;
     Ok(opts)
 }

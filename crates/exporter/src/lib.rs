@@ -80,12 +80,13 @@ pub struct ExportOptions {
     /// Sampler defaults written to the metadata (the config's when `None`).
     pub sampler: Option<SamplerDefaults>,
     /// The patch-level split for the step cache (`pixeldit-run --patch-cache`): the whole model also outputs the
-    /// cut tensor and the pixel level is written as a second graph, `<model>.pixel.onnx`. `None`: one graph.
+    /// cut tensor and the pixel level is written as a second graph, `<model>.pixel.onnx`. `None` (the default of
+    /// [`ExportOptions::new`]; `pixeldit-export` splits at [`PatchCut::Tokens`] unless told not to): one graph.
     pub patch_cut: Option<PatchCut>,
 }
 
 impl ExportOptions {
-    /// Defaults: the config's default size, fp32, custom attention, automatic external data.
+    /// Defaults: the config's default size, fp32, custom attention, automatic external data, no patch-level split.
     pub fn new(config: ModelConfig, weights: WeightsSpec) -> Self {
         ExportOptions {
             height: config.default_height,
@@ -96,7 +97,7 @@ impl ExportOptions {
             weights,
             external_data: ExternalData::Auto,
             sampler: None,
-            patch_cut: Some(PatchCut::Tokens),
+            patch_cut: None,
         }
     }
 }

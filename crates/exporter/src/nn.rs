@@ -369,6 +369,12 @@ impl<'w> Ctx<'w> {
     }
 
     /// Position ids `[B, S]` (0..S per row) for opset-23 `RotaryEmbedding`, built once per S.
+    /// Forgets the shared position-id tensors, so that later attentions compute their own (the pixel level of a
+    /// patch-level split must not depend on a patch-level tensor through them).
+    pub(crate) fn forget_position_ids(&mut self) {
+        self.position_ids.clear();
+    }
+
     pub(crate) fn position_ids(&mut self, like: Value, s: usize) -> Result<Value> {
         if let Some(v) = self.position_ids.get(&s) {
             return Ok(*v);

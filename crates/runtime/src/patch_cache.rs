@@ -376,7 +376,118 @@ fn relative_l1(a: ArrayView4<f32>, b: ArrayView4<f32>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::Array4;
+    use crate::tensor::Feed;
+    use ndarray::{Array4, ArrayView1};
+    use pixeldit_spec::{AttentionMode, ModelConfig, PatchCut, Precision};
+
+    /// A stand-in for an exported graph: `v` is `t` everywhere, the cut tensor is zeros.
+    struct Fake {
+        inputs: Vec<String>,
+        outputs: Vec<String>,
+    }
+
+    impl Backend for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn provider(&self) -> String {
+            "fake".into()
+        }
+        fn run(&mut self, feeds: &[Feed<'_, '_>], outputs: &[&str]) -> Result<Vec<ArrayD<f32>>> {
+            let x = feeds.iter().find(|(n, _)| *n == "x").unwrap();
+            let TensorRef::F32(x) = &x.1 else {
+                panic!("x is f32")
+            };
+            let t = feeds.iter().find(|(n, _)| *n == "t").map(|f| match &f.1 {
+                TensorRef::F32(t) => t.iter().copied().next().unwrap(),
+                _ => panic!("t is f32"),
+            });
+            Ok(outputs
+                .iter()
+                .map(|o| match *o {
+                    "v" => ArrayD::from_elem(x.shape(), t.unwrap_or(-1.0)),
+                    _ => ArrayD::zeros(vec![x.shape()[0], 1]),
+                })
+                .collect())
+        }
+        fn input_names(&self) -> Vec<String> {
+            self.inputs.clone()
+        }
+        fn output_names(&self) -> Vec<String> {
+            self.outputs.clone()
+        }
+    }
+
+    fn fake_cache(policy: CachePolicy) -> CachedDenoiser {
+        let config = ModelConfig::preset("tiny").unwrap();
+        let meta = ModelMetadata {
+            format_version: pixeldit_spec::META_FORMAT_VERSION,
+            sampler: config.sampler.clone(),
+            height: 1,
+            width: 1,
+            config,
+            precision: Precision::Fp32,
+            attention: AttentionMode::Custom,
+            weights_sha256: String::new(),
+            weights_source: "test".into(),
+            exporter_version: "0".into(),
+            quantization: None,
+            patch_split: None,
+        };
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let whole = Fake {
+            inputs: names(&["x", "t", "y"]),
+            outputs: names(&["v", "patch_tokens"]),
+        };
+        let pixel = Fake {
+            inputs: names(&["x", "t", "patch_tokens"]),
+            outputs: names(&["v"]),
+        };
+        let split = PatchSplit {
+            cut: PatchCut::Tokens,
+            tensor: "patch_tokens".into(),
+            pixel_model: "m.pixel.onnx".into(),
+        };
+        let whole = Denoiser::new(Box::new(whole), &meta);
+        CachedDenoiser::new(whole, Box::new(pixel), &split, policy, Reuse::Hold).unwrap()
+    }
+
+    #[test]
+    fn only_matching_rows_reuse_the_patch_level() {
+        let mut c = fake_cache(CachePolicy::Every(3));
+        let x1 = Array4::<f32>::zeros((1, 1, 1, 1));
+        let x2 = Array4::<f32>::zeros((2, 1, 1, 1));
+        let (one, two) = (ndarray::arr1(&[3i64]), ndarray::arr1(&[10i64, 3]));
+        let step = |c: &mut CachedDenoiser, x: &Array4<f32>, y: ArrayView1<i64>| {
+            let before = c.stats();
+            c.velocity(x.view(), Time::from_t(0.5), CondRows::Class(y))
+                .unwrap();
+            c.stats().full > before.full
+        };
+        c.begin();
+        // Forward 0 whole; 1 and 2 reuse; 3 whole (due); 4 has other rows (whole), 5 reuses them, 6 is due.
+        let whole: Vec<bool> = [
+            (&x1, one.view()),
+            (&x1, one.view()),
+            (&x1, one.view()),
+            (&x1, one.view()),
+        ]
+        .into_iter()
+        .chain([(&x2, two.view()), (&x2, two.view()), (&x2, two.view())])
+        .map(|(x, y)| step(&mut c, x, y))
+        .collect();
+        assert_eq!(whole, [true, false, false, true, true, false, true]);
+        assert_eq!(
+            c.stats(),
+            CacheStats {
+                full: 4,
+                pixel_only: 3
+            }
+        );
+        // A new request starts whole whatever was kept.
+        c.begin();
+        assert!(step(&mut c, &x2, two.view()));
+    }
 
     #[test]
     fn policies_validate() {

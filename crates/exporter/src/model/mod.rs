@@ -95,6 +95,9 @@ pub(crate) fn pixel_level(
     let (batch, d, l) = (Dim::Batch(1), cfg.hidden_size, hs * ws);
     // The step cache's cut (an extra output; `pixeldit-export` also writes the graph from the cut on).
     let patch_cut = cx.patch_cut;
+    if patch_cut.is_some() {
+        cx.forget_position_ids();
+    }
     let s = match patch_cut {
         Some(PatchCut::Tokens) => cx.g.named(s, PATCH_TOKENS)?,
         _ => s,
