@@ -254,6 +254,18 @@ impl CachedDenoiser {
         self.policy
     }
 
+    /// Changes the policy (for the requests that follow).
+    pub fn set_policy(&mut self, policy: CachePolicy) -> Result<()> {
+        policy.validate()?;
+        self.policy = policy;
+        Ok(())
+    }
+
+    /// The whole-model denoiser, mutably (uncached forwards on the same backend).
+    pub fn whole_mut(&mut self) -> &mut Denoiser {
+        &mut self.whole
+    }
+
     /// What pixel-level-only forwards use.
     pub fn reuse(&self) -> Reuse {
         self.reuse

@@ -14,6 +14,7 @@
 //! Every other crate depends on this one; it depends on none of them.
 
 pub mod custom_op;
+pub mod flops;
 pub mod io;
 pub mod presets;
 pub mod text_encoder;
