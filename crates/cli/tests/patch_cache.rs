@@ -278,9 +278,8 @@ fn run_cli_patch_cache_and_its_errors() {
     let model = export_cli(dir.path(), &[]);
     let out = sample(&["--patch-cache", "2", "--report-json", "r.json"], &model);
     assert!(out.status.success());
-    assert!(
-        stdout(&out).contains("6 forwards: 3 whole, 3 pixel level only (patch cache every 2, extrapolate)")
-    );
+    assert!(stdout(&out)
+        .contains("6 forwards: 3 whole, 3 pixel level only (patch cache every 2, extrapolate; 0.9"));
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.path().join("r.json")).unwrap()).unwrap();
     assert_eq!(report["patch_cache"]["whole_forwards"], 3);

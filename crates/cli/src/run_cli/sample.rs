@@ -11,6 +11,7 @@ use pixeldit_runtime::generate::{
 };
 use pixeldit_runtime::patch_cache::{find_pixel_level, CachedDenoiser};
 use pixeldit_runtime::{io, Backend, Denoiser, RuntimeError};
+use pixeldit_spec::flops::ForwardFlops;
 use pixeldit_spec::{ModelKind, ModelMetadata};
 use pixeldit_triton::PipelineRequest;
 use std::path::{Path, PathBuf};
@@ -194,19 +195,24 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
     let mut forwards_line = format!("{} forwards, ", out.forwards);
     if let Model::Cached(c) = &model {
         let stats = c.stats();
+        let flops = ForwardFlops::of(&meta.config, meta.height, meta.width);
+        let relative = (stats.full as f64 * flops.whole() + stats.pixel_only as f64 * flops.pixel_level())
+            / ((stats.full + stats.pixel_only).max(1) as f64 * flops.whole());
         report["patch_cache"] = serde_json::json!({
             "policy": c.policy().to_string(),
             "reuse": c.reuse().to_string(),
             "whole_forwards": stats.full,
             "pixel_level_forwards": stats.pixel_only,
+            "relative_flops": relative,
         });
         forwards_line = format!(
-            "{} forwards: {} whole, {} pixel level only (patch cache {}, {}), ",
+            "{} forwards: {} whole, {} pixel level only (patch cache {}, {}; {:.2}x FLOPs), ",
             out.forwards,
             stats.full,
             stats.pixel_only,
             c.policy(),
-            c.reuse()
+            c.reuse(),
+            relative
         );
     }
     finish(
