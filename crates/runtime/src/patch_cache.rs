@@ -84,6 +84,10 @@ pub struct CacheStats {
     pub full: usize,
     /// Pixel-level forwards on a kept cut tensor.
     pub pixel_only: usize,
+    /// Batch rows over the whole-model forwards.
+    pub full_rows: usize,
+    /// Batch rows over the pixel-level forwards.
+    pub pixel_rows: usize,
 }
 
 /// The pixel-level graph of the model at `model` with metadata `meta`: `<model>.pixel.onnx` beside it, else the
@@ -342,6 +346,7 @@ impl VelocityModel for CachedDenoiser {
             let v = self.pixel_velocity(x, time, &tensor);
             self.kept = Some(kept);
             self.stats.pixel_only += 1;
+            self.stats.pixel_rows += x.shape()[0];
             return v;
         }
         let (v, mut taps) =
@@ -363,6 +368,7 @@ impl VelocityModel for CachedDenoiser {
         });
         self.accumulated = 0.0;
         self.stats.full += 1;
+        self.stats.full_rows += x.shape()[0];
         Ok(v)
     }
 }
@@ -489,13 +495,9 @@ mod tests {
         .map(|(x, y)| step(&mut c, x, y))
         .collect();
         assert_eq!(whole, [true, false, false, true, true, false, true]);
-        assert_eq!(
-            c.stats(),
-            CacheStats {
-                full: 4,
-                pixel_only: 3
-            }
-        );
+        let stats = c.stats();
+        assert_eq!((stats.full, stats.pixel_only), (4, 3));
+        assert_eq!((stats.full_rows, stats.pixel_rows), (6, 4));
         // A new request starts whole whatever was kept.
         c.begin();
         assert!(step(&mut c, &x2, two.view()));

@@ -193,9 +193,16 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
     report["guided_forwards"] = serde_json::json!(out.guided_forwards);
     report["forward_rows"] = serde_json::json!(out.rows);
     let mut forwards_line = format!("{} forwards, ", out.forwards);
+    let flops = ForwardFlops::of(&meta.config, meta.height, meta.width);
+    let k = out.x.shape()[0] as f64;
+    report["gflops_per_image"] = serde_json::json!(out.rows as f64 * flops.whole() / k / 1e9);
     if let Model::Cached(c) = &model {
         let stats = c.stats();
-        let flops = ForwardFlops::of(&meta.config, meta.height, meta.width);
+        report["gflops_per_image"] = serde_json::json!(
+            (stats.full_rows as f64 * flops.whole() + stats.pixel_rows as f64 * flops.pixel_level())
+                / k
+                / 1e9
+        );
         let relative = (stats.full as f64 * flops.whole() + stats.pixel_only as f64 * flops.pixel_level())
             / ((stats.full + stats.pixel_only).max(1) as f64 * flops.whole());
         report["patch_cache"] = serde_json::json!({
