@@ -208,10 +208,6 @@ pub fn write_graph(
     let split = opts.patch_cut.map(|cut| PatchSplit {
         cut,
         tensor: model::patch_cut_tensor(cut).to_string(),
-        pixel_model: pixeldit_spec::pixel_level_path(path)
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default(),
     });
     let mut meta_out = None;
     let report = pixeldit_graph::write_model(graph, path, &wopts, |r, props| {

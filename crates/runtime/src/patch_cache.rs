@@ -90,8 +90,8 @@ pub struct CacheStats {
     pub pixel_rows: usize,
 }
 
-/// The pixel-level graph of the model at `model` with metadata `meta`: `<model>.pixel.onnx` beside it, else the
-/// file its metadata names; checked to belong to the same weights and cut.
+/// The pixel-level graph of the model at `model` with metadata `meta`: `<model>.pixel.onnx` beside it, checked to
+/// belong to the same weights and cut.
 pub fn find_pixel_level(model: &Path, meta: &ModelMetadata) -> Result<(PathBuf, PatchSplit)> {
     let Some(split) = meta.patch_split.clone() else {
         return Err(RuntimeError::InvalidArgument(format!(
@@ -100,12 +100,11 @@ pub fn find_pixel_level(model: &Path, meta: &ModelMetadata) -> Result<(PathBuf, 
             model.display()
         )));
     };
-    let beside = pixeldit_spec::pixel_level_path(model);
-    let named = model.parent().unwrap_or(Path::new(".")).join(&split.pixel_model);
-    let path = if beside.exists() { beside } else { named };
+    let path = pixeldit_spec::pixel_level_path(model);
     if !path.exists() {
         return Err(RuntimeError::InvalidArgument(format!(
-            "the pixel level of {} is missing: expected {} (written by pixeldit-export beside the model)",
+            "the pixel level of {} is missing: expected {} (written by pixeldit-export beside the model; rename \
+             both files together)",
             model.display(),
             path.display()
         )));
@@ -464,7 +463,6 @@ mod tests {
         let split = PatchSplit {
             cut: PatchCut::Tokens,
             tensor: "patch_tokens".into(),
-            pixel_model: "m.pixel.onnx".into(),
         };
         let whole = Denoiser::new(Box::new(whole), &meta);
         CachedDenoiser::new(whole, Box::new(pixel), &split, policy, Reuse::Hold).unwrap()

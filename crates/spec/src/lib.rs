@@ -350,15 +350,15 @@ string_enum!(
 );
 
 /// How an export supports the patch-level step cache: the whole model also outputs the tensor at the cut, and a
-/// second graph, the pixel level alone, takes it as an input (with `x` and, for the `tokens` cut, `t`).
+/// second graph, the pixel level alone, takes it as an input (with `x` and, for the `tokens` cut, `t`). The
+/// pixel-level graph is the file [`pixel_level_path`] beside the model (no file name is stored, so that exports
+/// are byte-identical whatever they are called).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatchSplit {
     /// Where the model is cut.
     pub cut: PatchCut,
     /// Name of the cut tensor: an extra output of the whole model, an input of the pixel-level graph.
     pub tensor: String,
-    /// File name of the pixel-level graph, in the directory of the whole model.
-    pub pixel_model: String,
 }
 
 /// The `metadata_props` key marking a pixel-level graph; its value is the [`PatchCut`]. Such a file carries the
