@@ -172,13 +172,8 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
                 "pixeldit-run: patch cache {policy}, pixel level {}",
                 path.display()
             );
-            Model::Cached(CachedDenoiser::new(
-                denoiser,
-                pixel,
-                &split,
-                policy,
-                a.patch_cache_reuse,
-            )?)
+            let cached = CachedDenoiser::new(denoiser, pixel, &split, policy, a.patch_cache_reuse)?;
+            Model::Cached(Box::new(cached))
         }
         _ => Model::Whole(denoiser),
     };
@@ -243,14 +238,14 @@ enum Model {
     /// The whole model at every forward.
     Whole(Denoiser),
     /// The whole model and its pixel level (`--patch-cache`).
-    Cached(CachedDenoiser),
+    Cached(Box<CachedDenoiser>),
 }
 
 impl Model {
     fn velocity_model(&mut self) -> &mut dyn VelocityModel {
         match self {
             Model::Whole(d) => d,
-            Model::Cached(c) => c,
+            Model::Cached(c) => c.as_mut(),
         }
     }
 
