@@ -63,7 +63,50 @@ demo_model() {
       fi
     done
   done
+  demo_cache "$model" "$dir" "$run_args"
   .venv/bin/python tools/demo_report.py "$dir" --model "$model"
+}
+
+# demo_cache MODEL DIR RUN_ARGS: the patch-level step cache on the fp32 and int8 exports (CPU backends): N = 2, 3
+# and a threshold, each next to the uncached sampler with about the same FLOPs (fewer steps); demo_report.py puts
+# them in the report's "Patch-level step cache" table.
+demo_cache() {
+  local model=$1 dir=$2 run_args=$3 p b setting run steps
+  mkdir -p "$dir/runs/cache"
+  rm -f "$dir"/runs/cache/"${model}"_*
+  for p in fp32 int8; do
+    [ -f "$dir/${model}_$p.onnx" ] || continue
+    for b in $backends; do
+      case $b in
+        ort-cpu) args=(--backend ort --device cpu) ;;
+        tract) args=(--backend tract) ;;
+        *) continue ;;
+      esac
+      for setting in cache2 cache3 threshold0.25; do
+        case $setting in
+          cache*) flags=(--patch-cache "${setting#cache}") ;;
+          threshold*) flags=(--patch-cache-threshold "${setting#threshold}") ;;
+        esac
+        run="$dir/runs/cache/${model}_${p}_${b}_$setting"
+        echo "== $model $p on $b, ${flags[*]}" >&2
+        # shellcheck disable=SC2086
+        if ! "$bin/pixeldit-run" "$dir/${model}_$p.onnx" "${args[@]}" $run_args "${flags[@]}" --grid -q \
+            -o "$run.png" --save-raw "$run.npy" --report-json "$run.json" >"$run.log" 2>&1; then
+          mv "$run.log" "$run.failed"
+          echo "   failed: $(grep -i error "$run.failed" | tail -n 1)" >&2
+          continue
+        fi
+        steps=$(.venv/bin/python -c "import json,sys; r=json.load(open(sys.argv[1])); \
+print(max(1, round(r['steps'] * r['patch_cache']['relative_flops'])))" "$run.json")
+        run="$dir/runs/cache/${model}_${p}_${b}_steps$steps"
+        [ -f "$run.json" ] && continue
+        # shellcheck disable=SC2086
+        "$bin/pixeldit-run" "$dir/${model}_$p.onnx" "${args[@]}" $run_args --steps "$steps" --grid -q \
+          -o "$run.png" --save-raw "$run.npy" --report-json "$run.json" >"$run.log" 2>&1 \
+          || mv "$run.log" "$run.failed"
+      done
+    done
+  done
 }
 
 # Class-conditional: classes 0-9.

@@ -6,6 +6,9 @@ Reads what demo.sh left in OUT_DIR:
   runtime's own uint8 images),
 * ``runs/digits_<variant>_<backend>.json``: ``pixeldit-run --report-json`` (backend, provider, precision,
   ms/step, ...), ``runs/digits_<variant>_<backend>.npy``: the raw final x (``--save-raw``),
+* ``runs/cache/digits_<variant>_<backend>_<setting>.{png,json}``: the patch-level step cache (``cache2``,
+  ``cache3``, ``threshold0.25``) and the uncached sampler with about the same FLOPs (``steps<N>``), reported in a
+  "Patch-level step cache" table against the uncached images of the same variant and backend,
 * ``runs/digits_<variant>_<backend>.failed`` / ``runs/digits_<variant>.export-failed``: logs of runs that failed,
 
 and the golden reference in tests/golden/digits/ (the Python float64 reference sampler with the same noise), and
@@ -197,7 +200,34 @@ def display_path(path):
         return str(path)
 
 
-def write_reports(out, runs, failures, golden_dir, reference_drawn):
+def collect_cache(out, runs, size):
+    """The patch-cache runs of runs/cache/, each against the uncached run of the same variant and backend."""
+    uncached = {(r["variant"], r["backend"]): r for r in runs}
+    rows = []
+    for report in sorted((out / "runs" / "cache").glob(f"{MODEL}_*.json")):
+        variant, backend, setting = report.stem[len(MODEL) + 1:].split("_", 2)
+        base = uncached.get((variant, backend))
+        if base is None:
+            continue
+        info = json.loads(report.read_text())
+        images = split_grid(report.with_suffix(".png"), len(CLASSES), size)
+        cache = info.get("patch_cache") or {}
+        rows.append({
+            "variant": variant, "backend": backend, "setting": setting, "steps": info.get("steps"),
+            "policy": cache.get("policy", "off (fewer steps)"), "reuse": cache.get("reuse"),
+            "whole_forwards": cache.get("whole_forwards", info.get("forwards")),
+            "pixel_level_forwards": cache.get("pixel_level_forwards", 0),
+            "relative_flops": cache.get("relative_flops", info.get("forwards", 0) / max(base["forwards"] or 1, 1)),
+            "ms_per_image": 1e3 * info["total_s"] / len(CLASSES),
+            "uncached_ms_per_image": 1e3 * base["total_s"] / len(CLASSES),
+            "psnr_vs_uncached_db": psnr(images, base["images"]),
+            "drawn_correct": drawn(images, CLASSES)[1],
+        })
+    rows.sort(key=lambda r: (order_key(r["variant"], r["backend"]), -r["relative_flops"], r["setting"]))
+    return rows
+
+
+def write_reports(out, runs, failures, golden_dir, reference_drawn, cache_rows=()):
     """report.md and report.json; ``reference_drawn``: the digits the reference images show and how many are right
     (:func:`digit_classifier.drawn`)."""
     settings = next(iter(runs), {})
@@ -229,7 +259,10 @@ def write_reports(out, runs, failures, golden_dir, reference_drawn):
         "rel_l2_vs_reference": r["rel_l2_vs_reference"],
         "drawn_digits": r["drawn_digits"], "drawn_correct": r["drawn_correct"],
     } for r in runs]
-    (out / "report.json").write_text(json.dumps({**meta, "runs": records, "failures": failures}, indent=2) + "\n")
+    cache_records = [{k: (json_db(v) if k == "psnr_vs_uncached_db" else v) for k, v in r.items()}
+                     for r in cache_rows]
+    (out / "report.json").write_text(json.dumps({**meta, "runs": records, "failures": failures,
+                                                 "patch_cache": cache_records}, indent=2) + "\n")
 
     forwards = meta["sampler"]["forwards"]
     forwards = "" if forwards is None else (
@@ -257,6 +290,20 @@ def write_reports(out, runs, failures, golden_dir, reference_drawn):
         lines.append(f"| {r['variant']} | {r['backend']} | {r['provider']} | {ms} | {fmt_db(r['psnr_vs_reference'])}"
                      f" | {fmt_db(r['psnr_vs_fp32_same_backend'])} | {worst} | {rel} | {r['drawn_correct']}/10"
                      f" | [{r['image']}]({r['image']}) |")
+    if cache_rows:
+        lines += ["", "## Patch-level step cache", "",
+                  "Each setting against the uncached images of the same variant and backend (`pixeldit-run "
+                  "--patch-cache N` / `--patch-cache-threshold X`; `steps<N>` rows: the uncached sampler with about "
+                  "the FLOPs of a cache setting, the baseline a cache must beat). FLOPs by the architecture notes' "
+                  "convention; ms per image are single runs on a shared machine.", "",
+                  "| variant | backend | setting | steps | whole / pixel-level forwards | FLOPs vs uncached "
+                  "| ms/image (uncached) | PSNR vs uncached (dB) | drawn |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in cache_rows:
+            lines.append(f"| {r['variant']} | {r['backend']} | {r['setting']} | {r['steps']} "
+                         f"| {r['whole_forwards']} / {r['pixel_level_forwards']} | {r['relative_flops']:.2f}x "
+                         f"| {r['ms_per_image']:.1f} ({r['uncached_ms_per_image']:.1f}) "
+                         f"| {fmt_db(r['psnr_vs_uncached_db'])} | {r['drawn_correct']}/10 |")
     if failures:
         lines += ["", "## Not run / failed", "", "| variant | backend | stage | error |", "|---|---|---|---|"]
         for f in failures:
@@ -291,7 +338,11 @@ def main():
               r["images"]) for r in runs]
     rows += [(f"{f['variant']} / {f['backend'] or 'export'}\nFAILED ({f['stage']})", None) for f in failures]
     contact_sheet(rows, args.out / "contact_sheet.png")
-    write_reports(args.out, runs, failures, args.golden, reference_drawn)
+    cache_rows = collect_cache(args.out, runs, golden_images.shape[1:3])
+    write_reports(args.out, runs, failures, args.golden, reference_drawn, cache_rows)
+    for r in cache_rows:
+        print(f"{r['variant']:>13} {r['backend']:<8} {r['setting']:<14} {r['relative_flops']:.2f}x FLOPs  "
+              f"PSNR vs uncached {fmt_db(r['psnr_vs_uncached_db']):>9}  drawn {r['drawn_correct']}/10")
     for r in runs:
         print(f"{r['variant']:>13} {r['backend']:<8} {r['provider']:<22} "
               f"{'-' if r['ms_per_step'] is None else format(r['ms_per_step'], '7.1f')} ms/step  "

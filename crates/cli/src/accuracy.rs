@@ -10,6 +10,10 @@
 //! conditions of [`EvalConfig::text`] (synthetic embeddings by default, drawn apart from the calibration's). `t` is
 //! the flow time of the generation API (`sigma = 1 - t` for text-to-image models).
 //!
+//! * **patch cache** (variants exported with the patch-level split): the variant's own uncached samples against
+//!   its samples with `--patch-cache 2`, `3` and a threshold, and against the uncached sampler with fewer steps of
+//!   about the same FLOPs (the baseline a cache must beat): PSNR, FLOPs relative to the uncached run, ms per image.
+//!
 //! Evaluation seeds default to 100, 101, apart from the calibration seeds (0, 1). The default times stop at 0.95:
 //! the sampler never evaluates the network at t = 1 (its last step starts at 1 - 1/N), and there `v` is
 //! ill-conditioned (even fp16 differs by ~1e-2 on the `digits` model).
@@ -19,9 +23,12 @@ use anyhow::{Context, Result};
 use ndarray::Array4;
 use pixeldit_exporter::ExportOptions;
 use pixeldit_runtime::generate::{generate, ImageShape, Noise, Request, VelocityModel};
+use pixeldit_runtime::patch_cache::{find_pixel_level, CachePolicy, CachedDenoiser, Reuse};
 use pixeldit_runtime::{backend, io, model, BackendKind, Denoiser, Device, Time};
+use pixeldit_spec::flops::ForwardFlops;
 use serde::Serialize;
 use std::path::Path;
+use std::time::Instant;
 
 /// What to evaluate.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,7 +103,41 @@ pub struct AccuracyReport {
     pub sample_psnr_min_db: f64,
     /// Relative L2 of all final samples.
     pub sample_rel_l2: f64,
+    /// ms per image of the variant's uncached samples (the time base of [`CacheRow::ms_per_image`]).
+    pub uncached_ms_per_image: f64,
+    /// Patch-cache settings against the variant's uncached samples (empty without the patch-level split).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub patch_cache: Vec<CacheRow>,
 }
+
+/// One patch-cache setting (or the fewer-steps baseline) against the uncached samples of the same variant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CacheRow {
+    /// `every 2`, `threshold 0.3` (with the reuse rule), or `fewer steps` (uncached, about the FLOPs of the row
+    /// before it).
+    pub setting: String,
+    /// Sampler steps.
+    pub steps: usize,
+    /// Whole-model forwards.
+    pub whole_forwards: usize,
+    /// Pixel-level-only forwards (patch-level forwards saved).
+    pub pixel_level_forwards: usize,
+    /// FLOPs relative to the uncached run (architecture-notes convention, `pixeldit_spec::flops`).
+    pub relative_flops: f64,
+    /// Wall time per image on the report's backend (noisy; compare with `uncached_ms_per_image`).
+    pub ms_per_image: f64,
+    /// PSNR of the pooled MSE against the uncached samples (dB).
+    pub psnr_pooled_db: f64,
+    /// Lowest per-image PSNR (dB).
+    pub psnr_min_db: f64,
+}
+
+/// The settings of the report's cache rows: `--patch-cache 2`, `3` and the threshold.
+pub const CACHE_SETTINGS: [CachePolicy; 3] = [
+    CachePolicy::Every(2),
+    CachePolicy::Every(3),
+    CachePolicy::Threshold(0.25),
+];
 
 impl AccuracyReport {
     /// One line per report: precision, v errors per t, PSNR.
@@ -116,8 +157,44 @@ impl AccuracyReport {
             self.sample_psnr_db.len(),
             self.steps,
             self.backend
-        )
+        ) + &self
+            .patch_cache
+            .iter()
+            .map(|r| {
+                format!(
+                    "\n  {} ({} steps: {} whole + {} pixel-level forwards): {:.2}x FLOPs, {:.1} ms/image \
+                     (uncached {:.1}), PSNR {:.1} dB (min {:.1}) vs uncached",
+                    r.setting,
+                    r.steps,
+                    r.whole_forwards,
+                    r.pixel_level_forwards,
+                    r.relative_flops,
+                    r.ms_per_image,
+                    self.uncached_ms_per_image,
+                    r.psnr_pooled_db,
+                    r.psnr_min_db
+                )
+            })
+            .collect::<String>()
     }
+}
+
+/// Pooled and lowest per-image PSNR of `x` against `reference` (both `[K, C, H, W]` lists, clipped already).
+fn psnr_pair(x: &[Array4<f32>], reference: &[Array4<f32>]) -> (f64, f64) {
+    let (mut se_all, mut n_all, mut min) = (0.0f64, 0usize, f64::INFINITY);
+    for (a, b) in x.iter().zip(reference) {
+        for (a, b) in a.outer_iter().zip(b.outer_iter()) {
+            let se: f64 = a
+                .iter()
+                .zip(b.iter())
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum();
+            min = min.min(psnr(se / a.len() as f64));
+            se_all += se;
+            n_all += a.len();
+        }
+    }
+    (psnr(se_all / n_all.max(1) as f64), min)
 }
 
 /// `10 log10(4 / mse)` (data range [-1, 1]); infinite for identical images.
@@ -139,6 +216,7 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
     let r = backend::load(reference, &opts)?;
     let q = backend::load(variant, &opts)?;
     let backend_name = q.candidate.to_string();
+    let q_candidate = q.candidate;
     let mut r = Denoiser::new(r.backend, &meta);
     let mut q = Denoiser::new(q.backend, &vmeta);
     let run = sampling_run(
@@ -164,14 +242,18 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
     let mut t_acc = vec![(0.0f64, 0.0f64, 0.0f32); cfg.t_points.len()];
     let mut psnrs = Vec::new();
     let (mut se_all, mut ref_all, mut n_all) = (0.0f64, 0.0f64, 0usize);
+    let (mut uncached, mut uncached_seconds) = (Vec::new(), 0.0);
     for &seed in &cfg.seeds {
         let noise = io::seeded_noise(seed, image.batch(k));
         let xr = generate(&mut r, &request(&noise), &mut |_| {})?
             .x
             .mapv(|v| v.clamp(-1.0, 1.0));
+        let start = Instant::now();
         let xq = generate(&mut q, &request(&noise), &mut |_| {})?
             .x
             .mapv(|v| v.clamp(-1.0, 1.0));
+        uncached_seconds += start.elapsed().as_secs_f64();
+        uncached.push(xq.clone());
         for k in 0..k {
             let (a, b) = (
                 xr.index_axis(ndarray::Axis(0), k),
@@ -201,6 +283,80 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
         }
     }
     let pooled = psnr(se_all / n_all.max(1) as f64);
+    let images = (cfg.seeds.len() * k).max(1) as f64;
+    let uncached_ms_per_image = uncached_seconds * 1e3 / images;
+    let patch_cache = match &vmeta.patch_split {
+        None => Vec::new(),
+        Some(_) => {
+            let (pixel, split) = find_pixel_level(variant, &vmeta)?;
+            let pixel = backend::load_candidate(&pixel, q_candidate, &opts, false)?;
+            let mut cached = CachedDenoiser::new(q, pixel, &split, CachePolicy::Every(1), Reuse::default())?;
+            let flops = ForwardFlops::of(&vmeta.config, vmeta.height, vmeta.width);
+            let mut rows = Vec::new();
+            for policy in CACHE_SETTINGS {
+                cached.set_policy(policy)?;
+                let before = cached.stats();
+                let (mut xs, mut seconds) = (Vec::new(), 0.0);
+                for &seed in &cfg.seeds {
+                    let noise = io::seeded_noise(seed, image.batch(k));
+                    let start = Instant::now();
+                    xs.push(
+                        generate(&mut cached, &request(&noise), &mut |_| {})?
+                            .x
+                            .mapv(|v| v.clamp(-1.0, 1.0)),
+                    );
+                    seconds += start.elapsed().as_secs_f64();
+                }
+                let after = cached.stats();
+                let (whole, pixel) = (after.full - before.full, after.pixel_only - before.pixel_only);
+                let relative = (whole as f64 * flops.whole() + pixel as f64 * flops.pixel_level())
+                    / ((whole + pixel) as f64 * flops.whole());
+                let (pooled, min) = psnr_pair(&xs, &uncached);
+                let n = cfg.seeds.len().max(1);
+                rows.push(CacheRow {
+                    setting: format!("{policy} ({})", cached.reuse()),
+                    steps: run.sampler.steps,
+                    whole_forwards: whole / n,
+                    pixel_level_forwards: pixel / n,
+                    relative_flops: relative,
+                    ms_per_image: seconds * 1e3 / images,
+                    psnr_pooled_db: pooled,
+                    psnr_min_db: min,
+                });
+                // The uncached sampler with about the same FLOPs.
+                let min_steps = run.sampler.kind.sampler().min_steps();
+                let steps = ((run.sampler.steps as f64 * relative).round() as usize).max(min_steps);
+                let mut fewer = run.sampler.clone();
+                fewer.steps = steps;
+                let (mut xs, mut seconds) = (Vec::new(), 0.0);
+                let mut forwards = 0;
+                for &seed in &cfg.seeds {
+                    let noise = io::seeded_noise(seed, image.batch(k));
+                    let req = Request {
+                        sampler: fewer.clone(),
+                        ..request(&noise)
+                    };
+                    let start = Instant::now();
+                    let out = generate(cached.whole_mut(), &req, &mut |_| {})?;
+                    seconds += start.elapsed().as_secs_f64();
+                    forwards = out.forwards;
+                    xs.push(out.x.mapv(|v| v.clamp(-1.0, 1.0)));
+                }
+                let (pooled, min) = psnr_pair(&xs, &uncached);
+                rows.push(CacheRow {
+                    setting: "fewer steps".into(),
+                    steps,
+                    whole_forwards: forwards,
+                    pixel_level_forwards: 0,
+                    relative_flops: forwards as f64 / (whole + pixel).max(1) as f64 * n as f64,
+                    ms_per_image: seconds * 1e3 / images,
+                    psnr_pooled_db: pooled,
+                    psnr_min_db: min,
+                });
+            }
+            rows
+        }
+    };
     Ok(AccuracyReport {
         precision: vmeta.precision.to_string(),
         model: variant.display().to_string(),
@@ -225,6 +381,8 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
         sample_psnr_db: psnrs,
         sample_psnr_pooled_db: pooled,
         sample_rel_l2: (se_all / ref_all.max(f64::MIN_POSITIVE)).sqrt(),
+        uncached_ms_per_image,
+        patch_cache,
     })
 }
 

@@ -323,6 +323,7 @@ pub fn calibrate(
     let path = dir.path().join("calibration.onnx");
     let mut fp32 = opts.clone();
     fp32.precision = Precision::Fp32;
+    fp32.patch_cut = None; // the calibration runs the whole model only
     write_graph(&tapped, &fp32, weights, &path, None, None)?;
     drop(tapped);
     let meta = model::read_metadata(&path)?;

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use pixeldit_exporter::{ExportOptions, ExternalData, LoraSpec, WeightsSpec};
 use pixeldit_graph::WriteProgress;
-use pixeldit_spec::{AttentionMode, ModelConfig, Precision, Preset, PRESETS};
+use pixeldit_spec::{AttentionMode, ModelConfig, PatchCut, Precision, Preset, PRESETS};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -72,6 +72,14 @@ pub struct ExportArgs {
     /// External data for weights: auto (past 512 MiB of weights), always, never.
     #[arg(long, value_enum, default_value_t = ExternalDataArg::Auto)]
     external_data: ExternalDataArg,
+    /// Where to split the model for the patch-level step cache (`pixeldit-run --patch-cache`): the whole model
+    /// also outputs the cut tensor and the pixel level is written beside it as `<model>.pixel.onnx`. tokens: the
+    /// patch tokens before SiLU(t_emb + s), so cached steps use their own timestep; cond: SiLU(t_emb + s) itself.
+    #[arg(long, value_enum, default_value_t = PatchCut::Tokens, value_name = "CUT")]
+    patch_split: PatchCut,
+    /// One graph only: no patch-level split (the model cannot use `pixeldit-run --patch-cache`).
+    #[arg(long)]
+    no_patch_split: bool,
     /// Output model path (external data goes to `<path>.data`).
     #[arg(short, long, default_value = "model.onnx")]
     output: PathBuf,
@@ -162,6 +170,9 @@ fn export_options(args: &ExportArgs) -> Result<ExportOptions> {
     opts.attention = args.attention.unwrap_or_else(|| args.triton.default_attention());
     opts.external_data = args.external_data.into();
     opts.loras = args.lora.clone();
+    // Triton repositories serve whole forwards (the pipeline has no patch cache yet): one graph there.
+    let split = !args.no_patch_split && args.triton.triton_repo.is_none();
+    opts.patch_cut = split.then_some(args.patch_split);
     opts.config.check_size(opts.height, opts.width)?;
     Ok(opts)
 }
@@ -275,6 +286,17 @@ pub fn run(args: ExportArgs) -> Result<()> {
             .map(|p| format!(" + {} {:.1} MB", p.display(), w.external_bytes as f64 / 1e6))
             .unwrap_or_default()
     );
+    if let Some(p) = &report.pixel_level {
+        crate::say!(
+            "wrote {} (the pixel level alone, for --patch-cache; {:.1} MB{})",
+            p.model_path.display(),
+            p.model_bytes as f64 / 1e6,
+            p.external_path
+                .as_ref()
+                .map(|e| format!(" + {} {:.1} MB", e.display(), p.external_bytes as f64 / 1e6))
+                .unwrap_or_default()
+        );
+    }
     args.quant.report(&opts, &output, &calib)?;
     if let Some(t) = triton {
         t.finish(&report.metadata)?;

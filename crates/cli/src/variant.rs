@@ -89,7 +89,8 @@ pub fn export_variant_with(
     let (weights, keys) = load_weights(&opts)?;
     let (graph, summary) = build_quantized_graph(&opts, cfg, &weights, calib)?;
     let json = summary.to_json();
-    let (write, metadata) = write_graph(&graph, &opts, &weights, path, progress, Some(json.clone()))?;
+    let (write, metadata, pixel_level) =
+        write_graph(&graph, &opts, &weights, path, progress, Some(json.clone()))?;
     let sp = summary_path(path);
     let text = serde_json::to_string_pretty(&json).expect("json serializes") + "\n";
     pixeldit_runtime::io::write_atomic(&sp, text.as_bytes())?;
@@ -99,6 +100,7 @@ pub fn export_variant_with(
             keys,
             metadata,
             nodes: graph.nodes().len(),
+            pixel_level,
         },
         summary: Some(summary),
         summary_path: Some(sp),

@@ -15,6 +15,7 @@ mod export_quantize;
 mod exported;
 mod forward;
 mod gpu_providers;
+mod patch_cache;
 mod prompt;
 mod quantize_variants;
 mod run_cli;

@@ -49,7 +49,8 @@ pub use weights::{KeyReport, Weights};
 
 use pixeldit_graph::{DType, Graph, Progress, WriteOptions, WriteReport};
 use pixeldit_spec::{
-    AttentionMode, ModelConfig, ModelMetadata, Precision, SamplerDefaults, META_FORMAT_VERSION, META_KEY,
+    AttentionMode, ModelConfig, ModelMetadata, PatchCut, PatchSplit, Precision, SamplerDefaults,
+    META_FORMAT_VERSION, META_KEY, PIXEL_LEVEL_KEY,
 };
 use std::path::{Path, PathBuf};
 
@@ -86,10 +87,14 @@ pub struct ExportOptions {
     pub sampler: Option<SamplerDefaults>,
     /// LoRA adapters merged into the checkpoint's weights before anything reads them, in order.
     pub loras: Vec<LoraSpec>,
+    /// The patch-level split for the step cache (`pixeldit-run --patch-cache`): the whole model also outputs the
+    /// cut tensor and the pixel level is written as a second graph, `<model>.pixel.onnx`. `None` (the default of
+    /// [`ExportOptions::new`]; `pixeldit-export` splits at [`PatchCut::Tokens`] unless told not to): one graph.
+    pub patch_cut: Option<PatchCut>,
 }
 
 impl ExportOptions {
-    /// Defaults: the config's default size, fp32, custom attention, automatic external data.
+    /// Defaults: the config's default size, fp32, custom attention, automatic external data, no patch-level split.
     pub fn new(config: ModelConfig, weights: WeightsSpec) -> Self {
         ExportOptions {
             height: config.default_height,
@@ -101,6 +106,7 @@ impl ExportOptions {
             external_data: ExternalData::Auto,
             sampler: None,
             loras: Vec::new(),
+            patch_cut: None,
         }
     }
 }
@@ -116,6 +122,8 @@ pub struct ExportReport {
     pub metadata: ModelMetadata,
     /// Number of graph nodes.
     pub nodes: usize,
+    /// The pixel-level graph, when the export has the patch-level split.
+    pub pixel_level: Option<WriteReport>,
 }
 
 /// Opens the weights of an export, merges its LoRA adapters, and checks them against the model before anything is
@@ -167,12 +175,13 @@ pub fn build_graph(opts: &ExportOptions, weights: &Weights) -> Result<Graph> {
 pub fn build_graph_and_report(opts: &ExportOptions, weights: &Weights) -> Result<(Graph, KeyReport)> {
     opts.config.check_size(opts.height, opts.width)?;
     let config = resolve_config(&opts.config, weights);
-    let cx = nn::Ctx::new(
+    let mut cx = nn::Ctx::new(
         weights,
         linear_dtype(opts.precision),
         opts.attention,
         opts.config.norm_eps as f32,
     );
+    cx.patch_cut = opts.patch_cut;
     let (mut g, report) = model::build_graph(cx, &config, opts.height, opts.width)?;
     g.set_name(&format!("pixeldit_{}", opts.config.name));
     g.set_doc(&format!(
@@ -205,10 +214,13 @@ pub fn metadata(opts: &ExportOptions, weights: &Weights, weights_sha256: &str) -
         weights_source: weights.origin().to_string(),
         exporter_version: env!("CARGO_PKG_VERSION").to_string(),
         quantization: None,
+        patch_split: None,
     }
 }
 
-/// Writes a built graph with its metadata; `progress` is called per tensor.
+/// Writes a built graph with its metadata; `progress` is called per tensor. With `opts.patch_cut`, the pixel level
+/// of the same graph follows in `<path>.pixel.onnx` ([`pixeldit_spec::pixel_level_path`]; its metadata is the
+/// whole model's, marked with [`PIXEL_LEVEL_KEY`]); if that fails, the whole model is removed again.
 pub fn write_graph(
     graph: &Graph,
     opts: &ExportOptions,
@@ -216,17 +228,22 @@ pub fn write_graph(
     path: &Path,
     progress: Option<Progress>,
     quantization: Option<serde_json::Value>,
-) -> Result<(WriteReport, ModelMetadata)> {
+) -> Result<(WriteReport, ModelMetadata, Option<WriteReport>)> {
     let wopts = WriteOptions {
         external: opts.external_data,
         progress,
         producer: ("pixeldit-exporter", env!("CARGO_PKG_VERSION")),
         ..Default::default()
     };
+    let split = opts.patch_cut.map(|cut| PatchSplit {
+        cut,
+        tensor: model::patch_cut_tensor(cut).to_string(),
+    });
     let mut meta_out = None;
     let report = pixeldit_graph::write_model(graph, path, &wopts, |r, props| {
         let mut meta = metadata(opts, weights, &r.weights_sha256);
         meta.quantization = quantization;
+        meta.patch_split = split.clone();
         props.push((META_KEY.to_string(), meta.to_json()));
         props.push(("pixeldit.preset".into(), opts.config.name.clone()));
         props.push(("pixeldit.precision".into(), opts.precision.to_string()));
@@ -243,7 +260,68 @@ pub fn write_graph(
         }
         meta_out = Some(meta);
     })?;
-    Ok((report, meta_out.expect("finalize ran")))
+    let meta = meta_out.expect("finalize ran");
+    let pixel = match &split {
+        None => None,
+        Some(split) => {
+            let written = write_pixel_level(graph, &meta, split, path, opts.external_data);
+            match written {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    remove_written(&report);
+                    return Err(e);
+                }
+            }
+        }
+    };
+    Ok((report, meta, pixel))
+}
+
+/// The pixel level of a whole-model graph that has the cut tensor of `split` as an extra output: `x`, `t` (for
+/// the tokens cut) and the cut tensor in, the velocity out.
+pub fn pixel_level_graph(graph: &Graph, split: &PatchSplit) -> Result<Graph> {
+    let velocity = graph
+        .outputs()
+        .first()
+        .map(|v| graph.info(*v).name.clone())
+        .ok_or_else(|| ExportError::Unsupported("the graph has no outputs".into()))?;
+    let mut g = graph.extract(&[split.tensor.as_str()], &[velocity.as_str()])?;
+    g.set_name(&format!("{}_pixel_level", graph.name()));
+    Ok(g)
+}
+
+/// Writes the pixel level of `graph` next to the whole model at `path`.
+fn write_pixel_level(
+    graph: &Graph,
+    meta: &ModelMetadata,
+    split: &PatchSplit,
+    path: &Path,
+    external: ExternalData,
+) -> Result<WriteReport> {
+    let g = pixel_level_graph(graph, split)?;
+    let wopts = WriteOptions {
+        external,
+        producer: ("pixeldit-exporter", env!("CARGO_PKG_VERSION")),
+        ..Default::default()
+    };
+    let pixel_path = pixeldit_spec::pixel_level_path(path);
+    Ok(pixeldit_graph::write_model(
+        &g,
+        &pixel_path,
+        &wopts,
+        |_, props| {
+            props.push((META_KEY.to_string(), meta.to_json()));
+            props.push((PIXEL_LEVEL_KEY.to_string(), split.cut.to_string()));
+        },
+    )?)
+}
+
+/// Removes the files of a write (best effort; used when a later part of an export fails).
+fn remove_written(r: &WriteReport) {
+    let _ = std::fs::remove_file(&r.model_path);
+    if let Some(p) = &r.external_path {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 /// Exports an fp32 or fp16 model to `path`. The quantized variants (bf16, int8, fp8, weight-only) are graph
@@ -268,11 +346,12 @@ pub fn export_with_progress(
     }
     let (weights, keys) = load_weights(opts)?;
     let graph = build_graph(opts, &weights)?;
-    let (write, metadata) = write_graph(&graph, opts, &weights, path, progress, None)?;
+    let (write, metadata, pixel_level) = write_graph(&graph, opts, &weights, path, progress, None)?;
     Ok(ExportReport {
         write,
         keys,
         metadata,
         nodes: graph.nodes().len(),
+        pixel_level,
     })
 }

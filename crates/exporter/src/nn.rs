@@ -4,7 +4,7 @@
 use crate::weights::{KeyReport, Lookup, Weights};
 use crate::{ExportError, Result};
 use pixeldit_graph::{Attr, DType, Dim, Encoding, Graph, TensorData, Value};
-use pixeldit_spec::{custom_op, AttentionMode};
+use pixeldit_spec::{custom_op, AttentionMode, PatchCut};
 use std::collections::{BTreeSet, HashMap};
 
 /// The six adaLN modulation chunks, in the official order.
@@ -53,6 +53,8 @@ pub struct Ctx<'w> {
     pub attention: AttentionMode,
     /// RMSNorm epsilon.
     pub eps: f32,
+    /// Where the model is cut for the patch-level step cache (the cut tensor becomes an extra output).
+    pub patch_cut: Option<PatchCut>,
     position_ids: HashMap<usize, Value>,
     /// Checkpoint keys the model read (or declared), with their shapes, in reading order: the schema.
     read: Vec<(String, Vec<usize>)>,
@@ -87,6 +89,7 @@ impl<'w> Ctx<'w> {
             linear_dtype,
             attention,
             eps,
+            patch_cut: None,
             position_ids: HashMap::new(),
             read: Vec::new(),
             missing: Vec::new(),
@@ -366,6 +369,12 @@ impl<'w> Ctx<'w> {
     }
 
     /// Position ids `[B, S]` (0..S per row) for opset-23 `RotaryEmbedding`, built once per S.
+    /// Forgets the shared position-id tensors, so that later attentions compute their own (the pixel level of a
+    /// patch-level split must not depend on a patch-level tensor through them).
+    pub(crate) fn forget_position_ids(&mut self) {
+        self.position_ids.clear();
+    }
+
     pub(crate) fn position_ids(&mut self, like: Value, s: usize) -> Result<Value> {
         if let Some(v) = self.position_ids.get(&s) {
             return Ok(*v);

@@ -130,6 +130,10 @@ impl Graph {
     pub fn require_opset(&mut self, opset: i64) {
         self.opset = self.opset.max(opset);
     }
+    /// The graph name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
     /// Sets the graph name.
     pub fn set_name(&mut self, name: &str) {
         self.name = name.to_string();
@@ -238,6 +242,63 @@ impl Graph {
         };
         self.outputs.push(out);
         Ok(out)
+    }
+
+    /// A copy of `v` under `name` (an Identity node), e.g. a tensor that may later become a graph output or the
+    /// place where [`Graph::extract`] cuts the graph.
+    pub fn named(&mut self, v: Value, name: &str) -> Result<Value> {
+        let info = self.values[v.0].clone();
+        let node_name = self.unique_node_name("Identity");
+        let o = self.new_value(name.to_string(), info.dtype, info.shape)?;
+        self.push_node(node_name, "Identity", "", vec![Some(v)], vec![o], BTreeMap::new());
+        Ok(o)
+    }
+
+    /// The part of the graph that computes the outputs named in `outputs` when the values named in `cut` are
+    /// graph inputs instead of computed: each cut value's producer (which must have no other output) is dropped,
+    /// then everything the outputs do not need (nodes, initializers, inputs) is removed. Inputs come first in
+    /// their old order, then the cut values in the order given.
+    pub fn extract(&self, cut: &[&str], outputs: &[&str]) -> Result<Graph> {
+        let mut g = self.clone();
+        let find = |g: &Graph, name: &str, what: &str| {
+            g.value_by_name(name).ok_or_else(|| {
+                GraphError::Write(format!(
+                    "cannot extract a subgraph: no {what} value named '{name}'"
+                ))
+            })
+        };
+        let mut new_outputs = Vec::with_capacity(outputs.len());
+        for name in outputs {
+            new_outputs.push(find(&g, name, "output")?);
+        }
+        for name in cut {
+            let v = find(&g, name, "cut")?;
+            if let Some(i) = g.nodes.iter().position(|n| n.outputs.contains(&v)) {
+                if g.nodes[i].outputs.len() != 1 {
+                    return Err(GraphError::Write(format!(
+                        "cannot cut at '{name}': its producer '{}' has other outputs",
+                        g.nodes[i].name
+                    )));
+                }
+                g.nodes.remove(i);
+            }
+            if !g.inputs.contains(&v) {
+                g.inputs.push(v);
+            }
+        }
+        g.outputs = new_outputs;
+        g.prune();
+        let mut used = vec![false; g.values.len()];
+        for n in &g.nodes {
+            for v in n.inputs.iter().flatten() {
+                used[v.0] = true;
+            }
+        }
+        for v in &g.outputs {
+            used[v.0] = true;
+        }
+        g.inputs.retain(|v| used[v.0]);
+        Ok(g)
     }
 
     /// Adds a named initializer (a weight or table). The name is used verbatim.
@@ -509,6 +570,36 @@ mod tests {
         let last_out = g.nodes()[n - 1].outputs[0];
         g.nodes_mut()[0].inputs[0] = Some(last_out);
         assert!(g.sort_nodes().is_err());
+    }
+
+    #[test]
+    fn extract_cuts_at_a_named_value() {
+        let mut g = Graph::new(17);
+        let x = g
+            .input("x", DType::F32, vec![Dim::Batch(1), Dim::Fixed(2)])
+            .unwrap();
+        let y = g
+            .input("y", DType::F32, vec![Dim::Batch(1), Dim::Fixed(2)])
+            .unwrap();
+        let a = g.relu(x).unwrap();
+        let a = g.add(a, y).unwrap();
+        let mid = g.named(a, "mid").unwrap();
+        let b = g.sigmoid(mid).unwrap();
+        let b = g.add(b, x).unwrap();
+        g.output("out", b).unwrap();
+        g.output("mid", mid).unwrap();
+        // The second half: x and the cut value in, y no longer needed.
+        let tail = g.extract(&["mid"], &["out"]).unwrap();
+        let names = |vs: &[Value], g: &Graph| vs.iter().map(|v| g.info(*v).name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(tail.inputs(), &tail), ["x", "mid"]);
+        assert_eq!(names(tail.outputs(), &tail), ["out"]);
+        let ops: Vec<&str> = tail.nodes().iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops, ["Sigmoid", "Add", "Identity"]);
+        // The first half.
+        let head = g.extract(&[], &["mid"]).unwrap();
+        assert_eq!(names(head.inputs(), &head), ["x", "y"]);
+        assert_eq!(head.nodes().len(), 3);
+        assert!(g.extract(&["nope"], &["out"]).is_err());
     }
 
     #[test]

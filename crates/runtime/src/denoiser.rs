@@ -123,6 +123,11 @@ impl Denoiser {
         self.conditioning
     }
 
+    /// The graph's input names: image, time, condition.
+    pub fn input_names(&self) -> (String, String, String) {
+        (self.x.clone(), self.t.clone(), self.cond.clone())
+    }
+
     /// The backend.
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()

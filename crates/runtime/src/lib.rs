@@ -13,6 +13,8 @@
 //!   checked in one place, image shape, noise) and [`generate::generate`].
 //! * [`samplers`]: the [`samplers::Sampler`] trait and one module per sampler (`flow_dpm`, `euler`, `heun`,
 //!   `dpmpp_2m`), each usable with every model kind.
+//! * [`patch_cache`]: the patch-level step cache ([`patch_cache::CachedDenoiser`]: the whole model on full
+//!   forwards, the exported pixel-level graph on the kept patch tokens in between).
 //! * [`model`]: reads the `pixeldit.metadata` JSON and the node list of a model file without a backend.
 //! * [`prompt`]: the Gemma-2 tokenizer (`tokenizer.json`) and the official text-to-image prompt recipe.
 //! * [`text_encoder`]: the exported Gemma-2 encoder with its tokenizer: texts -> `[K, 300, D]` text embeddings,
@@ -52,6 +54,7 @@ pub mod io;
 pub mod lowp;
 pub mod model;
 pub mod ops;
+pub mod patch_cache;
 pub mod prompt;
 pub mod samplers;
 pub mod tensor;

@@ -14,6 +14,7 @@
 //! Every other crate depends on this one; it depends on none of them.
 
 pub mod custom_op;
+pub mod flops;
 pub mod io;
 pub mod presets;
 pub mod text_encoder;
@@ -348,6 +349,42 @@ pub struct ModelMetadata {
     /// Quantization settings and scales, when the variant is quantized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<serde_json::Value>,
+    /// The patch-level split for the step cache, when the export has one ([`PatchSplit`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_split: Option<PatchSplit>,
+}
+
+string_enum!(
+    /// Where the step cache cuts the model between its patch level and its pixel level.
+    PatchCut, "patch-cache cut", {
+        /// The patch tokens `s` after the last patch block, before `SiLU(t_emb + s)`: the pixel level adds the
+        /// current step's timestep embedding to the cached tokens.
+        Tokens => "tokens",
+        /// The pixel conditioning `s_cond = SiLU(t_emb + s)`: the cached value carries the timestep of the step
+        /// that computed it.
+        Cond => "cond",
+    }
+);
+
+/// How an export supports the patch-level step cache: the whole model also outputs the tensor at the cut, and a
+/// second graph, the pixel level alone, takes it as an input (with `x` and, for the `tokens` cut, `t`). The
+/// pixel-level graph is the file [`pixel_level_path`] beside the model (no file name is stored, so that exports
+/// are byte-identical whatever they are called).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchSplit {
+    /// Where the model is cut.
+    pub cut: PatchCut,
+    /// Name of the cut tensor: an extra output of the whole model, an input of the pixel-level graph.
+    pub tensor: String,
+}
+
+/// The `metadata_props` key marking a pixel-level graph; its value is the [`PatchCut`]. Such a file carries the
+/// [`ModelMetadata`] of the whole model it belongs to (same `weights_sha256`).
+pub const PIXEL_LEVEL_KEY: &str = "pixeldit.pixel_level";
+
+/// The pixel-level graph of `model` (`digits.onnx` -> `digits.pixel.onnx`).
+pub fn pixel_level_path(model: &std::path::Path) -> std::path::PathBuf {
+    model.with_extension("pixel.onnx")
 }
 
 impl ModelMetadata {

@@ -2,6 +2,7 @@
 
 use clap::Args;
 use pixeldit_runtime::backend::{BackendKind, Device, LoadOptions};
+use pixeldit_runtime::patch_cache::{CachePolicy, Reuse};
 use pixeldit_runtime::{SamplerKind, SamplerOverrides};
 use pixeldit_spec::Precision;
 use std::path::PathBuf;
@@ -85,6 +86,20 @@ pub(crate) struct SampleArgs {
     /// samplers do (default from metadata).
     #[arg(long, value_name = "LO,HI", value_parser = parse_interval)]
     pub(crate) interval: Option<(f64, f64)>,
+    /// Patch-level step cache: run the whole model at every N-th forward and only the pixel level in between, on
+    /// the patch tokens of the last whole forward (per set of condition rows; 1 = every forward, the uncached
+    /// result). Needs the pixel-level graph `<model>.pixel.onnx` that pixeldit-export writes by default. See
+    /// README "Patch-level step cache" for speed and quality per setting. [default: off]
+    #[arg(long, value_name = "N", conflicts_with = "patch_cache_threshold")]
+    pub(crate) patch_cache: Option<usize>,
+    /// Adaptive patch-level cache: run the whole model when the relative L1 change of the model input x,
+    /// accumulated over the forwards since the last whole forward, reaches X (> 0; larger reuses more).
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
+    pub(crate) patch_cache_threshold: Option<f64>,
+    /// With a patch cache: what the pixel-level-only forwards use, the last whole forward's patch tokens (hold) or
+    /// their linear extrapolation in time from the last two whole forwards (extrapolate).
+    #[arg(long, value_enum, default_value_t = Reuse::Extrapolate, value_name = "HOW")]
+    pub(crate) patch_cache_reuse: Reuse,
     /// Output PNG (see --grid for several images).
     #[arg(short, long, default_value = "out.png")]
     pub(crate) output: PathBuf,
@@ -156,6 +171,17 @@ pub(crate) struct SampleArgs {
 }
 
 impl SampleArgs {
+    /// The patch-cache policy of the flags, checked (`None`: no cache).
+    pub(crate) fn patch_cache(&self) -> pixeldit_runtime::Result<Option<CachePolicy>> {
+        let policy = match (self.patch_cache, self.patch_cache_threshold) {
+            (Some(n), _) => Some(CachePolicy::Every(n)),
+            (None, Some(x)) => Some(CachePolicy::Threshold(x)),
+            (None, None) => None,
+        };
+        policy.as_ref().map(CachePolicy::validate).transpose()?;
+        Ok(policy)
+    }
+
     /// The sampler flags as overrides of the model's defaults.
     pub(crate) fn sampler_overrides(&self) -> SamplerOverrides {
         SamplerOverrides {

@@ -27,7 +27,7 @@ pub(crate) use args::{BackendArgs, SampleArgs};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use pixeldit_runtime::backend::{self, Backend, Selection};
+use pixeldit_runtime::backend::{self, Backend, Candidate, Selection};
 use pixeldit_runtime::model::ModelInfo;
 use pixeldit_spec::ModelMetadata;
 use std::process::ExitCode;
@@ -129,23 +129,31 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
 
 impl Target {
     /// The backend that runs the forwards: the Triton server when `--triton` connected one, else the model file on
-    /// the backend the flags choose (the choice and skipped candidates are reported on stderr).
-    pub(crate) fn open(self, a: &SampleArgs) -> Result<(pixeldit_runtime::Denoiser, ModelMetadata)> {
+    /// the backend the flags choose (the choice and skipped candidates are reported on stderr; the candidate is
+    /// returned for the files that must run beside it, such as the pixel level of the patch cache).
+    pub(crate) fn open(
+        self,
+        a: &SampleArgs,
+    ) -> Result<(pixeldit_runtime::Denoiser, ModelMetadata, Option<Candidate>)> {
         // The backend flags are checked even when a server runs the model.
         let opts = a.backend.options(self.meta.precision);
-        let backend = match self.remote {
+        let (backend, candidate) = match self.remote {
             Some(r) => {
                 crate::note!("pixeldit-run: using triton ({})", r.provider());
-                r
+                (r, None)
             }
             None => {
                 let model = a.model.as_deref().context("a model file is required")?;
                 let sel = backend::load(model, &opts)?;
                 report_selection(&sel);
-                sel.backend
+                (sel.backend, Some(sel.candidate))
             }
         };
-        Ok((pixeldit_runtime::Denoiser::new(backend, &self.meta), self.meta))
+        Ok((
+            pixeldit_runtime::Denoiser::new(backend, &self.meta),
+            self.meta,
+            candidate,
+        ))
     }
 }
 

@@ -5,8 +5,13 @@
 use super::{class, remote, text, SampleArgs, Target};
 use anyhow::{bail, Context, Result};
 use ndarray::{Array4, Axis};
-use pixeldit_runtime::generate::{self, Conditions, ImageShape, Noise, Request, SamplerConfig};
-use pixeldit_runtime::{io, Backend, RuntimeError};
+use pixeldit_runtime::backend;
+use pixeldit_runtime::generate::{
+    self, Conditions, ImageShape, Noise, Request, SamplerConfig, VelocityModel,
+};
+use pixeldit_runtime::patch_cache::{find_pixel_level, CachedDenoiser};
+use pixeldit_runtime::{io, Backend, Denoiser, RuntimeError};
+use pixeldit_spec::flops::ForwardFlops;
 use pixeldit_spec::{ModelKind, ModelMetadata};
 use pixeldit_triton::PipelineRequest;
 use std::path::{Path, PathBuf};
@@ -107,6 +112,10 @@ fn sampler_report(s: &SamplerConfig) -> (serde_json::Value, String) {
 /// Samples the images the flags ask for and writes them.
 pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
     let scfg = sampler_config(a, &target.meta)?;
+    let patch_cache = a.patch_cache()?;
+    if patch_cache.is_some() && a.triton.is_some() {
+        bail!("--patch-cache runs locally: the Triton server runs whole forwards (drop --triton or the cache flag)");
+    }
     let source = match target.meta.config.kind {
         ModelKind::C2i => class::source(a, &target)?,
         ModelKind::T2i => text::source(a, &target)?,
@@ -150,31 +159,102 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
         image,
         noise: noise(a, image, k)?,
     };
-    let (mut denoiser, meta) = target.open(a)?;
+    let pixel_level = match (patch_cache, a.model.as_deref()) {
+        (Some(_), Some(model)) => Some(find_pixel_level(model, &target.meta)?),
+        _ => None,
+    };
+    let (denoiser, meta, candidate) = target.open(a)?;
+    let mut model = match (patch_cache, pixel_level, candidate) {
+        (Some(policy), Some((path, split)), Some(candidate)) => {
+            let opts = a.backend.options(meta.precision);
+            let pixel = backend::load_candidate(&path, candidate, &opts, false)?;
+            crate::note!(
+                "pixeldit-run: patch cache {policy}, pixel level {}",
+                path.display()
+            );
+            let cached = CachedDenoiser::new(denoiser, pixel, &split, policy, a.patch_cache_reuse)?;
+            Model::Cached(Box::new(cached))
+        }
+        _ => Model::Whole(denoiser),
+    };
 
     let bar = crate::progress::steps(request.sampler.steps, a.quiet);
     let start = Instant::now();
-    let out = generate::generate(&mut denoiser, &request, &mut |_| bar.inc(1))?;
+    let out = generate::generate(model.velocity_model(), &request, &mut |_| bar.inc(1))?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
 
     report["forwards"] = serde_json::json!(out.forwards);
     report["guided_forwards"] = serde_json::json!(out.guided_forwards);
     report["forward_rows"] = serde_json::json!(out.rows);
+    let mut forwards_line = format!("{} forwards, ", out.forwards);
+    let flops = ForwardFlops::of(&meta.config, meta.height, meta.width);
+    let k = out.x.shape()[0] as f64;
+    report["gflops_per_image"] = serde_json::json!(out.rows as f64 * flops.whole() / k / 1e9);
+    if let Model::Cached(c) = &model {
+        let stats = c.stats();
+        report["gflops_per_image"] = serde_json::json!(
+            (stats.full_rows as f64 * flops.whole() + stats.pixel_rows as f64 * flops.pixel_level())
+                / k
+                / 1e9
+        );
+        let relative = (stats.full as f64 * flops.whole() + stats.pixel_only as f64 * flops.pixel_level())
+            / ((stats.full + stats.pixel_only).max(1) as f64 * flops.whole());
+        report["patch_cache"] = serde_json::json!({
+            "policy": c.policy().to_string(),
+            "reuse": c.reuse().to_string(),
+            "whole_forwards": stats.full,
+            "pixel_level_forwards": stats.pixel_only,
+            "relative_flops": relative,
+        });
+        forwards_line = format!(
+            "{} forwards: {} whole, {} pixel level only (patch cache {}, {}; {:.2}x FLOPs), ",
+            out.forwards,
+            stats.full,
+            stats.pixel_only,
+            c.policy(),
+            c.reuse(),
+            relative
+        );
+    }
     finish(
         a,
         &out.x,
         &out_paths,
         Finished {
             meta: &meta,
-            backend: denoiser.backend(),
+            backend: model.whole().backend(),
             steps: request.sampler.steps,
             seconds,
             report,
             sampler_line: format!("{sampler_line} ({} guided)", out.guided_forwards),
-            forwards_line: format!("{} forwards, ", out.forwards),
+            forwards_line,
         },
     )
+}
+
+/// What runs the forwards of a local or step-wise remote run.
+enum Model {
+    /// The whole model at every forward.
+    Whole(Denoiser),
+    /// The whole model and its pixel level (`--patch-cache`).
+    Cached(Box<CachedDenoiser>),
+}
+
+impl Model {
+    fn velocity_model(&mut self) -> &mut dyn VelocityModel {
+        match self {
+            Model::Whole(d) => d,
+            Model::Cached(c) => c.as_mut(),
+        }
+    }
+
+    fn whole(&self) -> &Denoiser {
+        match self {
+            Model::Whole(d) => d,
+            Model::Cached(c) => c.whole(),
+        }
+    }
 }
 
 /// The initial noise: `--noise FILE.npy` (which must be `[K, C, H, W]`), else the stream of `--seed`.

@@ -15,7 +15,20 @@ use crate::nn::Ctx;
 use crate::weights::{KeyReport, Weights};
 use crate::Result;
 use pixeldit_graph::{DType, Dim, Graph, Value};
-use pixeldit_spec::{io, ModelConfig, ModelKind};
+use pixeldit_spec::{io, ModelConfig, ModelKind, PatchCut};
+
+/// Name of the cut tensor of [`PatchCut::Tokens`]: the patch tokens `s [B, L, D]` after the last patch block.
+pub const PATCH_TOKENS: &str = "patch_tokens";
+/// Name of the cut tensor of [`PatchCut::Cond`]: the pixel conditioning `SiLU(t_emb + s)` as `[B*L, D]`.
+pub const PATCH_COND: &str = "patch_cond";
+
+/// The name of the cut tensor of `cut`.
+pub fn patch_cut_tensor(cut: PatchCut) -> &'static str {
+    match cut {
+        PatchCut::Tokens => PATCH_TOKENS,
+        PatchCut::Cond => PATCH_COND,
+    }
+}
 
 /// Builds the forward graph `v = model(x, t, y)` at a fixed `height x width` into `cx.g` (text-to-image configs:
 /// `v = model(x, t, text)`, see [`t2i`]).
@@ -80,11 +93,24 @@ pub(crate) fn pixel_level(
     output: &str,
 ) -> Result<()> {
     let (batch, d, l) = (Dim::Batch(1), cfg.hidden_size, hs * ws);
+    // The step cache's cut (an extra output; `pixeldit-export` also writes the graph from the cut on).
+    let patch_cut = cx.patch_cut;
+    if patch_cut.is_some() {
+        cx.forget_position_ids();
+    }
+    let s = match patch_cut {
+        Some(PatchCut::Tokens) => cx.g.named(s, PATCH_TOKENS)?,
+        _ => s,
+    };
     let s_cond = cx.g.scoped("s_cond", |g| {
         let te = g.reshape(t_emb, &[batch, Dim::Fixed(1), Dim::Fixed(d)])?;
         let sc = g.add(te, s)?;
         let sc = g.silu(sc)?;
-        g.reshape(sc, &[Dim::Batch(l), Dim::Fixed(d)])
+        let sc = g.reshape(sc, &[Dim::Batch(l), Dim::Fixed(d)])?;
+        match patch_cut {
+            Some(PatchCut::Cond) => g.named(sc, PATCH_COND),
+            _ => Ok(sc),
+        }
     })?;
     let mut px = embedders::pixel_embedder(cx, cfg, x, hs, ws)?;
     for i in 0..cfg.pixel_depth {
@@ -92,6 +118,11 @@ pub(crate) fn pixel_level(
     }
     let v = final_layer::final_layer(cx, cfg, px, batch, hs, ws)?;
     cx.g.output(output, v)?;
+    match patch_cut {
+        Some(PatchCut::Tokens) => cx.g.output(PATCH_TOKENS, s)?,
+        Some(PatchCut::Cond) => cx.g.output(PATCH_COND, s_cond)?,
+        None => return Ok(()),
+    };
     Ok(())
 }
 

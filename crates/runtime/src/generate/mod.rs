@@ -35,6 +35,9 @@ pub const MAX_NOISE_INDEX: u64 = 1024;
 
 /// A model the samplers can integrate: the velocity `v = x0 - noise` at `time` for a batch of condition rows.
 pub trait VelocityModel {
+    /// Called by [`generate`] before the first forward of a request (a model with per-request state, such as
+    /// [`crate::patch_cache::CachedDenoiser`], resets it here).
+    fn begin(&mut self) {}
     /// One forward: `x [B,C,H,W]` at `time` with `cond` (B rows) -> `v [B,C,H,W]`.
     fn velocity(&mut self, x: ArrayView4<f32>, time: Time, cond: CondRows<'_>) -> Result<Array4<f32>>;
 }
@@ -173,6 +176,7 @@ pub fn generate(
         return Err(RuntimeError::InvalidArgument("no images requested".into()));
     }
     let noise = req.noise.draw(k, req.image)?;
+    model.begin();
     let guidance = cfg.cfg_scale != 1.0;
     if guidance && !req.conditions.has_negative() {
         return Err(RuntimeError::InvalidArgument(format!(

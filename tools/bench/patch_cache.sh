@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Patch-level step cache benchmark: ms per image without and with `pixeldit-run --patch-cache` (N = 2, 3 and the
+# threshold 0.25) on B@256 (batch 2, CFG: 4 rows per forward) and t2i-tiny, on ONNX Runtime CPU and tract, with the
+# FLOPs per image of each setting. Runs are interleaved (round-major) and the medians and ratios printed as a
+# markdown table for BENCHMARKS.md. Random weights: speed only (quality is in the demo report).
+#
+#   tools/bench/patch_cache.sh                        # STEPS=10 ROUNDS=3 BACKENDS="ort tract"
+#   STEPS=6 ROUNDS=2 BACKENDS=ort MODELS=B tools/bench/patch_cache.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+steps=${STEPS:-10}
+rounds=${ROUNDS:-3}
+backends=${BACKENDS:-"ort tract"}
+models=${MODELS:-"B t2i-tiny"}
+settings=${SETTINGS:-"off cache2 cache3 threshold0.25"}
+out=${OUT:-target/bench-patch-cache}
+bin=${BIN:-${CARGO_TARGET_DIR:-target}/release}
+export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.cache/onnxruntime/libonnxruntime.so.1.31.1}
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --locked -q -p pixeldit-cli
+fi
+mkdir -p "$out/runs"
+rm -f "$out"/runs/*.json
+
+for model in $models; do
+  if [ ! -f "$out/$model.onnx" ] || [ ! -f "$out/$model.pixel.onnx" ]; then
+    echo "== export $model (random weights, with the patch-level split)" >&2
+    "$bin/pixeldit-export" --preset "$model" --random-init -q -o "$out/$model.onnx"
+  fi
+done
+if [[ " $models " == *" t2i-tiny "* ]]; then
+  # Synthetic text embeddings [300 rows of the preset, embed_dim] for the text-to-image model.
+  .venv/bin/python - "$out" <<'EOF'
+import json, pathlib, sys
+import numpy as np
+out = pathlib.Path(sys.argv[1])
+cfg = json.loads(pathlib.Path("graphs/t2i-tiny.json").read_text())["text"]
+rng = np.random.default_rng(0)
+np.save(out / "text.npy", rng.standard_normal((cfg["max_length"], cfg["embed_dim"])).astype(np.float32))
+np.save(out / "negative.npy", np.zeros((cfg["max_length"], cfg["embed_dim"]), np.float32))
+EOF
+fi
+
+for round in $(seq 1 "$rounds"); do
+  for model in $models; do
+    case $model in
+      t2i-tiny) cond=(--text-embeddings "$out/text.npy" --negative-embeddings "$out/negative.npy" --batch 2) ;;
+      *) cond=(--class 1 --batch 2) ;;
+    esac
+    for backend in $backends; do
+      for setting in $settings; do
+        case $setting in
+          off) flags=() ;;
+          cache*) flags=(--patch-cache "${setting#cache}") ;;
+          threshold*) flags=(--patch-cache-threshold "${setting#threshold}") ;;
+        esac
+        echo "== round $round: $model $backend $setting" >&2
+        "$bin/pixeldit-run" "$out/$model.onnx" --backend "$backend" --device cpu "${cond[@]}" --steps "$steps" \
+          "${flags[@]}" --grid -q -o "$out/runs/x.png" \
+          --report-json "$out/runs/${model}_${backend}_${setting}_$round.json"
+      done
+    done
+  done
+done
+
+.venv/bin/python - "$out/runs" "$steps" <<'EOF'
+import collections, json, pathlib, statistics, sys
+runs, steps = pathlib.Path(sys.argv[1]), sys.argv[2]
+by = collections.defaultdict(list)
+info = {}
+for p in sorted(runs.glob("*.json")):
+    model, backend, setting, _ = p.stem.rsplit("_", 3)
+    r = json.loads(p.read_text())
+    by[(model, backend, setting)].append(1e3 * r["total_s"] / r["images"])
+    cache = r.get("patch_cache") or {}
+    info[(model, backend, setting)] = (cache.get("whole_forwards", r["forwards"]),
+                                       cache.get("pixel_level_forwards", 0), r["gflops_per_image"])
+print(f"| model | backend | setting ({steps} steps) | whole / pixel-level forwards | GFLOPs per image "
+      "| ms per image (median) | speed-up vs off | rounds |")
+print("|---|---|---|---:|---:|---:|---:|---:|")
+for (model, backend, setting), ms in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "off")):
+    base = statistics.median(by.get((model, backend, "off"), [float("nan")]))
+    whole, pixel, gflops = info[(model, backend, setting)]
+    med = statistics.median(ms)
+    print(f"| {model} | {backend} | {setting} | {whole} / {pixel} | {gflops:.1f} | {med:.0f} "
+          f"| {base / med:.2f}x | {len(ms)} |")
+EOF
