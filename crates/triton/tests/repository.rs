@@ -243,6 +243,7 @@ fn pipeline_config_is_read_by_the_sampler_library() {
         (w::TEXT_ENCODER_META_PARAM, r::TEXT_ENCODER_META_PARAM),
         (w::TOKENIZER_KEY, r::TOKENIZER_KEY),
         (w::TOKENIZER_FILE, r::TOKENIZER_FILE),
+        (w::PIXEL_MODEL_KEY, r::PIXEL_MODEL_KEY),
     ] {
         assert_eq!(written, read);
     }
@@ -258,6 +259,7 @@ fn pipeline_config_is_read_by_the_sampler_library() {
         instances: 2,
         library: PathBuf::from("unused.so"),
         text: None,
+        pixel_model: Some("pixeldit_tiny_pixel".into()),
     };
     let cfg = pixeldit_triton::pipeline::pipeline_config(&m, &opts, None).unwrap();
     let params: serde_json::Map<String, serde_json::Value> = cfg
@@ -271,6 +273,16 @@ fn pipeline_config_is_read_by_the_sampler_library() {
     assert_eq!(read.denoiser, "pixeldit_tiny");
     assert_eq!(read.denoiser_max_batch_size, 8);
     assert_eq!(read.text_encoder, None);
+    assert_eq!(read.pixel_model.as_deref(), Some("pixeldit_tiny_pixel"));
+    // A pixel-level model for metadata without a split is a configuration error.
+    let e = pixeldit_triton_pipeline::Pipeline::new(&read)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("has no patch-level split"), "{e}");
+    let read = pixeldit_triton_pipeline::PipelineConfig {
+        pixel_model: None,
+        ..read
+    };
     let p = pixeldit_triton_pipeline::Pipeline::new(&read).unwrap();
     assert_eq!(p.sample_shape(), [m.config.in_channels, 32, 32]);
 }
