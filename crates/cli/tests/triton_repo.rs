@@ -110,7 +110,7 @@ fn onnxruntime_repository() {
     );
     // The denoiser also outputs the patch tokens (tiny 32x32: 4 patches of width 64); the pixel level takes them.
     assert!(
-        cfg.contains("name: \"patch_tokens\"\n    data_type: TYPE_FP32\n    dims: [ 4, 64 ]"),
+        cfg.contains("name: \"patch_tokens\"\n  data_type: TYPE_FP32\n  dims: [ 4, 64 ]"),
         "{cfg}"
     );
     let pixel = repo.join("pixeldit_tiny_pixel");
