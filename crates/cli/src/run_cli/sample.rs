@@ -194,13 +194,13 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
                 "pixeldit-run: patch cache {policy}, pixel level {}",
                 path.display()
             );
-            Model::Cached(CachedDenoiser::new(
+            Model::Cached(Box::new(CachedDenoiser::new(
                 denoiser,
                 pixel,
                 &split,
                 policy,
                 a.patch_cache_reuse,
-            )?)
+            )?))
         }
         _ => Model::Whole(denoiser),
     };
@@ -265,14 +265,14 @@ enum Model {
     /// The whole model at every forward.
     Whole(Denoiser),
     /// The whole model and its pixel level (`--patch-cache`).
-    Cached(CachedDenoiser),
+    Cached(Box<CachedDenoiser>),
 }
 
 impl Model {
     fn velocity_model(&mut self) -> &mut dyn VelocityModel {
         match self {
             Model::Whole(d) => d,
-            Model::Cached(c) => c,
+            Model::Cached(c) => c.as_mut(),
         }
     }
 
