@@ -15,8 +15,10 @@ use std::path::{Path, PathBuf};
 #[command(next_help_heading = "Triton model repository")]
 pub struct TritonArgs {
     /// Write a Triton model repository at DIR instead of -o: NAME/config.pbtxt (generated from the I/O contract,
-    /// with the model metadata under parameters "pixeldit.metadata") and NAME/1/model.onnx (+ .data). The
-    /// attention then defaults to `decomposed`: a stock Triton backend cannot run the custom op.
+    /// with the model metadata under parameters "pixeldit.metadata") and NAME/1/model.onnx (+ .data); with the
+    /// patch-level split (onnxruntime_onnx, unless --no-patch-split) also NAME_pixel, the pixel level that the
+    /// pipeline's patch cache calls. The attention then defaults to `decomposed`: a stock Triton backend cannot run
+    /// the custom op.
     #[arg(long, value_name = "DIR", conflicts_with = "output")]
     pub triton_repo: Option<PathBuf>,
     /// Model name (= directory name) in the repository [default: pixeldit_<preset>, e.g. pixeldit_xl_256].
