@@ -517,6 +517,7 @@ fn triton_pipeline_serves_text_to_image_by_prompt() {
         "pixeldit_t2i_gemma",
         "pixeldit_t2i_gemma_pipeline",
         "pixeldit_t2i_gemma_text_encoder",
+        "pixeldit_t2i_gemma_pixel",
     ] {
         assert!(repo.join(m).join("config.pbtxt").is_file(), "{m}");
     }
@@ -612,6 +613,57 @@ fn triton_pipeline_serves_text_to_image_by_prompt() {
     let db = psnr_f32(r.as_slice().unwrap(), l2.as_slice().unwrap());
     eprintln!("--prompts-file through the pipeline vs local: PSNR {db:.1} dB");
     assert!(db > 60.0, "PSNR {db}");
+
+    // Patch cache 2 by prompt: pixeldit-run --triton sends it to the pipeline (BLS to the pixel-level model), the
+    // sample of a local --patch-cache 2 run of the same two graphs.
+    let pair = d.join("local");
+    std::fs::create_dir_all(&pair).unwrap();
+    std::fs::copy(&onnx, pair.join("model.onnx")).unwrap();
+    std::fs::copy(
+        repo.join("pixeldit_t2i_gemma_pixel/1/model.onnx"),
+        pair.join("model.pixel.onnx"),
+    )
+    .unwrap();
+    let craw = d.join("c.npy");
+    let cached = ["--prompt", "the digit seven", "--seed", "0", "--patch-cache", "2"];
+    let out = run(bin()
+        .args(["--triton", &server.url, "--model", "pixeldit_t2i_gemma"])
+        .args(cached)
+        .arg("-o")
+        .arg(d.join("c.png"))
+        .arg("--save-raw")
+        .arg(&craw));
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("1 pipeline request(s)"), "{}", stdout(&out));
+    let lc = d.join("lc.npy");
+    let out = local_run(
+        &pair.join("model.onnx"),
+        &[
+            &cached[..],
+            &["--text-encoder", d.join("gemma.onnx").to_str().unwrap()],
+            &[
+                "-o",
+                d.join("lc.png").to_str().unwrap(),
+                "--save-raw",
+                lc.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("pixel level only"), "{}", stdout(&out));
+    let c = io::read_npy(&craw).unwrap();
+    let lc = io::read_npy(&lc).unwrap();
+    let db = psnr_f32(c.as_slice().unwrap(), lc.as_slice().unwrap());
+    eprintln!(
+        "--patch-cache 2 by prompt through the pipeline vs local: PSNR {db:.1} dB, max |diff| {:.2e}",
+        max_abs_diff(c.as_slice().unwrap(), lc.as_slice().unwrap())
+    );
+    assert!(db > 60.0, "PSNR {db}");
+    assert!(
+        psnr_f32(c.as_slice().unwrap(), l.as_slice().unwrap()) < db,
+        "the cached sample is no closer to the local cached one than to the uncached one"
+    );
 
     // Bad requests: no prompt, a class, an absurdly long prompt.
     let long = "seven ".repeat(4000);
