@@ -215,6 +215,17 @@ fn triton_pipeline_serves_one_image_per_request() {
         read_png(&d.join("t_local.png")),
         "pixeldit-run --triton --patch-cache-threshold 0.3 differs from the local run"
     );
+    // The client-driven loop runs whole forwards: a cache flag there is refused, saying why.
+    let out = run(bin()
+        .args(["--triton", &server.url, "--model", MODEL, "--triton-step-wise"])
+        .args(["--class", "3", "--patch-cache", "2", "-o", &png("w.png")]));
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("--patch-cache with --triton runs in the server's pipeline model")
+            && e.contains("--triton-step-wise drives whole forwards"),
+        "{e}"
+    );
 
     // 2. pixeldit-run --triton uses the pipeline (one request per image); --triton-step-wise drives the steps.
     let common = ["--classes", "1,4,9", "--seed", "5", "--interval", "0.1,0.9"];
