@@ -217,8 +217,8 @@ impl Pipeline {
         };
         let refuse = |why: &str| {
             PipelineError::Request(format!(
-                "patch cache ({policy}) requested, but {why}: export the repository again without \
-                 --no-patch-split (pixeldit-export --triton-repo then writes the pixel-level model {})",
+                "patch cache ({policy}) requested, but {why}: pixeldit-export --triton-repo writes the \
+                 pixel-level model {} for onnxruntime_onnx repositories without --no-patch-split",
                 pixel_model_name(&self.denoiser)
             ))
         };
