@@ -77,7 +77,8 @@ pub struct ExportArgs {
     /// patch tokens before SiLU(t_emb + s), so cached steps use their own timestep; cond: SiLU(t_emb + s) itself.
     #[arg(long, value_enum, default_value_t = PatchCut::Tokens, value_name = "CUT")]
     patch_split: PatchCut,
-    /// One graph only: no patch-level split (the model cannot use `pixeldit-run --patch-cache`).
+    /// One graph only: no patch-level split (the model cannot use `pixeldit-run --patch-cache`; with --triton-repo:
+    /// no pixel-level model NAME_pixel, and the pipeline refuses cached requests).
     #[arg(long)]
     no_patch_split: bool,
     /// Output model path (external data goes to `<path>.data`).
@@ -170,8 +171,8 @@ fn export_options(args: &ExportArgs) -> Result<ExportOptions> {
     opts.attention = args.attention.unwrap_or_else(|| args.triton.default_attention());
     opts.external_data = args.external_data.into();
     opts.loras = args.lora.clone();
-    // Triton repositories serve whole forwards (the pipeline has no patch cache yet): one graph there.
-    let split = !args.no_patch_split && args.triton.triton_repo.is_none();
+    // Triton repositories serve the split on the onnxruntime platform only (the pixel level as its own model).
+    let split = !args.no_patch_split && args.triton.serves_patch_split();
     opts.patch_cut = split.then_some(args.patch_split);
     opts.config.check_size(opts.height, opts.width)?;
     Ok(opts)

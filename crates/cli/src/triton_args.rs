@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use pixeldit_exporter::ExportOptions;
-use pixeldit_spec::{AttentionMode, ModelMetadata};
+use pixeldit_spec::{AttentionMode, ModelMetadata, PatchCut};
 use pixeldit_triton::config::{self as triton, README_FILE};
 use pixeldit_triton::pipeline::{find_library, PipelineOptions, TextPipeline};
 use pixeldit_triton::repository::onnx_path;
@@ -15,8 +15,10 @@ use std::path::{Path, PathBuf};
 #[command(next_help_heading = "Triton model repository")]
 pub struct TritonArgs {
     /// Write a Triton model repository at DIR instead of -o: NAME/config.pbtxt (generated from the I/O contract,
-    /// with the model metadata under parameters "pixeldit.metadata") and NAME/1/model.onnx (+ .data). The
-    /// attention then defaults to `decomposed`: a stock Triton backend cannot run the custom op.
+    /// with the model metadata under parameters "pixeldit.metadata") and NAME/1/model.onnx (+ .data); with the
+    /// patch-level split (onnxruntime_onnx, unless --no-patch-split) also NAME_pixel, the pixel level that the
+    /// pipeline's patch cache calls. The attention then defaults to `decomposed`: a stock Triton backend cannot run
+    /// the custom op.
     #[arg(long, value_name = "DIR", conflicts_with = "output")]
     pub triton_repo: Option<PathBuf>,
     /// Model name (= directory name) in the repository [default: pixeldit_<preset>, e.g. pixeldit_xl_256].
@@ -104,6 +106,8 @@ pub struct TritonPlan {
     opts: TritonOptions,
     /// The pipeline model, when one is written.
     pipeline: Option<PipelineOptions>,
+    /// The pixel-level model (`NAME_pixel`), when the export has the patch-level split.
+    pixel_model: Option<String>,
     /// Why no pipeline is written, when that is worth saying.
     note: Option<String>,
 }
@@ -116,6 +120,12 @@ impl TritonArgs {
         } else {
             AttentionMode::Custom
         }
+    }
+
+    /// Whether the export gets its patch-level split: always without `--triton-repo`; in a repository on the
+    /// onnxruntime platform (the pixel level is served as `NAME_pixel`), not for TensorRT plans.
+    pub fn serves_patch_split(&self) -> bool {
+        self.triton_repo.is_none() || self.triton_platform == PlatformArg::OnnxruntimeOnnx
     }
 
     /// `None` without `--triton-repo`; otherwise checks the options against the export.
@@ -162,6 +172,16 @@ impl TritonArgs {
             ..opts
         };
         opts.check()?;
+        if export.patch_cut == Some(PatchCut::Cond) {
+            anyhow::bail!(
+                "--patch-split cond is not served by Triton (its tensor [B*L, D] has no batch axis): use --patch-split \
+                 tokens (the default) or --no-patch-split"
+            );
+        }
+        let pixel_model = export
+            .patch_cut
+            .is_some()
+            .then(|| triton::pixel_model_name(opts.model_name.as_deref().expect("set above")));
         // The pipeline is checked before the (long) export: class-conditional models only, library present.
         let t2i = export.config.kind == pixeldit_spec::ModelKind::T2i;
         if !t2i && self.pipeline_text_encoder.is_some() {
@@ -218,12 +238,14 @@ impl TritonArgs {
                 instances: self.pipeline_instances,
                 library: lib,
                 text,
+                pixel_model: pixel_model.clone(),
             })
         };
         Ok(Some(TritonPlan {
             repo: repo.clone(),
             opts,
             pipeline,
+            pixel_model,
             note,
         }))
     }
@@ -255,6 +277,24 @@ impl TritonPlan {
                 r.model_dir.join(README_FILE).display(),
                 r.model_dir.display(),
                 cmd
+            );
+        }
+        if let Some(name) = &self.pixel_model {
+            let onnx = onnx_path(
+                &self.repo,
+                self.opts.model_name.as_deref().unwrap_or_default(),
+                self.opts.platform,
+            );
+            let dir = pixeldit_triton::repository::write_pixel_model(
+                &self.repo,
+                meta,
+                name,
+                &self.opts,
+                &pixeldit_spec::pixel_level_path(&onnx),
+            )?;
+            crate::say!(
+                "wrote Triton model {} (the pixel level alone, for requests with a patch cache)",
+                dir.display()
             );
         }
         if let Some(n) = &self.note {

@@ -2,7 +2,9 @@
 //! `pixeldit-export --preset digits --triton-repo` writes the denoiser and its pipeline model; then
 //!
 //! * a plain `curl` JSON request (no binary extension) for class 3, seed 0 returns the image that a local
-//!   `pixeldit-run --class 3 --seed 0` writes, pixel for pixel;
+//!   `pixeldit-run --class 3 --seed 0` writes, pixel for pixel; with `patch_cache` 2 (issue 22: BLS to the
+//!   pixel-level model) the image of a local `pixeldit-run --patch-cache 2`, and `pixeldit-run --triton
+//!   --patch-cache-threshold 0.3` the local threshold run's image;
 //! * `pixeldit-run --triton URL --model NAME` uses the pipeline (one request per image) and gives the local samples;
 //!   `--triton-step-wise` drives the steps from the client and gives them too;
 //! * 16 concurrent pipeline requests are all correct, and the denoiser's statistics show batching across them;
@@ -23,6 +25,7 @@ use std::time::Instant;
 
 const MODEL: &str = "pixeldit_digits";
 const PIPELINE: &str = "pixeldit_digits_pipeline";
+const PIXEL: &str = "pixeldit_digits_pixel";
 
 /// `pixeldit-export --preset digits --triton-repo REPO` (the committed digits weights, pipeline included).
 fn export_repo(repo: &Path) -> PathBuf {
@@ -129,6 +132,100 @@ fn triton_pipeline_serves_one_image_per_request() {
         local.len()
     );
     assert_eq!(differing, 0, "the served image differs from the local one");
+
+    // 1b. Patch cache: `patch_cache` 2 (the denoiser on full forwards, the pixel-level model PIXEL in between) gives
+    // the image of a local `pixeldit-run --patch-cache 2` of the same two graphs, pixel for pixel; and
+    // `pixeldit-run --triton --patch-cache-threshold 0.3` the image of the local threshold run.
+    let local_pair = d.join("local");
+    std::fs::create_dir_all(&local_pair).unwrap();
+    let local_onnx = local_pair.join("model.onnx");
+    std::fs::copy(&onnx, &local_onnx).unwrap();
+    std::fs::copy(
+        repo.join(PIXEL).join("1/model.onnx"),
+        local_pair.join("model.pixel.onnx"),
+    )
+    .unwrap();
+    let pixel_model = TritonModel::connect(&server.url, PIXEL, &ClientOptions::default()).unwrap();
+    let before = requests(&pixel_model.statistics().unwrap());
+    let cache_2 = r#",{"name":"patch_cache","datatype":"INT32","shape":[1],"data":[2]}"#;
+    let (code, resp) = curl_json(&server.url, &request_body(3, 0, cache_2));
+    assert_eq!(code, 200, "{resp}");
+    let pixel_requests = requests(&pixel_model.statistics().unwrap()) - before;
+    let cached: Vec<u8> = resp["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u8)
+        .collect();
+    let cached_rgb: Vec<u8> = (0..plane)
+        .flat_map(|i| (0..3).map(move |c| (c, i)))
+        .map(|(c, i)| cached[c * plane + i])
+        .collect();
+    let local_cached = d.join("local3_cache2.png");
+    let out = local_run(
+        &local_onnx,
+        &[
+            "--class",
+            "3",
+            "--seed",
+            "0",
+            "--patch-cache",
+            "2",
+            "-o",
+            local_cached.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success());
+    eprintln!("local --patch-cache 2: {}", stdout(&out).trim());
+    let differing = cached_rgb
+        .iter()
+        .zip(&read_png(&local_cached))
+        .filter(|(a, b)| a != b)
+        .count();
+    eprintln!(
+        "patch_cache 2 through the pipeline: {pixel_requests} pixel-level requests; {differing} bytes differ from \
+         the local run"
+    );
+    assert_eq!(
+        differing, 0,
+        "the cached served image differs from the local cached one"
+    );
+    assert!(
+        stdout(&out).contains(&format!("{pixel_requests} pixel level only")) && pixel_requests > 0,
+        "the pipeline made {pixel_requests} pixel-level requests; locally: {}",
+        stdout(&out)
+    );
+    assert_ne!(cached_rgb, served_rgb, "the cached image equals the uncached one");
+    let png = |name: &str| d.join(name).to_str().unwrap().to_string();
+    let threshold = ["--class", "3", "--seed", "0", "--patch-cache-threshold", "0.3"];
+    let out = run(bin()
+        .args(["--triton", &server.url, "--model", MODEL])
+        .args(threshold)
+        .args(["-o", &png("t_served.png")]));
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("in the server"), "{}", stdout(&out));
+    assert!(local_run(
+        &local_onnx,
+        &[&threshold[..], &["-q", "-o", &png("t_local.png")]].concat()
+    )
+    .status
+    .success());
+    assert_eq!(
+        read_png(&d.join("t_served.png")),
+        read_png(&d.join("t_local.png")),
+        "pixeldit-run --triton --patch-cache-threshold 0.3 differs from the local run"
+    );
+    // The client-driven loop runs whole forwards: a cache flag there is refused, saying why.
+    let out = run(bin()
+        .args(["--triton", &server.url, "--model", MODEL, "--triton-step-wise"])
+        .args(["--class", "3", "--patch-cache", "2", "-o", &png("w.png")]));
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("--patch-cache with --triton runs in the server's pipeline model")
+            && e.contains("--triton-step-wise drives whole forwards"),
+        "{e}"
+    );
 
     // 2. pixeldit-run --triton uses the pipeline (one request per image); --triton-step-wise drives the steps.
     let common = ["--classes", "1,4,9", "--seed", "5", "--interval", "0.1,0.9"];
@@ -256,6 +353,11 @@ fn triton_pipeline_serves_one_image_per_request() {
             1,
             "Expected [2]",
         ),
+        (
+            r#",{"name":"patch_cache","datatype":"INT32","shape":[1],"data":[0]}"#,
+            1,
+            "patch_cache 0: expected N >= 1",
+        ),
     ] {
         let (code, resp) = curl_json(&server.url, &request_body(class, 0, extra));
         let msg = resp["error"].as_str().unwrap_or_default().to_string();
@@ -286,6 +388,13 @@ fn triton_pipeline_serves_one_image_per_request() {
                 ..Default::default()
             },
             "time shift NaN",
+        ),
+        (
+            PipelineRequest {
+                patch_cache_threshold: Some(f64::NAN),
+                ..Default::default()
+            },
+            "patch_cache_threshold NaN: expected a finite number > 0",
         ),
     ] {
         let req = PipelineRequest {
@@ -419,6 +528,7 @@ fn triton_pipeline_serves_text_to_image_by_prompt() {
         "pixeldit_t2i_gemma",
         "pixeldit_t2i_gemma_pipeline",
         "pixeldit_t2i_gemma_text_encoder",
+        "pixeldit_t2i_gemma_pixel",
     ] {
         assert!(repo.join(m).join("config.pbtxt").is_file(), "{m}");
     }
@@ -514,6 +624,57 @@ fn triton_pipeline_serves_text_to_image_by_prompt() {
     let db = psnr_f32(r.as_slice().unwrap(), l2.as_slice().unwrap());
     eprintln!("--prompts-file through the pipeline vs local: PSNR {db:.1} dB");
     assert!(db > 60.0, "PSNR {db}");
+
+    // Patch cache 2 by prompt: pixeldit-run --triton sends it to the pipeline (BLS to the pixel-level model), the
+    // sample of a local --patch-cache 2 run of the same two graphs.
+    let pair = d.join("local");
+    std::fs::create_dir_all(&pair).unwrap();
+    std::fs::copy(&onnx, pair.join("model.onnx")).unwrap();
+    std::fs::copy(
+        repo.join("pixeldit_t2i_gemma_pixel/1/model.onnx"),
+        pair.join("model.pixel.onnx"),
+    )
+    .unwrap();
+    let craw = d.join("c.npy");
+    let cached = ["--prompt", "the digit seven", "--seed", "0", "--patch-cache", "2"];
+    let out = run(bin()
+        .args(["--triton", &server.url, "--model", "pixeldit_t2i_gemma"])
+        .args(cached)
+        .arg("-o")
+        .arg(d.join("c.png"))
+        .arg("--save-raw")
+        .arg(&craw));
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("1 pipeline request(s)"), "{}", stdout(&out));
+    let lc = d.join("lc.npy");
+    let out = local_run(
+        &pair.join("model.onnx"),
+        &[
+            &cached[..],
+            &["--text-encoder", d.join("gemma.onnx").to_str().unwrap()],
+            &[
+                "-o",
+                d.join("lc.png").to_str().unwrap(),
+                "--save-raw",
+                lc.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("pixel level only"), "{}", stdout(&out));
+    let c = io::read_npy(&craw).unwrap();
+    let lc = io::read_npy(&lc).unwrap();
+    let db = psnr_f32(c.as_slice().unwrap(), lc.as_slice().unwrap());
+    eprintln!(
+        "--patch-cache 2 by prompt through the pipeline vs local: PSNR {db:.1} dB, max |diff| {:.2e}",
+        max_abs_diff(c.as_slice().unwrap(), lc.as_slice().unwrap())
+    );
+    assert!(db > 60.0, "PSNR {db}");
+    assert!(
+        psnr_f32(c.as_slice().unwrap(), l.as_slice().unwrap()) < db,
+        "the cached sample is no closer to the local cached one than to the uncached one"
+    );
 
     // Bad requests: no prompt, a class, an absurdly long prompt.
     let long = "seven ".repeat(4000);

@@ -98,14 +98,45 @@ fn onnxruntime_repository() {
         .map(|m| (m.name.as_str(), m.max_batch_size, m.platform.as_str()))
         .collect();
     names.sort();
-    // The denoiser and its pipeline model (python backend, the sampler library beside model.py).
+    // The denoiser, its pipeline model (python backend, the sampler library beside model.py) and the pixel level
+    // of the patch-level split (for the pipeline's patch cache).
     assert_eq!(
         names,
         [
             ("pixeldit_tiny", 8, "onnxruntime_onnx"),
-            ("pixeldit_tiny_pipeline", 0, "python")
+            ("pixeldit_tiny_pipeline", 0, "python"),
+            ("pixeldit_tiny_pixel", 8, "onnxruntime_onnx"),
         ]
     );
+    // The denoiser also outputs the patch tokens (tiny 32x32: 4 patches of width 64); the pixel level takes them.
+    assert!(
+        cfg.contains("name: \"patch_tokens\"\n  data_type: TYPE_FP32\n  dims: [ 4, 64 ]"),
+        "{cfg}"
+    );
+    let pixel = repo.join("pixeldit_tiny_pixel");
+    assert!(pixel.join("1/model.onnx").is_file() && pixel.join("README.txt").is_file());
+    assert!(
+        !model.join("1/model.pixel.onnx").exists(),
+        "the pixel level is moved out of the denoiser's folder"
+    );
+    let info = pixeldit_runtime::model::ModelInfo::read(&pixel.join("1/model.onnx")).unwrap();
+    assert_eq!(info.metadata_prop(pixeldit_spec::PIXEL_LEVEL_KEY), Some("tokens"));
+    let denoiser_meta = pixeldit_runtime::model::read_metadata(&model.join("1/model.onnx")).unwrap();
+    assert_eq!(
+        info.pixeldit_metadata().unwrap().weights_sha256,
+        denoiser_meta.weights_sha256
+    );
+    let xcfg = std::fs::read_to_string(pixel.join(CONFIG_FILE)).unwrap();
+    for want in [
+        "key: \"pixeldit.pixel_level\"",
+        "name: \"patch_tokens\"",
+        "name: \"t\"",
+        "name: \"v\"",
+        "max_batch_size: 8",
+    ] {
+        assert!(xcfg.contains(want), "{want} not in\n{xcfg}");
+    }
+    assert!(!xcfg.contains("name: \"y\""), "{xcfg}");
     let pipeline = repo.join("pixeldit_tiny_pipeline");
     for f in ["1/model.py", "1/libpixeldit_triton_pipeline.so", "README.txt"] {
         assert!(pipeline.join(f).is_file(), "{f}");
@@ -115,13 +146,36 @@ fn onnxruntime_repository() {
         pcfg.contains("key: \"pixeldit.denoiser\"") && pcfg.contains("string_value: \"pixeldit_tiny\""),
         "{pcfg}"
     );
+    assert!(
+        pcfg.contains("key: \"pixeldit.pixel_model\"")
+            && pcfg.contains("string_value: \"pixeldit_tiny_pixel\""),
+        "{pcfg}"
+    );
+    for input in ["patch_cache", "patch_cache_threshold", "patch_cache_reuse"] {
+        assert!(
+            pcfg.contains(&format!("name: \"{input}\"")),
+            "{input} not in\n{pcfg}"
+        );
+    }
     schema_check(&repo);
 
-    // Without the pipeline: the denoiser alone. A missing library is an error before anything is written.
+    // --no-patch-split: no pixel level, no patch_tokens output, no pixel model for the pipeline to call.
+    let whole = d.path().join("whole");
+    let out = export(&["--triton-repo", whole.to_str().unwrap(), "--no-patch-split"]);
+    assert!(out.status.success());
+    assert_eq!(validate_repository(&whole).unwrap().len(), 2);
+    assert!(!whole.join("pixeldit_tiny_pixel").exists());
+    let wcfg = std::fs::read_to_string(whole.join("pixeldit_tiny").join(CONFIG_FILE)).unwrap();
+    assert!(!wcfg.contains("patch_tokens"), "{wcfg}");
+    let wpcfg = std::fs::read_to_string(whole.join("pixeldit_tiny_pipeline").join(CONFIG_FILE)).unwrap();
+    assert!(!wpcfg.contains("pixeldit.pixel_model"), "{wpcfg}");
+
+    // Without the pipeline: the denoiser and its pixel level. A missing library is an error before anything is
+    // written.
     let solo = d.path().join("solo");
     let out = export(&["--triton-repo", solo.to_str().unwrap(), "--no-triton-pipeline"]);
     assert!(out.status.success());
-    assert_eq!(validate_repository(&solo).unwrap().len(), 1);
+    assert_eq!(validate_repository(&solo).unwrap().len(), 2);
     let none = d.path().join("none");
     let out = export(&[
         "--triton-repo",
@@ -143,12 +197,14 @@ fn onnxruntime_repository() {
             .status
             .success()
     );
-    for f in ["config.pbtxt", "1/model.onnx", "README.txt"] {
-        assert_eq!(
-            std::fs::read(model.join(f)).unwrap(),
-            std::fs::read(repo2.join("pixeldit_tiny").join(f)).unwrap(),
-            "{f} differs between two identical exports"
-        );
+    for m in ["pixeldit_tiny", "pixeldit_tiny_pixel"] {
+        for f in ["config.pbtxt", "1/model.onnx", "README.txt"] {
+            assert_eq!(
+                std::fs::read(repo.join(m).join(f)).unwrap(),
+                std::fs::read(repo2.join(m).join(f)).unwrap(),
+                "{m}/{f} differs between two identical exports"
+            );
+        }
     }
 
     // Broken copies: wrong dims, then a missing version folder.
@@ -189,6 +245,8 @@ fn tensorrt_plan_repository() {
     assert!(model.join("model.onnx").is_file() && model.join("1").is_dir());
     let cfg = std::fs::read_to_string(model.join(CONFIG_FILE)).unwrap();
     assert!(cfg.contains("platform: \"tensorrt_plan\"") && cfg.contains("kind: KIND_GPU"));
+    // No patch-level split for TensorRT plans: no pixel-level model, no patch_tokens output.
+    assert!(!repo.join("tiny_trt_pixel").exists() && !cfg.contains("patch_tokens"));
     schema_check(&repo);
     // Until the plan is built on the GPU the repository is not deployable, and says how to fix it.
     let e = validate_repository(&repo).unwrap_err().to_string();
@@ -231,6 +289,10 @@ fn triton_option_errors() {
         "Triton model name 'a/b'",
     );
     fails(&["--triton-repo", r, "-o", "x.onnx"], "cannot be used with");
+    fails(
+        &["--triton-repo", r, "--patch-split", "cond"],
+        "--patch-split cond is not served by Triton",
+    );
     assert!(
         !repo.join("pixeldit_tiny").exists(),
         "nothing written on option errors"

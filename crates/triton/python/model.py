@@ -2,13 +2,13 @@
 `NAME_pipeline/1/model.py` next to `libpixeldit_triton_pipeline.so` (the crate pixeldit-triton-pipeline, in
 crates/triton/pipeline; this file is crates/triton/python/model.py).
 
-One request (class, or prompt and negative prompt for text-to-image models; seed; optional sampler settings) -> one
-image (UINT8 [3, H, W]) and the final sample x (FP32 [C, H, W]). The sampler, the seeded noise and every check of the
-request run in the Rust library, the same code as `pixeldit-run`; this file only moves tensors: each network forward
-the library asks for becomes a BLS request to the model it names (the denoiser, and for text-to-image models the text
-encoder), so the steps of concurrent requests meet in the denoiser's dynamic batcher. The library reads the model
-configuration's `pixeldit.*` parameters itself. A bad request gets an error response naming the field; the model
-keeps serving.
+One request (class, or prompt and negative prompt for text-to-image models; seed; optional sampler settings and patch
+cache) -> one image (UINT8 [3, H, W]) and the final sample x (FP32 [C, H, W]). The sampler, the seeded noise and every
+check of the request run in the Rust library, the same code as `pixeldit-run`; this file only moves tensors: each
+network forward the library asks for becomes a BLS request to the model it names (the denoiser; for text-to-image
+models the text encoder; with a patch cache the pixel-level model), so the steps of concurrent requests meet in the
+denoiser's dynamic batcher. The library reads the model configuration's `pixeldit.*` parameters itself. A bad request
+gets an error response naming the field; the model keeps serving.
 """
 import ctypes
 import json
@@ -70,6 +70,9 @@ _FIELDS = [
     ("sampler", "sampler", 1, _text),
     ("interval", "interval", 2, lambda a: [_number(a[0]), _number(a[1])]),
     ("shift", "shift", 1, lambda a: _number(a[0])),
+    ("patch_cache", "patch_cache", 1, lambda a: int(a[0])),
+    ("patch_cache_threshold", "patch_cache_threshold", 1, lambda a: _number(a[0])),
+    ("patch_cache_reuse", "patch_cache_reuse", 1, _text),
 ]
 _ERR_LEN = 4096
 

@@ -100,6 +100,13 @@ pub struct PipelineRequest {
     pub interval: Option<(f64, f64)>,
     /// Time shift.
     pub shift: Option<f64>,
+    /// Patch-level step cache: the whole model at every N-th forward (sent as INT32; values past `i32::MAX`, which
+    /// no sampler reaches in forwards, are sent as `i32::MAX`).
+    pub patch_cache: Option<usize>,
+    /// Adaptive patch-level step cache threshold (sent as FP32).
+    pub patch_cache_threshold: Option<f64>,
+    /// With a patch cache: `extrapolate` or `hold`.
+    pub patch_cache_reuse: Option<String>,
 }
 
 impl TritonModel {
@@ -428,6 +435,9 @@ impl TritonModel {
         if let Some(v) = r.shift {
             fp32("shift", &[v as f32]);
         }
+        if let Some(v) = r.patch_cache_threshold {
+            fp32("patch_cache_threshold", &[v as f32]);
+        }
         let text = |v: &str| JsonData::Bytes(vec![v.to_string()]);
         if let Some(v) = r.class {
             inputs.push(InferInput::json("class", "INT64", one(), JsonData::I64(vec![v])));
@@ -448,6 +458,18 @@ impl TritonModel {
         }
         if let Some(v) = &r.sampler {
             inputs.push(InferInput::json("sampler", "BYTES", one(), text(v)));
+        }
+        if let Some(n) = r.patch_cache {
+            let n = i64::from(i32::try_from(n).unwrap_or(i32::MAX));
+            inputs.push(InferInput::json(
+                "patch_cache",
+                "INT32",
+                one(),
+                JsonData::I64(vec![n]),
+            ));
+        }
+        if let Some(v) = &r.patch_cache_reuse {
+            inputs.push(InferInput::json("patch_cache_reuse", "BYTES", one(), text(v)));
         }
         let header = InferRequest {
             inputs,

@@ -16,7 +16,7 @@ use crate::pb::inference::{
     ModelOutput, ModelParameter, ModelTensorReshape,
 };
 use pixeldit_spec::io::{model_io, IoTensor, IoType};
-use pixeldit_spec::{AttentionMode, ModelMetadata, Precision, META_KEY};
+use pixeldit_spec::{AttentionMode, ModelMetadata, PatchCut, Precision, META_KEY};
 use std::fmt;
 
 /// Name of the configuration file in a model directory.
@@ -291,12 +291,107 @@ pub fn expected_dims(t: &IoTensor, max_batch_size: usize) -> Vec<i64> {
     }
 }
 
+/// Name of the cut tensor Triton serves: the patch tokens ([`PatchCut::Tokens`]), an extra output of the denoiser
+/// and an input of its pixel-level model.
+pub const PATCH_TOKENS: &str = "patch_tokens";
+/// Config parameter marking the pixel-level model (`<denoiser>_pixel`); its value is the cut
+/// ([`pixeldit_spec::PIXEL_LEVEL_KEY`]).
+pub const PIXEL_LEVEL_PARAM: &str = pixeldit_spec::PIXEL_LEVEL_KEY;
+/// Pipeline config parameter naming the pixel-level model the patch cache calls (absent: no patch cache).
+pub const PIXEL_MODEL_KEY: &str = "pixeldit.pixel_model";
+
+/// The pixel-level model's name for a denoiser: `<denoiser>_pixel`.
+pub fn pixel_model_name(denoiser: &str) -> String {
+    format!("{denoiser}_pixel")
+}
+
+/// The tensors of a model's patch-level split as Triton serves it ([`split_io`]).
+#[derive(Debug, Clone)]
+pub struct SplitIo {
+    /// The cut tensor `patch_tokens [-1, L, D]` (L patches of width D): an extra output of the denoiser.
+    pub cut: IoTensor,
+    /// Inputs of the pixel-level model: `x`, `t` and the cut tensor.
+    pub pixel_inputs: Vec<IoTensor>,
+    /// Outputs of the pixel-level model: the velocity `v`.
+    pub pixel_outputs: Vec<IoTensor>,
+}
+
+/// The split I/O of a model whose metadata has a patch-level split (`None` without one). Only the `tokens` cut is
+/// served: the `cond` tensor `[B*L, D]` has no batch axis Triton could batch.
+pub fn split_io(meta: &ModelMetadata) -> Result<Option<SplitIo>> {
+    let Some(split) = &meta.patch_split else {
+        return Ok(None);
+    };
+    if split.cut != PatchCut::Tokens || split.tensor != PATCH_TOKENS {
+        return Err(TritonError::Options(format!(
+            "{}: Triton serves the patch-level split at the tokens cut ('{PATCH_TOKENS}'), not '{}' ('{}'): export \
+             with --patch-split tokens (the default) or --no-patch-split",
+            meta.config.name, split.cut, split.tensor
+        )));
+    }
+    let c = &meta.config;
+    let patches = (meta.height / c.patch_size) * (meta.width / c.patch_size);
+    let cut = IoTensor {
+        name: PATCH_TOKENS,
+        dtype: IoType::F32,
+        dims: vec![-1, patches as i64, c.hidden_size as i64],
+        doc: "patch tokens after the last patch block (the patch-level step cache)",
+    };
+    let (inputs, outputs) = model_io(c, meta.height, meta.width);
+    let mut pixel_inputs: Vec<IoTensor> = inputs
+        .into_iter()
+        .filter(|t| t.name == "x" || t.name == "t")
+        .collect();
+    pixel_inputs.push(cut.clone());
+    Ok(Some(SplitIo {
+        cut,
+        pixel_inputs,
+        pixel_outputs: outputs,
+    }))
+}
+
 /// The `ModelConfig` of an exported model named `name`, from its metadata (image size, channels, precision) and
-/// the I/O contract (C2I `x, t, y` or T2I `x, t, text`).
+/// the I/O contract (C2I `x, t, y` or T2I `x, t, text`; with a patch-level split also the output `patch_tokens`).
 pub fn model_config(meta: &ModelMetadata, name: &str, opts: &TritonOptions) -> Result<ModelConfig> {
+    let (inputs, mut outputs) = model_io(&meta.config, meta.height, meta.width);
+    if let Some(split) = split_io(meta)? {
+        outputs.push(split.cut);
+    }
+    tensors_config(meta, name, opts, &inputs, &outputs, vec![])
+}
+
+/// The `ModelConfig` of the pixel level of the model with metadata `meta` (inputs `x`, `t`, `patch_tokens`, output
+/// `v`), served as `name` (see [`pixel_model_name`]) with the denoiser's batching options; marked with the
+/// [`PIXEL_LEVEL_PARAM`] parameter. An error when `meta` has no (servable) split.
+pub fn pixel_model_config(meta: &ModelMetadata, name: &str, opts: &TritonOptions) -> Result<ModelConfig> {
+    let split = split_io(meta)?.ok_or_else(|| {
+        TritonError::Options(format!(
+            "{}: the export has no patch-level split (--no-patch-split), so there is no pixel-level model",
+            meta.config.name
+        ))
+    })?;
+    let marker = (PIXEL_LEVEL_PARAM, PatchCut::Tokens.to_string());
+    tensors_config(
+        meta,
+        name,
+        opts,
+        &split.pixel_inputs,
+        &split.pixel_outputs,
+        vec![marker],
+    )
+}
+
+/// The `ModelConfig` of a graph with these inputs and outputs; the metadata and `extra` go to the parameters.
+fn tensors_config(
+    meta: &ModelMetadata,
+    name: &str,
+    opts: &TritonOptions,
+    inputs: &[IoTensor],
+    outputs: &[IoTensor],
+    extra: Vec<(&str, String)>,
+) -> Result<ModelConfig> {
     check_model_name(name)?;
     opts.check()?;
-    let (inputs, outputs) = model_io(&meta.config, meta.height, meta.width);
     let mbs = opts.max_batch_size;
     let input = inputs
         .iter()
@@ -355,14 +450,10 @@ pub fn model_config(meta: &ModelMetadata, name: &str, opts: &TritonOptions) -> R
             ..Default::default()
         }
     });
-    let parameters = [(
-        META_KEY.to_string(),
-        ModelParameter {
-            string_value: meta.to_json(),
-        },
-    )]
-    .into_iter()
-    .collect();
+    let parameters = std::iter::once((META_KEY, meta.to_json()))
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), ModelParameter { string_value: v }))
+        .collect();
     Ok(ModelConfig {
         name: name.to_string(),
         platform: opts.platform.as_str().to_string(),

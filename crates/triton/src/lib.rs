@@ -8,7 +8,9 @@
 //!   ([`validate_repository`]).
 //! * [`pipeline`]: the `NAME_pipeline` model beside a denoiser (python backend `python/model.py`, embedded, + the
 //!   sampler library of the crate `pixeldit-triton-pipeline`): one request, one image, forwards as BLS requests to
-//!   the denoiser. Its file names and config parameter keys are in [`config`].
+//!   the denoiser (and, for requests with a patch cache, to the pixel-level model `NAME_pixel`,
+//!   [`config::pixel_model_config`], [`repository::write_pixel_model`]). Its file names and config parameter keys are
+//!   in [`config`].
 //! * [`kserve`]: the KServe v2 wire format (typed request and response bodies, binary tensor extension).
 //! * [`client`]: [`TritonModel`], a served model behind the runtime's `Backend` trait (KServe v2 HTTP, binary
 //!   tensors).

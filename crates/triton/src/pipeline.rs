@@ -6,8 +6,14 @@
 //!
 //! Inputs (KServe v2): `class` INT64 [1] (class-conditional) or `prompt` BYTES [1] and optional `negative_prompt`
 //! BYTES [1] (text-to-image), `seed` UINT64 [1]; optional `index` UINT64 [1] (position in the seed's noise stream),
-//! `steps` INT32 [1], `cfg` FP32 [1], `sampler` BYTES [1] (class-conditional), `interval` FP32 [2], `shift` FP32 [1].
-//! Outputs: `image` UINT8 [3, H, W], `x` FP32 [C, H, W].
+//! `steps` INT32 [1], `cfg` FP32 [1], `sampler` BYTES [1] (class-conditional), `interval` FP32 [2], `shift` FP32 [1],
+//! and the patch-level step cache (`pixeldit-run --patch-cache`): `patch_cache` INT32 [1] (N >= 1) or
+//! `patch_cache_threshold` FP32 [1] (> 0), with `patch_cache_reuse` BYTES [1] (`extrapolate` or `hold`). Outputs:
+//! `image` UINT8 [3, H, W], `x` FP32 [C, H, W].
+//!
+//! Cached requests run the denoiser (which then also outputs `patch_tokens`) on full forwards and the pixel-level
+//! model `<denoiser>_pixel` ([`crate::config::pixel_model_name`]) in between; a repository exported with
+//! `--no-patch-split` has no pixel model and refuses them.
 //!
 //! A text-to-image pipeline also needs the exported text encoder, served beside it as `<denoiser>_text_encoder`
 //! (onnxruntime, inputs `input_ids`/`attention_mask` [-1, S], output `last_hidden_state` [-1, S, D]), and its
@@ -15,8 +21,8 @@
 
 use crate::config::{
     check_model_name, config_text, Platform, CONFIG_FILE, DENOISER_KEY, DENOISER_MBS_KEY, LIBRARY_FILE,
-    LIBRARY_KEY, MODEL_PY_FILE, ONNX_FILE, README_FILE, TEXT_ENCODER_KEY, TEXT_ENCODER_META_PARAM,
-    TOKENIZER_FILE, TOKENIZER_KEY, VERSION,
+    LIBRARY_KEY, MODEL_PY_FILE, ONNX_FILE, PIXEL_MODEL_KEY, README_FILE, TEXT_ENCODER_KEY,
+    TEXT_ENCODER_META_PARAM, TOKENIZER_FILE, TOKENIZER_KEY, VERSION,
 };
 use crate::error::{Result, TritonError};
 use crate::pb::inference::model_instance_group::Kind;
@@ -48,6 +54,8 @@ pub struct PipelineOptions {
     pub library: PathBuf,
     /// Text-to-image models: the encoder and tokenizer served beside the pipeline.
     pub text: Option<TextPipeline>,
+    /// The pixel-level model for the patch cache (`<denoiser>_pixel`), when the repository has one.
+    pub pixel_model: Option<String>,
 }
 
 /// The text side of a text-to-image pipeline: the exported encoder (`pixeldit-export --text-encoder`) and its
@@ -164,6 +172,10 @@ pub fn pipeline_config(
         (DENOISER_MBS_KEY, opts.denoiser_max_batch_size.to_string()),
         (LIBRARY_KEY, LIBRARY_FILE.to_string()),
     ];
+    if let Some(pixel) = &opts.pixel_model {
+        check_model_name(pixel)?;
+        params.push((PIXEL_MODEL_KEY, pixel.clone()));
+    }
     let mut inputs = match text {
         None => vec![input("class", DataType::TypeInt64, vec![1], false)],
         Some(enc) => {
@@ -188,6 +200,9 @@ pub fn pipeline_config(
     inputs.extend([
         input("interval", DataType::TypeFp32, vec![2], true),
         input("shift", DataType::TypeFp32, vec![1], true),
+        input("patch_cache", DataType::TypeInt32, vec![1], true),
+        input("patch_cache_threshold", DataType::TypeFp32, vec![1], true),
+        input("patch_cache_reuse", DataType::TypeString, vec![1], true),
     ]);
     Ok(ModelConfig {
         name: pipeline_name(denoiser),
@@ -257,14 +272,26 @@ pub fn write_pipeline(repo: &Path, meta: &ModelMetadata, opts: &PipelineOptions)
         copy_atomic(&t.tokenizer, &version.join(TOKENIZER_FILE))?;
     }
     write_atomic(&dir.join(CONFIG_FILE), config_text(&cfg).as_bytes())?;
-    let readme = pipeline_readme(&cfg.name, meta, &opts.denoiser, enc_meta.is_some());
+    let readme = pipeline_readme(
+        &cfg.name,
+        meta,
+        &opts.denoiser,
+        enc_meta.is_some(),
+        opts.pixel_model.as_deref(),
+    );
     write_atomic(&dir.join(README_FILE), readme.as_bytes())?;
     crate::repository::validate_model_dir(&dir, false)?;
     Ok(dir)
 }
 
 /// The `README.txt` of pipeline model `name` for `denoiser`: what it runs, its inputs and outputs, a curl example.
-fn pipeline_readme(name: &str, meta: &ModelMetadata, denoiser: &str, text: bool) -> String {
+fn pipeline_readme(
+    name: &str,
+    meta: &ModelMetadata,
+    denoiser: &str,
+    text: bool,
+    pixel: Option<&str>,
+) -> String {
     let conditions = if text {
         format!(
             "prompt BYTES [1] (optional negative_prompt BYTES [1]; tokenized with {VERSION}/{TOKENIZER_FILE} and \
@@ -279,7 +306,8 @@ fn pipeline_readme(name: &str, meta: &ModelMetadata, denoiser: &str, text: bool)
          Triton python backend: {VERSION}/{MODEL_PY_FILE} loads {VERSION}/{LIBRARY_FILE} (pixeldit's sampler, the\n\
          same code as pixeldit-run) and sends every network forward to {denoiser} as a BLS request.\n\
          Inputs: {conditions}, seed UINT64 [1]; optional index UINT64 [1], steps INT32 [1], cfg FP32 [1],\n\
-         sampler BYTES [1] (class-conditional), interval FP32 [2], shift FP32 [1].\n\
+         sampler BYTES [1] (class-conditional), interval FP32 [2], shift FP32 [1], patch_cache INT32 [1] or\n\
+         patch_cache_threshold FP32 [1] with patch_cache_reuse BYTES [1] (patch-level step cache{cache}).\n\
          Outputs: image UINT8 [3,H,W], x FP32 [C,H,W].\n\
          Example: curl -X POST localhost:8000/v2/models/{name}/infer -d \
          '{{\"inputs\":[{{\"name\":\"class\",\"datatype\":\"INT64\",\"shape\":[1],\"data\":[3]}},\
@@ -288,6 +316,10 @@ fn pipeline_readme(name: &str, meta: &ModelMetadata, denoiser: &str, text: bool)
         h = meta.height,
         w = meta.width,
         prec = meta.precision,
+        cache = match pixel {
+            Some(p) => format!(": pixel level {p}"),
+            None => ": not in this repository, exported without the patch-level split".into(),
+        },
     )
 }
 

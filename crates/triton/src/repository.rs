@@ -14,8 +14,9 @@
 //! numeric version folders with the model file, and the model name equal to its directory.
 
 use crate::config::{
-    config_text, data_type, default_model_name, expected_dims, model_config, trtexec_command, Platform,
-    TritonOptions, CONFIG_FILE, DENOISER_KEY, MODEL_PY_FILE, ONNX_FILE, PLAN_FILE, README_FILE, VERSION,
+    config_text, data_type, default_model_name, expected_dims, model_config, pixel_model_config, split_io,
+    trtexec_command, Platform, TritonOptions, CONFIG_FILE, DENOISER_KEY, MODEL_PY_FILE, ONNX_FILE,
+    PIXEL_LEVEL_PARAM, PLAN_FILE, README_FILE, VERSION,
 };
 use crate::error::{Result, TritonError};
 use crate::pb::inference::model_config::SchedulingChoice;
@@ -114,6 +115,57 @@ pub fn write_model_config(
         onnx_path: onnx,
         trtexec,
     })
+}
+
+/// Writes `<repo>/<name>/` for the pixel level of the denoiser with metadata `meta` (onnxruntime only): moves the
+/// pixel-level ONNX `pixel_onnx` (`<denoiser>.pixel.onnx`, written beside the denoiser's ONNX) and its external data
+/// file, under the name the ONNX refers to, into `1/`, writes config.pbtxt ([`pixel_model_config`]) and validates
+/// the directory; returns it.
+pub fn write_pixel_model(
+    repo: &Path,
+    meta: &ModelMetadata,
+    name: &str,
+    opts: &TritonOptions,
+    pixel_onnx: &Path,
+) -> Result<PathBuf> {
+    if opts.platform != Platform::OnnxRuntime {
+        return Err(TritonError::Options(format!(
+            "the pixel-level model {name} is written for platform {} only",
+            Platform::OnnxRuntime
+        )));
+    }
+    let opts = TritonOptions {
+        model_name: Some(name.to_string()),
+        ..opts.clone()
+    };
+    let cfg = pixel_model_config(meta, name, &opts)?;
+    let dir = repo.join(name);
+    let version = dir.join(VERSION.to_string());
+    std::fs::create_dir_all(&version).map_err(|e| TritonError::io(&version, e))?;
+    let file_name = pixel_onnx
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let data = pixel_onnx.with_file_name(format!("{file_name}.data"));
+    if data.is_file() {
+        let to = version.join(format!("{file_name}.data"));
+        std::fs::rename(&data, &to).map_err(|e| TritonError::io(&to, e))?;
+    }
+    let to = version.join(ONNX_FILE);
+    std::fs::rename(pixel_onnx, &to).map_err(|e| TritonError::io(&to, e))?;
+    write_atomic(&dir.join(CONFIG_FILE), config_text(&cfg).as_bytes())?;
+    let readme = format!(
+        "{name}: the pixel level of PixelDiT {preset} {h}x{w} {prec} (inputs x, t, patch_tokens; output v), called\n\
+         by the pipeline model for requests with a patch cache (patch_cache / patch_cache_threshold): the denoiser's\n\
+         output patch_tokens is reused across steps and only this model runs in between.\n",
+        preset = meta.config.name,
+        h = meta.height,
+        w = meta.width,
+        prec = meta.precision,
+    );
+    write_atomic(&dir.join(README_FILE), readme.as_bytes())?;
+    validate_model_dir(&dir, false)?;
+    Ok(dir)
 }
 
 /// What [`validate_model_dir`] found in a valid model directory.
@@ -366,10 +418,32 @@ fn check_io_contract(
 ) {
     let mbs = i64::from(cfg.max_batch_size);
     let is_pipeline = cfg.parameters.contains_key(DENOISER_KEY);
+    let is_pixel_level = cfg.parameters.contains_key(PIXEL_LEVEL_PARAM);
     if let Some(p) = cfg.parameters.get(META_KEY).filter(|_| !is_pipeline) {
         match ModelMetadata::from_json(&p.string_value) {
             Ok(meta) => {
-                let (ins, outs) = model_io(&meta.config, meta.height, meta.width);
+                let split = match split_io(&meta) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        problems.push(format!("parameter '{META_KEY}': {e}"));
+                        return;
+                    }
+                };
+                let (ins, mut outs) = model_io(&meta.config, meta.height, meta.width);
+                let (ins, outs) = match (split, is_pixel_level) {
+                    (Some(s), true) => (s.pixel_inputs, s.pixel_outputs),
+                    (None, true) => {
+                        problems.push(format!(
+                            "a pixel-level model ('{PIXEL_LEVEL_PARAM}') of a model without a patch-level split"
+                        ));
+                        return;
+                    }
+                    (Some(s), false) => {
+                        outs.push(s.cut);
+                        (ins, outs)
+                    }
+                    (None, false) => (ins, outs),
+                };
                 for t in ins.iter().chain(outs.iter()) {
                     let expected = expected_dims(t, mbs.max(0) as usize);
                     let ty = data_type(t.dtype);

@@ -243,6 +243,7 @@ fn pipeline_config_is_read_by_the_sampler_library() {
         (w::TEXT_ENCODER_META_PARAM, r::TEXT_ENCODER_META_PARAM),
         (w::TOKENIZER_KEY, r::TOKENIZER_KEY),
         (w::TOKENIZER_FILE, r::TOKENIZER_FILE),
+        (w::PIXEL_MODEL_KEY, r::PIXEL_MODEL_KEY),
     ] {
         assert_eq!(written, read);
     }
@@ -258,6 +259,7 @@ fn pipeline_config_is_read_by_the_sampler_library() {
         instances: 2,
         library: PathBuf::from("unused.so"),
         text: None,
+        pixel_model: Some("pixeldit_tiny_pixel".into()),
     };
     let cfg = pixeldit_triton::pipeline::pipeline_config(&m, &opts, None).unwrap();
     let params: serde_json::Map<String, serde_json::Value> = cfg
@@ -271,6 +273,83 @@ fn pipeline_config_is_read_by_the_sampler_library() {
     assert_eq!(read.denoiser, "pixeldit_tiny");
     assert_eq!(read.denoiser_max_batch_size, 8);
     assert_eq!(read.text_encoder, None);
+    assert_eq!(read.pixel_model.as_deref(), Some("pixeldit_tiny_pixel"));
+    // A pixel-level model for metadata without a split is a configuration error.
+    let e = pixeldit_triton_pipeline::Pipeline::new(&read)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("has no patch-level split"), "{e}");
+    let read = pixeldit_triton_pipeline::PipelineConfig {
+        pixel_model: None,
+        ..read
+    };
     let p = pixeldit_triton_pipeline::Pipeline::new(&read).unwrap();
     assert_eq!(p.sample_shape(), [m.config.in_channels, 32, 32]);
+}
+
+/// With a patch-level split the denoiser declares `patch_tokens` and `write_pixel_model` moves the pixel level into
+/// `<denoiser>_pixel` with its own config (`x, t, patch_tokens -> v`), which validates; the checks catch a pixel
+/// model missing its cut input and one for a model without a split; the `cond` cut is refused.
+#[test]
+fn pixel_level_model_is_written_and_validated() {
+    use pixeldit_spec::{PatchCut, PatchSplit};
+    use pixeldit_triton::config::{pixel_model_config, pixel_model_name};
+    use pixeldit_triton::repository::write_pixel_model;
+    let mut m = meta("tiny", Precision::Fp32);
+    m.patch_split = Some(PatchSplit {
+        cut: PatchCut::Tokens,
+        tensor: "patch_tokens".into(),
+        pixel_model: "model.pixel.onnx".into(),
+    });
+    let opts = TritonOptions::default();
+    let d = tempfile::tempdir().unwrap();
+    let onnx = onnx_path(d.path(), "m", opts.platform);
+    std::fs::create_dir_all(onnx.parent().unwrap()).unwrap();
+    std::fs::write(&onnx, b"onnx").unwrap();
+    let pixel_onnx = pixeldit_spec::pixel_level_path(&onnx);
+    std::fs::write(&pixel_onnx, b"pixel").unwrap();
+    std::fs::write(pixel_onnx.with_file_name("model.pixel.onnx.data"), b"data").unwrap();
+    let named = TritonOptions {
+        model_name: Some("m".into()),
+        ..opts.clone()
+    };
+    write_model_config(d.path(), &m, &named).unwrap();
+    let text = std::fs::read_to_string(d.path().join("m").join(CONFIG_FILE)).unwrap();
+    assert!(text.contains("name: \"patch_tokens\""), "{text}");
+    let name = pixel_model_name("m");
+    assert_eq!(name, "m_pixel");
+    let dir = write_pixel_model(d.path(), &m, &name, &opts, &pixel_onnx).unwrap();
+    assert_eq!(std::fs::read(dir.join("1").join(ONNX_FILE)).unwrap(), b"pixel");
+    assert_eq!(
+        std::fs::read(dir.join("1/model.pixel.onnx.data")).unwrap(),
+        b"data"
+    );
+    assert!(!pixel_onnx.exists());
+    let models = validate_repository(d.path()).unwrap();
+    assert_eq!(models.len(), 2);
+    let cfg = pixel_model_config(&m, &name, &opts).unwrap();
+    let inputs: Vec<&str> = cfg.input.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(inputs, ["x", "t", "patch_tokens"]);
+    assert_eq!(cfg.output[0].name, "v");
+    // The cut input missing; then a pixel model whose metadata has no split.
+    edit(&dir, "name: \"patch_tokens\"", "name: \"tokens\"");
+    let e = err(&dir);
+    assert!(
+        e.contains("m_pixel: tensor 'patch_tokens' of the exported model is not declared"),
+        "{e}"
+    );
+    edit(&dir, "name: \"tokens\"", "name: \"patch_tokens\"");
+    edit(&dir, ",\\\"patch_split\\\"", ",\\\"unused\\\"");
+    let e = err(&dir);
+    assert!(
+        e.contains("a pixel-level model ('pixeldit.pixel_level') of a model without a patch-level split"),
+        "{e}"
+    );
+    // No split: no pixel model; the cond cut: refused, naming the way out.
+    let plain = meta("tiny", Precision::Fp32);
+    let e = pixel_model_config(&plain, "p", &opts).unwrap_err().to_string();
+    assert!(e.contains("no patch-level split"), "{e}");
+    m.patch_split.as_mut().unwrap().cut = PatchCut::Cond;
+    let e = model_config(&m, "m", &opts).unwrap_err().to_string();
+    assert!(e.contains("--patch-split tokens"), "{e}");
 }

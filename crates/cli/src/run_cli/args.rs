@@ -88,8 +88,9 @@ pub(crate) struct SampleArgs {
     pub(crate) interval: Option<(f64, f64)>,
     /// Patch-level step cache: run the whole model at every N-th forward and only the pixel level in between, on
     /// the patch tokens of the last whole forward (per set of condition rows; 1 = every forward, the uncached
-    /// result). Needs the pixel-level graph `<model>.pixel.onnx` that pixeldit-export writes by default. See
-    /// README "Patch-level step cache" for speed and quality per setting. [default: off]
+    /// result). Needs the pixel-level graph `<model>.pixel.onnx` that pixeldit-export writes by default; with
+    /// --triton, the server's pipeline model runs it (calling NAME_pixel). See README "Patch-level step cache" for
+    /// speed and quality per setting. [default: off]
     #[arg(long, value_name = "N", conflicts_with = "patch_cache_threshold")]
     pub(crate) patch_cache: Option<usize>,
     /// Adaptive patch-level cache: run the whole model when the relative L1 change of the model input x,

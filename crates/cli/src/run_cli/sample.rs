@@ -46,6 +46,10 @@ impl Source {
             sampler: a.sampler.map(|s| s.to_string()),
             interval: a.interval,
             shift: a.shift,
+            patch_cache: a.patch_cache,
+            patch_cache_threshold: a.patch_cache_threshold,
+            patch_cache_reuse: (a.patch_cache.is_some() || a.patch_cache_threshold.is_some())
+                .then(|| a.patch_cache_reuse.to_string()),
             ..Default::default()
         };
         match self {
@@ -113,9 +117,6 @@ fn sampler_report(s: &SamplerConfig) -> (serde_json::Value, String) {
 pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
     let scfg = sampler_config(a, &target.meta)?;
     let patch_cache = a.patch_cache()?;
-    if patch_cache.is_some() && a.triton.is_some() {
-        bail!("--patch-cache runs locally: the Triton server runs whole forwards (drop --triton or the cache flag)");
-    }
     let source = match target.meta.config.kind {
         ModelKind::C2i => class::source(a, &target)?,
         ModelKind::T2i => text::source(a, &target)?,
@@ -124,6 +125,12 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
     report["conditions"] = source.report(a);
     if target.pipeline.is_some() && a.noise.is_none() {
         if let Some(requests) = source.pipeline_requests(a) {
+            if let Some(policy) = patch_cache {
+                report["patch_cache"] = serde_json::json!({
+                    "policy": policy.to_string(),
+                    "reuse": a.patch_cache_reuse.to_string(),
+                });
+            }
             let out_paths = checked_outputs(a, requests.len())?;
             return remote::sample_in_server(
                 a,
@@ -135,6 +142,21 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
                 report,
             );
         }
+    }
+    if patch_cache.is_some() && a.triton.is_some() {
+        let why = if a.triton_step_wise {
+            "--triton-step-wise drives whole forwards from this client"
+        } else if a.noise.is_some() {
+            "--noise runs step-wise from this client"
+        } else if target.pipeline.is_none() {
+            "the server has no pipeline model NAME_pipeline ready"
+        } else {
+            "embedding files run step-wise from this client"
+        };
+        bail!(
+            "--patch-cache with --triton runs in the server's pipeline model (it calls the pixel-level model \
+             NAME_pixel), but {why}: drop the cache flag, or run locally"
+        );
     }
     // The image count and output paths are checked before the text encoder runs, when the count is known.
     let known_paths = source.count().map(|k| checked_outputs(a, k)).transpose()?;

@@ -19,6 +19,8 @@ pub const TEXT_ENCODER_KEY: &str = "pixeldit.text_encoder_model";
 pub const TEXT_ENCODER_META_PARAM: &str = "pixeldit.text_encoder_metadata";
 /// Parameter naming the tokenizer file in the version folder (text-to-image pipelines).
 pub const TOKENIZER_KEY: &str = "pixeldit.tokenizer";
+/// Parameter naming the pixel-level model of the patch cache (absent: cached requests are refused).
+pub const PIXEL_MODEL_KEY: &str = "pixeldit.pixel_model";
 /// The tokenizer's file name when [`TOKENIZER_KEY`] is absent.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
@@ -38,6 +40,8 @@ pub struct PipelineConfig {
     pub text_encoder_metadata: Option<String>,
     /// Text-to-image: path of `tokenizer.json`.
     pub tokenizer: Option<PathBuf>,
+    /// The pixel-level model's Triton name (`<denoiser>_pixel`), when the repository has one.
+    pub pixel_model: Option<String>,
 }
 
 /// The parts of Triton's model configuration (JSON, as the python backend gets it) read here.
@@ -88,6 +92,7 @@ impl PipelineConfig {
             text_encoder,
             text_encoder_metadata,
             tokenizer,
+            pixel_model: get(PIXEL_MODEL_KEY),
         })
     }
 }

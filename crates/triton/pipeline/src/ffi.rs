@@ -587,6 +587,43 @@ mod tests {
                 r#"{"class": 1, "cfg": "x"}"#,
                 "field 'cfg': invalid value: string \"x\", expected a number",
             ),
+            (
+                r#"{"class": 1, "patch_cache": 0}"#,
+                "patch_cache 0: expected N >= 1",
+            ),
+            (
+                r#"{"class": 1, "patch_cache": -3}"#,
+                "patch_cache -3: expected N >= 1",
+            ),
+            (
+                r#"{"class": 1, "patch_cache": 1.5}"#,
+                "field 'patch_cache': invalid type",
+            ),
+            (
+                r#"{"class": 1, "patch_cache_threshold": "nan"}"#,
+                "patch_cache_threshold NaN: expected a finite number > 0",
+            ),
+            (
+                r#"{"class": 1, "patch_cache_threshold": 0}"#,
+                "patch_cache_threshold 0: expected a finite number > 0",
+            ),
+            (
+                r#"{"class": 1, "patch_cache": 2, "patch_cache_threshold": 0.5}"#,
+                "patch_cache and patch_cache_threshold exclude each other",
+            ),
+            (
+                r#"{"class": 1, "patch_cache": 2, "patch_cache_reuse": "copy"}"#,
+                "patch_cache_reuse 'copy': expected extrapolate or hold",
+            ),
+            (
+                r#"{"class": 1, "patch_cache_reuse": "hold"}"#,
+                "patch_cache_reuse needs patch_cache or patch_cache_threshold",
+            ),
+            // A model exported without the split (--no-patch-split): cached requests are refused before any forward.
+            (
+                r#"{"class": 1, "patch_cache": 2}"#,
+                "patch cache (every 2) requested, but tiny has no patch-level split",
+            ),
         ] {
             let (rc, msg, _) = generate(req);
             assert_eq!(rc, PIXELDIT_BAD_REQUEST, "{req}: {msg}");

@@ -8,13 +8,14 @@ use crate::request::{sampler_config, Request};
 use crate::{PipelineError, Result, MAX_PROMPT_BYTES};
 use ndarray::{Array3, ArrayD, Axis};
 use pixeldit_runtime::backend::Backend;
-use pixeldit_runtime::generate::{self, ImageShape, Noise, Request as GenerationRequest};
+use pixeldit_runtime::generate::{self, ImageShape, Noise, Request as GenerationRequest, VelocityModel};
+use pixeldit_runtime::patch_cache::{CachePolicy, CachedDenoiser, Reuse};
 use pixeldit_runtime::prompt::{PromptKind, PromptTokenizer};
 use pixeldit_runtime::tensor::Feed;
 use pixeldit_runtime::text_encoder::TextEncoder;
 use pixeldit_runtime::{io, Conditions, Denoiser, RuntimeError};
 use pixeldit_spec::text_encoder::{TextEncoderMetadata, ATTENTION_MASK, INPUT_IDS, LAST_HIDDEN_STATE};
-use pixeldit_spec::{ModelKind, ModelMetadata};
+use pixeldit_spec::{ModelKind, ModelMetadata, PatchSplit};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -33,6 +34,8 @@ pub struct Pipeline {
     /// The denoiser batches (`max_batch_size > 0`): its batch-only inputs are sent as `[B, 1]`.
     denoiser_batches: bool,
     text: Option<TextSide>,
+    /// The pixel-level model of the patch cache, when the repository has one.
+    pixel_model: Option<String>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -41,6 +44,7 @@ impl std::fmt::Debug for Pipeline {
             .field("model", &self.meta.config.name)
             .field("denoiser", &self.denoiser)
             .field("text_encoder", &self.text.as_ref().map(|t| &t.encoder_name))
+            .field("pixel_model", &self.pixel_model)
             .finish()
     }
 }
@@ -113,11 +117,21 @@ impl Pipeline {
                 })
             }
         };
+        if let Some(p) = &cfg.pixel_model {
+            crate::callback::check_model_name(p)?;
+            if meta.patch_split.is_none() {
+                return Err(PipelineError::Config(format!(
+                    "pixel-level model '{p}' given, but {} has no patch-level split",
+                    meta.config.name
+                )));
+            }
+        }
         Ok(Pipeline {
             meta,
             denoiser: cfg.denoiser.clone(),
             denoiser_batches: cfg.denoiser_max_batch_size > 0,
             text,
+            pixel_model: cfg.pixel_model.clone(),
         })
     }
 
@@ -130,6 +144,7 @@ impl Pipeline {
     /// checked before any forward (text-to-image: before the prompt is encoded).
     pub fn generate(&self, req: &Request, calls: &Callbacks) -> Result<Generated> {
         let sampler = sampler_config(&self.meta, req)?;
+        let cache = self.cache_setup(req)?;
         let noise = Noise::Seeded {
             seed: req.seed,
             first_index: req.index,
@@ -139,10 +154,29 @@ impl Pipeline {
         let (inputs, outputs) =
             pixeldit_spec::io::model_io(&self.meta.config, self.meta.height, self.meta.width);
         let input_names: Vec<&str> = inputs.iter().map(|t| t.name).collect();
-        let output_names: Vec<&str> = outputs.iter().map(|t| t.name).collect();
+        let mut output_names: Vec<&str> = outputs.iter().map(|t| t.name).collect();
+        if let Some((split, _, _, _)) = &cache {
+            output_names.push(split.tensor.as_str());
+        }
         let backend = CallbackBackend::new(*calls, &self.denoiser, &input_names, &output_names)?
             .with_batch_inputs_2d(self.denoiser_batches);
-        let mut denoiser = Denoiser::new(Box::new(backend), &self.meta);
+        let denoiser = Denoiser::new(Box::new(backend), &self.meta);
+        let mut model: Box<dyn VelocityModel> = match cache {
+            None => Box::new(denoiser),
+            Some((split, pixel_model, policy, reuse)) => {
+                let (x, t, _) = denoiser.input_names();
+                let pixel_inputs = [x.as_str(), t.as_str(), split.tensor.as_str()];
+                let pixel = CallbackBackend::new(*calls, pixel_model, &pixel_inputs, &output_names[..1])?
+                    .with_batch_inputs_2d(self.denoiser_batches);
+                Box::new(CachedDenoiser::new(
+                    denoiser,
+                    Box::new(pixel),
+                    split,
+                    policy,
+                    reuse,
+                )?)
+            }
+        };
         let conditions = match &self.text {
             None => self.class_conditions(req)?,
             Some(text) => {
@@ -161,7 +195,7 @@ impl Pipeline {
             image: ImageShape::of(&self.meta),
             noise,
         };
-        let x = generate::generate(&mut denoiser, &request, &mut |_| {})?
+        let x = generate::generate(model.as_mut(), &request, &mut |_| {})?
             .x
             .index_axis_move(Axis(0), 0);
         let [_, h, w] = self.sample_shape();
@@ -173,6 +207,31 @@ impl Pipeline {
             }
         }
         Ok(Generated { image, x })
+    }
+
+    /// The patch cache a request asks for, checked against what the repository serves: the split, the pixel-level
+    /// model's name, the policy and the reuse (`None`: uncached).
+    fn cache_setup(&self, req: &Request) -> Result<Option<(&PatchSplit, &str, CachePolicy, Reuse)>> {
+        let Some((policy, reuse)) = req.patch_cache()? else {
+            return Ok(None);
+        };
+        let refuse = |why: &str| {
+            PipelineError::Request(format!(
+                "patch cache ({policy}) requested, but {why}: pixeldit-export --triton-repo writes the \
+                 pixel-level model {} for onnxruntime_onnx repositories without --no-patch-split",
+                pixel_model_name(&self.denoiser)
+            ))
+        };
+        let split = self
+            .meta
+            .patch_split
+            .as_ref()
+            .ok_or_else(|| refuse(&format!("{} has no patch-level split", self.meta.config.name)))?;
+        let pixel = self
+            .pixel_model
+            .as_deref()
+            .ok_or_else(|| refuse("the repository has no pixel-level model"))?;
+        Ok(Some((split, pixel, policy, reuse)))
     }
 
     /// The class of a request to a class-conditional model, checked.
@@ -239,4 +298,10 @@ impl Pipeline {
         let (cond, uncond) = encoded?;
         Ok(Conditions::text(cond, uncond))
     }
+}
+
+/// The pixel-level model's name for a denoiser, `<denoiser>_pixel` (as `pixeldit_triton::config::pixel_model_name`
+/// writes it; only for messages here).
+fn pixel_model_name(denoiser: &str) -> String {
+    format!("{denoiser}_pixel")
 }

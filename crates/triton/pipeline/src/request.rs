@@ -2,6 +2,7 @@
 
 use crate::{PipelineError, Result};
 use pixeldit_runtime::generate::MAX_STEPS;
+use pixeldit_runtime::patch_cache::{CachePolicy, Reuse};
 use pixeldit_runtime::{SamplerConfig, SamplerKind, SamplerOverrides};
 use pixeldit_spec::ModelMetadata;
 use serde::Deserialize;
@@ -38,6 +39,14 @@ pub struct Request {
     /// Time shift.
     #[serde(default, deserialize_with = "float::f64")]
     pub shift: Option<f64>,
+    /// Patch-level step cache: the whole model at every N-th forward, the pixel level alone in between
+    /// (`pixeldit-run --patch-cache N`).
+    pub patch_cache: Option<i64>,
+    /// Adaptive patch-level step cache (`pixeldit-run --patch-cache-threshold X`); not with `patch_cache`.
+    #[serde(default, deserialize_with = "float::f64")]
+    pub patch_cache_threshold: Option<f64>,
+    /// What cached forwards use: `extrapolate` (default) or `hold` (`pixeldit-run --patch-cache-reuse`).
+    pub patch_cache_reuse: Option<String>,
 }
 
 /// The fields of a [`Request`], in declaration order.
@@ -52,6 +61,9 @@ pub const FIELDS: &[&str] = &[
     "sampler",
     "interval",
     "shift",
+    "patch_cache",
+    "patch_cache_threshold",
+    "patch_cache_reuse",
 ];
 
 impl Request {
@@ -160,6 +172,55 @@ impl Request {
             interval: self.interval.map(|[lo, hi]| (lo, hi)),
             shift: self.shift,
         })
+    }
+}
+
+impl Request {
+    /// The request's patch cache, checked (`None`: uncached). The threshold, an FP32 input, arrives as the shortest
+    /// decimal of that f32 (see `model.py`) and is read as f64, as `pixeldit-run` reads the same decimal.
+    pub fn patch_cache(&self) -> Result<Option<(CachePolicy, Reuse)>> {
+        let bad = |m: String| PipelineError::Request(m);
+        let policy = match (self.patch_cache, self.patch_cache_threshold) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "patch_cache and patch_cache_threshold exclude each other: send one".into(),
+                ))
+            }
+            (Some(n), None) => {
+                if n < 1 {
+                    return Err(bad(format!(
+                        "patch_cache {n}: expected N >= 1 (1 recomputes the patch level at every forward)"
+                    )));
+                }
+                Some(CachePolicy::Every(usize::try_from(n).unwrap_or(usize::MAX)))
+            }
+            (None, Some(x)) => {
+                if !(x.is_finite() && x > 0.0) {
+                    return Err(bad(format!(
+                        "patch_cache_threshold {x}: expected a finite number > 0"
+                    )));
+                }
+                Some(CachePolicy::Threshold(x))
+            }
+            (None, None) => None,
+        };
+        let reuse = match self.patch_cache_reuse.as_deref() {
+            None => Reuse::default(),
+            Some("extrapolate") => Reuse::Extrapolate,
+            Some("hold") => Reuse::Hold,
+            Some(other) => {
+                return Err(bad(format!(
+                    "patch_cache_reuse '{other}': expected extrapolate or hold"
+                )))
+            }
+        };
+        match policy {
+            Some(p) => Ok(Some((p, reuse))),
+            None if self.patch_cache_reuse.is_some() => Err(bad(
+                "patch_cache_reuse needs patch_cache or patch_cache_threshold".into(),
+            )),
+            None => Ok(None),
+        }
     }
 }
 
