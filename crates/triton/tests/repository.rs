@@ -299,7 +299,6 @@ fn pixel_level_model_is_written_and_validated() {
     m.patch_split = Some(PatchSplit {
         cut: PatchCut::Tokens,
         tensor: "patch_tokens".into(),
-        pixel_model: "model.pixel.onnx".into(),
     });
     let opts = TritonOptions::default();
     let d = tempfile::tempdir().unwrap();
