@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use pixeldit_exporter::{ExportOptions, ExternalData, WeightsSpec};
 use pixeldit_graph::WriteProgress;
-use pixeldit_spec::{AttentionMode, ModelConfig, Precision, Preset, PRESETS};
+use pixeldit_spec::{AttentionMode, DynamicSize, ModelConfig, Precision, Preset, PRESETS};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -44,12 +44,28 @@ pub struct ExportArgs {
     /// Seed for --random-init.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Image height (multiple of 16); the preset's default when omitted.
+    /// Image height (multiple of 16); the preset's default when omitted. With --dynamic-size: the default size.
     #[arg(long)]
     height: Option<usize>,
-    /// Image width (multiple of 16); the preset's default when omitted.
+    /// Image width (multiple of 16); the preset's default when omitted. With --dynamic-size: the default size.
     #[arg(long)]
     width: Option<usize>,
+    /// One model for every image size: height and width of x and v are symbolic, and the patch grid, the RoPE
+    /// tables, the pixel positional embedding and patchify/unpatchify are computed in the graph (class-conditional
+    /// presets; every --attention). pixeldit-run then takes --height/--width/--aspect-ratio. The range, the
+    /// default size and the --aspect-ratio buckets are stored in the metadata.
+    #[arg(long)]
+    dynamic_size: bool,
+    /// With --dynamic-size: the smallest height and width accepted [default: half the preset's size].
+    #[arg(long, value_name = "PX", requires = "dynamic_size")]
+    min_size: Option<usize>,
+    /// With --dynamic-size: the largest height and width accepted [default: twice the preset's size].
+    #[arg(long, value_name = "PX", requires = "dynamic_size")]
+    max_size: Option<usize>,
+    /// With --dynamic-size: the size engines are tuned for (TensorRT opt profile), also the model's default size
+    /// [default: --height x --width, else the preset's].
+    #[arg(long, value_name = "HxW", requires = "dynamic_size", conflicts_with_all = ["height", "width"])]
+    opt_size: Option<String>,
     /// Numeric precision.
     #[arg(long, value_enum, default_value_t = Precision::Fp32)]
     precision: Precision,
@@ -147,8 +163,36 @@ fn export_options(args: &ExportArgs) -> Result<ExportOptions> {
     opts.precision = args.precision;
     opts.attention = args.attention.unwrap_or_else(|| args.triton.default_attention());
     opts.external_data = args.external_data.into();
+    if let Some(opt) = &args.opt_size {
+        let (h, w) = parse_size(opt).with_context(|| format!("--opt-size {opt}"))?;
+        opts.height = h;
+        opts.width = w;
+    }
     opts.config.check_size(opts.height, opts.width)?;
+    if args.dynamic_size {
+        let mut d = DynamicSize::for_config(&opts.config);
+        d.min = args.min_size.unwrap_or(d.min);
+        d.max = args.max_size.unwrap_or(d.max);
+        d.opt = [opts.height, opts.width];
+        let range = d.clone();
+        d.buckets.retain(|&[h, w]| range.check(h, w).is_ok());
+        d.validate().context("--min-size/--max-size/--opt-size")?;
+        opts.dynamic = Some(d);
+    }
     Ok(opts)
+}
+
+/// Parses `HxW` (pixels).
+pub(crate) fn parse_size(s: &str) -> Result<(usize, usize)> {
+    let (h, w) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| anyhow::anyhow!("expected HxW, such as 256x384"))?;
+    let num = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| anyhow::anyhow!("'{v}' is not a pixel count (expected HxW, such as 256x384)"))
+    };
+    Ok((num(h)?, num(w)?))
 }
 
 /// Runs `pixeldit-export` with parsed arguments.

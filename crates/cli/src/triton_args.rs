@@ -123,6 +123,12 @@ impl TritonArgs {
         let Some(repo) = &self.triton_repo else {
             return Ok(None);
         };
+        if export.dynamic.is_some() {
+            anyhow::bail!(
+                "--triton-repo does not take a --dynamic-size model yet: export one Triton model per size with \
+                 --height/--width"
+            );
+        }
         let platform = match self.triton_platform {
             PlatformArg::OnnxruntimeOnnx => Platform::OnnxRuntime,
             PlatformArg::TensorrtPlan => Platform::TensorRtPlan,

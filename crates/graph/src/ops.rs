@@ -42,20 +42,9 @@ pub fn fmt_shape(s: &[Dim]) -> String {
     )
 }
 
-fn numel(s: &[Dim]) -> (usize, usize) {
-    // (element count per batch item, number of batch-dependent dims)
-    let mut n = 1;
-    let mut batch_dims = 0;
-    for d in s {
-        match d {
-            Dim::Fixed(k) => n *= k,
-            Dim::Batch(k) => {
-                n *= k;
-                batch_dims += 1;
-            }
-        }
-    }
-    (n, batch_dims)
+/// The element count of a shape as a monomial of the symbols.
+fn numel(s: &[Dim]) -> Dim {
+    s.iter().fold(Dim::Fixed(1), |acc, d| acc.times(*d))
 }
 
 fn norm_axis(axis: i64, rank: usize) -> Option<usize> {
@@ -99,6 +88,10 @@ impl Graph {
     /// `a / b` with broadcasting.
     pub fn div(&mut self, a: Value, b: Value) -> Result<Value> {
         self.binary("Div", a, b)
+    }
+    /// Elementwise `max(a, b)` with broadcasting.
+    pub fn max(&mut self, a: Value, b: Value) -> Result<Value> {
+        self.binary("Max", a, b)
     }
 
     fn unary(&mut self, op: &str, x: Value) -> Result<Value> {
@@ -213,23 +206,24 @@ impl Graph {
         )
     }
 
-    /// Reshape to `dims`; at most one `Dim::Batch` which is written as -1.
+    /// Reshape to `dims`. One dynamic dim is written as -1 (a constant target, as in every static export);
+    /// with several, the target is computed from the bound symbols ([`Graph::bind_symbol`]) and the one with the
+    /// most symbols is written as -1.
     pub fn reshape(&mut self, x: Value, dims: &[Dim]) -> Result<Value> {
         let from = self.shape(x).to_vec();
-        if numel(&from) != numel(dims) || numel(dims).1 > 1 {
+        if numel(&from) != numel(dims) {
             return Err(self.err(
                 "Reshape",
                 format!("cannot reshape {} to {}", fmt_shape(&from), fmt_shape(dims)),
             ));
         }
-        let target: Vec<i64> = dims
-            .iter()
-            .map(|d| match d {
-                Dim::Fixed(n) => *n as i64,
-                Dim::Batch(_) => -1,
-            })
-            .collect();
-        let s = self.const_i64(&target)?;
+        let infer = (0..dims.len())
+            .filter(|i| dims[*i].fixed().is_none())
+            .max_by_key(|i| {
+                let (_, e) = dims[*i].parts();
+                (e.iter().sum::<u8>(), std::cmp::Reverse(*i))
+            });
+        let s = self.shape_value(dims, infer)?;
         let dt = self.dtype(x);
         self.one("Reshape", &[x, s], vec![], dt, dims.to_vec())
     }
@@ -374,6 +368,12 @@ impl Graph {
         let ax = self.const_i64(&axes.iter().map(|v| *v as i64).collect::<Vec<_>>())?;
         let dt = self.dtype(x);
         self.one("Unsqueeze", &[x, ax], vec![], dt, shape)
+    }
+
+    /// `Range(start, limit, delta)` with scalar inputs of one dtype, declared with length `len`.
+    pub fn range(&mut self, start: Value, limit: Value, delta: Value, len: Dim) -> Result<Value> {
+        let dt = self.dtype(start);
+        self.one("Range", &[start, limit, delta], vec![], dt, vec![len])
     }
 
     /// Shape of `x` as an int64 vector.

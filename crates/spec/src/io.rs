@@ -29,6 +29,12 @@ pub struct IoTensor {
 /// Symbolic name of the batch axis in the ONNX graph.
 pub const BATCH_DIM: &str = "batch";
 
+/// Symbolic name of the image height of a dynamic-size export (`x` and `v` axis 2).
+pub const HEIGHT_DIM: &str = "height";
+
+/// Symbolic name of the image width of a dynamic-size export (`x` and `v` axis 3).
+pub const WIDTH_DIM: &str = "width";
+
 /// Inputs `x`, `t`, `y` and output `v` of a C2I graph exported at `height x width`.
 pub fn c2i_io(channels: usize, height: usize, width: usize) -> (Vec<IoTensor>, Vec<IoTensor>) {
     let img = vec![-1, channels as i64, height as i64, width as i64];

@@ -41,6 +41,10 @@ pub enum SpecError {
     /// A configuration whose values are inconsistent.
     #[error("invalid model configuration '{name}': {reason}")]
     InvalidConfig { name: String, reason: String },
+    /// An image size a model cannot run at (not a multiple, out of the exported range, or another size than a
+    /// static export's).
+    #[error("{0}")]
+    InvalidSize(String),
     /// A value of an enumerated option that is not known.
     #[error("unknown {what} '{value}': expected one of {expected}")]
     UnknownValue {
@@ -331,6 +335,134 @@ pub struct ModelMetadata {
     /// Quantization settings and scales, when the variant is quantized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<serde_json::Value>,
+    /// The accepted sizes of a dynamic-size export (`height x width` is then its default size); absent for a
+    /// static export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<DynamicSize>,
+}
+
+/// The image sizes a dynamic-size export (`pixeldit-export --dynamic-size`) accepts, stored in its metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DynamicSize {
+    /// Smallest height and width in pixels.
+    pub min: usize,
+    /// Largest height and width in pixels.
+    pub max: usize,
+    /// Heights and widths are multiples of this (the patch size).
+    pub multiple: usize,
+    /// The size engines are tuned for (TensorRT's opt profile), `[H, W]`.
+    pub opt: [usize; 2],
+    /// The size table `--aspect-ratio` chooses from, `[H, W]` each.
+    pub buckets: Vec<[usize; 2]>,
+}
+
+/// Aspect ratios (`h:w`) of the derived bucket table of class-conditional presets, which have no official table
+/// (their checkpoints are square): each at about the area of the training size.
+const C2I_BUCKET_RATIOS: [(usize, usize); 9] = [
+    (1, 2),
+    (9, 16),
+    (2, 3),
+    (3, 4),
+    (1, 1),
+    (4, 3),
+    (3, 2),
+    (16, 9),
+    (2, 1),
+];
+
+impl DynamicSize {
+    /// The defaults of a config: sides from half to twice the training size (at least one patch), opt at the
+    /// training size, buckets of about the training area at the aspect ratios 1:2 .. 2:1, rounded to the patch.
+    pub fn for_config(cfg: &ModelConfig) -> Self {
+        let p = cfg.patch_size;
+        let (h, w) = (cfg.default_height, cfg.default_width);
+        let side = h.max(w);
+        let round = |v: f64| ((v / p as f64).round() as usize).max(1) * p;
+        let min = round(side as f64 / 2.0).max(p);
+        let max = round(side as f64 * 2.0);
+        let area = (h * w) as f64;
+        let mut buckets: Vec<[usize; 2]> = Vec::new();
+        for (rh, rw) in C2I_BUCKET_RATIOS {
+            let r = rh as f64 / rw as f64;
+            let b = [
+                round((area * r).sqrt()).clamp(min, max),
+                round((area / r).sqrt()).clamp(min, max),
+            ];
+            if !buckets.contains(&b) {
+                buckets.push(b);
+            }
+        }
+        DynamicSize {
+            min,
+            max,
+            multiple: p,
+            opt: [h, w],
+            buckets,
+        }
+    }
+
+    /// Checks the range and the multiple (and the defaults: opt and every bucket inside the range).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |reason: String| Err(SpecError::InvalidSize(reason));
+        if self.multiple == 0
+            || self.min == 0
+            || self.min % self.multiple != 0
+            || self.max % self.multiple != 0
+        {
+            return bad(format!(
+                "the dynamic size range {}..={} must be non-zero multiples of {}",
+                self.min, self.max, self.multiple
+            ));
+        }
+        if self.min > self.max {
+            return bad(format!(
+                "the minimum size {} is above the maximum {}",
+                self.min, self.max
+            ));
+        }
+        for [h, w] in std::iter::once(self.opt).chain(self.buckets.iter().copied()) {
+            self.check(h, w)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `height x width` is accepted; the error names the valid range.
+    pub fn check(&self, height: usize, width: usize) -> Result<()> {
+        let ok = |v: usize| v >= self.min && v <= self.max && v % self.multiple == 0;
+        if ok(height) && ok(width) {
+            return Ok(());
+        }
+        Err(SpecError::InvalidSize(format!(
+            "image size {height}x{width} is not accepted by this dynamic-size model: height and width must be \
+             multiples of {} in {}..={}",
+            self.multiple, self.min, self.max
+        )))
+    }
+
+    /// The bucket whose aspect ratio `h / w` is nearest to `ratio` (in log space; ties: the first in the table).
+    pub fn nearest_bucket(&self, ratio: f64) -> Option<[usize; 2]> {
+        let dist = |b: &[usize; 2]| ((b[0] as f64 / b[1] as f64).ln() - ratio.ln()).abs();
+        self.buckets
+            .iter()
+            .copied()
+            .min_by(|a, b| dist(a).total_cmp(&dist(b)))
+    }
+}
+
+impl ModelMetadata {
+    /// Whether the model runs at `height x width`: inside the range of a dynamic-size export, or its exported size
+    /// for a static one. Errors say what is accepted.
+    pub fn check_size(&self, height: usize, width: usize) -> Result<()> {
+        match &self.dynamic {
+            Some(d) => d.check(height, width),
+            None if (height, width) == (self.height, self.width) => Ok(()),
+            None => Err(SpecError::InvalidSize(format!(
+                "this model was exported at the fixed size {}x{}, not {height}x{width} (export it with \
+                 --dynamic-size, or at that size with --height/--width)",
+                self.height, self.width
+            ))),
+        }
+    }
 }
 
 impl ModelMetadata {

@@ -31,6 +31,7 @@ fn meta(preset: &str, precision: Precision) -> ModelMetadata {
         weights_source: "random-init:seed=0".into(),
         exporter_version: "test".into(),
         quantization: None,
+        dynamic: None,
     }
 }
 

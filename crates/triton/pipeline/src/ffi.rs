@@ -373,6 +373,7 @@ mod tests {
             weights_source: "test".into(),
             exporter_version: "0".into(),
             quantization: None,
+            dynamic: None,
         }
     }
 

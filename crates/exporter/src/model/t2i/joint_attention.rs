@@ -110,7 +110,7 @@ pub fn joint_rotary_attention(
                 let pos = if decomposed {
                     None
                 } else {
-                    Some(cx.position_ids(qkv, s)?)
+                    Some(cx.position_ids(qkv, Dim::Fixed(s))?)
                 };
                 let (q, k) = cx.g.scoped(&format!("{prefix}.rope_{tag}"), |g| match pos {
                     Some(pos) => Ok((

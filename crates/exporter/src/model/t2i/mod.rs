@@ -16,7 +16,7 @@ mod mmdit_block;
 mod text_embedder;
 
 use super::{embedders, graph_input, pixel_level};
-use crate::nn::Ctx;
+use crate::nn::{Ctx, Grid};
 use crate::{ExportError, Result};
 use pixeldit_spec::{io, ModelConfig};
 
@@ -45,7 +45,7 @@ pub fn build(cx: &mut Ctx, cfg: &ModelConfig, height: usize, width: usize) -> Re
     let mut y = text_embedder::text_embedder(cx, cfg, text)?;
 
     // Patch level: MM-DiT blocks over [text; image].
-    let mut s = embedders::patch_embedder(cx, cfg, x, hs, ws)?;
+    let mut s = embedders::patch_embedder(cx, cfg, x, Grid::fixed(hs, ws))?;
     for i in 0..cfg.patch_depth {
         let last = i + 1 == cfg.patch_depth;
         let (s2, y2) = mmdit_block::mmdit_block(cx, cfg, i, s, y, c, hs, ws, !last)?;
@@ -55,5 +55,5 @@ pub fn build(cx: &mut Ctx, cfg: &ModelConfig, height: usize, width: usize) -> Re
         }
     }
     // Pixel level: unchanged PiT blocks (attention width and heads from the config).
-    pixel_level(cx, cfg, x, t_emb, s, hs, ws, outputs[0].name)
+    pixel_level(cx, cfg, x, t_emb, s, Grid::fixed(hs, ws), outputs[0].name)
 }
