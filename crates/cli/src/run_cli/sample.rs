@@ -104,8 +104,51 @@ fn sampler_report(s: &SamplerConfig) -> (serde_json::Value, String) {
     )
 }
 
+/// The image size of the run: `--height/--width` (each defaulting to the model's), or the bucket nearest to
+/// `--aspect-ratio`; checked against the model (a dynamic model's range, a static model's own size).
+pub(crate) fn image_shape(a: &SampleArgs, meta: &ModelMetadata) -> Result<ImageShape> {
+    let mut image = ImageShape::of(meta);
+    if let Some(ar) = &a.aspect_ratio {
+        let ratio = parse_aspect_ratio(ar).with_context(|| format!("--aspect-ratio {ar}"))?;
+        let Some(d) = &meta.dynamic else {
+            bail!(
+                "--aspect-ratio {ar}: this model was exported at the fixed size {}x{} (export it with \
+                 --dynamic-size to choose among sizes)",
+                meta.height,
+                meta.width
+            );
+        };
+        let [h, w] = d
+            .nearest_bucket(ratio)
+            .ok_or_else(|| anyhow::anyhow!("--aspect-ratio {ar}: the model's bucket table is empty"))?;
+        crate::note!("pixeldit-run: --aspect-ratio {ar}: {h}x{w} (HxW, the nearest bucket of the model)");
+        image.height = h;
+        image.width = w;
+    }
+    image.height = a.height.unwrap_or(image.height);
+    image.width = a.width.unwrap_or(image.width);
+    meta.check_size(image.height, image.width)
+        .context("--height/--width")?;
+    Ok(image)
+}
+
+/// Parses `H:W` (positive numbers) as the ratio `H / W`.
+fn parse_aspect_ratio(s: &str) -> Result<f64> {
+    let (h, w) = s
+        .split_once(':')
+        .ok_or_else(|| anyhow::anyhow!("expected H:W, such as 16:9"))?;
+    let num = |v: &str| -> Result<f64> {
+        match v.trim().parse::<f64>() {
+            Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+            _ => bail!("'{v}' is not a positive number (expected H:W, such as 16:9)"),
+        }
+    };
+    Ok(num(h)? / num(w)?)
+}
+
 /// Samples the images the flags ask for and writes them.
 pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
+    let image = image_shape(a, &target.meta)?;
     let scfg = sampler_config(a, &target.meta)?;
     let source = match target.meta.config.kind {
         ModelKind::C2i => class::source(a, &target)?,
@@ -143,7 +186,6 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
         Some(paths) => paths,
         None => checked_outputs(a, k)?,
     };
-    let image = ImageShape::of(&target.meta);
     let request = Request {
         conditions,
         sampler: scfg,
@@ -240,8 +282,7 @@ pub(crate) struct Finished<'a> {
 /// Encodes the `[K, 3, H, W]` samples `x` (one image or a grid at `-o`, else one image per path), `--save-raw`
 /// and `--report-json`, writes them all atomically and prints the summary line.
 pub(crate) fn finish(a: &SampleArgs, x: &Array4<f32>, out_paths: &[PathBuf], f: Finished<'_>) -> Result<()> {
-    let (width, height) = (f.meta.width, f.meta.height);
-    let k = x.shape()[0];
+    let (k, height, width) = (x.shape()[0], x.shape()[2], x.shape()[3]);
     let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     if k == 1 || a.grid {
         let (rgb, w, h) = if k == 1 {
