@@ -9,6 +9,7 @@ mod util;
 
 mod digits;
 mod digits_t2i;
+mod dynamic_size;
 mod export_cli;
 mod export_quantize;
 mod exported;

@@ -40,7 +40,7 @@ enum Plans {
     /// in-graph size arithmetic symbolically, so the model is concretized and optimized per size, on first use.
     PerSize {
         /// The parsed model, with symbolic input facts.
-        model: InferenceModel,
+        model: Box<InferenceModel>,
         /// Per input: its index and the axes named `height`/`width`.
         sized: Vec<(usize, Vec<usize>)>,
         /// Plans by the concrete sizes of those axes.
@@ -58,7 +58,10 @@ fn sized_axes(model: &InferenceModel) -> Result<Vec<(usize, Vec<usize>)>> {
             .shape
             .dims()
             .enumerate()
-            .filter(|(_, d)| d.concretize().is_some_and(|d| names.contains(&d.to_string().as_str())))
+            .filter(|(_, d)| {
+                d.concretize()
+                    .is_some_and(|d| names.contains(&d.to_string().as_str()))
+            })
             .map(|(a, _)| a)
             .collect();
         if !axes.is_empty() {
@@ -181,7 +184,7 @@ impl TractBackend {
             )
         } else {
             Plans::PerSize {
-                model: parsed.model,
+                model: Box::new(parsed.model),
                 sized,
                 cache: HashMap::new(),
             }
@@ -210,11 +213,7 @@ impl TractBackend {
     fn plan_for(&mut self, feeds: &TVec<TValue>) -> Result<Arc<TypedRunnableModel>> {
         match &mut self.plans {
             Plans::Fixed(p) => Ok(p.clone()),
-            Plans::PerSize {
-                model,
-                sized,
-                cache,
-            } => {
+            Plans::PerSize { model, sized, cache } => {
                 let mut key = Vec::new();
                 for (i, axes) in sized.iter() {
                     let shape = feeds[*i].shape();

@@ -1,0 +1,211 @@
+//! Dynamic-size exports (`pixeldit-export --dynamic-size`): one model for every image size.
+//!
+//! * The dynamic digits export equals the static export at 32x32, 32x64 and 64x32 (one forward, batch 2) on tract
+//!   and ORT CPU, for every attention lowering, within 1e-6 relative L2 (measured: 0, the size-dependent tables are
+//!   computed in f64 in the graph as the exporter computes the static constants).
+//! * The dynamic tiny export matches the independent Python reference at every forward golden case (32x48, 32x32,
+//!   48x32; `tests/golden/forward/`), on both backends, one loaded model for all sizes.
+//! * The decomposed dynamic export runs in Python onnxruntime at 32x48, 48x32 and 64x64 against the reference
+//!   (`reference/check_dynamic_onnx.py`).
+//! * `pixeldit-run --height/--width/--aspect-ratio`: refusals exit 2 before anything runs and write nothing; a
+//!   dynamic model's sample at 48x32 equals a static 48x32 export's.
+
+use crate::forward::cases;
+use crate::util::*;
+use ndarray::Array1;
+use pixeldit_cli::variant::export_to_file;
+use pixeldit_exporter::{ExportOptions, WeightsSpec};
+use pixeldit_runtime::io;
+use pixeldit_spec::{AttentionMode, DynamicSize, ModelConfig};
+use std::path::{Path, PathBuf};
+
+/// Exports `preset` with `weights`: dynamic (default size) when `size` is `None`, else static at `size`.
+fn export(
+    dir: &Path,
+    preset: &str,
+    weights: &Path,
+    mode: AttentionMode,
+    size: Option<(usize, usize)>,
+) -> PathBuf {
+    let config = ModelConfig::preset(preset).unwrap();
+    let mut opts = ExportOptions::new(config, WeightsSpec::Checkpoint(weights.to_path_buf()));
+    opts.attention = mode;
+    let name = match size {
+        Some((h, w)) => {
+            opts.height = h;
+            opts.width = w;
+            format!("{preset}_{mode}_{h}x{w}.onnx")
+        }
+        None => {
+            opts.dynamic = Some(DynamicSize::for_config(&opts.config));
+            format!("{preset}_{mode}_dynamic.onnx")
+        }
+    };
+    let path = dir.join(name);
+    export_to_file(&opts, &path).unwrap();
+    path
+}
+
+fn digits_weights() -> PathBuf {
+    workspace().join("graphs").join("digits.safetensors")
+}
+
+fn tiny_weights() -> PathBuf {
+    workspace().join("tests/golden/forward/tiny.safetensors")
+}
+
+#[test]
+fn dynamic_export_equals_static_export_at_three_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = [(32, 32), (32, 64), (64, 32)];
+    let mut failures = Vec::new();
+    for mode in AttentionMode::ALL {
+        let dynamic = export(dir.path(), "digits", &digits_weights(), *mode, None);
+        let meta = pixeldit_runtime::model::read_metadata(&dynamic).unwrap();
+        let d = meta.dynamic.as_ref().expect("dynamic metadata");
+        assert_eq!((d.min, d.max, d.multiple, d.opt), (16, 64, 16, [32, 32]));
+        for (c, lo) in candidates("dynamic_export_equals_static") {
+            // One loaded dynamic model serves every size (tract: one plan per size).
+            let mut dyn_model = load_denoiser(&dynamic, c, &lo).unwrap_or_else(|e| panic!("{c} {mode}: {e}"));
+            for (h, w) in sizes {
+                let fixed = export(dir.path(), "digits", &digits_weights(), *mode, Some((h, w)));
+                let mut fixed = load_denoiser(&fixed, c, &lo).unwrap();
+                let x = io::seeded_noise(7, [2, 3, h, w]);
+                let t = Array1::from(vec![0.3f32, 0.8]);
+                let y = Array1::from(vec![4i64, 10]);
+                let want = fixed.forward(x.view(), t.view(), y.view().into()).unwrap();
+                let got = dyn_model.forward(x.view(), t.view(), y.view().into()).unwrap();
+                assert_eq!(got.shape(), &[2, 3, h, w]);
+                let err = rel_l2(got.as_slice().unwrap(), want.as_slice().unwrap());
+                eprintln!("{mode} {c} {h}x{w}: relative L2 {err:.2e}");
+                if err >= 1e-6 {
+                    failures.push(format!("{mode} {c} {h}x{w}: relative L2 {err:.2e} >= 1e-6"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn dynamic_export_matches_reference_at_every_forward_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = cases();
+    assert!(
+        cases.iter().any(|c| c.x.shape()[2] != c.x.shape()[3]),
+        "a non-square case"
+    );
+    for mode in AttentionMode::ALL {
+        let path = export(dir.path(), "tiny", &tiny_weights(), *mode, None);
+        for (c, lo) in candidates("dynamic_export_matches_reference") {
+            let mut m = load_denoiser(&path, c, &lo).unwrap_or_else(|e| panic!("{c} {mode}: {e}"));
+            for case in &cases {
+                let v = m
+                    .forward(case.x.view(), case.t.view(), case.y.view().into())
+                    .unwrap();
+                let err = rel_l2(v.as_slice().unwrap(), &case.v);
+                eprintln!("{} {mode} {c}: relative L2 {err:.2e}", case.name);
+                assert!(err < 1e-4, "{} {mode} {c}: relative L2 {err} >= 1e-4", case.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn dynamic_decomposed_export_runs_in_python_onnxruntime() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = export(
+        dir.path(),
+        "tiny",
+        &tiny_weights(),
+        AttentionMode::Decomposed,
+        None,
+    );
+    let out = std::process::Command::new(py)
+        .current_dir(workspace().join("reference"))
+        .arg("check_dynamic_onnx.py")
+        .arg(&path)
+        .arg(tiny_weights())
+        .arg("tiny")
+        .args(["32x48", "48x32", "64x64"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "check_dynamic_onnx.py failed");
+    assert_eq!(stdout.matches(" ok").count(), 3, "{stdout}");
+}
+
+#[test]
+fn run_takes_sizes_of_a_dynamic_model_and_refuses_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let dynamic = export(
+        dir.path(),
+        "digits",
+        &digits_weights(),
+        AttentionMode::Custom,
+        None,
+    );
+    let fixed = export(
+        dir.path(),
+        "digits",
+        &digits_weights(),
+        AttentionMode::Custom,
+        Some((48, 32)),
+    );
+    let out = dir.path().join("out.png");
+    let refusals: [(&Path, &[&str], &str); 8] = [
+        (&dynamic, &["--height", "40"], "multiples of 16 in 16..=64"),
+        (&dynamic, &["--height", "0"], "multiples of 16 in 16..=64"),
+        (&dynamic, &["--width", "80"], "multiples of 16 in 16..=64"),
+        (&dynamic, &["--height=-16"], "-16"),
+        (&dynamic, &["--aspect-ratio", "0:1"], "not a positive number"),
+        (&dynamic, &["--aspect-ratio", "16"], "expected H:W"),
+        (&fixed, &["--height", "32"], "fixed size 48x32, not 32x32"),
+        (&fixed, &["--aspect-ratio", "1:1"], "fixed size 48x32"),
+    ];
+    for (model, args, msg) in refusals {
+        let o = run(bin()
+            .arg(model)
+            .args(["--backend", "tract", "--class", "1", "--steps", "1", "-o"])
+            .arg(&out)
+            .args(args));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(msg), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?} wrote an output");
+    }
+    // --aspect-ratio picks the nearest bucket and says so; the dynamic sample equals the static one.
+    let mut raws = Vec::new();
+    for (model, args) in [(&dynamic, &["--aspect-ratio", "3:2"][..]), (&fixed, &[][..])] {
+        for backend in ["tract", "ort"] {
+            if backend == "ort" && need_ort("run_takes_sizes").is_none() {
+                continue;
+            }
+            let raw = dir.path().join(format!("raw_{backend}_{}.npy", raws.len()));
+            let o = run(bin()
+                .arg(model)
+                .args(["--backend", backend, "--class", "1", "--steps", "2", "-o"])
+                .arg(&out)
+                .arg("--save-raw")
+                .arg(&raw)
+                .args(args));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "{args:?}: {err}");
+            if !args.is_empty() {
+                assert!(err.contains("--aspect-ratio 3:2: 48x32"), "{err}");
+            }
+            raws.push((backend, io::read_npy(&raw).unwrap()));
+        }
+    }
+    let half = raws.len() / 2;
+    for i in 0..half {
+        let ((b, d), (_, s)) = (&raws[i], &raws[i + half]);
+        assert_eq!(d.shape(), &[1, 3, 48, 32]);
+        assert_eq!(
+            d, s,
+            "{b}: the dynamic model's 48x32 sample differs from the static export's"
+        );
+    }
+}
