@@ -56,6 +56,10 @@ pub struct QuantArgs {
     /// Calibration noise seeds, comma-separated (one sampler run each, all classes batched).
     #[arg(long, value_delimiter = ',', value_name = "S,..", default_value = "0,1")]
     pub calib_seeds: Vec<u64>,
+    /// Image sizes the calibration samples at, comma-separated HxW (every seed at every size; a --dynamic-size
+    /// model's sizes must be in its range, a static model takes only its own size) [default: the model's size].
+    #[arg(long, value_delimiter = ',', value_name = "HxW,..")]
+    pub calib_sizes: Vec<String>,
     /// Calibration sampler steps [default: the model's, at most 25]. Every step's forward is observed, so the
     /// statistics cover the sampler's time grid from t = 0 (noise) to its last step. XL on a CPU: e.g.
     /// --calib-classes 0 --calib-seeds 0 --calib-steps 2 (about a minute).
@@ -173,8 +177,14 @@ impl QuantArgs {
         } else {
             TextCalibration::Synthetic
         };
+        let sizes = self
+            .calib_sizes
+            .iter()
+            .map(|s| crate::export_cli::parse_size(s).with_context(|| format!("--calib-sizes {s}")))
+            .collect::<Result<Vec<_>>>()?;
         Ok(CalibInputs {
             text,
+            sizes,
             ..Default::default()
         })
     }
@@ -185,6 +195,7 @@ impl QuantArgs {
         !self.quant_include.is_empty()
             || !self.quant_exclude.is_empty()
             || !self.calib_classes.is_empty()
+            || !self.calib_sizes.is_empty()
             || self.calib_prompts.is_some()
             || !self.calib_embeddings.is_empty()
             || self.calib_steps.is_some()
