@@ -381,11 +381,7 @@ pub fn calibrate(
         25,
         cfg.cfg_scale,
     )?;
-    for (&seed, &(height, width)) in cfg
-        .seeds
-        .iter()
-        .flat_map(|s| sizes.iter().map(move |z| (s, z)))
-    {
+    for (&seed, &(height, width)) in cfg.seeds.iter().flat_map(|s| sizes.iter().map(move |z| (s, z))) {
         let request = Request {
             conditions: run.conditions.clone(),
             sampler: run.sampler.clone(),

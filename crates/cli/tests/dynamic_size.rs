@@ -209,3 +209,54 @@ fn run_takes_sizes_of_a_dynamic_model_and_refuses_bad_ones() {
         );
     }
 }
+
+#[test]
+fn quantized_dynamic_export_equals_static_export_calibrated_at_the_same_size() {
+    use pixeldit_cli::calibrate::CalibInputs;
+    use pixeldit_cli::variant::export_variant_with;
+    use pixeldit_quantize::QuantConfig;
+    use pixeldit_spec::Precision;
+    let dir = tempfile::tempdir().unwrap();
+    let candidates = candidates("quantized_dynamic_export");
+    for precision in [Precision::Int8, Precision::Fp8] {
+        let mut quant = QuantConfig::for_precision(precision).unwrap();
+        // A short calibration (one seed, two classes, two steps): both exports see the same forwards.
+        (quant.calib.seeds, quant.calib.classes, quant.calib.steps) = (vec![0], vec![1, 7], Some(2));
+        for (h, w) in [(32, 32), (32, 64)] {
+            let mut paths = Vec::new();
+            for dynamic in [false, true] {
+                let mut opts = ExportOptions::new(
+                    ModelConfig::preset("digits").unwrap(),
+                    WeightsSpec::Checkpoint(digits_weights()),
+                );
+                opts.precision = precision;
+                let mut calib = CalibInputs::default();
+                if dynamic {
+                    opts.dynamic = Some(DynamicSize::for_config(&opts.config));
+                    // The default (32x32) calibrates at the model's size; another size needs --calib-sizes.
+                    if (h, w) != (32, 32) {
+                        calib.sizes = vec![(h, w)];
+                    }
+                } else {
+                    (opts.height, opts.width) = (h, w);
+                }
+                let path = dir.path().join(format!("{precision}_{h}x{w}_{dynamic}.onnx"));
+                export_variant_with(&opts, Some(&quant), &calib, &path, None).unwrap();
+                paths.push(path);
+            }
+            for (c, lo) in &candidates {
+                let x = io::seeded_noise(3, [2, 3, h, w]);
+                let t = Array1::from(vec![0.2f32, 0.9]);
+                let y = Array1::from(vec![7i64, 10]);
+                let mut v = Vec::new();
+                for p in &paths {
+                    let mut m = load_denoiser(p, *c, lo).unwrap_or_else(|e| panic!("{c}: {e}"));
+                    v.push(m.forward(x.view(), t.view(), y.view().into()).unwrap());
+                }
+                let err = rel_l2(v[1].as_slice().unwrap(), v[0].as_slice().unwrap());
+                eprintln!("{precision} {c} {h}x{w}: dynamic vs static relative L2 {err:.2e}");
+                assert!(err < 1e-6, "{precision} {c} {h}x{w}: relative L2 {err:.2e}");
+            }
+        }
+    }
+}

@@ -495,6 +495,51 @@ impl Graph {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::Symbol;
+
+    #[test]
+    fn reshape_with_several_dynamic_dims_computes_its_target() {
+        let mut g = Graph::new(17);
+        let rows = Dim::of(Symbol::Rows, 1);
+        let cols = Dim::of(Symbol::Cols, 1);
+        let x = g
+            .input(
+                "x",
+                DType::F32,
+                vec![Dim::Batch(1), rows.times(Dim::Fixed(4)), cols],
+            )
+            .unwrap();
+        // Only one dynamic dim: a constant target with -1, as in static graphs.
+        let flat = g
+            .reshape(x, &[Dim::Batch(1).times(rows).times(cols).times(Dim::Fixed(4))])
+            .unwrap();
+        assert_eq!(g.nodes().len(), 1);
+        // Several: needs the symbols.
+        let target = [Dim::Batch(1), rows, Dim::Fixed(4), cols];
+        assert!(g.reshape(flat, &target).is_err());
+        let shape = g.shape_of(x).unwrap();
+        for (axis, s) in [(0, Symbol::Batch), (2, Symbol::Cols)] {
+            let i = g.const_i64(&[axis]).unwrap();
+            let v = g.gather(shape, i, 0).unwrap();
+            g.bind_symbol(s, v);
+        }
+        let four = g.const_i64(&[4]).unwrap();
+        let i = g.const_i64(&[1]).unwrap();
+        let r4 = g.gather(shape, i, 0).unwrap();
+        let r = g.div(r4, four).unwrap();
+        g.bind_symbol(Symbol::Rows, r);
+        let y = g.reshape(flat, &target).unwrap();
+        assert_eq!(g.shape(y), target);
+        assert_eq!(g.nodes().last().unwrap().op_type, "Reshape");
+        // The element count is checked symbolically.
+        assert!(g
+            .reshape(flat, &[Dim::Batch(1), rows, Dim::Fixed(3), cols])
+            .is_err());
+        assert_eq!(rows.times(cols).divided_by(cols), Some(rows));
+        assert_eq!(Dim::Batch(6).divided_by(Dim::Fixed(3)), Some(Dim::Batch(2)));
+        assert_eq!(rows.divided_by(cols), None);
+        assert_eq!(format!("{}", Dim::Batch(1).times(rows).times(cols)), "B*R*C");
+    }
 
     #[test]
     fn shapes_are_checked_when_wired() {

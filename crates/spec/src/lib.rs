@@ -481,6 +481,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn dynamic_size_defaults_checks_and_buckets() {
+        let d = DynamicSize::for_config(&ModelConfig::preset("B").unwrap());
+        assert_eq!((d.min, d.max, d.multiple, d.opt), (128, 512, 16, [256, 256]));
+        d.validate().unwrap();
+        assert!(d.buckets.contains(&[256, 256]));
+        // Every bucket keeps about the training area.
+        for [h, w] in &d.buckets {
+            let ratio = (h * w) as f64 / (256.0 * 256.0);
+            assert!((0.85..1.15).contains(&ratio), "{h}x{w}");
+        }
+        assert_eq!(d.nearest_bucket(1.0), Some([256, 256]));
+        let wide = d.nearest_bucket(9.0 / 16.0).unwrap();
+        assert!(wide[0] < wide[1], "{wide:?}");
+        assert_eq!(d.nearest_bucket(0.5), Some([176, 368]));
+        d.check(256, 384).unwrap();
+        for (h, w) in [(0, 256), (250, 256), (112, 256), (256, 528)] {
+            let e = d.check(h, w).unwrap_err().to_string();
+            assert!(e.contains("multiples of 16 in 128..=512"), "{e}");
+        }
+        let mut bad = d.clone();
+        bad.opt = [600, 600];
+        assert!(bad.validate().is_err());
+        bad = d.clone();
+        (bad.min, bad.max) = (512, 128);
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("above the maximum"));
+    }
+
+    #[test]
     fn presets_parse_and_validate() {
         for p in PRESETS {
             let cfg = ModelConfig::preset(p.name).unwrap();
