@@ -20,6 +20,7 @@ use std::process::ExitCode;
 ///   pixeldit-export --preset XL --checkpoint imagenet256_pixeldit_xl_epoch320.ckpt -o xl.onnx
 ///   pixeldit-export --preset t2i --checkpoint pixeldit_t2i_v1.pth -o t2i.onnx
 ///   pixeldit-export --preset digits --attention decomposed -o digits.onnx
+///   pixeldit-export --preset B --checkpoint b.safetensors --dynamic-size -o b-dyn.onnx   # any size 128..=512
 ///   pixeldit-export --preset digits --triton-repo models --max-batch-size 16   # Triton model repository
 ///   pixeldit-export --preset digits --precision fp8 --accuracy-report fp8.json -o digits-fp8.onnx
 ///   pixeldit-export --text-encoder gemma-2-2b-it/ --precision bf16 -o gemma.onnx   # the T2I text encoder

@@ -260,3 +260,86 @@ fn quantized_dynamic_export_equals_static_export_calibrated_at_the_same_size() {
         }
     }
 }
+
+#[test]
+fn export_cli_dynamic_size_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.onnx");
+    let repo = dir.path().join("repo");
+    let export = |args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pixeldit-export"));
+        c.args(["--preset", "digits", "-q"]);
+        match args.iter().position(|a| *a == "--triton-repo") {
+            Some(i) => c.args(&args[..=i]).arg(&repo).args(&args[i + 1..]),
+            None => c.arg("-o").arg(&out).args(args),
+        };
+        run(&mut c)
+    };
+    // Refused before anything is written.
+    for (args, msg) in [
+        (
+            &["--dynamic-size", "--min-size", "64", "--max-size", "32"][..],
+            "above the maximum",
+        ),
+        (&["--dynamic-size", "--min-size", "24"][..], "multiples of 16"),
+        (
+            &["--dynamic-size", "--opt-size", "32x96"][..],
+            "32x96 is not accepted",
+        ),
+        (&["--dynamic-size", "--opt-size", "32"][..], "expected HxW"),
+        (&["--min-size", "16"][..], "--dynamic-size"),
+        (
+            &["--dynamic-size", "--triton-repo"][..],
+            "does not take a --dynamic-size model",
+        ),
+        (
+            &["--dynamic-size", "--precision", "int8", "--calib-sizes", "32x80"][..],
+            "--calib-sizes 32x80",
+        ),
+        (
+            &["--precision", "int8", "--calib-sizes", "32x48"][..],
+            "fixed size 32x32",
+        ),
+    ] {
+        let o = export(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(msg), "{args:?}: {err}");
+        assert!(
+            !out.exists() && !dir.path().join("repo").exists(),
+            "{args:?} wrote an output"
+        );
+    }
+    let o = run(std::process::Command::new(env!("CARGO_BIN_EXE_pixeldit-export"))
+        .args([
+            "--preset",
+            "digits-t2i",
+            "--random-init",
+            "--dynamic-size",
+            "-q",
+            "-o",
+        ])
+        .arg(&out));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not supported for the text-to-image preset"));
+    assert!(!out.exists());
+    // The range, opt size and buckets land in the metadata; the opt size is the default size.
+    let o = export(&[
+        "--dynamic-size",
+        "--min-size",
+        "16",
+        "--max-size",
+        "48",
+        "--opt-size",
+        "32x48",
+    ]);
+    assert!(o.status.success());
+    let meta = pixeldit_runtime::model::read_metadata(&out).unwrap();
+    let d = meta.dynamic.unwrap();
+    assert_eq!(
+        (d.min, d.max, d.opt, meta.height, meta.width),
+        (16, 48, [32, 48], 32, 48)
+    );
+    assert!(!d.buckets.is_empty());
+    assert!(d.buckets.iter().all(|&[h, w]| d.check(h, w).is_ok()));
+}
