@@ -37,38 +37,43 @@ enum Plans {
     /// One plan (batch stays symbolic).
     Fixed(Arc<TypedRunnableModel>),
     /// A dynamic-size model (`height`/`width` dims, `pixeldit-export --dynamic-size`): tract cannot simplify the
-    /// in-graph size arithmetic symbolically, so the model is concretized and optimized per size, on first use.
+    /// in-graph size arithmetic symbolically, so the model is concretized (batch, height, width) and optimized per
+    /// input shape, on first use.
     PerSize {
         /// The parsed model, with symbolic input facts.
         model: Box<InferenceModel>,
-        /// Per input: its index and the axes named `height`/`width`.
+        /// Per input: its index and its symbolic axes.
         sized: Vec<(usize, Vec<usize>)>,
-        /// Plans by the concrete sizes of those axes.
+        /// Plans by the concrete sizes of those axes (a CFG run uses two batch sizes: two plans per image size).
         cache: HashMap<Vec<usize>, Arc<TypedRunnableModel>>,
     },
 }
 
-/// The input axes of `model` whose dim is the symbol `height` or `width` of a dynamic-size export.
+/// For a dynamic-size model (an input axis named `height` or `width`): every symbolic input axis (batch included,
+/// so that tract folds the whole in-graph shape arithmetic into constants), per input; empty for other models.
 fn sized_axes(model: &InferenceModel) -> Result<Vec<(usize, Vec<usize>)>> {
     let names = [pixeldit_spec::io::HEIGHT_DIM, pixeldit_spec::io::WIDTH_DIM];
     let mut out = Vec::new();
+    let mut dynamic_size = false;
     for i in 0..model.inputs.len() {
         let fact = model.input_fact(i).map_err(tract_err)?;
-        let axes: Vec<usize> = fact
-            .shape
-            .dims()
-            .enumerate()
-            .filter(|(_, d)| {
-                d.concretize()
-                    .is_some_and(|d| names.contains(&d.to_string().as_str()))
-            })
-            .map(|(a, _)| a)
-            .collect();
+        let mut axes = Vec::new();
+        for (a, d) in fact.shape.dims().enumerate() {
+            let d = d.concretize();
+            if d.as_ref()
+                .is_some_and(|d| names.contains(&d.to_string().as_str()))
+            {
+                dynamic_size = true;
+            }
+            if d.as_ref().is_none_or(|d| d.to_i64().is_err()) {
+                axes.push(a);
+            }
+        }
         if !axes.is_empty() {
             out.push((i, axes));
         }
     }
-    Ok(out)
+    Ok(if dynamic_size { out } else { Vec::new() })
 }
 
 /// `model` with the sized axes of its inputs set to `sizes` (in [`sized_axes`] order), optimized.
