@@ -52,8 +52,8 @@ pub struct ExportArgs {
     #[arg(long)]
     width: Option<usize>,
     /// One model for every image size: height and width of x and v are symbolic, and the patch grid, the RoPE
-    /// tables, the pixel positional embedding and patchify/unpatchify are computed in the graph (class-conditional
-    /// presets; every --attention). pixeldit-run then takes --height/--width/--aspect-ratio. The range, the
+    /// tables, the pixel positional embedding and patchify/unpatchify are computed in the graph (every preset and
+    /// --attention). pixeldit-run then takes --height/--width/--aspect-ratio. The range, the
     /// default size and the --aspect-ratio buckets are stored in the metadata.
     #[arg(long)]
     dynamic_size: bool,

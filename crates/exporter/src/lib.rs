@@ -82,7 +82,7 @@ pub struct ExportOptions {
     /// Sampler defaults written to the metadata (the config's when `None`).
     pub sampler: Option<SamplerDefaults>,
     /// A dynamic image size (symbolic `H`, `W`; `height x width` is then the default size, which must be inside
-    /// the range): class-conditional models only. `None`: the size is fixed.
+    /// the range). `None`: the size is fixed.
     pub dynamic: Option<DynamicSize>,
 }
 

@@ -11,7 +11,7 @@ pub enum Dim {
     Fixed(usize),
     /// `batch * k`.
     Batch(usize),
-    /// `k * batch^e0 * rows^e1 * cols^e2` for any other product of [`Symbol`]s (build it with [`Dim::mono`], which
+    /// `k * batch^e0 * rows^e1 * cols^e2 * joint^e3` for any other product of [`Symbol`]s (build it with [`Dim::mono`], which
     /// keeps `Fixed` and `Batch` canonical).
     Sym(Mono),
 }
@@ -26,20 +26,26 @@ pub enum Symbol {
     Rows,
     /// Columns of the dynamic grid.
     Cols,
+    /// The length of a joint sequence (`rows * cols` image tokens after a fixed number of text tokens): not a
+    /// monomial of the others, so the graph binds it to its own computed value.
+    Joint,
 }
+
+/// Number of [`Symbol`]s.
+pub const SYMBOLS: usize = 4;
 
 impl Symbol {
-    /// The three symbols, in exponent order.
-    pub const ALL: [Symbol; 3] = [Symbol::Batch, Symbol::Rows, Symbol::Cols];
+    /// The symbols, in exponent order.
+    pub const ALL: [Symbol; SYMBOLS] = [Symbol::Batch, Symbol::Rows, Symbol::Cols, Symbol::Joint];
 }
 
-/// `k * batch^e[0] * rows^e[1] * cols^e[2]`.
+/// `k * batch^e[0] * rows^e[1] * cols^e[2] * joint^e[3]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Mono {
     /// The constant factor.
     pub k: usize,
     /// The exponents of [`Symbol::ALL`].
-    pub e: [u8; 3],
+    pub e: [u8; SYMBOLS],
 }
 
 impl Dim {
@@ -52,26 +58,26 @@ impl Dim {
     }
 
     /// `k` times the symbols with exponents `e`, in canonical form (`Fixed`, `Batch`, else `Sym`).
-    pub fn mono(k: usize, e: [u8; 3]) -> Dim {
+    pub fn mono(k: usize, e: [u8; SYMBOLS]) -> Dim {
         match e {
-            [0, 0, 0] => Dim::Fixed(k),
-            [1, 0, 0] => Dim::Batch(k),
+            [0, 0, 0, 0] => Dim::Fixed(k),
+            [1, 0, 0, 0] => Dim::Batch(k),
             _ => Dim::Sym(Mono { k, e }),
         }
     }
 
     /// `k` times one symbol.
     pub fn of(symbol: Symbol, k: usize) -> Dim {
-        let mut e = [0; 3];
+        let mut e = [0; SYMBOLS];
         e[symbol as usize] = 1;
         Dim::mono(k, e)
     }
 
     /// The factor and exponents of this dimension.
-    pub fn parts(self) -> (usize, [u8; 3]) {
+    pub fn parts(self) -> (usize, [u8; SYMBOLS]) {
         match self {
-            Dim::Fixed(n) => (n, [0; 3]),
-            Dim::Batch(k) => (k, [1, 0, 0]),
+            Dim::Fixed(n) => (n, [0; SYMBOLS]),
+            Dim::Batch(k) => (k, [1, 0, 0, 0]),
             Dim::Sym(m) => (m.k, m.e),
         }
     }
@@ -79,16 +85,16 @@ impl Dim {
     /// The product of two dimensions.
     pub fn times(self, other: Dim) -> Dim {
         let ((a, ea), (b, eb)) = (self.parts(), other.parts());
-        Dim::mono(a * b, [ea[0] + eb[0], ea[1] + eb[1], ea[2] + eb[2]])
+        Dim::mono(a * b, std::array::from_fn(|i| ea[i] + eb[i]))
     }
 
     /// This dimension divided by `other` when the quotient is a monomial with an integer factor.
     pub fn divided_by(self, other: Dim) -> Option<Dim> {
         let ((a, ea), (b, eb)) = (self.parts(), other.parts());
-        if b == 0 || a % b != 0 || (0..3).any(|i| ea[i] < eb[i]) {
+        if b == 0 || a % b != 0 || (0..SYMBOLS).any(|i| ea[i] < eb[i]) {
             return None;
         }
-        Some(Dim::mono(a / b, [ea[0] - eb[0], ea[1] - eb[1], ea[2] - eb[2]]))
+        Some(Dim::mono(a / b, std::array::from_fn(|i| ea[i] - eb[i])))
     }
 }
 
@@ -100,7 +106,7 @@ impl std::fmt::Display for Dim {
             Dim::Batch(k) => write!(f, "B*{k}"),
             Dim::Sym(m) => {
                 let mut parts: Vec<String> = Vec::new();
-                for (i, name) in ["B", "R", "C"].iter().enumerate() {
+                for (i, name) in ["B", "R", "C", "J"].iter().enumerate() {
                     for _ in 0..m.e[i] {
                         parts.push((*name).to_string());
                     }

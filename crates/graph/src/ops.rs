@@ -310,6 +310,55 @@ impl Graph {
         )
     }
 
+    /// Concat along `axis` declared as `out` on that axis (for dynamic sizes, whose sum the shapes cannot express:
+    /// a sum of fixed sizes is checked).
+    pub fn concat_as(&mut self, xs: &[Value], axis: i64, out: Dim) -> Result<Value> {
+        let s0 = self.shape(xs[0]).to_vec();
+        let a = norm_axis(axis, s0.len()).ok_or_else(|| self.err("Concat", format!("axis {axis}")))?;
+        let mut fixed = Some(0);
+        for x in xs {
+            let s = self.shape(*x);
+            if s.len() != s0.len() || (0..s.len()).any(|i| i != a && s[i] != s0[i]) {
+                return Err(self.err(
+                    "Concat",
+                    format!("incompatible {} and {}", fmt_shape(&s0), fmt_shape(s)),
+                ));
+            }
+            fixed = fixed.zip(s[a].fixed()).map(|(t, n)| t + n);
+        }
+        if let Some(n) = fixed.filter(|n| Dim::Fixed(*n) != out) {
+            return Err(self.err("Concat", format!("sizes sum to {n}, not {out}")));
+        }
+        let mut shape = s0;
+        shape[a] = out;
+        let dt = self.dtype(xs[0]);
+        self.one("Concat", xs, vec![("axis", Attr::Int(axis))], dt, shape)
+    }
+
+    /// Split along `axis` into pieces of the given (possibly dynamic) sizes, computed in the graph from the bound
+    /// symbols; their sum is the caller's claim (as with [`Graph::concat_as`]).
+    pub fn split_as(&mut self, x: Value, axis: i64, sizes: &[Dim]) -> Result<Vec<Value>> {
+        let s = self.shape(x).to_vec();
+        let a = norm_axis(axis, s.len()).ok_or_else(|| self.err("Split", format!("axis {axis}")))?;
+        let sp = self.shape_value(sizes, None)?;
+        let dt = self.dtype(x);
+        let outs = sizes
+            .iter()
+            .map(|n| {
+                let mut o = s.clone();
+                o[a] = *n;
+                (dt, o)
+            })
+            .collect();
+        self.add_node(
+            "Split",
+            "",
+            &[Some(x), Some(sp)],
+            vec![("axis", Attr::Int(axis))],
+            outs,
+        )
+    }
+
     /// Concat along `axis` (fixed sizes on that axis).
     pub fn concat(&mut self, xs: &[Value], axis: i64) -> Result<Value> {
         let s0 = self.shape(xs[0]).to_vec();

@@ -19,16 +19,9 @@ use pixeldit_spec::{io, ModelConfig, ModelKind};
 
 /// Builds the forward graph `v = model(x, t, y)` at a fixed `height x width` into `cx.g` (text-to-image configs:
 /// `v = model(x, t, text)`, see [`t2i`]). With [`Ctx::dynamic_size`] the image size is symbolic instead
-/// (`x [B,3,H,W]`, `v` likewise; `height x width` only checks the config), class-conditional models only.
+/// (`x [B,3,H,W]`, `v` likewise; `height x width` only checks the config).
 pub fn build(cx: &mut Ctx, cfg: &ModelConfig, height: usize, width: usize) -> Result<()> {
     if cfg.kind == ModelKind::T2i {
-        if cx.dynamic_size {
-            return Err(crate::ExportError::Unsupported(format!(
-                "a dynamic image size is not supported for the text-to-image preset '{}' yet (its joint attention \
-                 concatenates text and image tokens); export it at a fixed --height/--width",
-                cfg.name
-            )));
-        }
         return t2i::build(cx, cfg, height, width);
     }
     cfg.check_size(height, width)?;
@@ -60,7 +53,11 @@ pub fn build(cx: &mut Ctx, cfg: &ModelConfig, height: usize, width: usize) -> Re
 
 /// Declares the image input `x [B, C, H, W]` with symbolic `H = p * rows`, `W = p * cols` (`dim_param` `height`
 /// and `width`), and binds the graph symbols batch, rows and cols to `Shape(x)` (rows = `H / p`).
-fn dynamic_image_input(cx: &mut Ctx, cfg: &ModelConfig, t: &io::IoTensor) -> Result<(Value, Grid)> {
+pub(crate) fn dynamic_image_input(
+    cx: &mut Ctx,
+    cfg: &ModelConfig,
+    t: &io::IoTensor,
+) -> Result<(Value, Grid)> {
     let p = cfg.patch_size;
     let grid = Grid::dynamic();
     let (h, w) = (grid.rows.times(Dim::Fixed(p)), grid.cols.times(Dim::Fixed(p)));
