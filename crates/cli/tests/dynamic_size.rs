@@ -8,7 +8,8 @@
 //! * The decomposed dynamic tiny and digits-t2i exports run in Python onnxruntime at 32x48, 48x32 and 64x64
 //!   against the float64 references (`reference/check_dynamic_onnx.py`; measured 1.3e-6 .. 1.6e-6 and ~2e-7).
 //! * `pixeldit-run --height/--width/--aspect-ratio`: refusals exit 2 before anything runs and write nothing; a
-//!   dynamic model's sample at 48x32 equals a static 48x32 export's.
+//!   dynamic model's samples at 48x32 (digits; digits-t2i with CFG over ten prompts) equal a static 48x32
+//!   export's, on tract and ORT.
 
 use crate::forward::cases;
 use crate::util::*;
@@ -197,37 +198,68 @@ fn run_takes_sizes_of_a_dynamic_model_and_refuses_bad_ones() {
         assert!(err.contains(msg), "{args:?}: {err}");
         assert!(!out.exists(), "{args:?} wrote an output");
     }
-    // --aspect-ratio picks the nearest bucket and says so; the dynamic sample equals the static one.
-    let mut raws = Vec::new();
-    for (model, args) in [(&dynamic, &["--aspect-ratio", "3:2"][..]), (&fixed, &[][..])] {
+    // --aspect-ratio picks the nearest bucket and says so; --height/--width; the dynamic samples equal the static
+    // export's, on each backend; the same for the text-to-image model with CFG over ten prompts.
+    let t2i_weights = workspace().join("graphs").join("digits-t2i.safetensors");
+    let t2i_dynamic = export(
+        dir.path(),
+        "digits-t2i",
+        &t2i_weights,
+        AttentionMode::Custom,
+        None,
+    );
+    let t2i_fixed = export(
+        dir.path(),
+        "digits-t2i",
+        &t2i_weights,
+        AttentionMode::Custom,
+        Some((48, 32)),
+    );
+    let golden = workspace().join("tests/golden/digits-t2i");
+    let (emb, neg) = (golden.join("calib.npy"), golden.join("negative.npy"));
+    let c2i: &[&str] = &["--class", "1"];
+    let t2i: Vec<&str> = vec![
+        "--text-embeddings",
+        emb.to_str().unwrap(),
+        "--negative-embeddings",
+        neg.to_str().unwrap(),
+        "--grid",
+    ];
+    let size: &[&str] = &["--height", "48", "--width", "32"];
+    let cases: [(&Path, &[&str], &[&str], &Path, usize); 3] = [
+        (&dynamic, c2i, &["--aspect-ratio", "3:2"], &fixed, 1),
+        (&dynamic, c2i, size, &fixed, 1),
+        (&t2i_dynamic, &t2i, size, &t2i_fixed, 10),
+    ];
+    for (i, (model, cond, args, static_model, k)) in cases.into_iter().enumerate() {
         for backend in ["tract", "ort"] {
             if backend == "ort" && need_ort("run_takes_sizes").is_none() {
                 continue;
             }
-            let raw = dir.path().join(format!("raw_{backend}_{}.npy", raws.len()));
-            let o = run(bin()
-                .arg(model)
-                .args(["--backend", backend, "--class", "1", "--steps", "2", "-o"])
-                .arg(&out)
-                .arg("--save-raw")
-                .arg(&raw)
-                .args(args));
-            let err = String::from_utf8_lossy(&o.stderr);
-            assert!(o.status.success(), "{args:?}: {err}");
-            if !args.is_empty() {
-                assert!(err.contains("--aspect-ratio 3:2: 48x32"), "{err}");
+            let mut raws = Vec::new();
+            for (m, a) in [(model, args), (static_model, &[][..])] {
+                let raw = dir.path().join(format!("raw_{i}_{backend}_{}.npy", raws.len()));
+                let o = run(bin()
+                    .arg(m)
+                    .args(["--backend", backend, "--steps", "2", "-o"])
+                    .arg(&out)
+                    .arg("--save-raw")
+                    .arg(&raw)
+                    .args(cond)
+                    .args(a));
+                let err = String::from_utf8_lossy(&o.stderr);
+                assert!(o.status.success(), "{a:?}: {err}");
+                if a.contains(&"--aspect-ratio") {
+                    assert!(err.contains("--aspect-ratio 3:2: 48x32"), "{err}");
+                }
+                raws.push(io::read_npy(&raw).unwrap());
             }
-            raws.push((backend, io::read_npy(&raw).unwrap()));
+            assert_eq!(raws[0].shape(), &[k, 3, 48, 32]);
+            assert_eq!(
+                raws[0], raws[1],
+                "{model:?} {args:?} {backend}: the dynamic model's 48x32 sample differs from the static export's"
+            );
         }
-    }
-    let half = raws.len() / 2;
-    for i in 0..half {
-        let ((b, d), (_, s)) = (&raws[i], &raws[i + half]);
-        assert_eq!(d.shape(), &[1, 3, 48, 32]);
-        assert_eq!(
-            d, s,
-            "{b}: the dynamic model's 48x32 sample differs from the static export's"
-        );
     }
 }
 
