@@ -226,7 +226,9 @@ fn run_takes_sizes_of_a_dynamic_model_and_refuses_bad_ones() {
         "--grid",
     ];
     let size: &[&str] = &["--height", "48", "--width", "32"];
-    let cases: [(&Path, &[&str], &[&str], &Path, usize); 3] = [
+    // (model, condition flags, size flags, the static export at that size, images)
+    type Case<'a> = (&'a Path, &'a [&'a str], &'a [&'a str], &'a Path, usize);
+    let cases: [Case; 3] = [
         (&dynamic, c2i, &["--aspect-ratio", "3:2"], &fixed, 1),
         (&dynamic, c2i, size, &fixed, 1),
         (&t2i_dynamic, &t2i, size, &t2i_fixed, 10),
