@@ -123,9 +123,10 @@ impl TritonArgs {
         let Some(repo) = &self.triton_repo else {
             return Ok(None);
         };
-        if export.dynamic.is_some() {
+        if export.dynamic.is_some() && !self.no_triton_pipeline {
             anyhow::bail!(
-                "--triton-repo does not take a --dynamic-size model yet: export one Triton model per size with \
+                "the Triton pipeline model does not take a --dynamic-size model yet: pass --no-triton-pipeline to \
+                 serve the denoiser alone (height and width -1), or export one repository per size with \
                  --height/--width"
             );
         }

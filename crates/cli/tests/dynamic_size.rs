@@ -345,7 +345,7 @@ fn export_cli_dynamic_size_flags() {
         (&["--min-size", "16"][..], "--dynamic-size"),
         (
             &["--dynamic-size", "--triton-repo"][..],
-            "does not take a --dynamic-size model",
+            "pass --no-triton-pipeline",
         ),
         (
             &["--dynamic-size", "--precision", "int8", "--calib-sizes", "32x80"][..],
@@ -381,4 +381,45 @@ fn export_cli_dynamic_size_flags() {
     );
     assert!(!d.buckets.is_empty());
     assert!(d.buckets.iter().all(|&[h, w]| d.check(h, w).is_ok()));
+}
+
+#[test]
+fn triton_repository_of_a_dynamic_model_has_variable_height_and_width() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("models");
+    for platform in ["onnxruntime_onnx", "tensorrt_plan"] {
+        let _ = std::fs::remove_dir_all(&repo);
+        let o = run(std::process::Command::new(env!("CARGO_BIN_EXE_pixeldit-export"))
+            .args([
+                "--preset",
+                "digits",
+                "--dynamic-size",
+                "--no-triton-pipeline",
+                "-q",
+            ])
+            .args(["--triton-platform", platform, "--triton-repo"])
+            .arg(&repo));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        if platform == "onnxruntime_onnx" {
+            // (A tensorrt_plan repository validates once the engine is built on the GPU.)
+            assert_eq!(pixeldit_triton::validate_repository(&repo).unwrap().len(), 1);
+        }
+        let model_dir = std::fs::read_dir(&repo).unwrap().next().unwrap().unwrap().path();
+        let cfg = std::fs::read_to_string(model_dir.join(pixeldit_triton::config::CONFIG_FILE)).unwrap();
+        // x and v: [3, -1, -1] without the batch axis.
+        assert_eq!(cfg.matches("dims: [ 3, -1, -1 ]").count(), 2, "{cfg}");
+        if platform == "tensorrt_plan" {
+            // The engine build command spans the range: min 16x16 at batch 1, max 64x64 at the max batch.
+            let text: String = std::fs::read_dir(&model_dir)
+                .unwrap()
+                .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+                .collect();
+            assert!(text.contains("--minShapes=x:1x3x16x16,"), "{text}");
+            assert!(
+                text.contains("--optShapes=x:") && text.contains("x3x32x32,"),
+                "{text}"
+            );
+            assert!(text.contains("--maxShapes=x:16x3x64x64,"), "{text}");
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //! [`t2i_io`]).
 //!
 //! The exporter declares exactly these tensors, the runtime checks its feeds against them and the Triton
-//! writer derives `config.pbtxt` from them. Batch is the only dynamic axis (`-1`).
+//! writer derives `config.pbtxt` from them. Batch is the dynamic axis (`-1`); a dynamic-size export also has
+//! symbolic image height and width (`ModelMetadata::io`).
 
 /// Element type of a graph input or output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

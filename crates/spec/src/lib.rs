@@ -450,6 +450,21 @@ impl DynamicSize {
 }
 
 impl ModelMetadata {
+    /// The I/O contract of the exported graph ([`io::model_io`]); a dynamic-size export has `-1` for the height
+    /// and width of `x` and `v` too.
+    pub fn io(&self) -> (Vec<io::IoTensor>, Vec<io::IoTensor>) {
+        let (mut inputs, mut outputs) = io::model_io(&self.config, self.height, self.width);
+        if self.dynamic.is_some() {
+            for t in inputs.iter_mut().chain(outputs.iter_mut()) {
+                if t.dims.len() == 4 {
+                    t.dims[2] = -1;
+                    t.dims[3] = -1;
+                }
+            }
+        }
+        (inputs, outputs)
+    }
+
     /// Whether the model runs at `height x width`: inside the range of a dynamic-size export, or its exported size
     /// for a static one. Errors say what is accepted.
     pub fn check_size(&self, height: usize, width: usize) -> Result<()> {
