@@ -356,6 +356,45 @@ pub struct DynamicSize {
     pub buckets: Vec<[usize; 2]>,
 }
 
+/// The official text-to-image sampling buckets `[H, W]` (`ASPECT_RATIO_1024_TEST` of the official
+/// `t2i/diffusion/data/datasets/utils.py`, inherited from SANA/PixArt): 33 sizes from 512x2048 to 2048x512, chosen
+/// by the nearest aspect ratio to a request (`--ar h:w`).
+pub const ASPECT_RATIO_1024_TEST: [[usize; 2]; 33] = [
+    [512, 2048],
+    [512, 1856],
+    [576, 1792],
+    [576, 1728],
+    [576, 1664],
+    [640, 1600],
+    [640, 1536],
+    [704, 1472],
+    [704, 1408],
+    [704, 1344],
+    [768, 1344],
+    [768, 1280],
+    [832, 1216],
+    [832, 1152],
+    [896, 1152],
+    [896, 1088],
+    [960, 1088],
+    [960, 1024],
+    [1024, 1024],
+    [1024, 960],
+    [1088, 960],
+    [1088, 896],
+    [1152, 896],
+    [1152, 832],
+    [1216, 832],
+    [1280, 768],
+    [1344, 768],
+    [1408, 704],
+    [1472, 704],
+    [1536, 640],
+    [1600, 640],
+    [1728, 576],
+    [2048, 512],
+];
+
 /// Aspect ratios (`h:w`) of the derived bucket table of class-conditional presets, which have no official table
 /// (their checkpoints are square): each at about the area of the training size.
 const C2I_BUCKET_RATIOS: [(usize, usize); 9] = [
@@ -372,7 +411,9 @@ const C2I_BUCKET_RATIOS: [(usize, usize); 9] = [
 
 impl DynamicSize {
     /// The defaults of a config: sides from half to twice the training size (at least one patch), opt at the
-    /// training size, buckets of about the training area at the aspect ratios 1:2 .. 2:1, rounded to the patch.
+    /// training size; buckets: for text-to-image presets [`ASPECT_RATIO_1024_TEST`] scaled to the preset's size
+    /// (exactly the official table at 1024), for class-conditional ones about the training area at the aspect
+    /// ratios 1:2 .. 2:1; rounded to the patch and clamped to the range.
     pub fn for_config(cfg: &ModelConfig) -> Self {
         let p = cfg.patch_size;
         let (h, w) = (cfg.default_height, cfg.default_width);
@@ -381,13 +422,24 @@ impl DynamicSize {
         let min = round(side as f64 / 2.0).max(p);
         let max = round(side as f64 * 2.0);
         let area = (h * w) as f64;
+        let candidates: Vec<[usize; 2]> = if cfg.kind == ModelKind::T2i {
+            let scale = area.sqrt() / 1024.0;
+            ASPECT_RATIO_1024_TEST
+                .iter()
+                .map(|&[bh, bw]| [round(bh as f64 * scale), round(bw as f64 * scale)])
+                .collect()
+        } else {
+            C2I_BUCKET_RATIOS
+                .iter()
+                .map(|&(rh, rw)| {
+                    let r = rh as f64 / rw as f64;
+                    [round((area * r).sqrt()), round((area / r).sqrt())]
+                })
+                .collect()
+        };
         let mut buckets: Vec<[usize; 2]> = Vec::new();
-        for (rh, rw) in C2I_BUCKET_RATIOS {
-            let r = rh as f64 / rw as f64;
-            let b = [
-                round((area * r).sqrt()).clamp(min, max),
-                round((area / r).sqrt()).clamp(min, max),
-            ];
+        for [bh, bw] in candidates {
+            let b = [bh.clamp(min, max), bw.clamp(min, max)];
             if !buckets.contains(&b) {
                 buckets.push(b);
             }
@@ -439,9 +491,10 @@ impl DynamicSize {
         )))
     }
 
-    /// The bucket whose aspect ratio `h / w` is nearest to `ratio` (in log space; ties: the first in the table).
+    /// The bucket whose aspect ratio `h / w` is nearest to `ratio` (absolute difference, as the official
+    /// `get_closest_ratio`; ties: the first in the table).
     pub fn nearest_bucket(&self, ratio: f64) -> Option<[usize; 2]> {
-        let dist = |b: &[usize; 2]| ((b[0] as f64 / b[1] as f64).ln() - ratio.ln()).abs();
+        let dist = |b: &[usize; 2]| (b[0] as f64 / b[1] as f64 - ratio).abs();
         self.buckets
             .iter()
             .copied()
@@ -515,6 +568,13 @@ mod tests {
             let e = d.check(h, w).unwrap_err().to_string();
             assert!(e.contains("multiples of 16 in 128..=512"), "{e}");
         }
+        // The text-to-image preset gets the official table at 1024.
+        let t2i = DynamicSize::for_config(&ModelConfig::preset("t2i").unwrap());
+        assert_eq!((t2i.min, t2i.max, t2i.opt), (512, 2048, [1024, 1024]));
+        assert_eq!(t2i.buckets, ASPECT_RATIO_1024_TEST.to_vec());
+        assert_eq!(t2i.nearest_bucket(9.0 / 16.0), Some([768, 1344]));
+        assert_eq!(t2i.nearest_bucket(16.0 / 9.0), Some([1344, 768]));
+        assert_eq!(t2i.nearest_bucket(1.0), Some([1024, 1024]));
         let mut bad = d.clone();
         bad.opt = [600, 600];
         assert!(bad.validate().is_err());

@@ -98,8 +98,8 @@ pub(crate) struct SampleArgs {
     /// Image width in pixels [default: the model's]; see --height.
     #[arg(long, value_name = "PX", conflicts_with = "aspect_ratio")]
     pub(crate) width: Option<usize>,
-    /// Dynamic-size models: the size of the model's bucket table nearest to this aspect ratio H:W (in log ratio),
-    /// printed on stderr.
+    /// Dynamic-size models: the size of the model's bucket table whose H/W is nearest to this aspect ratio H:W
+    /// (text-to-image models: the official 33 test buckets), printed on stderr.
     #[arg(long, value_name = "H:W")]
     pub(crate) aspect_ratio: Option<String>,
     /// Initial noise, .npy f32 [K,3,H,W] (replaces --seed).
