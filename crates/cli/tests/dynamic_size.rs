@@ -7,6 +7,9 @@
 //!   48x32; `tests/golden/forward/`), on both backends, one loaded model for all sizes.
 //! * The decomposed dynamic tiny and digits-t2i exports run in Python onnxruntime at 32x48, 48x32 and 64x64
 //!   against the float64 references (`reference/check_dynamic_onnx.py`; measured 1.3e-6 .. 1.6e-6 and ~2e-7).
+//! * Triton: a dynamic denoiser repository (`--no-triton-pipeline`) has `[3, -1, -1]` dims and spans the range in
+//!   its `trtexec` profile; a real server (the test venv) serves it at 48x32 and 32x64, one after the other and at
+//!   once, each equal to the local sample.
 //! * `pixeldit-run --height/--width/--aspect-ratio`: refusals exit 2 before anything runs and write nothing; a
 //!   dynamic model's samples at 48x32 (digits; digits-t2i with CFG over ten prompts) equal a static 48x32
 //!   export's, on tract and ORT.
@@ -421,5 +424,95 @@ fn triton_repository_of_a_dynamic_model_has_variable_height_and_width() {
             );
             assert!(text.contains("--maxShapes=x:16x3x64x64,"), "{text}");
         }
+    }
+}
+
+#[test]
+fn triton_serves_a_dynamic_denoiser_at_two_sizes() {
+    use crate::triton::{triton_env, Server};
+    if triton_env("triton_serves_a_dynamic_denoiser_at_two_sizes").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let o = run(std::process::Command::new(env!("CARGO_BIN_EXE_pixeldit-export"))
+        .args([
+            "--preset",
+            "digits",
+            "--dynamic-size",
+            "--no-triton-pipeline",
+            "-q",
+            "--triton-repo",
+        ])
+        .arg(&repo));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let onnx = repo.join("pixeldit_digits/1/model.onnx");
+    let server = Server::start(&repo, &dir.path().join("tritonserver.log"));
+    // Step-wise sampling through the served denoiser at two sizes, each equal to the local sample of the same
+    // model at that size (ONNX Runtime CPU on both sides).
+    let mut locals = Vec::new();
+    for (h, w) in [("48", "32"), ("32", "64")] {
+        let mut raws = Vec::new();
+        for remote in [true, false] {
+            let raw = dir.path().join(format!("{h}x{w}_{remote}.npy"));
+            let mut c = bin();
+            if remote {
+                c.args(["--triton", &server.url, "--model", "pixeldit_digits"]);
+            } else {
+                c.arg(&onnx).args(["--backend", "ort"]);
+            }
+            let o = run(c
+                .args([
+                    "--classes",
+                    "1,7",
+                    "--steps",
+                    "3",
+                    "--height",
+                    h,
+                    "--width",
+                    w,
+                    "-o",
+                ])
+                .arg(dir.path().join("out.png"))
+                .arg("--save-raw")
+                .arg(&raw));
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            raws.push(io::read_npy(&raw).unwrap());
+        }
+        assert_eq!(raws[0].shape(), &[2, 3, h.parse().unwrap(), w.parse().unwrap()]);
+        let err = rel_l2(raws[0].as_slice().unwrap(), raws[1].as_slice().unwrap());
+        eprintln!("{h}x{w}: remote vs local relative L2 {err:.2e}");
+        assert!(err < 1e-5, "{h}x{w}: remote vs local relative L2 {err:.2e}");
+        locals.push(raws.pop().unwrap());
+    }
+    // Both sizes at once (the dynamic batcher may only batch requests of equal shapes): still the local samples.
+    let children: Vec<_> = [("48", "32"), ("32", "64")]
+        .iter()
+        .map(|(h, w)| {
+            let raw = dir.path().join(format!("concurrent_{h}x{w}.npy"));
+            let child = bin()
+                .args(["--triton", &server.url, "--model", "pixeldit_digits", "-q"])
+                .args([
+                    "--classes",
+                    "1,7",
+                    "--steps",
+                    "3",
+                    "--height",
+                    h,
+                    "--width",
+                    w,
+                    "-o",
+                ])
+                .arg(dir.path().join(format!("concurrent_{h}x{w}.png")))
+                .arg("--save-raw")
+                .arg(&raw)
+                .spawn()
+                .unwrap();
+            (child, raw)
+        })
+        .collect();
+    for ((mut child, raw), local) in children.into_iter().zip(&locals) {
+        assert!(child.wait().unwrap().success());
+        assert_eq!(&io::read_npy(&raw).unwrap(), local, "{raw:?}");
     }
 }
