@@ -123,13 +123,6 @@ impl TritonArgs {
         let Some(repo) = &self.triton_repo else {
             return Ok(None);
         };
-        if export.dynamic.is_some() && !self.no_triton_pipeline {
-            anyhow::bail!(
-                "the Triton pipeline model does not take a --dynamic-size model yet: pass --no-triton-pipeline to \
-                 serve the denoiser alone (height and width -1), or export one repository per size with \
-                 --height/--width"
-            );
-        }
         let platform = match self.triton_platform {
             PlatformArg::OnnxruntimeOnnx => Platform::OnnxRuntime,
             PlatformArg::TensorrtPlan => Platform::TensorRtPlan,

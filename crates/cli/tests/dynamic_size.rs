@@ -7,9 +7,10 @@
 //!   48x32; `tests/golden/forward/`), on both backends, one loaded model for all sizes.
 //! * The decomposed dynamic tiny and digits-t2i exports run in Python onnxruntime at 32x48, 48x32 and 64x64
 //!   against the float64 references (`reference/check_dynamic_onnx.py`; measured 1.3e-6 .. 1.6e-6 and ~2e-7).
-//! * Triton: a dynamic denoiser repository (`--no-triton-pipeline`) has `[3, -1, -1]` dims and spans the range in
-//!   its `trtexec` profile; a real server (the test venv) serves it at 48x32 and 32x64, one after the other and at
-//!   once, each equal to the local sample.
+//! * Triton: a dynamic denoiser repository has `[3, -1, -1]` dims and spans the range in its `trtexec` profile; a
+//!   real server (the test venv) serves one repository at 48x32 and 32x64 through the pipeline (`height`/`width`
+//!   inputs) and step-wise, one after the other and at once, each equal to the local sample; a size out of range
+//!   is refused by the pipeline with the range.
 //! * `pixeldit-run --height/--width/--aspect-ratio`: refusals exit 2 before anything runs and write nothing; a
 //!   dynamic model's samples at 48x32 (digits; digits-t2i with CFG over ten prompts) equal a static 48x32
 //!   export's, on tract and ORT.
@@ -347,10 +348,6 @@ fn export_cli_dynamic_size_flags() {
         (&["--dynamic-size", "--opt-size", "32"][..], "expected HxW"),
         (&["--min-size", "16"][..], "--dynamic-size"),
         (
-            &["--dynamic-size", "--triton-repo"][..],
-            "pass --no-triton-pipeline",
-        ),
-        (
             &["--dynamic-size", "--precision", "int8", "--calib-sizes", "32x80"][..],
             "--calib-sizes 32x80",
         ),
@@ -428,39 +425,43 @@ fn triton_repository_of_a_dynamic_model_has_variable_height_and_width() {
 }
 
 #[test]
-fn triton_serves_a_dynamic_denoiser_at_two_sizes() {
+fn triton_serves_a_dynamic_model_at_two_sizes() {
     use crate::triton::{triton_env, Server};
-    if triton_env("triton_serves_a_dynamic_denoiser_at_two_sizes").is_none() {
+    if triton_env("triton_serves_a_dynamic_model_at_two_sizes").is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     let o = run(std::process::Command::new(env!("CARGO_BIN_EXE_pixeldit-export"))
-        .args([
-            "--preset",
-            "digits",
-            "--dynamic-size",
-            "--no-triton-pipeline",
-            "-q",
-            "--triton-repo",
-        ])
+        .args(["--preset", "digits", "--dynamic-size", "-q", "--triton-repo"])
         .arg(&repo));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pcfg = std::fs::read_to_string(repo.join("pixeldit_digits_pipeline/config.pbtxt")).unwrap();
+    assert!(
+        pcfg.contains("name: \"height\"") && pcfg.contains("dims: [ 3, -1, -1 ]"),
+        "{pcfg}"
+    );
     let onnx = repo.join("pixeldit_digits/1/model.onnx");
     let server = Server::start(&repo, &dir.path().join("tritonserver.log"));
-    // Step-wise sampling through the served denoiser at two sizes, each equal to the local sample of the same
-    // model at that size (ONNX Runtime CPU on both sides).
+    // The pipeline model (one request per image, `height`/`width` inputs) and step-wise sampling through the
+    // served denoiser, at two sizes: each equal to the local sample of the same model (ORT CPU on both sides).
     let mut locals = Vec::new();
     for (h, w) in [("48", "32"), ("32", "64")] {
         let mut raws = Vec::new();
-        for remote in [true, false] {
-            let raw = dir.path().join(format!("{h}x{w}_{remote}.npy"));
+        for mode in ["local", "pipeline", "step-wise"] {
+            let raw = dir.path().join(format!("{h}x{w}_{mode}.npy"));
             let mut c = bin();
-            if remote {
-                c.args(["--triton", &server.url, "--model", "pixeldit_digits"]);
-            } else {
-                c.arg(&onnx).args(["--backend", "ort"]);
-            }
+            match mode {
+                "local" => c.arg(&onnx).args(["--backend", "ort"]),
+                "pipeline" => c.args(["--triton", &server.url, "--model", "pixeldit_digits"]),
+                _ => c.args([
+                    "--triton",
+                    &server.url,
+                    "--model",
+                    "pixeldit_digits",
+                    "--triton-step-wise",
+                ]),
+            };
             let o = run(c
                 .args([
                     "--classes",
@@ -476,16 +477,47 @@ fn triton_serves_a_dynamic_denoiser_at_two_sizes() {
                 .arg(dir.path().join("out.png"))
                 .arg("--save-raw")
                 .arg(&raw));
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "{mode}: {err}");
+            if mode == "pipeline" {
+                assert!(err.contains("using the Triton pipeline model"), "{err}");
+            }
             raws.push(io::read_npy(&raw).unwrap());
         }
         assert_eq!(raws[0].shape(), &[2, 3, h.parse().unwrap(), w.parse().unwrap()]);
-        let err = rel_l2(raws[0].as_slice().unwrap(), raws[1].as_slice().unwrap());
-        eprintln!("{h}x{w}: remote vs local relative L2 {err:.2e}");
-        assert!(err < 1e-5, "{h}x{w}: remote vs local relative L2 {err:.2e}");
-        locals.push(raws.pop().unwrap());
+        for (mode, r) in ["pipeline", "step-wise"].iter().zip(&raws[1..]) {
+            let err = rel_l2(r.as_slice().unwrap(), raws[0].as_slice().unwrap());
+            eprintln!("{h}x{w} {mode}: remote vs local relative L2 {err:.2e}");
+            assert!(
+                err < 1e-5,
+                "{h}x{w} {mode}: remote vs local relative L2 {err:.2e}"
+            );
+        }
+        locals.push(raws.swap_remove(0));
     }
-    // Both sizes at once (the dynamic batcher may only batch requests of equal shapes): still the local samples.
+    // A size outside the range: refused by the pipeline with the range in the message.
+    let o = run(bin()
+        .args(["--triton", &server.url, "--model", "pixeldit_digits", "-q"])
+        .args(["--class", "1", "--height", "80", "-o"])
+        .arg(dir.path().join("bad.png")));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("16..=64"));
+    // The pipeline model itself refuses it too (a client that does not check first).
+    let p = pixeldit_triton::TritonModel::connect(
+        &server.url,
+        "pixeldit_digits_pipeline",
+        &pixeldit_triton::ClientOptions::default(),
+    )
+    .unwrap();
+    let req = pixeldit_triton::PipelineRequest {
+        class: Some(1),
+        height: Some(80),
+        ..Default::default()
+    };
+    let e = p.generate(&req).unwrap_err().to_string();
+    assert!(e.contains("80x32") && e.contains("16..=64"), "{e}");
+    // Both sizes at once through the pipeline (the denoiser's dynamic batcher may only batch requests of equal
+    // shapes): still the local samples.
     let children: Vec<_> = [("48", "32"), ("32", "64")]
         .iter()
         .map(|(h, w)| {
@@ -513,6 +545,8 @@ fn triton_serves_a_dynamic_denoiser_at_two_sizes() {
         .collect();
     for ((mut child, raw), local) in children.into_iter().zip(&locals) {
         assert!(child.wait().unwrap().success());
-        assert_eq!(&io::read_npy(&raw).unwrap(), local, "{raw:?}");
+        let got = io::read_npy(&raw).unwrap();
+        let err = rel_l2(got.as_slice().unwrap(), local.as_slice().unwrap());
+        assert!(err < 1e-5, "{raw:?}: relative L2 {err:.2e}");
     }
 }

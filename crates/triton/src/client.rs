@@ -100,6 +100,10 @@ pub struct PipelineRequest {
     pub interval: Option<(f64, f64)>,
     /// Time shift.
     pub shift: Option<f64>,
+    /// Image height (a dynamic-size model's pipeline only).
+    pub height: Option<usize>,
+    /// Image width (a dynamic-size model's pipeline only).
+    pub width: Option<usize>,
 }
 
 impl TritonModel {
@@ -450,6 +454,16 @@ impl TritonModel {
         }
         if let Some(v) = &r.negative_prompt {
             inputs.push(InferInput::json("negative_prompt", "BYTES", one(), text(v)));
+        }
+        for (name, v) in [("height", r.height), ("width", r.width)] {
+            if let Some(v) = v {
+                inputs.push(InferInput::json(
+                    name,
+                    "INT32",
+                    one(),
+                    JsonData::I64(vec![v as i64]),
+                ));
+            }
         }
         if let Some(v) = r.steps {
             inputs.push(InferInput::json(

@@ -296,16 +296,17 @@ fn check_batching_and_instances(cfg: &ModelConfig, problems: &mut Vec<String>) {
 }
 
 /// Every input and output named, typed and with positive dims (a leading `-1` only without `max_batch_size`; `-1`
-/// anywhere for a dynamic-size PixelDiT model, whose dims the I/O contract check then compares exactly), none
+/// anywhere for a dynamic-size PixelDiT model or its pipeline, whose denoiser dims the I/O contract check then
+/// compares exactly), none
 /// declared twice; returns the declared tensors with the dims the model sees (after `reshape`).
 fn check_tensors<'a>(cfg: &'a ModelConfig, problems: &mut Vec<String>) -> BTreeMap<&'a str, (i32, Vec<i64>)> {
     let mbs = i64::from(cfg.max_batch_size);
-    let dynamic_size = !cfg.parameters.contains_key(DENOISER_KEY)
-        && cfg
-            .parameters
-            .get(META_KEY)
-            .and_then(|p| ModelMetadata::from_json(&p.string_value).ok())
-            .is_some_and(|m| m.dynamic.is_some());
+    // (A pipeline model carries its denoiser's metadata: its outputs have the request's size.)
+    let dynamic_size = cfg
+        .parameters
+        .get(META_KEY)
+        .and_then(|p| ModelMetadata::from_json(&p.string_value).ok())
+        .is_some_and(|m| m.dynamic.is_some());
     let mut declared: BTreeMap<&str, (i32, Vec<i64>)> = BTreeMap::new();
     let tensors = [
         (

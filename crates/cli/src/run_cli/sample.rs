@@ -32,8 +32,9 @@ impl Source {
         }
     }
 
-    /// One request per image for a pipeline model on the server (none for embedding files: those runs go step-wise).
-    fn pipeline_requests(&self, a: &SampleArgs) -> Option<Vec<PipelineRequest>> {
+    /// One request per image for a pipeline model on the server (none for embedding files: those runs go step-wise);
+    /// `size` is sent as the `height`/`width` inputs (a dynamic-size model's pipeline).
+    fn pipeline_requests(&self, a: &SampleArgs, size: Option<ImageShape>) -> Option<Vec<PipelineRequest>> {
         let base = PipelineRequest {
             seed: a.seed,
             steps: a.steps,
@@ -41,6 +42,8 @@ impl Source {
             sampler: a.sampler.map(|s| s.to_string()),
             interval: a.interval,
             shift: a.shift,
+            height: size.map(|s| s.height),
+            width: size.map(|s| s.width),
             ..Default::default()
         };
         match self {
@@ -157,7 +160,8 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
     let (mut report, sampler_line) = sampler_report(&scfg);
     report["conditions"] = source.report(a);
     if target.pipeline.is_some() && a.noise.is_none() {
-        if let Some(requests) = source.pipeline_requests(a) {
+        let size = target.meta.dynamic.as_ref().map(|_| image);
+        if let Some(requests) = source.pipeline_requests(a, size) {
             let out_paths = checked_outputs(a, requests.len())?;
             return remote::sample_in_server(
                 a,

@@ -38,6 +38,10 @@ pub struct Request {
     /// Time shift.
     #[serde(default, deserialize_with = "float::f64")]
     pub shift: Option<f64>,
+    /// Image height in pixels (a dynamic-size model: a multiple of 16 in its range; a static one: its own size).
+    pub height: Option<u64>,
+    /// Image width in pixels (as `height`).
+    pub width: Option<u64>,
 }
 
 /// The fields of a [`Request`], in declaration order.
@@ -52,6 +56,8 @@ pub const FIELDS: &[&str] = &[
     "sampler",
     "interval",
     "shift",
+    "height",
+    "width",
 ];
 
 impl Request {
