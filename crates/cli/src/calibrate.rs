@@ -91,15 +91,16 @@ pub struct CalibInputs {
     pub sizes: Vec<(usize, usize)>,
 }
 
-/// Checks `--calib-sizes` against the export: inside a dynamic model's range, else the export's own size.
-pub fn check_sizes(opts: &ExportOptions, sizes: &[(usize, usize)]) -> Result<()> {
+/// Checks the sizes of `flag` (`--calib-sizes`, `--eval-sizes`) against the export: inside a dynamic model's
+/// range, else the export's own size.
+pub fn check_sizes(opts: &ExportOptions, flag: &str, sizes: &[(usize, usize)]) -> Result<()> {
     for &(h, w) in sizes {
         match &opts.dynamic {
-            Some(d) => d.check(h, w).with_context(|| format!("--calib-sizes {h}x{w}"))?,
+            Some(d) => d.check(h, w).with_context(|| format!("{flag} {h}x{w}"))?,
             None if (h, w) == (opts.height, opts.width) => {}
             None => bail!(
-                "--calib-sizes {h}x{w}: the model is exported at the fixed size {}x{} (calibrating at other sizes \
-                 needs --dynamic-size)",
+                "{flag} {h}x{w}: the model is exported at the fixed size {}x{} (other sizes need \
+                 --dynamic-size)",
                 opts.height,
                 opts.width
             ),
@@ -326,7 +327,7 @@ pub fn calibrate(
     inputs: &CalibInputs,
 ) -> Result<Calibration> {
     let start = Instant::now();
-    check_sizes(opts, &inputs.sizes)?;
+    check_sizes(opts, "--calib-sizes", &inputs.sizes)?;
     let sizes = if inputs.sizes.is_empty() {
         vec![(opts.height, opts.width)]
     } else {

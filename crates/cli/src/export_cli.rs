@@ -219,7 +219,8 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let opts = export_options(&args)?;
     let quant = args.quant.config(opts.precision)?;
     let mut calib = args.quant.calib_inputs()?;
-    crate::calibrate::check_sizes(&opts, &calib.sizes)?;
+    crate::calibrate::check_sizes(&opts, "--calib-sizes", &calib.sizes)?;
+    crate::calibrate::check_sizes(&opts, "--eval-sizes", &args.quant.eval_sizes()?)?;
     if let (Some(_), Some(text)) = (&quant, &opts.config.text) {
         // Prompts are encoded once, for the calibration and the accuracy report.
         calib.text = calib.text.encoded(text, &opts.config.name)?;

@@ -87,6 +87,15 @@ pub struct QuantArgs {
     /// Seeds of the accuracy report (kept apart from the calibration seeds).
     #[arg(long, value_delimiter = ',', value_name = "S,..", default_value = "100,101")]
     pub eval_seeds: Vec<u64>,
+    /// Image sizes of the accuracy report, comma-separated HxW (every seed at every size; a --dynamic-size model's
+    /// range) [default: the model's size].
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "HxW,..",
+        requires = "accuracy_report"
+    )]
+    pub eval_sizes: Vec<String>,
     /// Sampler steps of the accuracy report [default: the model's].
     #[arg(long, value_name = "N")]
     pub eval_steps: Option<usize>,
@@ -203,6 +212,7 @@ impl QuantArgs {
             || self.smoothquant.is_some()
             || self.int8_weight_range.is_some()
             || self.accuracy_report.is_some()
+            || !self.eval_sizes.is_empty()
             || self.eval_steps.is_some()
     }
 
@@ -236,16 +246,26 @@ impl QuantArgs {
         Ok(Some(q))
     }
 
+    /// The parsed `--eval-sizes`.
+    pub fn eval_sizes(&self) -> Result<Vec<(usize, usize)>> {
+        self.eval_sizes
+            .iter()
+            .map(|s| crate::export_cli::parse_size(s).with_context(|| format!("--eval-sizes {s}")))
+            .collect()
+    }
+
     /// Writes and prints the accuracy report when `--accuracy-report` was given, on the text conditions of the
     /// calibration (`calib`, from [`QuantArgs::calib_inputs`]).
     pub fn report(&self, opts: &ExportOptions, model: &Path, calib: &CalibInputs) -> Result<()> {
         let Some(out) = &self.accuracy_report else {
             return Ok(());
         };
+        let sizes = self.eval_sizes()?;
         let eval = EvalConfig {
             seeds: self.eval_seeds.clone(),
             steps: self.eval_steps,
             text: calib.text.clone(),
+            sizes,
             ..Default::default()
         };
         let r = accuracy_report(opts, model, &eval).context("accuracy report")?;

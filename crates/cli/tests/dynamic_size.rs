@@ -7,6 +7,8 @@
 //!   48x32; `tests/golden/forward/`), on both backends, one loaded model for all sizes.
 //! * The decomposed dynamic tiny and digits-t2i exports run in Python onnxruntime at 32x48, 48x32 and 64x64
 //!   against the float64 references (`reference/check_dynamic_onnx.py`; measured 1.3e-6 .. 1.6e-6 and ~2e-7).
+//! * Quantized: int8 and fp8 dynamic exports equal static exports calibrated at the same size (`--calib-sizes`),
+//!   and meet their golden PSNR thresholds at 32x64 and 64x32 in the accuracy report (`--eval-sizes`).
 //! * Triton: a dynamic denoiser repository has `[3, -1, -1]` dims and spans the range in its `trtexec` profile; a
 //!   real server (the test venv) serves one repository at 48x32 and 32x64 through the pipeline (`height`/`width`
 //!   inputs) and step-wise, one after the other and at once, each equal to the local sample; a size out of range
@@ -355,6 +357,18 @@ fn export_cli_dynamic_size_flags() {
             &["--precision", "int8", "--calib-sizes", "32x48"][..],
             "fixed size 32x32",
         ),
+        (
+            &[
+                "--dynamic-size",
+                "--precision",
+                "int8",
+                "--accuracy-report",
+                "r.json",
+                "--eval-sizes",
+                "32x80",
+            ][..],
+            "--eval-sizes 32x80",
+        ),
     ] {
         let o = export(args);
         let err = String::from_utf8_lossy(&o.stderr);
@@ -548,5 +562,47 @@ fn triton_serves_a_dynamic_model_at_two_sizes() {
         let got = io::read_npy(&raw).unwrap();
         let err = rel_l2(got.as_slice().unwrap(), local.as_slice().unwrap());
         assert!(err < 1e-5, "{raw:?}: relative L2 {err:.2e}");
+    }
+}
+
+#[test]
+fn quantized_dynamic_exports_meet_their_thresholds_at_non_square_sizes() {
+    use pixeldit_spec::Precision;
+    let dir = tempfile::tempdir().unwrap();
+    for precision in [Precision::Int8, Precision::Fp8] {
+        let report = dir.path().join(format!("{precision}.json"));
+        let o = run(std::process::Command::new(env!("CARGO_BIN_EXE_pixeldit-export"))
+            .args([
+                "--preset",
+                "digits",
+                "--dynamic-size",
+                "--precision",
+                precision.as_str(),
+                "-q",
+            ])
+            .args([
+                "--eval-sizes",
+                "32x64,64x32",
+                "--eval-seeds",
+                "100",
+                "--accuracy-report",
+            ])
+            .arg(&report)
+            .arg("-o")
+            .arg(dir.path().join(format!("{precision}.onnx"))));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert_eq!(r["sizes"], serde_json::json!([[32, 64], [64, 32]]));
+        assert_eq!(
+            r["sample_psnr_db"].as_array().unwrap().len(),
+            8,
+            "4 classes x 1 seed x 2 sizes"
+        );
+        // The golden threshold of the variant (tests/golden/digits/thresholds.json), here against the fp32 export
+        // at the non-square sizes (calibrated at the default 32x32).
+        let pooled = r["sample_psnr_pooled_db"].as_f64().unwrap();
+        let min = crate::digits::variant(precision).min_psnr_db;
+        eprintln!("{precision}: pooled PSNR {pooled:.1} dB at 32x64 and 64x32 (threshold {min})");
+        assert!(pooled >= min, "{precision}: pooled PSNR {pooled:.1} dB < {min}");
     }
 }
