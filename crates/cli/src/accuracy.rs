@@ -45,6 +45,8 @@ pub struct EvalConfig {
     pub backend: BackendKind,
     /// Text conditions of text-to-image models.
     pub text: TextCalibration,
+    /// Image sizes `(height, width)` evaluated, each with every seed (`--eval-sizes`; empty: the model's size).
+    pub sizes: Vec<(usize, usize)>,
 }
 
 impl Default for EvalConfig {
@@ -56,6 +58,7 @@ impl Default for EvalConfig {
             t_points: vec![0.0, 0.25, 0.5, 0.75, 0.95],
             backend: BackendKind::Auto,
             text: TextCalibration::default(),
+            sizes: Vec::new(),
         }
     }
 }
@@ -89,13 +92,16 @@ pub struct AccuracyReport {
     pub prompts: Vec<String>,
     /// Seeds.
     pub seeds: Vec<u64>,
+    /// Image sizes `[H, W]` evaluated (`--eval-sizes`; absent: the model's size).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sizes: Vec<[usize; 2]>,
     /// Sampler steps.
     pub steps: usize,
     /// CFG scale.
     pub cfg_scale: f32,
     /// Error of `v` per t.
     pub v_error: Vec<TimeError>,
-    /// PSNR per image (dB, `null` when identical), seed-major then class.
+    /// PSNR per image (dB, `null` when identical), size-major, then seed, then class.
     pub sample_psnr_db: Vec<f64>,
     /// PSNR of the pooled MSE of all images (dB).
     pub sample_psnr_pooled_db: f64,
@@ -229,12 +235,27 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
         usize::MAX,
         None,
     )?;
-    let (conditions, image) = (&run.conditions, ImageShape::of(&meta));
+    let conditions = &run.conditions;
+    let sizes = if cfg.sizes.is_empty() {
+        vec![(meta.height, meta.width)]
+    } else {
+        cfg.sizes.clone()
+    };
+    for &(h, w) in &sizes {
+        for m in [&meta, &vmeta] {
+            m.check_size(h, w)
+                .with_context(|| format!("--eval-sizes {h}x{w}"))?;
+        }
+    }
     let k = conditions.count();
     let request = |noise: &Array4<f32>| Request {
         conditions: conditions.clone(),
         sampler: run.sampler.clone(),
-        image,
+        image: ImageShape {
+            height: noise.shape()[2],
+            width: noise.shape()[3],
+            ..ImageShape::of(&meta)
+        },
         noise: Noise::Given(noise.clone()),
     };
     let cond_rows = conditions.rows();
@@ -243,7 +264,25 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
     let mut psnrs = Vec::new();
     let (mut se_all, mut ref_all, mut n_all) = (0.0f64, 0.0f64, 0usize);
     let (mut uncached, mut uncached_seconds) = (Vec::new(), 0.0);
-    for &seed in &cfg.seeds {
+    let runs: Vec<(u64, usize, usize)> = sizes
+        .iter()
+        .flat_map(|&(h, w)| cfg.seeds.iter().map(move |&s| (s, h, w)))
+        .collect();
+    // The noise of one run of `runs`.
+    let noise_of = |&(seed, height, width): &(u64, usize, usize)| {
+        let image = ImageShape {
+            height,
+            width,
+            ..ImageShape::of(&meta)
+        };
+        io::seeded_noise(seed, image.batch(k))
+    };
+    for &(seed, height, width) in &runs {
+        let image = ImageShape {
+            height,
+            width,
+            ..ImageShape::of(&meta)
+        };
         let noise = io::seeded_noise(seed, image.batch(k));
         let xr = generate(&mut r, &request(&noise), &mut |_| {})?
             .x
@@ -283,7 +322,7 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
         }
     }
     let pooled = psnr(se_all / n_all.max(1) as f64);
-    let images = (cfg.seeds.len() * k).max(1) as f64;
+    let images = (runs.len() * k).max(1) as f64;
     let uncached_ms_per_image = uncached_seconds * 1e3 / images;
     let patch_cache = match &vmeta.patch_split {
         None => Vec::new(),
@@ -297,8 +336,8 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
                 cached.set_policy(policy)?;
                 let before = cached.stats();
                 let (mut xs, mut seconds) = (Vec::new(), 0.0);
-                for &seed in &cfg.seeds {
-                    let noise = io::seeded_noise(seed, image.batch(k));
+                for run in &runs {
+                    let noise = noise_of(run);
                     let start = Instant::now();
                     xs.push(
                         generate(&mut cached, &request(&noise), &mut |_| {})?
@@ -312,7 +351,7 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
                 let relative = (whole as f64 * flops.whole() + pixel as f64 * flops.pixel_level())
                     / ((whole + pixel) as f64 * flops.whole());
                 let (pooled, min) = psnr_pair(&xs, &uncached);
-                let n = cfg.seeds.len().max(1);
+                let n = runs.len().max(1);
                 rows.push(CacheRow {
                     setting: format!("{policy} ({})", cached.reuse()),
                     steps: run.sampler.steps,
@@ -330,8 +369,8 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
                 fewer.steps = steps;
                 let (mut xs, mut seconds) = (Vec::new(), 0.0);
                 let mut forwards = 0;
-                for &seed in &cfg.seeds {
-                    let noise = io::seeded_noise(seed, image.batch(k));
+                for run in &runs {
+                    let noise = noise_of(run);
                     let req = Request {
                         sampler: fewer.clone(),
                         ..request(&noise)
@@ -365,6 +404,7 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
         classes: conditions.labels().to_vec(),
         prompts: run.prompts.clone(),
         seeds: cfg.seeds.clone(),
+        sizes: cfg.sizes.iter().map(|&(h, w)| [h, w]).collect(),
         steps: run.sampler.steps,
         cfg_scale: run.sampler.cfg_scale,
         v_error: cfg

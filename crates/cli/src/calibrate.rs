@@ -87,6 +87,26 @@ pub struct CalibInputs {
     pub backend: BackendKind,
     /// Text conditions (text-to-image models).
     pub text: TextCalibration,
+    /// Image sizes `(height, width)` to sample at, every seed at each (`--calib-sizes`); empty: the model's size.
+    pub sizes: Vec<(usize, usize)>,
+}
+
+/// Checks the sizes of `flag` (`--calib-sizes`, `--eval-sizes`) against the export: inside a dynamic model's
+/// range, else the export's own size.
+pub fn check_sizes(opts: &ExportOptions, flag: &str, sizes: &[(usize, usize)]) -> Result<()> {
+    for &(h, w) in sizes {
+        match &opts.dynamic {
+            Some(d) => d.check(h, w).with_context(|| format!("{flag} {h}x{w}"))?,
+            None if (h, w) == (opts.height, opts.width) => {}
+            None => bail!(
+                "{flag} {h}x{w}: the model is exported at the fixed size {}x{} (other sizes need \
+                 --dynamic-size)",
+                opts.height,
+                opts.width
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Text embeddings `[K, L, E]` for the prompts and, for CFG, the negative `[K, L, E]`, with one label per prompt.
@@ -307,6 +327,12 @@ pub fn calibrate(
     inputs: &CalibInputs,
 ) -> Result<Calibration> {
     let start = Instant::now();
+    check_sizes(opts, "--calib-sizes", &inputs.sizes)?;
+    let sizes = if inputs.sizes.is_empty() {
+        vec![(opts.height, opts.width)]
+    } else {
+        inputs.sizes.clone()
+    };
     let input_names: Vec<&str> = g.inputs().iter().map(|v| g.info(*v).name.as_str()).collect();
     if !matches!(input_names.as_slice(), ["x", "t", "y"] | ["x", "t", "text"]) {
         bail!(
@@ -357,11 +383,15 @@ pub fn calibrate(
         25,
         cfg.cfg_scale,
     )?;
-    for &seed in &cfg.seeds {
+    for (&seed, &(height, width)) in cfg.seeds.iter().flat_map(|s| sizes.iter().map(move |z| (s, z))) {
         let request = Request {
             conditions: run.conditions.clone(),
             sampler: run.sampler.clone(),
-            image: ImageShape::of(&meta),
+            image: ImageShape {
+                height,
+                width,
+                ..ImageShape::of(&meta)
+            },
             noise: Noise::seeded(seed),
         };
         let mut model = |x: ArrayView4<f32>, time: Time, rows: CondRows<'_>| {
@@ -385,6 +415,7 @@ pub fn calibrate(
         classes: run.conditions.labels().to_vec(),
         prompts: run.prompts,
         seeds: cfg.seeds.clone(),
+        sizes: inputs.sizes.iter().map(|&(h, w)| [h, w]).collect(),
         steps: run.sampler.steps,
         sampler: run.sampler.kind.to_string(),
         cfg_scale: run.sampler.cfg_scale,

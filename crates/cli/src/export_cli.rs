@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use pixeldit_exporter::{ExportOptions, ExternalData, LoraSpec, WeightsSpec};
 use pixeldit_graph::WriteProgress;
-use pixeldit_spec::{AttentionMode, ModelConfig, PatchCut, Precision, Preset, PRESETS};
+use pixeldit_spec::{AttentionMode, DynamicSize, ModelConfig, PatchCut, Precision, Preset, PRESETS};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -20,6 +20,7 @@ use std::process::ExitCode;
 ///   pixeldit-export --preset XL --checkpoint imagenet256_pixeldit_xl_epoch320.ckpt -o xl.onnx
 ///   pixeldit-export --preset t2i --checkpoint pixeldit_t2i_v1.pth -o t2i.onnx
 ///   pixeldit-export --preset digits --attention decomposed -o digits.onnx
+///   pixeldit-export --preset B --checkpoint b.safetensors --dynamic-size -o b-dyn.onnx   # any size 128..=512
 ///   pixeldit-export --preset digits --triton-repo models --max-batch-size 16   # Triton model repository
 ///   pixeldit-export --preset t2i --checkpoint pixeldit_1300m_1024px_mxfp8.safetensors -o t2i.onnx   # ComfyUI file
 ///   pixeldit-export --preset XL --checkpoint xl.ckpt --lora style.safetensors:0.8 -o xl-style.onnx
@@ -56,12 +57,28 @@ pub struct ExportArgs {
     /// Seed for --random-init.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Image height (multiple of 16); the preset's default when omitted.
+    /// Image height (multiple of 16); the preset's default when omitted. With --dynamic-size: the default size.
     #[arg(long)]
     height: Option<usize>,
-    /// Image width (multiple of 16); the preset's default when omitted.
+    /// Image width (multiple of 16); the preset's default when omitted. With --dynamic-size: the default size.
     #[arg(long)]
     width: Option<usize>,
+    /// One model for every image size: height and width of x and v are symbolic, and the patch grid, the RoPE
+    /// tables, the pixel positional embedding and patchify/unpatchify are computed in the graph (every preset and
+    /// --attention). pixeldit-run then takes --height/--width/--aspect-ratio. The range, the
+    /// default size and the --aspect-ratio buckets are stored in the metadata.
+    #[arg(long)]
+    dynamic_size: bool,
+    /// With --dynamic-size: the smallest height and width accepted [default: half the preset's size].
+    #[arg(long, value_name = "PX", requires = "dynamic_size")]
+    min_size: Option<usize>,
+    /// With --dynamic-size: the largest height and width accepted [default: twice the preset's size].
+    #[arg(long, value_name = "PX", requires = "dynamic_size")]
+    max_size: Option<usize>,
+    /// With --dynamic-size: the size engines are tuned for (TensorRT opt profile), also the model's default size
+    /// [default: --height x --width, else the preset's].
+    #[arg(long, value_name = "HxW", requires = "dynamic_size", conflicts_with_all = ["height", "width"])]
+    opt_size: Option<String>,
     /// Numeric precision.
     #[arg(long, value_enum, default_value_t = Precision::Fp32)]
     precision: Precision,
@@ -174,8 +191,36 @@ fn export_options(args: &ExportArgs) -> Result<ExportOptions> {
     // Triton repositories serve the split on the onnxruntime platform only (the pixel level as its own model).
     let split = !args.no_patch_split && args.triton.serves_patch_split();
     opts.patch_cut = split.then_some(args.patch_split);
+    if let Some(opt) = &args.opt_size {
+        let (h, w) = parse_size(opt).with_context(|| format!("--opt-size {opt}"))?;
+        opts.height = h;
+        opts.width = w;
+    }
     opts.config.check_size(opts.height, opts.width)?;
+    if args.dynamic_size {
+        let mut d = DynamicSize::for_config(&opts.config);
+        d.min = args.min_size.unwrap_or(d.min);
+        d.max = args.max_size.unwrap_or(d.max);
+        d.opt = [opts.height, opts.width];
+        let range = d.clone();
+        d.buckets.retain(|&[h, w]| range.check(h, w).is_ok());
+        d.validate().context("--min-size/--max-size/--opt-size")?;
+        opts.dynamic = Some(d);
+    }
     Ok(opts)
+}
+
+/// Parses `HxW` (pixels).
+pub(crate) fn parse_size(s: &str) -> Result<(usize, usize)> {
+    let (h, w) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| anyhow::anyhow!("expected HxW, such as 256x384"))?;
+    let num = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| anyhow::anyhow!("'{v}' is not a pixel count (expected HxW, such as 256x384)"))
+    };
+    Ok((num(h)?, num(w)?))
 }
 
 /// Runs `pixeldit-export` with parsed arguments.
@@ -204,6 +249,8 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let opts = export_options(&args)?;
     let quant = args.quant.config(opts.precision)?;
     let mut calib = args.quant.calib_inputs()?;
+    crate::calibrate::check_sizes(&opts, "--calib-sizes", &calib.sizes)?;
+    crate::calibrate::check_sizes(&opts, "--eval-sizes", &args.quant.eval_sizes()?)?;
     if let (Some(_), Some(text)) = (&quant, &opts.config.text) {
         // Prompts are encoded once, for the calibration and the accuracy report.
         calib.text = calib.text.encoded(text, &opts.config.name)?;

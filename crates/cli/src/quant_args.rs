@@ -56,6 +56,10 @@ pub struct QuantArgs {
     /// Calibration noise seeds, comma-separated (one sampler run each, all classes batched).
     #[arg(long, value_delimiter = ',', value_name = "S,..", default_value = "0,1")]
     pub calib_seeds: Vec<u64>,
+    /// Image sizes the calibration samples at, comma-separated HxW (every seed at every size; a --dynamic-size
+    /// model's sizes must be in its range, a static model takes only its own size) [default: the model's size].
+    #[arg(long, value_delimiter = ',', value_name = "HxW,..")]
+    pub calib_sizes: Vec<String>,
     /// Calibration sampler steps [default: the model's, at most 25]. Every step's forward is observed, so the
     /// statistics cover the sampler's time grid from t = 0 (noise) to its last step. XL on a CPU: e.g.
     /// --calib-classes 0 --calib-seeds 0 --calib-steps 2 (about a minute).
@@ -83,6 +87,15 @@ pub struct QuantArgs {
     /// Seeds of the accuracy report (kept apart from the calibration seeds).
     #[arg(long, value_delimiter = ',', value_name = "S,..", default_value = "100,101")]
     pub eval_seeds: Vec<u64>,
+    /// Image sizes of the accuracy report, comma-separated HxW (every seed at every size; a --dynamic-size model's
+    /// range) [default: the model's size].
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "HxW,..",
+        requires = "accuracy_report"
+    )]
+    pub eval_sizes: Vec<String>,
     /// Sampler steps of the accuracy report [default: the model's].
     #[arg(long, value_name = "N")]
     pub eval_steps: Option<usize>,
@@ -173,8 +186,14 @@ impl QuantArgs {
         } else {
             TextCalibration::Synthetic
         };
+        let sizes = self
+            .calib_sizes
+            .iter()
+            .map(|s| crate::export_cli::parse_size(s).with_context(|| format!("--calib-sizes {s}")))
+            .collect::<Result<Vec<_>>>()?;
         Ok(CalibInputs {
             text,
+            sizes,
             ..Default::default()
         })
     }
@@ -185,6 +204,7 @@ impl QuantArgs {
         !self.quant_include.is_empty()
             || !self.quant_exclude.is_empty()
             || !self.calib_classes.is_empty()
+            || !self.calib_sizes.is_empty()
             || self.calib_prompts.is_some()
             || !self.calib_embeddings.is_empty()
             || self.calib_steps.is_some()
@@ -192,6 +212,7 @@ impl QuantArgs {
             || self.smoothquant.is_some()
             || self.int8_weight_range.is_some()
             || self.accuracy_report.is_some()
+            || !self.eval_sizes.is_empty()
             || self.eval_steps.is_some()
     }
 
@@ -225,16 +246,26 @@ impl QuantArgs {
         Ok(Some(q))
     }
 
+    /// The parsed `--eval-sizes`.
+    pub fn eval_sizes(&self) -> Result<Vec<(usize, usize)>> {
+        self.eval_sizes
+            .iter()
+            .map(|s| crate::export_cli::parse_size(s).with_context(|| format!("--eval-sizes {s}")))
+            .collect()
+    }
+
     /// Writes and prints the accuracy report when `--accuracy-report` was given, on the text conditions of the
     /// calibration (`calib`, from [`QuantArgs::calib_inputs`]).
     pub fn report(&self, opts: &ExportOptions, model: &Path, calib: &CalibInputs) -> Result<()> {
         let Some(out) = &self.accuracy_report else {
             return Ok(());
         };
+        let sizes = self.eval_sizes()?;
         let eval = EvalConfig {
             seeds: self.eval_seeds.clone(),
             steps: self.eval_steps,
             text: calib.text.clone(),
+            sizes,
             ..Default::default()
         };
         let r = accuracy_report(opts, model, &eval).context("accuracy report")?;

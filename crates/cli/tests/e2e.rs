@@ -10,6 +10,7 @@ mod util;
 mod checkpoint_layouts;
 mod digits;
 mod digits_t2i;
+mod dynamic_size;
 mod export_cli;
 mod export_quantize;
 mod exported;

@@ -9,15 +9,16 @@ use pixeldit_exporter::{export_to_file, ExportOptions, WeightsSpec};
 use pixeldit_runtime::backend::{self, Candidate, LoadOptions};
 use pixeldit_spec::{AttentionMode, ModelConfig};
 
-struct Case {
-    name: &'static str,
-    x: Array4<f32>,
-    t: Array1<f32>,
-    y: Array1<i64>,
-    v: Vec<f32>,
+pub(crate) struct Case {
+    pub(crate) name: &'static str,
+    pub(crate) x: Array4<f32>,
+    pub(crate) t: Array1<f32>,
+    pub(crate) y: Array1<i64>,
+    pub(crate) v: Vec<f32>,
 }
 
-fn cases() -> Vec<Case> {
+/// The golden cases of `tests/golden/forward/cases.safetensors`.
+pub(crate) fn cases() -> Vec<Case> {
     let path = workspace().join("tests/golden/forward/cases.safetensors");
     let bytes = std::fs::read(&path).expect("golden cases");
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();

@@ -5,7 +5,9 @@
 //! and node scopes equal to the module paths (`patch_blocks.3.attn.qkv/Gemm_0`).
 //!
 //! * Inputs `x [B,3,H,W]` f32, `t [B]` f32, `y [B]` int64; output `v [B,3,H,W]`; batch is dynamic, the
-//!   image size is fixed per export (RoPE tables and pixel positional embeddings are constants).
+//!   image size is fixed per export (RoPE tables and pixel positional embeddings are constants), or, with
+//!   [`ExportOptions::dynamic`], symbolic: the patch grid, the 2D RoPE tables, the pixel positional embedding and
+//!   the patchify reshapes are computed in the graph from the shape of `x`.
 //! * Attention (QK-RMSNorm, 2D RoPE, SDPA) is one `pixeldit.RotaryAttention` node by default
 //!   ([`AttentionMode::Custom`]; semantics in [`pixeldit_spec::custom_op`]), or standard opset-23 ops
 //!   ([`AttentionMode::Onnx23`]), or opset-17 primitives ([`AttentionMode::Decomposed`]).
@@ -49,7 +51,7 @@ pub use weights::{KeyReport, Weights};
 
 use pixeldit_graph::{DType, Graph, Progress, WriteOptions, WriteReport};
 use pixeldit_spec::{
-    AttentionMode, ModelConfig, ModelMetadata, PatchCut, PatchSplit, Precision, SamplerDefaults,
+    AttentionMode, DynamicSize, ModelConfig, ModelMetadata, PatchCut, PatchSplit, Precision, SamplerDefaults,
     META_FORMAT_VERSION, META_KEY, PIXEL_LEVEL_KEY,
 };
 use std::path::{Path, PathBuf};
@@ -91,6 +93,9 @@ pub struct ExportOptions {
     /// cut tensor and the pixel level is written as a second graph, `<model>.pixel.onnx`. `None` (the default of
     /// [`ExportOptions::new`]; `pixeldit-export` splits at [`PatchCut::Tokens`] unless told not to): one graph.
     pub patch_cut: Option<PatchCut>,
+    /// A dynamic image size (symbolic `H`, `W`; `height x width` is then the default size, which must be inside
+    /// the range). `None`: the size is fixed.
+    pub dynamic: Option<DynamicSize>,
 }
 
 impl ExportOptions {
@@ -107,6 +112,7 @@ impl ExportOptions {
             sampler: None,
             loras: Vec::new(),
             patch_cut: None,
+            dynamic: None,
         }
     }
 }
@@ -182,13 +188,29 @@ pub fn build_graph_and_report(opts: &ExportOptions, weights: &Weights) -> Result
         opts.config.norm_eps as f32,
     );
     cx.patch_cut = opts.patch_cut;
+    let size = match &opts.dynamic {
+        Some(d) => {
+            if d.multiple != opts.config.patch_size {
+                return Err(ExportError::Unsupported(format!(
+                    "a dynamic size with multiple {} for patch size {}",
+                    d.multiple, opts.config.patch_size
+                )));
+            }
+            d.validate()?;
+            d.check(opts.height, opts.width)?;
+            cx.dynamic_size = true;
+            format!(
+                "dynamic {}..={} per side, default {}x{}",
+                d.min, d.max, opts.height, opts.width
+            )
+        }
+        None => format!("{}x{}", opts.height, opts.width),
+    };
     let (mut g, report) = model::build_graph(cx, &config, opts.height, opts.width)?;
     g.set_name(&format!("pixeldit_{}", opts.config.name));
     g.set_doc(&format!(
-        "PixelDiT {} ({}x{}, {}, attention {}), exported by pixeldit-exporter {}",
+        "PixelDiT {} ({size}, {}, attention {}), exported by pixeldit-exporter {}",
         opts.config.name,
-        opts.height,
-        opts.width,
         opts.precision,
         opts.attention,
         env!("CARGO_PKG_VERSION")
@@ -215,6 +237,7 @@ pub fn metadata(opts: &ExportOptions, weights: &Weights, weights_sha256: &str) -
         exporter_version: env!("CARGO_PKG_VERSION").to_string(),
         quantization: None,
         patch_split: None,
+        dynamic: opts.dynamic.clone(),
     }
 }
 
@@ -250,7 +273,10 @@ pub fn write_graph(
         props.push(("pixeldit.attention".into(), opts.attention.to_string()));
         props.push((
             "pixeldit.image_size".into(),
-            format!("{}x{}", opts.height, opts.width),
+            match &opts.dynamic {
+                Some(_) => "dynamic".to_string(),
+                None => format!("{}x{}", opts.height, opts.width),
+            },
         ));
         props.push(("pixeldit.weights_sha256".into(), r.weights_sha256.clone()));
         if !weights.adapters().is_empty() {

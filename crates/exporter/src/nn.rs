@@ -3,7 +3,7 @@
 
 use crate::weights::{KeyReport, Lookup, Weights};
 use crate::{ExportError, Result};
-use pixeldit_graph::{Attr, DType, Dim, Encoding, Graph, TensorData, Value};
+use pixeldit_graph::{Attr, DType, Dim, Encoding, Graph, Symbol, TensorData, Value};
 use pixeldit_spec::{custom_op, AttentionMode, PatchCut};
 use std::collections::{BTreeSet, HashMap};
 
@@ -41,6 +41,44 @@ impl AdaLn {
     }
 }
 
+/// The patch-token grid of an image: fixed (`rows x cols` patches), or the graph's [`Symbol::Rows`] x
+/// [`Symbol::Cols`] of a dynamic-size export (computed from the shape of `x`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grid {
+    /// Patch rows (`H / p`).
+    pub rows: Dim,
+    /// Patch columns (`W / p`).
+    pub cols: Dim,
+}
+
+impl Grid {
+    /// A fixed `rows x cols` grid.
+    pub fn fixed(rows: usize, cols: usize) -> Self {
+        Grid {
+            rows: Dim::Fixed(rows),
+            cols: Dim::Fixed(cols),
+        }
+    }
+
+    /// The symbolic grid of a dynamic-size export.
+    pub fn dynamic() -> Self {
+        Grid {
+            rows: Dim::of(Symbol::Rows, 1),
+            cols: Dim::of(Symbol::Cols, 1),
+        }
+    }
+
+    /// `(rows, cols)` when fixed.
+    pub fn sizes(&self) -> Option<(usize, usize)> {
+        Some((self.rows.fixed()?, self.cols.fixed()?))
+    }
+
+    /// The token count `rows * cols`.
+    pub fn tokens(&self) -> Dim {
+        self.rows.times(self.cols)
+    }
+}
+
 /// The builder state shared by every layer of one export.
 pub struct Ctx<'w> {
     /// The graph being built.
@@ -55,7 +93,11 @@ pub struct Ctx<'w> {
     pub eps: f32,
     /// Where the model is cut for the patch-level step cache (the cut tensor becomes an extra output).
     pub patch_cut: Option<PatchCut>,
-    position_ids: HashMap<usize, Value>,
+    /// Whether the image size is symbolic ([`crate::model::build`]).
+    pub dynamic_size: bool,
+    position_ids: HashMap<Dim, Value>,
+    /// RoPE tables computed in the graph (dynamic sizes), per head dim and layout.
+    rope_tables: HashMap<(usize, bool), (Value, Value)>,
     /// Checkpoint keys the model read (or declared), with their shapes, in reading order: the schema.
     read: Vec<(String, Vec<usize>)>,
     /// Keys the model asked for that the checkpoint lacks.
@@ -90,7 +132,9 @@ impl<'w> Ctx<'w> {
             attention,
             eps,
             patch_cut: None,
+            dynamic_size: false,
             position_ids: HashMap::new(),
+            rope_tables: HashMap::new(),
             read: Vec::new(),
             missing: Vec::new(),
             mismatch: None,
@@ -292,36 +336,85 @@ impl<'w> Ctx<'w> {
         })?)
     }
 
-    /// `RotaryAttention` of the official code: qkv Linear (no bias), QK-RMSNorm, 2D RoPE on an
-    /// `hs x ws` token grid, SDPA, output projection. `x` is `[B, S, width]`.
+    /// The 2D RoPE tables `[S, dh/2]` (`[S, dh/2, 1]` for the decomposed lowering) of `grid`: named constants for
+    /// a fixed grid; for a dynamic one computed in the graph from the grid symbols, in f64 as
+    /// [`custom_op::rope_2d_tables`] does (positions `16 i / max(n - 1, 1)` per axis), then cast to f32.
+    pub fn rope_2d(&mut self, grid: Grid, dh: usize, theta: f64) -> Result<(Value, Value)> {
+        let decomposed = self.attention == AttentionMode::Decomposed;
+        if let Some((hs, ws)) = grid.sizes() {
+            let s = hs * ws;
+            let (cos, sin) = custom_op::rope_2d_tables(hs, ws, dh, theta);
+            let table_shape = if decomposed {
+                vec![s, dh / 2, 1]
+            } else {
+                vec![s, dh / 2]
+            };
+            let cos = self.table(
+                &format!("pixeldit.rope2d.{hs}x{ws}.d{dh}.cos"),
+                table_shape.clone(),
+                &cos,
+            )?;
+            let sin = self.table(&format!("pixeldit.rope2d.{hs}x{ws}.d{dh}.sin"), table_shape, &sin)?;
+            return Ok((cos, sin));
+        }
+        if let Some(t) = self.rope_tables.get(&(dh, decomposed)) {
+            return Ok(*t);
+        }
+        let half = dh / 2;
+        // Pair j turns by x * f_{j/2} (j even) or y * f_{(j-1)/2} (j odd): one factor table per axis, zero on the
+        // other axis's pairs, so `x * fx + y * fy` is exact.
+        let freqs: Vec<f64> = (0..dh / 4)
+            .map(|k| theta.powf(-(4.0 * k as f64) / dh as f64))
+            .collect();
+        let fx: Vec<f64> = (0..half)
+            .map(|j| if j % 2 == 0 { freqs[j / 2] } else { 0.0 })
+            .collect();
+        let fy: Vec<f64> = (0..half)
+            .map(|j| if j % 2 == 1 { freqs[j / 2] } else { 0.0 })
+            .collect();
+        let tokens = grid.tokens();
+        let t = self.g.scoped(&format!("pixeldit.rope2d.d{dh}"), |g| {
+            let xs = grid_positions(g, grid.cols)?;
+            let ys = grid_positions(g, grid.rows)?;
+            let xs = g.reshape(xs, &[Dim::Fixed(1), grid.cols, Dim::Fixed(1)])?;
+            let ys = g.reshape(ys, &[grid.rows, Dim::Fixed(1), Dim::Fixed(1)])?;
+            let fx = const_f64(g, &[half], &fx)?;
+            let fy = const_f64(g, &[half], &fy)?;
+            let ax = g.mul(xs, fx)?;
+            let ay = g.mul(ys, fy)?;
+            let angle = g.add(ax, ay)?;
+            let shape = if decomposed {
+                vec![tokens, Dim::Fixed(half), Dim::Fixed(1)]
+            } else {
+                vec![tokens, Dim::Fixed(half)]
+            };
+            let angle = g.reshape(angle, &shape)?;
+            let c = g.cos(angle)?;
+            let s = g.sin(angle)?;
+            Ok((g.cast(c, DType::F32)?, g.cast(s, DType::F32)?))
+        })?;
+        self.rope_tables.insert((dh, decomposed), t);
+        Ok(t)
+    }
+
+    /// `RotaryAttention` of the official code: qkv Linear (no bias), QK-RMSNorm, 2D RoPE on the token `grid`,
+    /// SDPA, output projection. `x` is `[B, S, width]`.
     pub fn rotary_attention(
         &mut self,
         x: Value,
         prefix: &str,
         heads: usize,
-        hs: usize,
-        ws: usize,
+        grid: Grid,
         theta: f64,
     ) -> Result<Value> {
         let shape = self.g.shape(x).to_vec();
         let width = shape[2].fixed().expect("fixed width");
         let dh = width / heads;
-        let s = hs * ws;
+        let s = grid.tokens();
         let qkv = self.linear(x, &format!("{prefix}.qkv"), 3 * width, false)?;
         let qn = self.weight(&format!("{prefix}.q_norm.weight"), &[dh], DType::F32)?;
         let kn = self.weight(&format!("{prefix}.k_norm.weight"), &[dh], DType::F32)?;
-        let (cos, sin) = custom_op::rope_2d_tables(hs, ws, dh, theta);
-        let table_shape = if self.attention == AttentionMode::Decomposed {
-            vec![s, dh / 2, 1]
-        } else {
-            vec![s, dh / 2]
-        };
-        let cos = self.table(
-            &format!("pixeldit.rope2d.{hs}x{ws}.d{dh}.cos"),
-            table_shape.clone(),
-            &cos,
-        )?;
-        let sin = self.table(&format!("pixeldit.rope2d.{hs}x{ws}.d{dh}.sin"), table_shape, &sin)?;
+        let (cos, sin) = self.rope_2d(grid, dh, theta)?;
         let scale = 1.0 / (dh as f32).sqrt();
         let eps = self.eps;
         let o = match self.attention {
@@ -361,25 +454,41 @@ impl<'w> Ctx<'w> {
                         g.matmul(p, v)?
                     };
                     let o = g.transpose(o, &[0, 2, 1, 3])?;
-                    g.reshape(o, &[shape[0], Dim::Fixed(s), Dim::Fixed(width)])
+                    g.reshape(o, &[shape[0], s, Dim::Fixed(width)])
                 })?
             }
         };
         self.linear(o, &format!("{prefix}.proj"), width, true)
     }
 
-    /// Position ids `[B, S]` (0..S per row) for opset-23 `RotaryEmbedding`, built once per S.
-    /// Forgets the shared position-id tensors, so that later attentions compute their own (the pixel level of a
-    /// patch-level split must not depend on a patch-level tensor through them).
+    /// Forgets the shared position-id and RoPE tensors, so that later attentions compute their own (the pixel
+    /// level of a patch-level split must not depend on a patch-level tensor through them).
     pub(crate) fn forget_position_ids(&mut self) {
         self.position_ids.clear();
+        self.rope_tables.clear();
     }
 
-    pub(crate) fn position_ids(&mut self, like: Value, s: usize) -> Result<Value> {
+    /// Position ids `[B, S]` (0..S per row) for opset-23 `RotaryEmbedding`, built once per S (a dynamic S is
+    /// a `Range` over the grid's token count).
+    pub(crate) fn position_ids(&mut self, like: Value, s: Dim) -> Result<Value> {
         if let Some(v) = self.position_ids.get(&s) {
             return Ok(*v);
         }
         let batch = self.g.shape(like)[0];
+        let Some(s) = s.fixed() else {
+            let v = self.g.scoped("pixeldit.position_ids_dynamic", |g| {
+                let n = g.dim_value(s)?;
+                let n = g.reshape(n, &[])?;
+                let zero = g.constant(DType::I64, vec![], 0i64.to_le_bytes().to_vec())?;
+                let one = g.constant(DType::I64, vec![], 1i64.to_le_bytes().to_vec())?;
+                let ids = g.range(zero, n, one, s)?;
+                let ids = g.unsqueeze(ids, &[0])?;
+                let target = g.shape_value(&[batch, s], None)?;
+                g.expand(ids, target, vec![batch, s])
+            })?;
+            self.position_ids.insert(s, v);
+            return Ok(v);
+        };
         let v = self.g.scoped(&format!("pixeldit.position_ids_{s}"), |g| {
             let ids: Vec<u8> = (0..s as i64).flat_map(|i| i.to_le_bytes()).collect();
             let base = g.constant(DType::I64, vec![1, s], ids)?;
@@ -390,25 +499,48 @@ impl<'w> Ctx<'w> {
             let target = g.concat(&[b, sv], 0)?;
             g.expand(base, target, vec![batch, Dim::Fixed(s)])
         })?;
-        self.position_ids.insert(s, v);
+        self.position_ids.insert(Dim::Fixed(s), v);
         Ok(v)
     }
 }
 
-/// The batch-dependent row count of a flattened prefix shape (exactly one batch dim expected).
+/// An f64 constant.
+pub(crate) fn const_f64(g: &mut Graph, shape: &[usize], values: &[f64]) -> pixeldit_graph::Result<Value> {
+    let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    g.constant(DType::F64, shape.to_vec(), bytes)
+}
+
+/// The f64 scalar value of a dynamic dim.
+pub(crate) fn dim_f64(g: &mut Graph, d: Dim) -> pixeldit_graph::Result<Value> {
+    let n = g.dim_value(d)?;
+    let n = g.reshape(n, &[])?;
+    g.cast(n, DType::F64)
+}
+
+/// `0, 1, .., n-1` as f64 for a dynamic length `n`.
+pub(crate) fn arange_f64(g: &mut Graph, n: Dim) -> pixeldit_graph::Result<Value> {
+    let end = dim_f64(g, n)?;
+    let zero = const_f64(g, &[], &[0.0])?;
+    let one = const_f64(g, &[], &[1.0])?;
+    g.range(zero, end, one, n)
+}
+
+/// The RoPE positions of a grid axis of `n` tokens, `16 i / max(n - 1, 1)` in f64 (`linspace(0, 16, n)` of the
+/// official code; a single token sits at 0, as [`custom_op::rope_2d_tables`] has it).
+fn grid_positions(g: &mut Graph, n: Dim) -> pixeldit_graph::Result<Value> {
+    let idx = arange_f64(g, n)?;
+    let end = dim_f64(g, n)?;
+    let one = const_f64(g, &[], &[1.0])?;
+    let span = const_f64(g, &[], &[16.0])?;
+    let steps = g.sub(end, one)?;
+    let steps = g.max(steps, one)?;
+    let scaled = g.mul(span, idx)?;
+    g.div(scaled, steps)
+}
+
+/// The row count of a flattened prefix shape (the product of its dims).
 pub fn flatten_rows(prefix: &[Dim]) -> Dim {
-    let mut fixed = 1;
-    let mut batch = None;
-    for d in prefix {
-        match d {
-            Dim::Fixed(n) => fixed *= n,
-            Dim::Batch(k) => batch = Some(batch.unwrap_or(1) * k),
-        }
-    }
-    match batch {
-        Some(k) => Dim::Batch(k * fixed),
-        None => Dim::Fixed(fixed),
-    }
+    prefix.iter().fold(Dim::Fixed(1), |acc, d| acc.times(*d))
 }
 
 /// `[B,S,3*H*Dh]` -> q, k, v each `[B,H,S,Dh]`.

@@ -23,6 +23,8 @@ pub enum DType {
     I64,
     /// bool
     Bool,
+    /// float64 (size-dependent tables computed in the graph)
+    F64,
 }
 
 impl DType {
@@ -38,6 +40,7 @@ impl DType {
             DType::I32 => pb::INT32,
             DType::I64 => pb::INT64,
             DType::Bool => pb::BOOL,
+            DType::F64 => pb::DOUBLE,
         }
     }
     /// Bytes per element.
@@ -46,12 +49,15 @@ impl DType {
             DType::F8E4M3 | DType::I8 | DType::U8 | DType::Bool => 1,
             DType::F16 | DType::BF16 => 2,
             DType::F32 | DType::I32 => 4,
-            DType::I64 => 8,
+            DType::I64 | DType::F64 => 8,
         }
     }
     /// Whether the type is a floating-point type.
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3)
+        matches!(
+            self,
+            DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::F64
+        )
     }
     /// Short lowercase name used in dumps.
     pub fn name(self) -> &'static str {
@@ -65,6 +71,7 @@ impl DType {
             DType::I32 => "i32",
             DType::I64 => "i64",
             DType::Bool => "bool",
+            DType::F64 => "f64",
         }
     }
 }

@@ -4,13 +4,48 @@ use crate::tensor::{Encoding, Initializer, TensorData};
 use crate::{DType, GraphError, Result};
 use std::collections::{BTreeMap, HashMap};
 
-/// One dimension of a value: fixed, or a multiple of the dynamic batch size.
+/// One dimension of a value: fixed, a multiple of the dynamic batch size, or a monomial of the symbols.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dim {
     /// A fixed size.
     Fixed(usize),
     /// `batch * k`.
     Batch(usize),
+    /// `k * batch^e0 * rows^e1 * cols^e2 * joint^e3` for any other product of [`Symbol`]s (build it with [`Dim::mono`], which
+    /// keeps `Fixed` and `Batch` canonical).
+    Sym(Mono),
+}
+
+/// A dynamic symbol of a graph: the batch, and the two axes of a dynamic grid (the patch rows and columns of a
+/// dynamic-size image).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Symbol {
+    /// The batch size.
+    Batch,
+    /// Rows of the dynamic grid.
+    Rows,
+    /// Columns of the dynamic grid.
+    Cols,
+    /// The length of a joint sequence (`rows * cols` image tokens after a fixed number of text tokens): not a
+    /// monomial of the others, so the graph binds it to its own computed value.
+    Joint,
+}
+
+/// Number of [`Symbol`]s.
+pub const SYMBOLS: usize = 4;
+
+impl Symbol {
+    /// The symbols, in exponent order.
+    pub const ALL: [Symbol; SYMBOLS] = [Symbol::Batch, Symbol::Rows, Symbol::Cols, Symbol::Joint];
+}
+
+/// `k * batch^e[0] * rows^e[1] * cols^e[2] * joint^e[3]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mono {
+    /// The constant factor.
+    pub k: usize,
+    /// The exponents of [`Symbol::ALL`].
+    pub e: [u8; SYMBOLS],
 }
 
 impl Dim {
@@ -18,8 +53,48 @@ impl Dim {
     pub fn fixed(self) -> Option<usize> {
         match self {
             Dim::Fixed(n) => Some(n),
-            Dim::Batch(_) => None,
+            _ => None,
         }
+    }
+
+    /// `k` times the symbols with exponents `e`, in canonical form (`Fixed`, `Batch`, else `Sym`).
+    pub fn mono(k: usize, e: [u8; SYMBOLS]) -> Dim {
+        match e {
+            [0, 0, 0, 0] => Dim::Fixed(k),
+            [1, 0, 0, 0] => Dim::Batch(k),
+            _ => Dim::Sym(Mono { k, e }),
+        }
+    }
+
+    /// `k` times one symbol.
+    pub fn of(symbol: Symbol, k: usize) -> Dim {
+        let mut e = [0; SYMBOLS];
+        e[symbol as usize] = 1;
+        Dim::mono(k, e)
+    }
+
+    /// The factor and exponents of this dimension.
+    pub fn parts(self) -> (usize, [u8; SYMBOLS]) {
+        match self {
+            Dim::Fixed(n) => (n, [0; SYMBOLS]),
+            Dim::Batch(k) => (k, [1, 0, 0, 0]),
+            Dim::Sym(m) => (m.k, m.e),
+        }
+    }
+
+    /// The product of two dimensions.
+    pub fn times(self, other: Dim) -> Dim {
+        let ((a, ea), (b, eb)) = (self.parts(), other.parts());
+        Dim::mono(a * b, std::array::from_fn(|i| ea[i] + eb[i]))
+    }
+
+    /// This dimension divided by `other` when the quotient is a monomial with an integer factor.
+    pub fn divided_by(self, other: Dim) -> Option<Dim> {
+        let ((a, ea), (b, eb)) = (self.parts(), other.parts());
+        if b == 0 || a % b != 0 || (0..SYMBOLS).any(|i| ea[i] < eb[i]) {
+            return None;
+        }
+        Some(Dim::mono(a / b, std::array::from_fn(|i| ea[i] - eb[i])))
     }
 }
 
@@ -29,6 +104,18 @@ impl std::fmt::Display for Dim {
             Dim::Fixed(n) => write!(f, "{n}"),
             Dim::Batch(1) => write!(f, "B"),
             Dim::Batch(k) => write!(f, "B*{k}"),
+            Dim::Sym(m) => {
+                let mut parts: Vec<String> = Vec::new();
+                for (i, name) in ["B", "R", "C", "J"].iter().enumerate() {
+                    for _ in 0..m.e[i] {
+                        parts.push((*name).to_string());
+                    }
+                }
+                if m.k != 1 {
+                    parts.push(m.k.to_string());
+                }
+                write!(f, "{}", parts.join("*"))
+            }
         }
     }
 }
@@ -98,6 +185,11 @@ pub struct Graph {
     node_counters: HashMap<(String, String), usize>,
     const_cache: HashMap<(DType, Vec<usize>, Vec<u8>), Value>,
     const_counter: usize,
+    /// `[1]` int64 values of the symbols (bound by [`Graph::bind_symbol`]), and dims computed from them.
+    symbols: HashMap<Symbol, Value>,
+    dim_values: HashMap<Dim, Value>,
+    /// `dim_param` names of dims of graph inputs and outputs ([`Graph::name_dim`]).
+    pub(crate) dim_names: HashMap<Dim, String>,
 }
 
 impl Graph {
@@ -119,7 +211,104 @@ impl Graph {
             node_counters: HashMap::new(),
             const_cache: HashMap::new(),
             const_counter: 0,
+            symbols: HashMap::new(),
+            dim_values: HashMap::new(),
+            dim_names: HashMap::new(),
         }
+    }
+
+    /// Binds `symbol` to `value`, a `[1]` int64 tensor computed in the graph (reshapes to shapes with several
+    /// dynamic dims compute their target from it).
+    pub fn bind_symbol(&mut self, symbol: Symbol, value: Value) {
+        self.symbols.insert(symbol, value);
+    }
+
+    /// Whether `symbol` is bound.
+    pub fn has_symbol(&self, symbol: Symbol) -> bool {
+        self.symbols.contains_key(&symbol)
+    }
+
+    /// Names `dim` as `name` in the `dim_param` of graph inputs and outputs (other symbolic dims are written as
+    /// expressions such as `batch*R*C*16`).
+    pub fn name_dim(&mut self, dim: Dim, name: &str) {
+        self.dim_names.insert(dim, name.to_string());
+    }
+
+    /// The runtime value of `d` as a `[1]` int64 tensor, computed once from the bound symbols.
+    pub fn dim_value(&mut self, d: Dim) -> Result<Value> {
+        if let Some(v) = self.dim_values.get(&d) {
+            return Ok(*v);
+        }
+        let (k, e) = d.parts();
+        let mut acc: Option<Value> = None;
+        for (i, s) in Symbol::ALL.iter().enumerate() {
+            for _ in 0..e[i] {
+                let sv = *self.symbols.get(s).ok_or_else(|| {
+                    self.err(
+                        "Reshape",
+                        format!("dim {d} needs the symbol {s:?}, which is not bound"),
+                    )
+                })?;
+                acc = Some(match acc {
+                    None => sv,
+                    Some(a) => self.mul(a, sv)?,
+                });
+            }
+        }
+        let v = match acc {
+            None => self.const_i64(&[k as i64])?,
+            Some(a) if k == 1 => a,
+            Some(a) => {
+                let kv = self.const_i64(&[k as i64])?;
+                self.mul(a, kv)?
+            }
+        };
+        self.dim_values.insert(d, v);
+        Ok(v)
+    }
+
+    /// The runtime shape `dims` as an int64 vector; the dim at `infer` (if any) is written as -1.
+    pub fn shape_value(&mut self, dims: &[Dim], infer: Option<usize>) -> Result<Value> {
+        if dims
+            .iter()
+            .enumerate()
+            .all(|(i, d)| Some(i) == infer || d.fixed().is_some())
+        {
+            let t: Vec<i64> = dims
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    if Some(i) == infer {
+                        -1
+                    } else {
+                        d.fixed().unwrap_or(0) as i64
+                    }
+                })
+                .collect();
+            return self.const_i64(&t);
+        }
+        let mut parts = Vec::new();
+        let mut run: Vec<i64> = Vec::new();
+        for (i, d) in dims.iter().enumerate() {
+            match (Some(i) == infer, d.fixed()) {
+                (true, _) => run.push(-1),
+                (false, Some(n)) => run.push(n as i64),
+                (false, None) => {
+                    if !run.is_empty() {
+                        parts.push(self.const_i64(&run)?);
+                        run.clear();
+                    }
+                    parts.push(self.dim_value(*d)?);
+                }
+            }
+        }
+        if !run.is_empty() {
+            parts.push(self.const_i64(&run)?);
+        }
+        if parts.len() == 1 {
+            return Ok(parts[0]);
+        }
+        self.concat(&parts, 0)
     }
 
     /// The default-domain opset.

@@ -26,7 +26,7 @@ mod serialize;
 mod tensor;
 
 pub use dtype::{encode_f32, fp8_e4m3_decode, fp8_e4m3_encode, DType};
-pub use graph::{Attr, Dim, Graph, Node, Value, ValueInfo};
+pub use graph::{Attr, Dim, Graph, Mono, Node, Symbol, Value, ValueInfo};
 pub use serialize::{write_model, ExternalData, Progress, WriteOptions, WriteProgress, WriteReport};
 pub use tensor::{Encoding, F32Source, Initializer, TensorData, VecSource};
 

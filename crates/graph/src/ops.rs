@@ -42,20 +42,9 @@ pub fn fmt_shape(s: &[Dim]) -> String {
     )
 }
 
-fn numel(s: &[Dim]) -> (usize, usize) {
-    // (element count per batch item, number of batch-dependent dims)
-    let mut n = 1;
-    let mut batch_dims = 0;
-    for d in s {
-        match d {
-            Dim::Fixed(k) => n *= k,
-            Dim::Batch(k) => {
-                n *= k;
-                batch_dims += 1;
-            }
-        }
-    }
-    (n, batch_dims)
+/// The element count of a shape as a monomial of the symbols.
+fn numel(s: &[Dim]) -> Dim {
+    s.iter().fold(Dim::Fixed(1), |acc, d| acc.times(*d))
 }
 
 fn norm_axis(axis: i64, rank: usize) -> Option<usize> {
@@ -99,6 +88,10 @@ impl Graph {
     /// `a / b` with broadcasting.
     pub fn div(&mut self, a: Value, b: Value) -> Result<Value> {
         self.binary("Div", a, b)
+    }
+    /// Elementwise `max(a, b)` with broadcasting.
+    pub fn max(&mut self, a: Value, b: Value) -> Result<Value> {
+        self.binary("Max", a, b)
     }
 
     fn unary(&mut self, op: &str, x: Value) -> Result<Value> {
@@ -213,23 +206,24 @@ impl Graph {
         )
     }
 
-    /// Reshape to `dims`; at most one `Dim::Batch` which is written as -1.
+    /// Reshape to `dims`. One dynamic dim is written as -1 (a constant target, as in every static export);
+    /// with several, the target is computed from the bound symbols ([`Graph::bind_symbol`]) and the one with the
+    /// most symbols is written as -1.
     pub fn reshape(&mut self, x: Value, dims: &[Dim]) -> Result<Value> {
         let from = self.shape(x).to_vec();
-        if numel(&from) != numel(dims) || numel(dims).1 > 1 {
+        if numel(&from) != numel(dims) {
             return Err(self.err(
                 "Reshape",
                 format!("cannot reshape {} to {}", fmt_shape(&from), fmt_shape(dims)),
             ));
         }
-        let target: Vec<i64> = dims
-            .iter()
-            .map(|d| match d {
-                Dim::Fixed(n) => *n as i64,
-                Dim::Batch(_) => -1,
-            })
-            .collect();
-        let s = self.const_i64(&target)?;
+        let infer = (0..dims.len())
+            .filter(|i| dims[*i].fixed().is_none())
+            .max_by_key(|i| {
+                let (_, e) = dims[*i].parts();
+                (e.iter().sum::<u8>(), std::cmp::Reverse(*i))
+            });
+        let s = self.shape_value(dims, infer)?;
         let dt = self.dtype(x);
         self.one("Reshape", &[x, s], vec![], dt, dims.to_vec())
     }
@@ -316,6 +310,55 @@ impl Graph {
         )
     }
 
+    /// Concat along `axis` declared as `out` on that axis (for dynamic sizes, whose sum the shapes cannot express:
+    /// a sum of fixed sizes is checked).
+    pub fn concat_as(&mut self, xs: &[Value], axis: i64, out: Dim) -> Result<Value> {
+        let s0 = self.shape(xs[0]).to_vec();
+        let a = norm_axis(axis, s0.len()).ok_or_else(|| self.err("Concat", format!("axis {axis}")))?;
+        let mut fixed = Some(0);
+        for x in xs {
+            let s = self.shape(*x);
+            if s.len() != s0.len() || (0..s.len()).any(|i| i != a && s[i] != s0[i]) {
+                return Err(self.err(
+                    "Concat",
+                    format!("incompatible {} and {}", fmt_shape(&s0), fmt_shape(s)),
+                ));
+            }
+            fixed = fixed.zip(s[a].fixed()).map(|(t, n)| t + n);
+        }
+        if let Some(n) = fixed.filter(|n| Dim::Fixed(*n) != out) {
+            return Err(self.err("Concat", format!("sizes sum to {n}, not {out}")));
+        }
+        let mut shape = s0;
+        shape[a] = out;
+        let dt = self.dtype(xs[0]);
+        self.one("Concat", xs, vec![("axis", Attr::Int(axis))], dt, shape)
+    }
+
+    /// Split along `axis` into pieces of the given (possibly dynamic) sizes, computed in the graph from the bound
+    /// symbols; their sum is the caller's claim (as with [`Graph::concat_as`]).
+    pub fn split_as(&mut self, x: Value, axis: i64, sizes: &[Dim]) -> Result<Vec<Value>> {
+        let s = self.shape(x).to_vec();
+        let a = norm_axis(axis, s.len()).ok_or_else(|| self.err("Split", format!("axis {axis}")))?;
+        let sp = self.shape_value(sizes, None)?;
+        let dt = self.dtype(x);
+        let outs = sizes
+            .iter()
+            .map(|n| {
+                let mut o = s.clone();
+                o[a] = *n;
+                (dt, o)
+            })
+            .collect();
+        self.add_node(
+            "Split",
+            "",
+            &[Some(x), Some(sp)],
+            vec![("axis", Attr::Int(axis))],
+            outs,
+        )
+    }
+
     /// Concat along `axis` (fixed sizes on that axis).
     pub fn concat(&mut self, xs: &[Value], axis: i64) -> Result<Value> {
         let s0 = self.shape(xs[0]).to_vec();
@@ -374,6 +417,12 @@ impl Graph {
         let ax = self.const_i64(&axes.iter().map(|v| *v as i64).collect::<Vec<_>>())?;
         let dt = self.dtype(x);
         self.one("Unsqueeze", &[x, ax], vec![], dt, shape)
+    }
+
+    /// `Range(start, limit, delta)` with scalar inputs of one dtype, declared with length `len`.
+    pub fn range(&mut self, start: Value, limit: Value, delta: Value, len: Dim) -> Result<Value> {
+        let dt = self.dtype(start);
+        self.one("Range", &[start, limit, delta], vec![], dt, vec![len])
     }
 
     /// Shape of `x` as an int64 vector.
@@ -495,6 +544,51 @@ impl Graph {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::Symbol;
+
+    #[test]
+    fn reshape_with_several_dynamic_dims_computes_its_target() {
+        let mut g = Graph::new(17);
+        let rows = Dim::of(Symbol::Rows, 1);
+        let cols = Dim::of(Symbol::Cols, 1);
+        let x = g
+            .input(
+                "x",
+                DType::F32,
+                vec![Dim::Batch(1), rows.times(Dim::Fixed(4)), cols],
+            )
+            .unwrap();
+        // Only one dynamic dim: a constant target with -1, as in static graphs.
+        let flat = g
+            .reshape(x, &[Dim::Batch(1).times(rows).times(cols).times(Dim::Fixed(4))])
+            .unwrap();
+        assert_eq!(g.nodes().len(), 1);
+        // Several: needs the symbols.
+        let target = [Dim::Batch(1), rows, Dim::Fixed(4), cols];
+        assert!(g.reshape(flat, &target).is_err());
+        let shape = g.shape_of(x).unwrap();
+        for (axis, s) in [(0, Symbol::Batch), (2, Symbol::Cols)] {
+            let i = g.const_i64(&[axis]).unwrap();
+            let v = g.gather(shape, i, 0).unwrap();
+            g.bind_symbol(s, v);
+        }
+        let four = g.const_i64(&[4]).unwrap();
+        let i = g.const_i64(&[1]).unwrap();
+        let r4 = g.gather(shape, i, 0).unwrap();
+        let r = g.div(r4, four).unwrap();
+        g.bind_symbol(Symbol::Rows, r);
+        let y = g.reshape(flat, &target).unwrap();
+        assert_eq!(g.shape(y), target);
+        assert_eq!(g.nodes().last().unwrap().op_type, "Reshape");
+        // The element count is checked symbolically.
+        assert!(g
+            .reshape(flat, &[Dim::Batch(1), rows, Dim::Fixed(3), cols])
+            .is_err());
+        assert_eq!(rows.times(cols).divided_by(cols), Some(rows));
+        assert_eq!(Dim::Batch(6).divided_by(Dim::Fixed(3)), Some(Dim::Batch(2)));
+        assert_eq!(rows.divided_by(cols), None);
+        assert_eq!(format!("{}", Dim::Batch(1).times(rows).times(cols)), "B*R*C");
+    }
 
     #[test]
     fn shapes_are_checked_when_wired() {

@@ -318,6 +318,13 @@ fn value_info(graph: &Graph, v: Value) -> pb::ValueInfoProto {
                 Dim::Fixed(n) => dimension::Value::DimValue(*n as i64),
                 Dim::Batch(1) => dimension::Value::DimParam(pixeldit_batch_name().into()),
                 Dim::Batch(k) => dimension::Value::DimParam(format!("{}*{k}", pixeldit_batch_name())),
+                Dim::Sym(_) => dimension::Value::DimParam(
+                    graph
+                        .dim_names
+                        .get(d)
+                        .cloned()
+                        .unwrap_or_else(|| d.to_string().replace('B', pixeldit_batch_name())),
+                ),
             }),
             ..Default::default()
         })

@@ -21,6 +21,8 @@ pub mod dtype {
     pub const FLOAT16: i32 = DataType::Float16 as i32;
     /// bfloat16
     pub const BFLOAT16: i32 = DataType::Bfloat16 as i32;
+    /// float64
+    pub const DOUBLE: i32 = DataType::Double as i32;
     /// int8
     pub const INT8: i32 = DataType::Int8 as i32;
     /// uint8

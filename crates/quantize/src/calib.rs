@@ -92,6 +92,9 @@ pub struct Calibration {
     pub prompts: Vec<String>,
     /// Seeds sampled.
     pub seeds: Vec<u64>,
+    /// Image sizes `[H, W]` sampled, each with every seed (`--calib-sizes`; empty: the model's size).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sizes: Vec<[usize; 2]>,
     /// Sampler steps.
     pub steps: usize,
     /// Sampler (update rule).

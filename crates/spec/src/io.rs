@@ -2,7 +2,8 @@
 //! [`t2i_io`]).
 //!
 //! The exporter declares exactly these tensors, the runtime checks its feeds against them and the Triton
-//! writer derives `config.pbtxt` from them. Batch is the only dynamic axis (`-1`).
+//! writer derives `config.pbtxt` from them. Batch is the dynamic axis (`-1`); a dynamic-size export also has
+//! symbolic image height and width (`ModelMetadata::io`).
 
 /// Element type of a graph input or output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,12 @@ pub struct IoTensor {
 
 /// Symbolic name of the batch axis in the ONNX graph.
 pub const BATCH_DIM: &str = "batch";
+
+/// Symbolic name of the image height of a dynamic-size export (`x` and `v` axis 2).
+pub const HEIGHT_DIM: &str = "height";
+
+/// Symbolic name of the image width of a dynamic-size export (`x` and `v` axis 3).
+pub const WIDTH_DIM: &str = "width";
 
 /// Inputs `x`, `t`, `y` and output `v` of a C2I graph exported at `height x width`.
 pub fn c2i_io(channels: usize, height: usize, width: usize) -> (Vec<IoTensor>, Vec<IoTensor>) {

@@ -42,6 +42,10 @@ pub enum SpecError {
     /// A configuration whose values are inconsistent.
     #[error("invalid model configuration '{name}': {reason}")]
     InvalidConfig { name: String, reason: String },
+    /// An image size a model cannot run at (not a multiple, out of the exported range, or another size than a
+    /// static export's).
+    #[error("{0}")]
+    InvalidSize(String),
     /// A value of an enumerated option that is not known.
     #[error("unknown {what} '{value}': expected one of {expected}")]
     UnknownValue {
@@ -352,6 +356,10 @@ pub struct ModelMetadata {
     /// The patch-level split for the step cache, when the export has one ([`PatchSplit`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patch_split: Option<PatchSplit>,
+    /// The accepted sizes of a dynamic-size export (`height x width` is then its default size); absent for a
+    /// static export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<DynamicSize>,
 }
 
 string_enum!(
@@ -387,6 +395,198 @@ pub fn pixel_level_path(model: &std::path::Path) -> std::path::PathBuf {
     model.with_extension("pixel.onnx")
 }
 
+/// The image sizes a dynamic-size export (`pixeldit-export --dynamic-size`) accepts, stored in its metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DynamicSize {
+    /// Smallest height and width in pixels.
+    pub min: usize,
+    /// Largest height and width in pixels.
+    pub max: usize,
+    /// Heights and widths are multiples of this (the patch size).
+    pub multiple: usize,
+    /// The size engines are tuned for (TensorRT's opt profile), `[H, W]`.
+    pub opt: [usize; 2],
+    /// The size table `--aspect-ratio` chooses from, `[H, W]` each.
+    pub buckets: Vec<[usize; 2]>,
+}
+
+/// The official text-to-image sampling buckets `[H, W]` (`ASPECT_RATIO_1024_TEST` of the official
+/// `t2i/diffusion/data/datasets/utils.py`, inherited from SANA/PixArt): 33 sizes from 512x2048 to 2048x512, chosen
+/// by the nearest aspect ratio to a request (`--ar h:w`).
+pub const ASPECT_RATIO_1024_TEST: [[usize; 2]; 33] = [
+    [512, 2048],
+    [512, 1856],
+    [576, 1792],
+    [576, 1728],
+    [576, 1664],
+    [640, 1600],
+    [640, 1536],
+    [704, 1472],
+    [704, 1408],
+    [704, 1344],
+    [768, 1344],
+    [768, 1280],
+    [832, 1216],
+    [832, 1152],
+    [896, 1152],
+    [896, 1088],
+    [960, 1088],
+    [960, 1024],
+    [1024, 1024],
+    [1024, 960],
+    [1088, 960],
+    [1088, 896],
+    [1152, 896],
+    [1152, 832],
+    [1216, 832],
+    [1280, 768],
+    [1344, 768],
+    [1408, 704],
+    [1472, 704],
+    [1536, 640],
+    [1600, 640],
+    [1728, 576],
+    [2048, 512],
+];
+
+/// Aspect ratios (`h:w`) of the derived bucket table of class-conditional presets, which have no official table
+/// (their checkpoints are square): each at about the area of the training size.
+const C2I_BUCKET_RATIOS: [(usize, usize); 9] = [
+    (1, 2),
+    (9, 16),
+    (2, 3),
+    (3, 4),
+    (1, 1),
+    (4, 3),
+    (3, 2),
+    (16, 9),
+    (2, 1),
+];
+
+impl DynamicSize {
+    /// The defaults of a config: sides from half to twice the training size (at least one patch), opt at the
+    /// training size; buckets: for text-to-image presets [`ASPECT_RATIO_1024_TEST`] scaled to the preset's size
+    /// (exactly the official table at 1024), for class-conditional ones about the training area at the aspect
+    /// ratios 1:2 .. 2:1; rounded to the patch and clamped to the range.
+    pub fn for_config(cfg: &ModelConfig) -> Self {
+        let p = cfg.patch_size;
+        let (h, w) = (cfg.default_height, cfg.default_width);
+        let side = h.max(w);
+        let round = |v: f64| ((v / p as f64).round() as usize).max(1) * p;
+        let min = round(side as f64 / 2.0).max(p);
+        let max = round(side as f64 * 2.0);
+        let area = (h * w) as f64;
+        let candidates: Vec<[usize; 2]> = if cfg.kind == ModelKind::T2i {
+            let scale = area.sqrt() / 1024.0;
+            ASPECT_RATIO_1024_TEST
+                .iter()
+                .map(|&[bh, bw]| [round(bh as f64 * scale), round(bw as f64 * scale)])
+                .collect()
+        } else {
+            C2I_BUCKET_RATIOS
+                .iter()
+                .map(|&(rh, rw)| {
+                    let r = rh as f64 / rw as f64;
+                    [round((area * r).sqrt()), round((area / r).sqrt())]
+                })
+                .collect()
+        };
+        let mut buckets: Vec<[usize; 2]> = Vec::new();
+        for [bh, bw] in candidates {
+            let b = [bh.clamp(min, max), bw.clamp(min, max)];
+            if !buckets.contains(&b) {
+                buckets.push(b);
+            }
+        }
+        DynamicSize {
+            min,
+            max,
+            multiple: p,
+            opt: [h, w],
+            buckets,
+        }
+    }
+
+    /// Checks the range and the multiple (and the defaults: opt and every bucket inside the range).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |reason: String| Err(SpecError::InvalidSize(reason));
+        if self.multiple == 0
+            || self.min == 0
+            || self.min % self.multiple != 0
+            || self.max % self.multiple != 0
+        {
+            return bad(format!(
+                "the dynamic size range {}..={} must be non-zero multiples of {}",
+                self.min, self.max, self.multiple
+            ));
+        }
+        if self.min > self.max {
+            return bad(format!(
+                "the minimum size {} is above the maximum {}",
+                self.min, self.max
+            ));
+        }
+        for [h, w] in std::iter::once(self.opt).chain(self.buckets.iter().copied()) {
+            self.check(h, w)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `height x width` is accepted; the error names the valid range.
+    pub fn check(&self, height: usize, width: usize) -> Result<()> {
+        let ok = |v: usize| v >= self.min && v <= self.max && v % self.multiple == 0;
+        if ok(height) && ok(width) {
+            return Ok(());
+        }
+        Err(SpecError::InvalidSize(format!(
+            "image size {height}x{width} is not accepted by this dynamic-size model: height and width must be \
+             multiples of {} in {}..={}",
+            self.multiple, self.min, self.max
+        )))
+    }
+
+    /// The bucket whose aspect ratio `h / w` is nearest to `ratio` (absolute difference, as the official
+    /// `get_closest_ratio`; ties: the first in the table).
+    pub fn nearest_bucket(&self, ratio: f64) -> Option<[usize; 2]> {
+        let dist = |b: &[usize; 2]| (b[0] as f64 / b[1] as f64 - ratio).abs();
+        self.buckets
+            .iter()
+            .copied()
+            .min_by(|a, b| dist(a).total_cmp(&dist(b)))
+    }
+}
+
+impl ModelMetadata {
+    /// The I/O contract of the exported graph ([`io::model_io`]); a dynamic-size export has `-1` for the height
+    /// and width of `x` and `v` too.
+    pub fn io(&self) -> (Vec<io::IoTensor>, Vec<io::IoTensor>) {
+        let (mut inputs, mut outputs) = io::model_io(&self.config, self.height, self.width);
+        if self.dynamic.is_some() {
+            for t in inputs.iter_mut().chain(outputs.iter_mut()) {
+                if t.dims.len() == 4 {
+                    t.dims[2] = -1;
+                    t.dims[3] = -1;
+                }
+            }
+        }
+        (inputs, outputs)
+    }
+
+    /// Whether the model runs at `height x width`: inside the range of a dynamic-size export, or its exported size
+    /// for a static one. Errors say what is accepted.
+    pub fn check_size(&self, height: usize, width: usize) -> Result<()> {
+        match &self.dynamic {
+            Some(d) => d.check(height, width),
+            None if (height, width) == (self.height, self.width) => Ok(()),
+            None => Err(SpecError::InvalidSize(format!(
+                "this model was exported at the fixed size {}x{}, not {height}x{width} (export it with \
+                 --dynamic-size, or at that size with --height/--width)",
+                self.height, self.width
+            ))),
+        }
+    }
+}
+
 impl ModelMetadata {
     /// Parses the metadata JSON.
     pub fn from_json(json: &str) -> Result<Self> {
@@ -401,6 +601,45 @@ impl ModelMetadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dynamic_size_defaults_checks_and_buckets() {
+        let d = DynamicSize::for_config(&ModelConfig::preset("B").unwrap());
+        assert_eq!((d.min, d.max, d.multiple, d.opt), (128, 512, 16, [256, 256]));
+        d.validate().unwrap();
+        assert!(d.buckets.contains(&[256, 256]));
+        // Every bucket keeps about the training area.
+        for [h, w] in &d.buckets {
+            let ratio = (h * w) as f64 / (256.0 * 256.0);
+            assert!((0.85..1.15).contains(&ratio), "{h}x{w}");
+        }
+        assert_eq!(d.nearest_bucket(1.0), Some([256, 256]));
+        let wide = d.nearest_bucket(9.0 / 16.0).unwrap();
+        assert!(wide[0] < wide[1], "{wide:?}");
+        assert_eq!(d.nearest_bucket(0.5), Some([176, 368]));
+        d.check(256, 384).unwrap();
+        for (h, w) in [(0, 256), (250, 256), (112, 256), (256, 528)] {
+            let e = d.check(h, w).unwrap_err().to_string();
+            assert!(e.contains("multiples of 16 in 128..=512"), "{e}");
+        }
+        // The text-to-image preset gets the official table at 1024.
+        let t2i = DynamicSize::for_config(&ModelConfig::preset("t2i").unwrap());
+        assert_eq!((t2i.min, t2i.max, t2i.opt), (512, 2048, [1024, 1024]));
+        assert_eq!(t2i.buckets, ASPECT_RATIO_1024_TEST.to_vec());
+        assert_eq!(t2i.nearest_bucket(9.0 / 16.0), Some([768, 1344]));
+        assert_eq!(t2i.nearest_bucket(16.0 / 9.0), Some([1344, 768]));
+        assert_eq!(t2i.nearest_bucket(1.0), Some([1024, 1024]));
+        let mut bad = d.clone();
+        bad.opt = [600, 600];
+        assert!(bad.validate().is_err());
+        bad = d.clone();
+        (bad.min, bad.max) = (512, 128);
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("above the maximum"));
+    }
 
     #[test]
     fn presets_parse_and_validate() {

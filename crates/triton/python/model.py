@@ -73,6 +73,8 @@ _FIELDS = [
     ("patch_cache", "patch_cache", 1, lambda a: int(a[0])),
     ("patch_cache_threshold", "patch_cache_threshold", 1, lambda a: _number(a[0])),
     ("patch_cache_reuse", "patch_cache_reuse", 1, _text),
+    ("height", "height", 1, lambda a: int(a[0])),
+    ("width", "width", 1, lambda a: int(a[0])),
 ]
 _ERR_LEN = 4096
 
@@ -167,19 +169,23 @@ class TritonPythonModel:
             if a.size != count:
                 raise ValueError(f"input '{tensor}' has {a.size} element(s), expected {count}")
             fields[key] = convert(a)
-        return json.dumps(fields, allow_nan=False)
+        return fields
 
     def execute(self, requests):
         responses = []
         c, h, w = self.shape
         for request in requests:
             try:
-                body = self._request_json(request)
+                fields = self._request_json(request)
+                body = json.dumps(fields, allow_nan=False)
+                # The output size: the request's height/width (a dynamic-size model), else the model's; the library
+                # checks it (a negative or huge value is refused there, with the valid range).
+                rh, rw = (max(0, min(int(fields.get(k, d)), 1 << 16)) for k, d in (("height", h), ("width", w)))
             except Exception as e:  # noqa: BLE001
                 responses.append(_error(f"bad request: {e}", True))
                 continue
-            image = np.zeros((3, h, w), dtype=np.uint8)
-            x = np.zeros((c, h, w), dtype=np.float32)
+            image = np.zeros((3, rh, rw), dtype=np.uint8)
+            x = np.zeros((c, rh, rw), dtype=np.float32)
             err = ctypes.create_string_buffer(_ERR_LEN)
             self.forward_error = None
             rc = self.lib.pixeldit_pipeline_generate(

@@ -107,6 +107,10 @@ pub struct PipelineRequest {
     pub patch_cache_threshold: Option<f64>,
     /// With a patch cache: `extrapolate` or `hold`.
     pub patch_cache_reuse: Option<String>,
+    /// Image height (a dynamic-size model's pipeline only).
+    pub height: Option<usize>,
+    /// Image width (a dynamic-size model's pipeline only).
+    pub width: Option<usize>,
 }
 
 impl TritonModel {
@@ -270,7 +274,20 @@ impl TritonModel {
             }
             let per_item: usize = t.shape()[1..].iter().product();
             let mut shape: Vec<i64> = vec![b as i64];
-            shape.extend(spec.shape.iter().skip(1).map(|&d| if d < 0 { 1 } else { d }));
+            // A variable dim (`-1`: the height and width of a dynamic-size model) takes the local size when the ranks
+            // agree; otherwise it is the `[B]` -> `[B, 1]` case above.
+            let same_rank = spec.shape.len() == t.shape().len();
+            shape.extend(
+                spec.shape
+                    .iter()
+                    .enumerate()
+                    .skip(1)
+                    .map(|(i, &d)| match (d < 0, same_rank) {
+                        (true, true) => t.shape()[i] as i64,
+                        (true, false) => 1,
+                        (false, _) => d,
+                    }),
+            );
             let count: i64 = shape[1..].iter().product();
             if count as usize != per_item {
                 return Err(err(
@@ -447,6 +464,16 @@ impl TritonModel {
         }
         if let Some(v) = &r.negative_prompt {
             inputs.push(InferInput::json("negative_prompt", "BYTES", one(), text(v)));
+        }
+        for (name, v) in [("height", r.height), ("width", r.width)] {
+            if let Some(v) = v {
+                inputs.push(InferInput::json(
+                    name,
+                    "INT32",
+                    one(),
+                    JsonData::I64(vec![v as i64]),
+                ));
+            }
         }
         if let Some(v) = r.steps {
             inputs.push(InferInput::json(

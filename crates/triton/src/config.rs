@@ -1,5 +1,5 @@
 //! The `config.pbtxt` of an exported PixelDiT model, as Triton's typed `ModelConfig`, derived from the model's
-//! metadata and the I/O contract [`pixeldit_spec::io::model_io`] (never typed by hand).
+//! metadata and the I/O contract [`pixeldit_spec::ModelMetadata::io`] (never typed by hand).
 //!
 //! With `max_batch_size > 0` the batch axis (`-1`) is left out of `dims`; a tensor that is only the batch axis
 //! (`t [B]`, `y [B]`) is declared `dims: [ 1 ]` with `reshape: { shape: [ ] }`, so clients send `[B, 1]` and the
@@ -15,7 +15,7 @@ use crate::pb::inference::{
     DataType, ModelConfig, ModelDynamicBatching, ModelInput, ModelInstanceGroup, ModelOptimizationPolicy,
     ModelOutput, ModelParameter, ModelTensorReshape,
 };
-use pixeldit_spec::io::{model_io, IoTensor, IoType};
+use pixeldit_spec::io::{IoTensor, IoType};
 use pixeldit_spec::{AttentionMode, ModelMetadata, PatchCut, Precision, META_KEY};
 use std::fmt;
 
@@ -330,14 +330,18 @@ pub fn split_io(meta: &ModelMetadata) -> Result<Option<SplitIo>> {
         )));
     }
     let c = &meta.config;
-    let patches = (meta.height / c.patch_size) * (meta.width / c.patch_size);
+    // A dynamic-size model has a variable token count too.
+    let patches = match meta.dynamic {
+        Some(_) => -1,
+        None => ((meta.height / c.patch_size) * (meta.width / c.patch_size)) as i64,
+    };
     let cut = IoTensor {
         name: PATCH_TOKENS,
         dtype: IoType::F32,
-        dims: vec![-1, patches as i64, c.hidden_size as i64],
+        dims: vec![-1, patches, c.hidden_size as i64],
         doc: "patch tokens after the last patch block (the patch-level step cache)",
     };
-    let (inputs, outputs) = model_io(c, meta.height, meta.width);
+    let (inputs, outputs) = meta.io();
     let mut pixel_inputs: Vec<IoTensor> = inputs
         .into_iter()
         .filter(|t| t.name == "x" || t.name == "t")
@@ -353,7 +357,7 @@ pub fn split_io(meta: &ModelMetadata) -> Result<Option<SplitIo>> {
 /// The `ModelConfig` of an exported model named `name`, from its metadata (image size, channels, precision) and
 /// the I/O contract (C2I `x, t, y` or T2I `x, t, text`; with a patch-level split also the output `patch_tokens`).
 pub fn model_config(meta: &ModelMetadata, name: &str, opts: &TritonOptions) -> Result<ModelConfig> {
-    let (inputs, mut outputs) = model_io(&meta.config, meta.height, meta.width);
+    let (inputs, mut outputs) = meta.io();
     if let Some(split) = split_io(meta)? {
         outputs.push(split.cut);
     }
@@ -491,12 +495,25 @@ pub fn trtexec_command(cfg: &ModelConfig, meta: &ModelMetadata, opts: &TritonOpt
         }
         _ => max,
     };
-    let (inputs, _) = model_io(&meta.config, meta.height, meta.width);
-    let shapes = |b: usize| {
+    let (inputs, _) = meta.io();
+    // A dynamic-size model: the profile spans its range (min x min, opt, max x max).
+    let sizes = meta
+        .dynamic
+        .as_ref()
+        .map(|d| [[d.min, d.min], d.opt, [d.max, d.max]]);
+    let shapes = |b: usize, k: usize| {
+        let size = sizes.map(|s| s[k]);
         inputs
             .iter()
             .map(|t| {
-                let rest: Vec<String> = t.dims[1..].iter().map(|d| d.to_string()).collect();
+                let rest: Vec<String> = t.dims[1..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| match (size, *d < 0) {
+                        (Some([h, w]), true) => if i == 1 { h } else { w }.to_string(),
+                        _ => d.to_string(),
+                    })
+                    .collect();
                 if rest.is_empty() {
                     format!("{}:{b}", t.name)
                 } else {
@@ -508,9 +525,9 @@ pub fn trtexec_command(cfg: &ModelConfig, meta: &ModelMetadata, opts: &TritonOpt
     };
     format!(
         "trtexec --onnx={ONNX_FILE} --saveEngine={VERSION}/{PLAN_FILE} \\\n    --minShapes={} --optShapes={} --maxShapes={} \\\n    --memPoolSize=workspace:{}M{}",
-        shapes(1),
-        shapes(opt),
-        shapes(max),
+        shapes(1, 0),
+        shapes(opt, 1),
+        shapes(max, 2),
         opts.trt_workspace_bytes >> 20,
         trtexec_precision_flags(meta.precision)
     )

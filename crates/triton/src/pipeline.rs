@@ -161,11 +161,15 @@ pub fn pipeline_config(
             "pipeline instance count must be at least 1".into(),
         ));
     }
-    let (c, h, w) = (
-        meta.config.in_channels as i64,
-        meta.height as i64,
-        meta.width as i64,
-    );
+    // A dynamic-size model: the outputs have the request's size (`height`/`width` inputs).
+    let (c, h, w) = match meta.dynamic {
+        Some(_) => (meta.config.in_channels as i64, -1, -1),
+        None => (
+            meta.config.in_channels as i64,
+            meta.height as i64,
+            meta.width as i64,
+        ),
+    };
     let mut params = vec![
         (META_KEY, meta.to_json()),
         (DENOISER_KEY, denoiser.to_string()),
@@ -204,6 +208,12 @@ pub fn pipeline_config(
         input("patch_cache_threshold", DataType::TypeFp32, vec![1], true),
         input("patch_cache_reuse", DataType::TypeString, vec![1], true),
     ]);
+    if meta.dynamic.is_some() {
+        inputs.extend([
+            input("height", DataType::TypeInt32, vec![1], true),
+            input("width", DataType::TypeInt32, vec![1], true),
+        ]);
+    }
     Ok(ModelConfig {
         name: pipeline_name(denoiser),
         backend: "python".into(),

@@ -23,7 +23,6 @@ use crate::pb::inference::model_config::SchedulingChoice;
 use crate::pb::inference::model_instance_group::Kind;
 use crate::pb::inference::{DataType, ModelConfig, ModelTensorReshape};
 use pixeldit_runtime::io::write_atomic;
-use pixeldit_spec::io::model_io;
 use pixeldit_spec::{ModelMetadata, META_KEY};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -348,10 +347,18 @@ fn check_batching_and_instances(cfg: &ModelConfig, problems: &mut Vec<String>) {
     }
 }
 
-/// Every input and output named, typed and with positive dims (a leading `-1` only without `max_batch_size`), none
+/// Every input and output named, typed and with positive dims (a leading `-1` only without `max_batch_size`; `-1`
+/// anywhere for a dynamic-size PixelDiT model or its pipeline, whose denoiser dims the I/O contract check then
+/// compares exactly), none
 /// declared twice; returns the declared tensors with the dims the model sees (after `reshape`).
 fn check_tensors<'a>(cfg: &'a ModelConfig, problems: &mut Vec<String>) -> BTreeMap<&'a str, (i32, Vec<i64>)> {
     let mbs = i64::from(cfg.max_batch_size);
+    // (A pipeline model carries its denoiser's metadata: its outputs have the request's size.)
+    let dynamic_size = cfg
+        .parameters
+        .get(META_KEY)
+        .and_then(|p| ModelMetadata::from_json(&p.string_value).ok())
+        .is_some_and(|m| m.dynamic.is_some());
     let mut declared: BTreeMap<&str, (i32, Vec<i64>)> = BTreeMap::new();
     let tensors = [
         (
@@ -387,7 +394,7 @@ fn check_tensors<'a>(cfg: &'a ModelConfig, problems: &mut Vec<String>) -> BTreeM
             }
             for (i, &d) in dims.iter().enumerate() {
                 let batch_axis = mbs == 0 && i == 0 && d == -1;
-                if d < 1 && !batch_axis {
+                if d < 1 && !batch_axis && !(dynamic_size && d == -1) {
                     problems.push(format!(
                         "{field} '{tname}' dims {dims:?}: dim {i} is {d}; dims must be positive{}",
                         if mbs > 0 {
@@ -429,7 +436,7 @@ fn check_io_contract(
                         return;
                     }
                 };
-                let (ins, mut outs) = model_io(&meta.config, meta.height, meta.width);
+                let (ins, mut outs) = meta.io();
                 let (ins, outs) = match (split, is_pixel_level) {
                     (Some(s), true) => (s.pixel_inputs, s.pixel_outputs),
                     (None, true) => {
@@ -455,11 +462,13 @@ fn check_io_contract(
                         Some((dt, seen)) => {
                             if *seen != expected {
                                 problems.push(format!(
-                                    "'{}' has dims {seen:?} but the model exported at {}x{} takes {expected:?} ({} \
+                                    "'{}' has dims {seen:?} but the model exported at {} takes {expected:?} ({} \
                                      batch axis; from pixeldit_spec::io)",
                                     t.name,
-                                    meta.height,
-                                    meta.width,
+                                    match meta.dynamic {
+                                        Some(_) => "a dynamic size".to_string(),
+                                        None => format!("{}x{}", meta.height, meta.width),
+                                    },
                                     if mbs > 0 { "without the" } else { "with the" }
                                 ));
                             }

@@ -32,6 +32,7 @@ fn meta(preset: &str, precision: Precision) -> ModelMetadata {
         exporter_version: "test".into(),
         quantization: None,
         patch_split: None,
+        dynamic: None,
     }
 }
 

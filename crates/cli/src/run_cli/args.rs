@@ -107,6 +107,17 @@ pub(crate) struct SampleArgs {
     /// With several images, write one grid PNG at -o instead of numbered files.
     #[arg(long)]
     pub(crate) grid: bool,
+    /// Image height in pixels [default: the model's]. A dynamic-size model (pixeldit-export --dynamic-size) takes
+    /// multiples of 16 in its exported range; a static model only its own size.
+    #[arg(long, value_name = "PX", conflicts_with = "aspect_ratio")]
+    pub(crate) height: Option<usize>,
+    /// Image width in pixels [default: the model's]; see --height.
+    #[arg(long, value_name = "PX", conflicts_with = "aspect_ratio")]
+    pub(crate) width: Option<usize>,
+    /// Dynamic-size models: the size of the model's bucket table whose H/W is nearest to this aspect ratio H:W
+    /// (text-to-image models: the official 33 test buckets), printed on stderr.
+    #[arg(long, value_name = "H:W")]
+    pub(crate) aspect_ratio: Option<String>,
     /// Initial noise, .npy f32 [K,3,H,W] (replaces --seed).
     #[arg(long, value_name = "FILE.npy")]
     pub(crate) noise: Option<PathBuf>,

@@ -39,6 +39,8 @@ use std::process::ExitCode;
     about = "Sample images from an exported PixelDiT ONNX model (ONNX Runtime or tract)",
     long_about = "Sample images from an exported PixelDiT ONNX model.\n\n\
 Sampler defaults (sampler, steps, cfg, interval, shift) come from the model's pixeldit.metadata.\n\
+Image size: the model's; a model exported with --dynamic-size also takes --height/--width (multiples of 16 in its \
+range) or --aspect-ratio H:W (the nearest size of its bucket table).\n\
 Noise: ChaCha8Rng::seed_from_u64(--seed) drawing StandardNormal f32, one stream for all images in order \
 image, channel, row, column; --noise FILE.npy (f32 [K,3,H,W]) replaces it.\n\
 Output: with one image, -o is written as is; with K > 1 images, -o out.png writes out_000.png .. \

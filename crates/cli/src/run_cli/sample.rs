@@ -37,8 +37,9 @@ impl Source {
         }
     }
 
-    /// One request per image for a pipeline model on the server (none for embedding files: those runs go step-wise).
-    fn pipeline_requests(&self, a: &SampleArgs) -> Option<Vec<PipelineRequest>> {
+    /// One request per image for a pipeline model on the server (none for embedding files: those runs go step-wise);
+    /// `size` is sent as the `height`/`width` inputs (a dynamic-size model's pipeline).
+    fn pipeline_requests(&self, a: &SampleArgs, size: Option<ImageShape>) -> Option<Vec<PipelineRequest>> {
         let base = PipelineRequest {
             seed: a.seed,
             steps: a.steps,
@@ -50,6 +51,8 @@ impl Source {
             patch_cache_threshold: a.patch_cache_threshold,
             patch_cache_reuse: (a.patch_cache.is_some() || a.patch_cache_threshold.is_some())
                 .then(|| a.patch_cache_reuse.to_string()),
+            height: size.map(|s| s.height),
+            width: size.map(|s| s.width),
             ..Default::default()
         };
         match self {
@@ -113,8 +116,51 @@ fn sampler_report(s: &SamplerConfig) -> (serde_json::Value, String) {
     )
 }
 
+/// The image size of the run: `--height/--width` (each defaulting to the model's), or the bucket nearest to
+/// `--aspect-ratio`; checked against the model (a dynamic model's range, a static model's own size).
+pub(crate) fn image_shape(a: &SampleArgs, meta: &ModelMetadata) -> Result<ImageShape> {
+    let mut image = ImageShape::of(meta);
+    if let Some(ar) = &a.aspect_ratio {
+        let ratio = parse_aspect_ratio(ar).with_context(|| format!("--aspect-ratio {ar}"))?;
+        let Some(d) = &meta.dynamic else {
+            bail!(
+                "--aspect-ratio {ar}: this model was exported at the fixed size {}x{} (export it with \
+                 --dynamic-size to choose among sizes)",
+                meta.height,
+                meta.width
+            );
+        };
+        let [h, w] = d
+            .nearest_bucket(ratio)
+            .ok_or_else(|| anyhow::anyhow!("--aspect-ratio {ar}: the model's bucket table is empty"))?;
+        crate::note!("pixeldit-run: --aspect-ratio {ar}: {h}x{w} (HxW, the nearest bucket of the model)");
+        image.height = h;
+        image.width = w;
+    }
+    image.height = a.height.unwrap_or(image.height);
+    image.width = a.width.unwrap_or(image.width);
+    meta.check_size(image.height, image.width)
+        .context("--height/--width")?;
+    Ok(image)
+}
+
+/// Parses `H:W` (positive numbers) as the ratio `H / W`.
+fn parse_aspect_ratio(s: &str) -> Result<f64> {
+    let (h, w) = s
+        .split_once(':')
+        .ok_or_else(|| anyhow::anyhow!("expected H:W, such as 16:9"))?;
+    let num = |v: &str| -> Result<f64> {
+        match v.trim().parse::<f64>() {
+            Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+            _ => bail!("'{v}' is not a positive number (expected H:W, such as 16:9)"),
+        }
+    };
+    Ok(num(h)? / num(w)?)
+}
+
 /// Samples the images the flags ask for and writes them.
 pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
+    let image = image_shape(a, &target.meta)?;
     let scfg = sampler_config(a, &target.meta)?;
     let patch_cache = a.patch_cache()?;
     let source = match target.meta.config.kind {
@@ -124,7 +170,8 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
     let (mut report, sampler_line) = sampler_report(&scfg);
     report["conditions"] = source.report(a);
     if target.pipeline.is_some() && a.noise.is_none() {
-        if let Some(requests) = source.pipeline_requests(a) {
+        let size = target.meta.dynamic.as_ref().map(|_| image);
+        if let Some(requests) = source.pipeline_requests(a, size) {
             if let Some(policy) = patch_cache {
                 report["patch_cache"] = serde_json::json!({
                     "policy": policy.to_string(),
@@ -174,7 +221,6 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
         Some(paths) => paths,
         None => checked_outputs(a, k)?,
     };
-    let image = ImageShape::of(&target.meta);
     let request = Request {
         conditions,
         sampler: scfg,
@@ -342,8 +388,7 @@ pub(crate) struct Finished<'a> {
 /// Encodes the `[K, 3, H, W]` samples `x` (one image or a grid at `-o`, else one image per path), `--save-raw`
 /// and `--report-json`, writes them all atomically and prints the summary line.
 pub(crate) fn finish(a: &SampleArgs, x: &Array4<f32>, out_paths: &[PathBuf], f: Finished<'_>) -> Result<()> {
-    let (width, height) = (f.meta.width, f.meta.height);
-    let k = x.shape()[0];
+    let (k, height, width) = (x.shape()[0], x.shape()[2], x.shape()[3]);
     let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     if k == 1 || a.grid {
         let (rgb, w, h) = if k == 1 {

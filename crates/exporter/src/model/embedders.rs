@@ -1,6 +1,6 @@
 //! `t_embedder`, `y_embedder`, `s_embedder` and `pixel_embedder` (spec 2.1, 2.2 step 5-6, 2.3 step 9).
 
-use crate::nn::Ctx;
+use crate::nn::{arange_f64, const_f64, Ctx, Grid};
 use crate::Result;
 use pixeldit_graph::{DType, Dim, Value};
 use pixeldit_spec::ModelConfig;
@@ -36,7 +36,7 @@ pub fn label_embedder(cx: &mut Ctx, cfg: &ModelConfig, y: Value) -> Result<Value
 }
 
 /// Patchify (unfold order channel, row, col) and `s_embedder.proj`: `[B,3,H,W] -> [B, L, D]`.
-pub fn patch_embedder(cx: &mut Ctx, cfg: &ModelConfig, x: Value, hs: usize, ws: usize) -> Result<Value> {
+pub fn patch_embedder(cx: &mut Ctx, cfg: &ModelConfig, x: Value, grid: Grid) -> Result<Value> {
     let p = cfg.patch_size;
     let c = cfg.in_channels;
     let b = cx.g.shape(x)[0];
@@ -46,14 +46,14 @@ pub fn patch_embedder(cx: &mut Ctx, cfg: &ModelConfig, x: Value, hs: usize, ws: 
             &[
                 b,
                 Dim::Fixed(c),
-                Dim::Fixed(hs),
+                grid.rows,
                 Dim::Fixed(p),
-                Dim::Fixed(ws),
+                grid.cols,
                 Dim::Fixed(p),
             ],
         )?;
         let t = g.transpose(r, &[0, 2, 4, 1, 3, 5])?;
-        g.reshape(t, &[b, Dim::Fixed(hs * ws), Dim::Fixed(c * p * p)])
+        g.reshape(t, &[b, grid.tokens(), Dim::Fixed(c * p * p)])
     })?;
     cx.linear(tokens, "s_embedder.proj", cfg.hidden_size, true)
 }
@@ -78,38 +78,71 @@ pub fn pixel_pos_embed(h: usize, w: usize, dim: usize) -> Vec<f32> {
     out
 }
 
+/// The pixel positional embedding `[H, W, dim]` of an image of `h x w` pixels: the named constant
+/// [`pixel_pos_embed`] for a fixed size; for a dynamic one computed in the graph in f64 the same way, then cast to
+/// f32.
+fn pixel_pos_table(cx: &mut Ctx, h: Dim, w: Dim, dim: usize) -> Result<Value> {
+    if let (Some(h), Some(w)) = (h.fixed(), w.fixed()) {
+        return cx.table(
+            &format!("pixeldit.pixel_pos_embed.{h}x{w}"),
+            vec![h, w, dim],
+            &pixel_pos_embed(h, w, dim),
+        );
+    }
+    let quarter = dim / 4;
+    let om: Vec<f64> = (0..quarter)
+        .map(|k| 1.0 / 10000f64.powf(k as f64 / quarter as f64))
+        .collect();
+    Ok(cx.g.scoped("pixeldit.pixel_pos_embed", |g| {
+        let om = const_f64(g, &[quarter], &om)?;
+        // [n, 2q]: sin(i om), cos(i om) of the raw pixel indices of one axis.
+        let axis = |g: &mut pixeldit_graph::Graph, n: Dim| {
+            let i = arange_f64(g, n)?;
+            let i = g.unsqueeze(i, &[1])?;
+            let a = g.mul(i, om)?;
+            let s = g.sin(a)?;
+            let c = g.cos(a)?;
+            g.concat(&[s, c], -1)
+        };
+        let cols = axis(g, w)?;
+        let rows = axis(g, h)?;
+        let half = Dim::Fixed(2 * quarter);
+        let cols = g.unsqueeze(cols, &[0])?;
+        let rows = g.unsqueeze(rows, &[1])?;
+        let full = [h, w, half];
+        let target = g.shape_value(&full, None)?;
+        let cols = g.expand(cols, target, full.to_vec())?;
+        let rows = g.expand(rows, target, full.to_vec())?;
+        let pe = g.concat(&[cols, rows], -1)?;
+        g.cast(pe, DType::F32)
+    })?)
+}
+
 /// Pixel embedding `Linear(3 -> 16)` plus the fixed positional embedding, regrouped per patch:
 /// `[B,3,H,W] -> [B*L, p*p, 16]`.
-pub fn pixel_embedder(cx: &mut Ctx, cfg: &ModelConfig, x: Value, hs: usize, ws: usize) -> Result<Value> {
+pub fn pixel_embedder(cx: &mut Ctx, cfg: &ModelConfig, x: Value, grid: Grid) -> Result<Value> {
     let p = cfg.patch_size;
-    let (h, w) = (hs * p, ws * p);
+    let (h, w) = (grid.rows.times(Dim::Fixed(p)), grid.cols.times(Dim::Fixed(p)));
     let dp = cfg.pixel_hidden_size;
     let b = cx.g.shape(x)[0];
     let pixels = cx.g.scoped("pixel_embedder", |g| g.transpose(x, &[0, 2, 3, 1]))?;
     let e = cx.linear(pixels, "pixel_embedder.proj", cfg.pixel_hidden_size, true)?;
-    let pe = cx.table(
-        &format!("pixeldit.pixel_pos_embed.{h}x{w}"),
-        vec![h, w, dp],
-        &pixel_pos_embed(h, w, dp),
-    )?;
+    let pe = pixel_pos_table(cx, h, w, dp)?;
     Ok(cx.g.scoped("pixel_embedder", |g| {
         let e = g.add(e, pe)?;
         let r = g.reshape(
             e,
             &[
                 b,
-                Dim::Fixed(hs),
+                grid.rows,
                 Dim::Fixed(p),
-                Dim::Fixed(ws),
+                grid.cols,
                 Dim::Fixed(p),
                 Dim::Fixed(dp),
             ],
         )?;
         let t = g.transpose(r, &[0, 1, 3, 2, 4, 5])?;
-        let rows = match b {
-            Dim::Batch(k) => Dim::Batch(k * hs * ws),
-            Dim::Fixed(n) => Dim::Fixed(n * hs * ws),
-        };
+        let rows = b.times(grid.tokens());
         g.reshape(t, &[rows, Dim::Fixed(p * p), Dim::Fixed(dp)])
     })?)
 }

@@ -11,10 +11,10 @@ pub mod t2i;
 
 pub use embedders::pixel_pos_embed;
 
-use crate::nn::Ctx;
+use crate::nn::{Ctx, Grid};
 use crate::weights::{KeyReport, Weights};
 use crate::Result;
-use pixeldit_graph::{DType, Dim, Graph, Value};
+use pixeldit_graph::{DType, Dim, Graph, Symbol, Value};
 use pixeldit_spec::{io, ModelConfig, ModelKind, PatchCut};
 
 /// Name of the cut tensor of [`PatchCut::Tokens`]: the patch tokens `s [B, L, D]` after the last patch block.
@@ -31,15 +31,20 @@ pub fn patch_cut_tensor(cut: PatchCut) -> &'static str {
 }
 
 /// Builds the forward graph `v = model(x, t, y)` at a fixed `height x width` into `cx.g` (text-to-image configs:
-/// `v = model(x, t, text)`, see [`t2i`]).
+/// `v = model(x, t, text)`, see [`t2i`]). With [`Ctx::dynamic_size`] the image size is symbolic instead
+/// (`x [B,3,H,W]`, `v` likewise; `height x width` only checks the config).
 pub fn build(cx: &mut Ctx, cfg: &ModelConfig, height: usize, width: usize) -> Result<()> {
     if cfg.kind == ModelKind::T2i {
         return t2i::build(cx, cfg, height, width);
     }
     cfg.check_size(height, width)?;
-    let (hs, ws) = (height / cfg.patch_size, width / cfg.patch_size);
     let (inputs, outputs) = io::c2i_io(cfg.in_channels, height, width);
-    let x = graph_input(cx, &inputs[0])?;
+    let (x, grid) = if cx.dynamic_size {
+        dynamic_image_input(cx, cfg, &inputs[0])?
+    } else {
+        let (hs, ws) = (height / cfg.patch_size, width / cfg.patch_size);
+        (graph_input(cx, &inputs[0])?, Grid::fixed(hs, ws))
+    };
     let t = graph_input(cx, &inputs[1])?;
     let y = graph_input(cx, &inputs[2])?;
 
@@ -52,11 +57,42 @@ pub fn build(cx: &mut Ctx, cfg: &ModelConfig, height: usize, width: usize) -> Re
     })?;
 
     // Patch level.
-    let mut s = embedders::patch_embedder(cx, cfg, x, hs, ws)?;
+    let mut s = embedders::patch_embedder(cx, cfg, x, grid)?;
     for i in 0..cfg.patch_depth {
-        s = patch_block::patch_block(cx, cfg, i, s, c, hs, ws)?;
+        s = patch_block::patch_block(cx, cfg, i, s, c, grid)?;
     }
-    pixel_level(cx, cfg, x, t_emb, s, hs, ws, outputs[0].name)
+    pixel_level(cx, cfg, x, t_emb, s, grid, outputs[0].name)
+}
+
+/// Declares the image input `x [B, C, H, W]` with symbolic `H = p * rows`, `W = p * cols` (`dim_param` `height`
+/// and `width`), and binds the graph symbols batch, rows and cols to `Shape(x)` (rows = `H / p`).
+pub(crate) fn dynamic_image_input(
+    cx: &mut Ctx,
+    cfg: &ModelConfig,
+    t: &io::IoTensor,
+) -> Result<(Value, Grid)> {
+    let p = cfg.patch_size;
+    let grid = Grid::dynamic();
+    let (h, w) = (grid.rows.times(Dim::Fixed(p)), grid.cols.times(Dim::Fixed(p)));
+    cx.g.name_dim(h, io::HEIGHT_DIM);
+    cx.g.name_dim(w, io::WIDTH_DIM);
+    let x = cx.g.input(
+        t.name,
+        DType::F32,
+        vec![Dim::Batch(1), Dim::Fixed(cfg.in_channels), h, w],
+    )?;
+    cx.g.scoped("pixeldit.image_size", |g| {
+        let shape = g.shape_of(x)?;
+        let pv = g.const_i64(&[p as i64])?;
+        for (axis, symbol) in [(0, Symbol::Batch), (2, Symbol::Rows), (3, Symbol::Cols)] {
+            let i = g.const_i64(&[axis])?;
+            let n = g.gather(shape, i, 0)?;
+            let n = if axis == 0 { n } else { g.div(n, pv)? };
+            g.bind_symbol(symbol, n);
+        }
+        Ok(())
+    })?;
+    Ok((x, grid))
 }
 
 /// Declares a graph input from the shared I/O description (`-1` is the batch axis).
@@ -80,7 +116,7 @@ pub(crate) fn graph_input(cx: &mut Ctx, t: &io::IoTensor) -> Result<Value> {
 }
 
 /// The pixel level shared by the C2I and T2I models: `s_cond = SiLU(t_emb + s)` from the patch tokens
-/// `s [B, L, D]`, the pixel embedder, the PiT blocks and the final layer, declared as output `output`.
+/// `s [B, L, D]` on the patch `grid`, the pixel embedder, the PiT blocks and the final layer, declared as output `output`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn pixel_level(
     cx: &mut Ctx,
@@ -88,11 +124,10 @@ pub(crate) fn pixel_level(
     x: Value,
     t_emb: Value,
     s: Value,
-    hs: usize,
-    ws: usize,
+    grid: Grid,
     output: &str,
 ) -> Result<()> {
-    let (batch, d, l) = (Dim::Batch(1), cfg.hidden_size, hs * ws);
+    let (batch, d, l) = (Dim::Batch(1), cfg.hidden_size, grid.tokens());
     // The step cache's cut (an extra output; `pixeldit-export` also writes the graph from the cut on).
     let patch_cut = cx.patch_cut;
     if patch_cut.is_some() {
@@ -106,17 +141,17 @@ pub(crate) fn pixel_level(
         let te = g.reshape(t_emb, &[batch, Dim::Fixed(1), Dim::Fixed(d)])?;
         let sc = g.add(te, s)?;
         let sc = g.silu(sc)?;
-        let sc = g.reshape(sc, &[Dim::Batch(l), Dim::Fixed(d)])?;
+        let sc = g.reshape(sc, &[batch.times(l), Dim::Fixed(d)])?;
         match patch_cut {
             Some(PatchCut::Cond) => g.named(sc, PATCH_COND),
             _ => Ok(sc),
         }
     })?;
-    let mut px = embedders::pixel_embedder(cx, cfg, x, hs, ws)?;
+    let mut px = embedders::pixel_embedder(cx, cfg, x, grid)?;
     for i in 0..cfg.pixel_depth {
-        px = pixel_block::pixel_block(cx, cfg, i, px, s_cond, hs, ws)?;
+        px = pixel_block::pixel_block(cx, cfg, i, px, s_cond, grid)?;
     }
-    let v = final_layer::final_layer(cx, cfg, px, batch, hs, ws)?;
+    let v = final_layer::final_layer(cx, cfg, px, batch, grid)?;
     cx.g.output(output, v)?;
     match patch_cut {
         Some(PatchCut::Tokens) => cx.g.output(PATCH_TOKENS, s)?,

@@ -1,6 +1,6 @@
 //! `patch_blocks.{i}`: the AugmentedDiTBlock (adaLN, RMSNorm, RotaryAttention, SwiGLU), spec 2.2 step 7.
 
-use crate::nn::{AdaLn, Ctx};
+use crate::nn::{AdaLn, Ctx, Grid};
 use crate::Result;
 use pixeldit_graph::Value;
 use pixeldit_spec::ModelConfig;
@@ -12,8 +12,7 @@ pub fn patch_block(
     i: usize,
     s: Value,
     c: Value,
-    hs: usize,
-    ws: usize,
+    grid: Grid,
 ) -> Result<Value> {
     let pre = format!("patch_blocks.{i}");
     let d = cfg.hidden_size;
@@ -28,7 +27,7 @@ pub fn patch_block(
 
     let h = cx.rms_norm(s, &format!("{pre}.norm1.weight"))?;
     let h = cx.modulate(h, shift_msa, scale_msa)?;
-    let a = cx.rotary_attention(h, &format!("{pre}.attn"), cfg.num_heads, hs, ws, cfg.rope_theta)?;
+    let a = cx.rotary_attention(h, &format!("{pre}.attn"), cfg.num_heads, grid, cfg.rope_theta)?;
     let s = cx.g.scoped(&pre, |g| {
         let ga = g.mul(gate_msa, a)?;
         g.add(s, ga)

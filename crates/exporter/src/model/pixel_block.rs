@@ -2,7 +2,7 @@
 //! spec 2.3 step 10, and its post-modulation variant (shared docs `checkpoints-in-the-wild.md`
 //! section 2; official `PiTBlock(adaln_post_modulation=True)`).
 
-use crate::nn::{AdaLn, Ctx};
+use crate::nn::{AdaLn, Ctx, Grid};
 use crate::Result;
 use pixeldit_graph::{Dim, Value};
 use pixeldit_spec::ModelConfig;
@@ -14,19 +14,15 @@ pub fn pixel_block(
     i: usize,
     x: Value,
     s_cond: Value,
-    hs: usize,
-    ws: usize,
+    grid: Grid,
 ) -> Result<Value> {
     let pre = format!("pixel_blocks.{i}");
     let p2 = cfg.patch_pixels();
     let dp = cfg.pixel_hidden_size;
     let a = cfg.pixel_attn_hidden_size;
-    let l = hs * ws;
+    let l = grid.tokens();
     let rows = cx.g.shape(x)[0];
-    let batch = match rows {
-        Dim::Batch(k) => Dim::Batch(k / l),
-        other => other,
-    };
+    let batch = rows.divided_by(l).unwrap_or(rows);
     let pix = [rows, Dim::Fixed(p2), Dim::Fixed(dp)];
 
     // Pixel-wise AdaLN: rows are laid out [pixel][n_mod][D_pix] (6 chunks, or 4 with post-modulation).
@@ -92,13 +88,12 @@ pub fn pixel_block(
         cx.g.scoped(&pre, |g| g.reshape(xn, &[rows, Dim::Fixed(p2 * dp)]))?;
     let tok = cx.linear(flat, &format!("{pre}.compress_to_attn"), a, true)?;
     let tok =
-        cx.g.scoped(&pre, |g| g.reshape(tok, &[batch, Dim::Fixed(l), Dim::Fixed(a)]))?;
+        cx.g.scoped(&pre, |g| g.reshape(tok, &[batch, l, Dim::Fixed(a)]))?;
     let att = cx.rotary_attention(
         tok,
         &format!("{pre}.attn"),
         cfg.pixel_num_heads,
-        hs,
-        ws,
+        grid,
         cfg.rope_theta,
     )?;
     let att = cx.g.scoped(&pre, |g| g.reshape(att, &[rows, Dim::Fixed(a)]))?;

@@ -436,14 +436,22 @@ pub fn trt_cache_key(info: &ModelInfo, precision: Option<Precision>) -> String {
             .collect()
     };
     match info.pixeldit_metadata() {
-        Ok(m) => format!(
-            "{}-{}-{}-{}x{}",
-            safe(&m.weights_sha256.chars().take(16).collect::<String>()),
-            precision.unwrap_or(m.precision),
-            m.attention,
-            m.height,
-            m.width
-        ),
+        Ok(m) => {
+            // A dynamic-size model's engine is built for its profile: the key names the range and opt size.
+            let size = match &m.dynamic {
+                Some(d) => format!(
+                    "dyn{}-{}-opt{}x{}-b{TRT_PROFILE_MAX_BATCH}",
+                    d.min, d.max, d.opt[0], d.opt[1]
+                ),
+                None => format!("{}x{}", m.height, m.width),
+            };
+            format!(
+                "{}-{}-{}-{size}",
+                safe(&m.weights_sha256.chars().take(16).collect::<String>()),
+                precision.unwrap_or(m.precision),
+                m.attention,
+            )
+        }
         Err(_) => {
             let stem = info
                 .path
@@ -457,6 +465,43 @@ pub fn trt_cache_key(info: &ModelInfo, precision: Option<Precision>) -> String {
             format!("{}-{size}-{p}", safe(&stem))
         }
     }
+}
+
+/// The largest batch of the TensorRT profile of a dynamic-size model (opt: 2, one CFG pair).
+pub const TRT_PROFILE_MAX_BATCH: usize = 16;
+
+/// The explicit TensorRT optimization profile `(min, opt, max)` of a dynamic-size model, in the EP's
+/// `name:d0xd1,..` syntax for every input with a dynamic axis: batch 1 / 2 / [`TRT_PROFILE_MAX_BATCH`], image
+/// min x min / opt / max x max from the metadata, so that the engine is built once for the whole range (without
+/// it the EP rebuilds the engine whenever a shape leaves the range seen so far). `None` for static-size models.
+pub fn trt_profile(meta: &pixeldit_spec::ModelMetadata) -> Option<(String, String, String)> {
+    let d = meta.dynamic.as_ref()?;
+    let (inputs, _) = pixeldit_spec::io::model_io(&meta.config, meta.height, meta.width);
+    let shapes = |batch: usize, h: usize, w: usize| {
+        inputs
+            .iter()
+            .map(|t| {
+                let dims: Vec<String> = t
+                    .dims
+                    .iter()
+                    .enumerate()
+                    .map(|(axis, &n)| match (axis, t.dims.len()) {
+                        (0, _) if n < 0 => batch.to_string(),
+                        (2, 4) => h.to_string(),
+                        (3, 4) => w.to_string(),
+                        _ => n.to_string(),
+                    })
+                    .collect();
+                format!("{}:{}", t.name, dims.join("x"))
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    Some((
+        shapes(1, d.min, d.min),
+        shapes(2, d.opt[0], d.opt[1]),
+        shapes(TRT_PROFILE_MAX_BATCH, d.max, d.max),
+    ))
 }
 
 fn tensorrt(model: &Path, info: &ModelInfo, opts: &OrtOptions) -> ort::ep::ExecutionProviderDispatch {
@@ -476,7 +521,7 @@ fn tensorrt(model: &Path, info: &ModelInfo, opts: &OrtOptions) -> ort::ep::Execu
     // TensorRT reads Q/DQ nodes as explicit quantization; int8 Q/DQ still needs the INT8 builder flag. FP8 Q/DQ
     // has no ONNX Runtime provider option (1.31): TensorRT builds it from the FLOAT8 Q/DQ types, with fp16 allowed
     // for the layers around it.
-    ep::TensorRT::default()
+    let trt = ep::TensorRT::default()
         .with_device_id(opts.device_id)
         .with_engine_cache(true)
         .with_engine_cache_path(cache.display().to_string())
@@ -484,8 +529,15 @@ fn tensorrt(model: &Path, info: &ModelInfo, opts: &OrtOptions) -> ort::ep::Execu
         .with_timing_cache_path(cache.display().to_string())
         .with_fp16(low)
         .with_bf16(p == Some(Precision::Bf16))
-        .with_int8(matches!(p, Some(Precision::Int8 | Precision::Int8Weights)))
-        .build()
+        .with_int8(matches!(p, Some(Precision::Int8 | Precision::Int8Weights)));
+    match info.pixeldit_metadata().ok().as_ref().and_then(trt_profile) {
+        Some((min, opt, max)) => trt
+            .with_profile_min_shapes(min)
+            .with_profile_opt_shapes(opt)
+            .with_profile_max_shapes(max)
+            .build(),
+        None => trt.build(),
+    }
 }
 
 /// Rejects nodes of the `pixeldit` domain that have no kernel here.
@@ -634,5 +686,44 @@ mod tests {
             key.starts_with("dummy_nometa-") && key.ends_with("-fp32"),
             "{key}"
         );
+        // A dynamic-size model: the profile is part of the key.
+        let mut dynamic = info.clone();
+        let mut m = meta.clone();
+        m.dynamic = Some(pixeldit_spec::DynamicSize::for_config(&m.config));
+        for (k, v) in dynamic.metadata_props.iter_mut() {
+            if k == pixeldit_spec::META_KEY {
+                *v = m.to_json();
+            }
+        }
+        let d = m.dynamic.as_ref().unwrap();
+        assert!(
+            trt_cache_key(&dynamic, None).ends_with(&format!(
+                "-dyn{}-{}-opt{}x{}-b{TRT_PROFILE_MAX_BATCH}",
+                d.min, d.max, d.opt[0], d.opt[1]
+            )),
+            "{}",
+            trt_cache_key(&dynamic, None)
+        );
+    }
+
+    #[test]
+    fn trt_profile_of_a_dynamic_model_covers_its_range() {
+        let mut m: pixeldit_spec::ModelMetadata = serde_json::from_value(serde_json::json!({
+            "format_version": pixeldit_spec::META_FORMAT_VERSION,
+            "config": pixeldit_spec::ModelConfig::preset("digits").unwrap(),
+            "height": 32, "width": 48, "precision": "fp32", "attention": "decomposed",
+            "sampler": pixeldit_spec::ModelConfig::preset("digits").unwrap().sampler,
+            "weights_sha256": "", "weights_source": "", "exporter_version": "",
+        }))
+        .unwrap();
+        assert_eq!(trt_profile(&m), None, "static models keep the implicit profile");
+        let mut d = pixeldit_spec::DynamicSize::for_config(&m.config);
+        d.opt = [32, 48];
+        m.dynamic = Some(d);
+        let (min, opt, max) = trt_profile(&m).unwrap();
+        assert_eq!(min, "x:1x3x16x16,t:1,y:1");
+        assert_eq!(opt, "x:2x3x32x48,t:2,y:2");
+        let b = TRT_PROFILE_MAX_BATCH;
+        assert_eq!(max, format!("x:{b}x3x64x64,t:{b},y:{b}"));
     }
 }

@@ -274,8 +274,8 @@ pub unsafe extern "C" fn pixeldit_pipeline_image_shape(
 }
 
 /// Samples one image for `request_json` (see [`Request`]). Every forward is `run(user, model, ...)`. Writes
-/// `image_len` = `3*H*W` bytes to `image` and `x_len` = `C*H*W` floats to `x` (see
-/// [`pixeldit_pipeline_image_shape`]). Returns [`PIXELDIT_OK`], or one of the other [`RETURN_CODES`] with the
+/// `image_len` = `3*H*W` bytes to `image` and `x_len` = `C*H*W` floats to `x`, `H x W` the request's `height` and
+/// `width` (default: the model's size, [`pixeldit_pipeline_image_shape`]). Returns [`PIXELDIT_OK`], or one of the other [`RETURN_CODES`] with the
 /// message in `err`.
 ///
 /// # Safety
@@ -301,23 +301,28 @@ pub unsafe extern "C" fn pixeldit_pipeline_generate(
         };
         // SAFETY: `p` is a live pipeline (non-null) by this function's contract.
         let pipeline = unsafe { &*p };
-        let [c, h, w] = pipeline.sample_shape();
-        let (want_image, want_x) = (3 * h * w, c * h * w);
-        if image.is_null() || x.is_null() || image_len != want_image || x_len != want_x {
-            return (
-                PIXELDIT_BUFFER,
-                format!(
-                    "output buffers of {image_len} bytes and {x_len} floats{}; the model needs {want_image} bytes \
-                     ([3, {h}, {w}]) and {want_x} floats ([{c}, {h}, {w}])",
-                    if image.is_null() || x.is_null() { " (one is null)" } else { "" }
-                ),
-            );
-        }
         // SAFETY: NUL-terminated by this function's contract.
         let text = match unsafe { arg(request_json, "request") } {
             Ok(t) => t,
             Err(e) => return e,
         };
+        // The request's size (a dynamic-size model takes `height`/`width`) sizes the output buffers.
+        let shape = Request::from_json(&text).and_then(|req| pipeline.sample_shape_for(&req));
+        let [c, h, w] = match shape {
+            Ok(s) => s,
+            Err(e) => return (PIXELDIT_BAD_REQUEST, error_text(&e)),
+        };
+        let (want_image, want_x) = (3 * h * w, c * h * w);
+        if image.is_null() || x.is_null() || image_len != want_image || x_len != want_x {
+            return (
+                PIXELDIT_BUFFER,
+                format!(
+                    "output buffers of {image_len} bytes and {x_len} floats{}; the request needs {want_image} bytes \
+                     ([3, {h}, {w}]) and {want_x} floats ([{c}, {h}, {w}])",
+                    if image.is_null() || x.is_null() { " (one is null)" } else { "" }
+                ),
+            );
+        }
         // SAFETY: `run` follows `RunFn` for `user` during this call (this function's contract), and the callbacks
         // do not outlive it: `generate` drops every backend made from them before it returns.
         let calls = unsafe { Callbacks::new(run, user) };
@@ -374,6 +379,7 @@ mod tests {
             exporter_version: "0".into(),
             quantization: None,
             patch_split: None,
+            dynamic: None,
         }
     }
 
@@ -641,7 +647,7 @@ mod tests {
             1,
         );
         assert_eq!(rc, PIXELDIT_BUFFER, "{msg}");
-        assert!(msg.contains("the model needs"), "{msg}");
+        assert!(msg.contains("the request needs"), "{msg}");
         assert!(image.iter().all(|&b| b == 0));
         let p = new_pipeline(&model_config("m", 0)).unwrap();
         let mut shape = [0usize; 4];

@@ -135,14 +135,29 @@ impl Pipeline {
         })
     }
 
-    /// `[C, H, W]` of the sample.
+    /// `[C, H, W]` of the sample at the model's default size.
     pub fn sample_shape(&self) -> [usize; 3] {
         [self.meta.config.in_channels, self.meta.height, self.meta.width]
+    }
+
+    /// `[C, H, W]` of the sample `req` asks for (`height`/`width`, each defaulting to the model's), checked
+    /// against the model (a dynamic-size model's range, a static model's own size).
+    pub fn sample_shape_for(&self, req: &Request) -> Result<[usize; 3]> {
+        let size = |v: Option<u64>, default: usize| usize::try_from(v.unwrap_or(default as u64)).unwrap_or(0);
+        let (h, w) = (
+            size(req.height, self.meta.height),
+            size(req.width, self.meta.width),
+        );
+        self.meta
+            .check_size(h, w)
+            .map_err(|e| PipelineError::Request(e.to_string()))?;
+        Ok([self.meta.config.in_channels, h, w])
     }
 
     /// Checks `req` and samples its image; every network forward goes through `calls`. The request's fields are
     /// checked before any forward (text-to-image: before the prompt is encoded).
     pub fn generate(&self, req: &Request, calls: &Callbacks) -> Result<Generated> {
+        let [_, h, w] = self.sample_shape_for(req)?;
         let sampler = sampler_config(&self.meta, req)?;
         let cache = self.cache_setup(req)?;
         let noise = Noise::Seeded {
@@ -192,13 +207,16 @@ impl Pipeline {
         let request = GenerationRequest {
             conditions,
             sampler,
-            image: ImageShape::of(&self.meta),
+            image: ImageShape {
+                height: h,
+                width: w,
+                ..ImageShape::of(&self.meta)
+            },
             noise,
         };
         let x = generate::generate(model.as_mut(), &request, &mut |_| {})?
             .x
             .index_axis_move(Axis(0), 0);
-        let [_, h, w] = self.sample_shape();
         let hwc = io::image_rgb8(x.view());
         let mut image = vec![0u8; 3 * h * w];
         for (i, px) in hwc.chunks_exact(3).enumerate() {

@@ -47,6 +47,10 @@ pub struct Request {
     pub patch_cache_threshold: Option<f64>,
     /// What cached forwards use: `extrapolate` (default) or `hold` (`pixeldit-run --patch-cache-reuse`).
     pub patch_cache_reuse: Option<String>,
+    /// Image height in pixels (a dynamic-size model: a multiple of 16 in its range; a static one: its own size).
+    pub height: Option<u64>,
+    /// Image width in pixels (as `height`).
+    pub width: Option<u64>,
 }
 
 /// The fields of a [`Request`], in declaration order.
@@ -64,6 +68,8 @@ pub const FIELDS: &[&str] = &[
     "patch_cache",
     "patch_cache_threshold",
     "patch_cache_reuse",
+    "height",
+    "width",
 ];
 
 impl Request {

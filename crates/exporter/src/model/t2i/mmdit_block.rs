@@ -2,7 +2,7 @@
 //! separate weights and one joint attention (spec 5.2).
 
 use super::joint_attention::joint_rotary_attention;
-use crate::nn::Ctx;
+use crate::nn::{Ctx, Grid};
 use crate::Result;
 use pixeldit_graph::Value;
 use pixeldit_spec::ModelConfig;
@@ -25,8 +25,7 @@ pub fn mmdit_block(
     x: Value,
     y: Value,
     c: Value,
-    hs: usize,
-    ws: usize,
+    grid: Grid,
     text_out: bool,
 ) -> Result<(Value, Option<Value>)> {
     let pre = format!("patch_blocks.{i}");
@@ -39,7 +38,7 @@ pub fn mmdit_block(
     let xn = cx.modulate(xn, mx.shift_msa, mx.scale_msa)?;
     let yn = cx.rms_norm(y, &format!("{pre}.norm_y1.weight"))?;
     let yn = cx.modulate(yn, my.shift_msa, my.scale_msa)?;
-    let (ax, ay) = joint_rotary_attention(cx, cfg, &format!("{pre}.attn"), xn, yn, hs, ws, text_out)?;
+    let (ax, ay) = joint_rotary_attention(cx, cfg, &format!("{pre}.attn"), xn, yn, grid, text_out)?;
 
     let x = gated(cx, &format!("{pre}.x"), x, mx.gate_msa, ax)?;
     let h = cx.rms_norm(x, &format!("{pre}.norm_x2.weight"))?;

@@ -15,9 +15,10 @@ mod joint_attention;
 mod mmdit_block;
 mod text_embedder;
 
-use super::{embedders, graph_input, pixel_level};
-use crate::nn::Ctx;
+use super::{dynamic_image_input, embedders, graph_input, pixel_level};
+use crate::nn::{Ctx, Grid};
 use crate::{ExportError, Result};
+use pixeldit_graph::Symbol;
 use pixeldit_spec::{io, ModelConfig};
 
 /// Builds `v = model(x, t, text)` at a fixed `height x width` into `cx.g`.
@@ -27,7 +28,6 @@ pub fn build(cx: &mut Ctx, cfg: &ModelConfig, height: usize, width: usize) -> Re
         .text
         .as_ref()
         .ok_or_else(|| ExportError::Unsupported(format!("config '{}' has no text section", cfg.name)))?;
-    let (hs, ws) = (height / cfg.patch_size, width / cfg.patch_size);
     let (inputs, outputs) = io::t2i_io(
         cfg.in_channels,
         height,
@@ -35,7 +35,22 @@ pub fn build(cx: &mut Ctx, cfg: &ModelConfig, height: usize, width: usize) -> Re
         text_cfg.max_length,
         text_cfg.embed_dim,
     );
-    let x = graph_input(cx, &inputs[0])?;
+    let (x, grid) = if cx.dynamic_size {
+        let (x, grid) = dynamic_image_input(cx, cfg, &inputs[0])?;
+        // The joint sequence [text; image] has rows * cols + max_length tokens.
+        let st = text_cfg.max_length;
+        cx.g.scoped("pixeldit.image_size", |g| {
+            let l = g.dim_value(grid.tokens())?;
+            let st = g.const_i64(&[st as i64])?;
+            let joint = g.add(l, st)?;
+            g.bind_symbol(Symbol::Joint, joint);
+            Ok(())
+        })?;
+        (x, grid)
+    } else {
+        let (hs, ws) = (height / cfg.patch_size, width / cfg.patch_size);
+        (graph_input(cx, &inputs[0])?, Grid::fixed(hs, ws))
+    };
     let t = graph_input(cx, &inputs[1])?;
     let text = graph_input(cx, &inputs[2])?;
 
@@ -45,15 +60,15 @@ pub fn build(cx: &mut Ctx, cfg: &ModelConfig, height: usize, width: usize) -> Re
     let mut y = text_embedder::text_embedder(cx, cfg, text)?;
 
     // Patch level: MM-DiT blocks over [text; image].
-    let mut s = embedders::patch_embedder(cx, cfg, x, hs, ws)?;
+    let mut s = embedders::patch_embedder(cx, cfg, x, grid)?;
     for i in 0..cfg.patch_depth {
         let last = i + 1 == cfg.patch_depth;
-        let (s2, y2) = mmdit_block::mmdit_block(cx, cfg, i, s, y, c, hs, ws, !last)?;
+        let (s2, y2) = mmdit_block::mmdit_block(cx, cfg, i, s, y, c, grid, !last)?;
         s = s2;
         if let Some(y2) = y2 {
             y = y2;
         }
     }
     // Pixel level: unchanged PiT blocks (attention width and heads from the config).
-    pixel_level(cx, cfg, x, t_emb, s, hs, ws, outputs[0].name)
+    pixel_level(cx, cfg, x, t_emb, s, grid, outputs[0].name)
 }

@@ -15,20 +15,91 @@ use super::Backend;
 use crate::error::{Result, RuntimeError};
 use crate::tensor::{Feed, TensorRef};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use tract_onnx::prelude::tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
 
 /// A model loaded and optimized by tract.
 pub struct TractBackend {
-    plan: Arc<TypedRunnableModel>,
+    plans: Plans,
     /// tract's executor for this model's matrix products: a rayon pool of `threads`, or single-threaded.
     executor: Executor,
     inputs: Vec<String>,
     outputs: Vec<String>,
     notes: Vec<String>,
+}
+
+/// The optimized plan of a fixed-size model, or the plans of a dynamic-size one per image size.
+enum Plans {
+    /// One plan (batch stays symbolic).
+    Fixed(Arc<TypedRunnableModel>),
+    /// A dynamic-size model (`height`/`width` dims, `pixeldit-export --dynamic-size`): tract cannot simplify the
+    /// in-graph size arithmetic symbolically, so the model is concretized (batch, height, width) and optimized per
+    /// input shape, on first use.
+    PerSize {
+        /// The parsed model, with symbolic input facts.
+        model: Box<InferenceModel>,
+        /// Per input: its index and its symbolic axes.
+        sized: Vec<(usize, Vec<usize>)>,
+        /// Plans by the concrete sizes of those axes (a CFG run uses two batch sizes: two plans per image size).
+        cache: HashMap<Vec<usize>, Arc<TypedRunnableModel>>,
+    },
+}
+
+/// For a dynamic-size model (an input axis named `height` or `width`): every symbolic input axis (batch included,
+/// so that tract folds the whole in-graph shape arithmetic into constants), per input; empty for other models.
+fn sized_axes(model: &InferenceModel) -> Result<Vec<(usize, Vec<usize>)>> {
+    let names = [pixeldit_spec::io::HEIGHT_DIM, pixeldit_spec::io::WIDTH_DIM];
+    let mut out = Vec::new();
+    let mut dynamic_size = false;
+    for i in 0..model.inputs.len() {
+        let fact = model.input_fact(i).map_err(tract_err)?;
+        let mut axes = Vec::new();
+        for (a, d) in fact.shape.dims().enumerate() {
+            let d = d.concretize();
+            if d.as_ref()
+                .is_some_and(|d| names.contains(&d.to_string().as_str()))
+            {
+                dynamic_size = true;
+            }
+            if d.as_ref().is_none_or(|d| d.to_i64().is_err()) {
+                axes.push(a);
+            }
+        }
+        if !axes.is_empty() {
+            out.push((i, axes));
+        }
+    }
+    Ok(if dynamic_size { out } else { Vec::new() })
+}
+
+/// `model` with the sized axes of its inputs set to `sizes` (in [`sized_axes`] order), optimized.
+fn concretized_plan(
+    model: &InferenceModel,
+    sized: &[(usize, Vec<usize>)],
+    sizes: &[usize],
+) -> Result<Arc<TypedRunnableModel>> {
+    let mut m = model.clone();
+    let mut next = sizes.iter();
+    for (i, axes) in sized {
+        let fact = m.input_fact(*i).map_err(tract_err)?.clone();
+        let mut dims: TVec<TDim> = fact
+            .shape
+            .concretize()
+            .ok_or_else(|| RuntimeError::Shape(format!("input {i} of the model has an open shape")))?;
+        for a in axes {
+            dims[*a] = (*next.next().expect("one size per sized axis") as i64).into();
+        }
+        let dt = fact.datum_type.concretize().unwrap_or(f32::datum_type());
+        m.set_input_fact(*i, InferenceFact::dt_shape(dt, dims))
+            .map_err(tract_err)?;
+    }
+    m.into_optimized()
+        .and_then(|m| m.into_runnable())
+        .map_err(tract_err)
 }
 
 /// A tract error (an `anyhow::Error`, whose context chain the box keeps as its sources).
@@ -107,13 +178,24 @@ impl TractBackend {
                 format!("unresolved inputs {:?}", parsed.unresolved_inputs),
             ));
         }
-        let plan = parsed
-            .model
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(tract_err)?;
+        let sized = sized_axes(&parsed.model)?;
+        let plans = if sized.is_empty() {
+            Plans::Fixed(
+                parsed
+                    .model
+                    .into_optimized()
+                    .and_then(|m| m.into_runnable())
+                    .map_err(tract_err)?,
+            )
+        } else {
+            Plans::PerSize {
+                model: Box::new(parsed.model),
+                sized,
+                cache: HashMap::new(),
+            }
+        };
         Ok(TractBackend {
-            plan,
+            plans,
             executor,
             inputs,
             outputs,
@@ -126,9 +208,44 @@ impl TractBackend {
         &self.notes
     }
 
-    /// Runs the plan on this backend's executor.
-    fn run_plan(&self, feeds: TVec<TValue>) -> Result<TVec<TValue>> {
-        multithread_tract_scope(self.executor.clone(), || self.plan.run(feeds)).map_err(tract_err)
+    /// Whether the model has a dynamic image size (optimized per size, see [`TractBackend::plan_for`]).
+    pub fn is_per_size(&self) -> bool {
+        matches!(self.plans, Plans::PerSize { .. })
+    }
+
+    /// The plan for these feeds: the fixed one, or the one of their image size (optimized and cached on first
+    /// use).
+    fn plan_for(&mut self, feeds: &TVec<TValue>) -> Result<Arc<TypedRunnableModel>> {
+        match &mut self.plans {
+            Plans::Fixed(p) => Ok(p.clone()),
+            Plans::PerSize { model, sized, cache } => {
+                let mut key = Vec::new();
+                for (i, axes) in sized.iter() {
+                    let shape = feeds[*i].shape();
+                    for a in axes {
+                        key.push(*shape.get(*a).ok_or_else(|| {
+                            RuntimeError::Shape(format!(
+                                "input '{}' has rank {}, the model expects more axes",
+                                self.inputs[*i],
+                                shape.len()
+                            ))
+                        })?);
+                    }
+                }
+                if let Some(p) = cache.get(&key) {
+                    return Ok(p.clone());
+                }
+                let plan = concretized_plan(model, sized, &key)?;
+                cache.insert(key, plan.clone());
+                Ok(plan)
+            }
+        }
+    }
+
+    /// Runs the plan for `feeds` on this backend's executor.
+    fn run_plan(&mut self, feeds: TVec<TValue>) -> Result<TVec<TValue>> {
+        let plan = self.plan_for(&feeds)?;
+        multithread_tract_scope(self.executor.clone(), || plan.run(feeds)).map_err(tract_err)
     }
 }
 
