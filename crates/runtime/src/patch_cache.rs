@@ -450,6 +450,7 @@ mod tests {
             exporter_version: "0".into(),
             quantization: None,
             patch_split: None,
+            dynamic: None,
         };
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let whole = Fake {
