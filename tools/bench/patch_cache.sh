@@ -66,22 +66,24 @@ done
 .venv/bin/python - "$out/runs" "$steps" <<'EOF'
 import collections, json, pathlib, statistics, sys
 runs, steps = pathlib.Path(sys.argv[1]), sys.argv[2]
-by = collections.defaultdict(list)
+by = collections.defaultdict(dict)
 info = {}
 for p in sorted(runs.glob("*.json")):
-    model, backend, setting, _ = p.stem.rsplit("_", 3)
+    model, backend, setting, rnd = p.stem.rsplit("_", 3)
     r = json.loads(p.read_text())
-    by[(model, backend, setting)].append(1e3 * r["total_s"] / r["images"])
+    by[(model, backend, setting)][rnd] = 1e3 * r["total_s"] / r["images"]
     cache = r.get("patch_cache") or {}
     info[(model, backend, setting)] = (cache.get("whole_forwards", r["forwards"]),
                                        cache.get("pixel_level_forwards", 0), r["gflops_per_image"])
 print(f"| model | backend | setting ({steps} steps) | whole / pixel-level forwards | GFLOPs per image "
-      "| ms per image (median) | speed-up vs off | rounds |")
-print("|---|---|---|---:|---:|---:|---:|---:|")
+      "| ms per image (median) | speed-up: per-round ratios to off (median) | rounds |")
+print("|---|---|---|---:|---:|---:|---|---:|")
 for (model, backend, setting), ms in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "off")):
-    base = statistics.median(by.get((model, backend, "off"), [float("nan")]))
+    base = by.get((model, backend, "off"), {})
+    ratios = sorted(base[r] / v for r, v in ms.items() if r in base)
     whole, pixel, gflops = info[(model, backend, setting)]
-    med = statistics.median(ms)
-    print(f"| {model} | {backend} | {setting} | {whole} / {pixel} | {gflops:.1f} | {med:.0f} "
-          f"| {base / med:.2f}x | {len(ms)} |")
+    shown = ", ".join(f"{x:.2f}" for x in ratios)
+    med = f"{statistics.median(ratios):.2f}x" if ratios else "-"
+    print(f"| {model} | {backend} | {setting} | {whole} / {pixel} | {gflops:.1f} "
+          f"| {statistics.median(ms.values()):.0f} | {shown} ({med}) | {len(ms)} |")
 EOF
