@@ -414,14 +414,32 @@ fn triton_repository_of_a_dynamic_model_has_variable_height_and_width() {
             .args(["--triton-platform", platform, "--triton-repo"])
             .arg(&repo));
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        if platform == "onnxruntime_onnx" {
-            // (A tensorrt_plan repository validates once the engine is built on the GPU.)
-            assert_eq!(pixeldit_triton::validate_repository(&repo).unwrap().len(), 1);
-        }
-        let model_dir = std::fs::read_dir(&repo).unwrap().next().unwrap().unwrap().path();
+        let model_dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&repo)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        let model_dir = model_dirs
+            .iter()
+            .find(|d| !d.to_string_lossy().ends_with("_pixel"))
+            .unwrap()
+            .clone();
         let cfg = std::fs::read_to_string(model_dir.join(pixeldit_triton::config::CONFIG_FILE)).unwrap();
         // x and v: [3, -1, -1] without the batch axis.
         assert_eq!(cfg.matches("dims: [ 3, -1, -1 ]").count(), 2, "{cfg}");
+        if platform == "onnxruntime_onnx" {
+            // (A tensorrt_plan repository validates once the engine is built on the GPU.) The denoiser and its
+            // pixel level (the patch-level step cache), whose patch tokens have a variable count too.
+            assert_eq!(pixeldit_triton::validate_repository(&repo).unwrap().len(), 2);
+            assert!(cfg.contains("dims: [ -1, 64 ]"), "{cfg}");
+            let pixel = model_dirs
+                .iter()
+                .find(|d| d.to_string_lossy().ends_with("_pixel"))
+                .expect("the pixel-level model");
+            let pcfg = std::fs::read_to_string(pixel.join(pixeldit_triton::config::CONFIG_FILE)).unwrap();
+            assert_eq!(pcfg.matches("dims: [ 3, -1, -1 ]").count(), 2, "{pcfg}");
+        } else {
+            assert_eq!(model_dirs.len(), 1, "{model_dirs:?}");
+        }
         if platform == "tensorrt_plan" {
             // The engine build command spans the range: min 16x16 at batch 1, max 64x64 at the max batch.
             let text: String = std::fs::read_dir(&model_dir)
