@@ -6,6 +6,7 @@
 #
 #   tools/bench/patch_cache.sh                        # STEPS=10 ROUNDS=3 BACKENDS="ort tract"
 #   STEPS=6 ROUNDS=2 BACKENDS=ort MODELS=B tools/bench/patch_cache.sh
+#   SPLIT=modulation tools/bench/patch_cache.sh       # the export's --patch-split (default tokens)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 steps=${STEPS:-10}
@@ -13,7 +14,8 @@ rounds=${ROUNDS:-3}
 backends=${BACKENDS:-"ort tract"}
 models=${MODELS:-"B t2i-tiny"}
 settings=${SETTINGS:-"off cache2 cache3 threshold0.25"}
-out=${OUT:-target/bench-patch-cache}
+split=${SPLIT:-tokens}
+out=${OUT:-target/bench-patch-cache}/$split
 bin=${BIN:-${CARGO_TARGET_DIR:-target}/release}
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.cache/onnxruntime/libonnxruntime.so.1.31.1}
 if [ -z "${BIN:-}" ]; then
@@ -24,8 +26,8 @@ rm -f "$out"/runs/*.json
 
 for model in $models; do
   if [ ! -f "$out/$model.onnx" ] || [ ! -f "$out/$model.pixel.onnx" ]; then
-    echo "== export $model (random weights, with the patch-level split)" >&2
-    "$bin/pixeldit-export" --preset "$model" --random-init -q -o "$out/$model.onnx"
+    echo "== export $model (random weights, --patch-split $split)" >&2
+    "$bin/pixeldit-export" --preset "$model" --random-init --patch-split "$split" -q -o "$out/$model.onnx"
   fi
 done
 if [[ " $models " == *" t2i-tiny "* ]]; then

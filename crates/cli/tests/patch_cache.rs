@@ -21,16 +21,27 @@ fn committed(preset: &str) -> PathBuf {
     workspace().join(format!("graphs/{preset}.safetensors"))
 }
 
-/// Exports `preset` (committed weights) with the patch-level split.
+/// Exports `preset` (committed weights) with the patch-level split at the tokens.
 fn export_split(dir: &Path, preset: &str, attention: AttentionMode, precision: Precision) -> PathBuf {
+    export_split_at(dir, preset, attention, precision, PatchCut::Tokens)
+}
+
+/// Exports `preset` (committed weights) with the patch-level split at `cut`.
+fn export_split_at(
+    dir: &Path,
+    preset: &str,
+    attention: AttentionMode,
+    precision: Precision,
+    cut: PatchCut,
+) -> PathBuf {
     let mut opts = ExportOptions::new(
         ModelConfig::preset(preset).unwrap(),
         WeightsSpec::Checkpoint(committed(preset)),
     );
     opts.attention = attention;
     opts.precision = precision;
-    opts.patch_cut = Some(PatchCut::Tokens);
-    let path = dir.join(format!("{preset}_{attention}_{precision}.onnx"));
+    opts.patch_cut = Some(cut);
+    let path = dir.join(format!("{preset}_{attention}_{precision}_{cut}.onnx"));
     let quant = QuantConfig::for_precision(precision);
     export_variant(&opts, quant.as_ref(), &path, None)
         .unwrap_or_else(|e| panic!("export {preset} {attention} {precision}: {e:#}"));
@@ -65,8 +76,9 @@ fn composition_error(model: &Path, c: Candidate, opts: &LoadOptions) -> f64 {
         Some(e) => CondRows::Text(e.view()),
         None => CondRows::Class(labels.view()),
     };
+    let cut = split.tensors(meta.config.pixel_depth);
     let (v, taps) = whole
-        .forward_with_outputs(x.view(), t.view(), cond, std::slice::from_ref(&split.tensor))
+        .forward_with_outputs(x.view(), t.view(), cond, &cut)
         .unwrap();
     let names = pixel.input_names();
     let feeds: Vec<(&str, pixeldit_runtime::TensorRef)> = names
@@ -75,8 +87,10 @@ fn composition_error(model: &Path, c: Candidate, opts: &LoadOptions) -> f64 {
             let tensor = match n.as_str() {
                 "x" => pixeldit_runtime::TensorRef::from(x.view()),
                 "t" => pixeldit_runtime::TensorRef::from(t.view()),
-                other if other == split.tensor => pixeldit_runtime::TensorRef::F32(taps[0].view()),
-                other => panic!("unexpected pixel-level input {other}"),
+                other => match cut.iter().position(|c| c == other) {
+                    Some(i) => pixeldit_runtime::TensorRef::F32(taps[i].view()),
+                    None => panic!("unexpected pixel-level input {other}"),
+                },
             };
             (n.as_str(), tensor)
         })
@@ -89,20 +103,39 @@ fn composition_error(model: &Path, c: Candidate, opts: &LoadOptions) -> f64 {
 #[test]
 fn pixel_level_composes_to_the_whole_model() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cases: Vec<(&str, AttentionMode, Precision)> = Vec::new();
+    let mut cases: Vec<(&str, AttentionMode, Precision, PatchCut)> = Vec::new();
     for a in AttentionMode::ALL {
-        cases.push(("digits", *a, Precision::Fp32));
+        cases.push(("digits", *a, Precision::Fp32, PatchCut::Tokens));
     }
-    cases.push(("digits-t2i", AttentionMode::Custom, Precision::Fp32));
-    cases.push(("digits", AttentionMode::Custom, Precision::Int8));
+    cases.push((
+        "digits-t2i",
+        AttentionMode::Custom,
+        Precision::Fp32,
+        PatchCut::Tokens,
+    ));
+    cases.push(("digits", AttentionMode::Custom, Precision::Int8, PatchCut::Tokens));
+    cases.push((
+        "digits",
+        AttentionMode::Decomposed,
+        Precision::Fp32,
+        PatchCut::Modulation,
+    ));
+    cases.push((
+        "digits-t2i",
+        AttentionMode::Custom,
+        Precision::Fp32,
+        PatchCut::Modulation,
+    ));
     let mut failures = Vec::new();
-    for (preset, attention, precision) in cases {
-        let model = export_split(dir.path(), preset, attention, precision);
+    for (preset, attention, precision, cut) in cases {
+        let model = export_split_at(dir.path(), preset, attention, precision, cut);
         for (c, opts) in candidates("pixel_level_composes_to_the_whole_model") {
             let err = composition_error(&model, c, &opts);
-            eprintln!("{preset} {attention} {precision} {c}: pixel level vs whole, relative L2 {err:.3e}");
+            eprintln!(
+                "{preset} {attention} {precision} {cut} {c}: pixel level vs whole, relative L2 {err:.3e}"
+            );
             if err.is_nan() || err >= 1e-6 {
-                failures.push(format!("{preset} {attention} {precision} {c}: {err:.3e}"));
+                failures.push(format!("{preset} {attention} {precision} {cut} {c}: {err:.3e}"));
             }
         }
     }

@@ -311,7 +311,17 @@ pub fn pixel_level_graph(graph: &Graph, split: &PatchSplit) -> Result<Graph> {
         .first()
         .map(|v| graph.info(*v).name.clone())
         .ok_or_else(|| ExportError::Unsupported("the graph has no outputs".into()))?;
-    let mut g = graph.extract(&[split.tensor.as_str()], &[velocity.as_str()])?;
+    let cut: Vec<String> = match split.cut {
+        PatchCut::Modulation => graph
+            .outputs()
+            .iter()
+            .map(|v| graph.info(*v).name.clone())
+            .filter(|n| n.starts_with(&format!("{}.", split.tensor)))
+            .collect(),
+        _ => vec![split.tensor.clone()],
+    };
+    let cut: Vec<&str> = cut.iter().map(String::as_str).collect();
+    let mut g = graph.extract(&cut, &[velocity.as_str()])?;
     g.set_name(&format!("{}_pixel_level", graph.name()));
     Ok(g)
 }

@@ -93,6 +93,9 @@ pub struct Ctx<'w> {
     pub eps: f32,
     /// Where the model is cut for the patch-level step cache (the cut tensor becomes an extra output).
     pub patch_cut: Option<PatchCut>,
+    /// Values named for the cut that the model declares as extra outputs at the end (PiT blocks push their
+    /// modulation here for [`PatchCut::Modulation`]).
+    pub cut_values: Vec<(String, Value)>,
     /// Whether the image size is symbolic ([`crate::model::build`]).
     pub dynamic_size: bool,
     position_ids: HashMap<Dim, Value>,
@@ -132,6 +135,7 @@ impl<'w> Ctx<'w> {
             attention,
             eps,
             patch_cut: None,
+            cut_values: Vec::new(),
             dynamic_size: false,
             position_ids: HashMap::new(),
             rope_tables: HashMap::new(),

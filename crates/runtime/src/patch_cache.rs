@@ -17,6 +17,7 @@ use crate::model::ModelInfo;
 use crate::tensor::TensorRef;
 use ndarray::{Array1, Array3, Array4, ArrayD, ArrayView4};
 use pixeldit_spec::{ModelMetadata, PatchSplit, PIXEL_LEVEL_KEY};
+use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -159,23 +160,29 @@ impl KeptRows {
 
 struct Kept {
     rows: KeptRows,
-    tensor: ArrayD<f32>,
+    tensors: Vec<ArrayD<f32>>,
     time: f64,
-    /// The whole forward before, with the same rows: (tensor, time).
-    before: Option<(ArrayD<f32>, f64)>,
+    /// The whole forward before, with the same rows: (tensors, time).
+    before: Option<(Vec<ArrayD<f32>>, f64)>,
 }
 
 impl Kept {
-    /// The tensor for a forward at `time` (see [`Reuse`]).
-    fn at(&self, time: f64, reuse: Reuse) -> std::borrow::Cow<'_, ArrayD<f32>> {
+    /// The cut tensors for a forward at `time` (see [`Reuse`]).
+    fn at(&self, time: f64, reuse: Reuse) -> Vec<Cow<'_, ArrayD<f32>>> {
         match &self.before {
-            Some((b, tb)) if reuse == Reuse::Extrapolate && (self.time - tb).abs() > 1e-12 => {
+            Some((before, tb)) if reuse == Reuse::Extrapolate && (self.time - tb).abs() > 1e-12 => {
                 let r = ((time - self.time) / (self.time - tb)) as f32;
-                let mut out = self.tensor.clone();
-                out.zip_mut_with(b, |a, &b| *a += (*a - b) * r);
-                std::borrow::Cow::Owned(out)
+                self.tensors
+                    .iter()
+                    .zip(before)
+                    .map(|(a, b)| {
+                        let mut out = a.clone();
+                        out.zip_mut_with(b, |a, &b| *a += (*a - b) * r);
+                        Cow::Owned(out)
+                    })
+                    .collect()
             }
-            _ => std::borrow::Cow::Borrowed(&self.tensor),
+            _ => self.tensors.iter().map(Cow::Borrowed).collect(),
         }
     }
 }
@@ -184,7 +191,8 @@ impl Kept {
 pub struct CachedDenoiser {
     whole: Denoiser,
     pixel: Box<dyn Backend>,
-    tensor: String,
+    /// The cut tensors: extra outputs of the whole model, inputs of the pixel level.
+    tensors: Vec<String>,
     pixel_x: String,
     pixel_t: Option<String>,
     pixel_v: String,
@@ -217,19 +225,20 @@ impl CachedDenoiser {
             ))
         };
         let (x, t, cond) = whole.input_names();
-        let mut pixel_t = None;
-        for name in &inputs {
-            if *name == t {
-                pixel_t = Some(name.clone());
-            } else if *name != x && *name != split.tensor {
-                return Err(bad(format!(
-                    "has input '{name}', expected only '{x}', '{t}' and '{}' (not '{cond}')",
-                    split.tensor
-                )));
-            }
+        let pixel_t = inputs.iter().find(|n| **n == t).cloned();
+        let tensors: Vec<String> = inputs.iter().filter(|n| **n != x && **n != t).cloned().collect();
+        let expected = |n: &String| match split.cut {
+            pixeldit_spec::PatchCut::Modulation => n.starts_with(&format!("{}.", split.tensor)),
+            _ => *n == split.tensor,
+        };
+        if let Some(odd) = tensors.iter().find(|n| !expected(n)) {
+            return Err(bad(format!(
+                "has input '{odd}', expected only '{x}', '{t}' and the cut '{}' (not '{cond}')",
+                split.tensor
+            )));
         }
-        if !inputs.contains(&x) || !inputs.contains(&split.tensor) {
-            return Err(bad(format!("lacks '{x}' or '{}'", split.tensor)));
+        if !inputs.contains(&x) || tensors.is_empty() {
+            return Err(bad(format!("lacks '{x}' or the cut '{}'", split.tensor)));
         }
         let pixel_v = outputs
             .first()
@@ -238,7 +247,7 @@ impl CachedDenoiser {
         Ok(CachedDenoiser {
             whole,
             pixel,
-            tensor: split.tensor.clone(),
+            tensors,
             pixel_x: x,
             pixel_t,
             pixel_v,
@@ -302,12 +311,17 @@ impl CachedDenoiser {
         }
     }
 
-    fn pixel_velocity(&mut self, x: ArrayView4<f32>, time: Time, kept: &ArrayD<f32>) -> Result<Array4<f32>> {
+    fn pixel_velocity(
+        &mut self,
+        x: ArrayView4<f32>,
+        time: Time,
+        kept: &[Cow<'_, ArrayD<f32>>],
+    ) -> Result<Array4<f32>> {
         let t = Array1::from_elem(x.shape()[0], self.whole.model_time(time));
-        let mut feeds = vec![
-            (self.pixel_x.as_str(), TensorRef::from(x.view())),
-            (self.tensor.as_str(), TensorRef::F32(kept.view())),
-        ];
+        let mut feeds = vec![(self.pixel_x.as_str(), TensorRef::from(x.view()))];
+        for (name, tensor) in self.tensors.iter().zip(kept) {
+            feeds.push((name.as_str(), TensorRef::F32(tensor.view())));
+        }
         if let Some(name) = &self.pixel_t {
             feeds.push((name.as_str(), TensorRef::from(t.view())));
         }
@@ -341,27 +355,31 @@ impl VelocityModel for CachedDenoiser {
         let hit = !due && self.kept.as_ref().is_some_and(|k| k.rows.matches(&cond));
         if hit {
             let kept = self.kept.take().expect("checked");
-            let tensor = kept.at(time.t(), self.reuse).into_owned();
-            let v = self.pixel_velocity(x, time, &tensor);
+            let v = {
+                let tensors = kept.at(time.t(), self.reuse);
+                self.pixel_velocity(x, time, &tensors)
+            };
             self.kept = Some(kept);
             self.stats.pixel_only += 1;
             self.stats.pixel_rows += x.shape()[0];
             return v;
         }
-        let (v, mut taps) =
-            self.whole
-                .velocity_with_outputs(x, time, cond, std::slice::from_ref(&self.tensor))?;
-        let tensor = taps
-            .pop()
-            .ok_or_else(|| RuntimeError::Shape(format!("the model returned no '{}'", self.tensor)))?;
+        let (v, tensors) = self.whole.velocity_with_outputs(x, time, cond, &self.tensors)?;
+        if tensors.len() != self.tensors.len() {
+            return Err(RuntimeError::Shape(format!(
+                "the model returned {} of the cut tensors {}",
+                tensors.len(),
+                self.tensors.join(", ")
+            )));
+        }
         let before = self
             .kept
             .take()
             .filter(|k| k.rows.matches(&cond))
-            .map(|k| (k.tensor, k.time));
+            .map(|k| (k.tensors, k.time));
         self.kept = Some(Kept {
             rows: KeptRows::of(&cond),
-            tensor,
+            tensors,
             time: time.t(),
             before,
         });

@@ -13,6 +13,8 @@ pub struct ForwardFlops {
     pub patch_embedders: f64,
     /// The PiT blocks.
     pub pixel_blocks: f64,
+    /// Of `pixel_blocks`, the pixel-wise adaLN projections (skipped by the step cache's modulation cut).
+    pub pixel_adaln: f64,
     /// The timestep MLP, the pixel embedding and the final layer: the rest of what every forward runs.
     pub pixel_rest: f64,
 }
@@ -34,7 +36,8 @@ impl ForwardFlops {
             }
             _ => 2.0 * l * (4.0 * d * d + 3.0 * d * ff) + 4.0 * l * l * d + 2.0 * 6.0 * d * d,
         };
-        let pit_block = 2.0 * l * d * (6.0 * p2 * dp)
+        let adaln = 2.0 * l * d * (f(cfg.pit_modulation_chunks()) * p2 * dp);
+        let pit_block = adaln
             + 2.0 * 2.0 * l * (p2 * dp) * a
             + 2.0 * l * 4.0 * a * a
             + 4.0 * l * l * a
@@ -52,6 +55,7 @@ impl ForwardFlops {
             patch_blocks: f(cfg.patch_depth) * patch_block,
             patch_embedders: patch_embed + text_embed,
             pixel_blocks: f(cfg.pixel_depth) * pit_block,
+            pixel_adaln: f(cfg.pixel_depth) * adaln,
             pixel_rest: t_mlp + pixel_embed + final_layer,
         }
     }
@@ -64,6 +68,15 @@ impl ForwardFlops {
     /// A forward of the pixel level alone (the patch tokens given).
     pub fn pixel_level(&self) -> f64 {
         self.pixel_blocks + self.pixel_rest
+    }
+
+    /// A forward of the pixel-level graph of a split at `cut` (the modulation cut also skips the adaLN
+    /// projections).
+    pub fn pixel_level_at(&self, cut: crate::PatchCut) -> f64 {
+        match cut {
+            crate::PatchCut::Modulation => self.pixel_level() - self.pixel_adaln,
+            _ => self.pixel_level(),
+        }
     }
 }
 

@@ -371,6 +371,10 @@ string_enum!(
         /// The pixel conditioning `s_cond = SiLU(t_emb + s)`: the cached value carries the timestep of the step
         /// that computed it.
         Cond => "cond",
+        /// The output of every PiT block's pixel-wise adaLN projection (a function of `s_cond` only): cached
+        /// forwards also skip those projections, the most expensive part of the pixel level. Tensors
+        /// `<tensor>.<block>`.
+        Modulation => "modulation",
     }
 );
 
@@ -382,8 +386,19 @@ string_enum!(
 pub struct PatchSplit {
     /// Where the model is cut.
     pub cut: PatchCut,
-    /// Name of the cut tensor: an extra output of the whole model, an input of the pixel-level graph.
+    /// Name of the cut tensor: an extra output of the whole model, an input of the pixel-level graph (for
+    /// [`PatchCut::Modulation`] the prefix of one tensor per PiT block, see [`PatchSplit::tensors`]).
     pub tensor: String,
+}
+
+impl PatchSplit {
+    /// The cut tensors of a model with `pixel_depth` PiT blocks, in order.
+    pub fn tensors(&self, pixel_depth: usize) -> Vec<String> {
+        match self.cut {
+            PatchCut::Modulation => (0..pixel_depth).map(|i| format!("{}.{i}", self.tensor)).collect(),
+            _ => vec![self.tensor.clone()],
+        }
+    }
 }
 
 /// The `metadata_props` key marking a pixel-level graph; its value is the [`PatchCut`]. Such a file carries the

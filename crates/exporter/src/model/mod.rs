@@ -21,12 +21,16 @@ use pixeldit_spec::{io, ModelConfig, ModelKind, PatchCut};
 pub const PATCH_TOKENS: &str = "patch_tokens";
 /// Name of the cut tensor of [`PatchCut::Cond`]: the pixel conditioning `SiLU(t_emb + s)` as `[B*L, D]`.
 pub const PATCH_COND: &str = "patch_cond";
+/// Prefix of the cut tensors of [`PatchCut::Modulation`]: `pixel_modulation.<i>`, the pixel-wise adaLN projection
+/// of PiT block `i`, `[B*L, chunks * p^2 * D_pix]`.
+pub const PIXEL_MODULATION: &str = "pixel_modulation";
 
 /// The name of the cut tensor of `cut`.
 pub fn patch_cut_tensor(cut: PatchCut) -> &'static str {
     match cut {
         PatchCut::Tokens => PATCH_TOKENS,
         PatchCut::Cond => PATCH_COND,
+        PatchCut::Modulation => PIXEL_MODULATION,
     }
 }
 
@@ -154,10 +158,19 @@ pub(crate) fn pixel_level(
     let v = final_layer::final_layer(cx, cfg, px, batch, grid)?;
     cx.g.output(output, v)?;
     match patch_cut {
-        Some(PatchCut::Tokens) => cx.g.output(PATCH_TOKENS, s)?,
-        Some(PatchCut::Cond) => cx.g.output(PATCH_COND, s_cond)?,
-        None => return Ok(()),
-    };
+        Some(PatchCut::Tokens) => {
+            cx.g.output(PATCH_TOKENS, s)?;
+        }
+        Some(PatchCut::Cond) => {
+            cx.g.output(PATCH_COND, s_cond)?;
+        }
+        Some(PatchCut::Modulation) => {
+            for (name, v) in std::mem::take(&mut cx.cut_values) {
+                cx.g.output(&name, v)?;
+            }
+        }
+        None => {}
+    }
     Ok(())
 }
 

@@ -33,6 +33,14 @@ pub fn pixel_block(
         n_mod * dp * p2,
         true,
     )?;
+    let m = if cx.patch_cut == Some(pixeldit_spec::PatchCut::Modulation) {
+        let name = format!("{}.{i}", super::PIXEL_MODULATION);
+        let named = cx.g.named(m, &name)?;
+        cx.cut_values.push((name, named));
+        named
+    } else {
+        m
+    };
     let chunks = cx.g.scoped(&format!("{pre}.adaLN_modulation"), |g| {
         let m = g.reshape(m, &[rows, Dim::Fixed(p2), Dim::Fixed(n_mod), Dim::Fixed(dp)])?;
         let parts = g.split(m, 2, &vec![1; n_mod])?;
