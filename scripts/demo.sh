@@ -27,6 +27,17 @@ if [ -z "${BACKENDS:-}" ]; then
 else
   backends=$BACKENDS
 fi
+# backend_args BACKEND: the pixeldit-run flags of a demo backend name, into the array `args`.
+backend_args() {
+  case $1 in
+    ort-cpu) args=(--backend ort --device cpu) ;;
+    tract) args=(--backend tract) ;;
+    ort-cuda) args=(--backend ort --device cuda) ;;
+    ort-tensorrt) args=(--backend ort --device tensorrt) ;;
+    *) echo "unknown backend '$1' (ort-cpu, tract, ort-cuda, ort-tensorrt)" >&2; exit 2 ;;
+  esac
+}
+
 # demo_model MODEL DIR EXPORT_ARGS RUN_ARGS: export MODEL in every precision into DIR, sample it on every backend
 # with RUN_ARGS (conditions, golden noise), then the contact sheet and report (tools/demo_report.py --model MODEL).
 # The argument strings are split on spaces (repository paths without spaces).
@@ -44,13 +55,7 @@ demo_model() {
       continue
     fi
     for b in $backends; do
-      case $b in
-        ort-cpu) args=(--backend ort --device cpu) ;;
-        tract) args=(--backend tract) ;;
-        ort-cuda) args=(--backend ort --device cuda) ;;
-        ort-tensorrt) args=(--backend ort --device tensorrt) ;;
-        *) echo "unknown backend '$b' (ort-cpu, tract, ort-cuda, ort-tensorrt)" >&2; exit 2 ;;
-      esac
+      backend_args "$b"
       run="$dir/runs/${model}_${p}_$b"
       echo "== $model $p on $b" >&2
       # shellcheck disable=SC2086
@@ -77,11 +82,8 @@ demo_cache() {
   for p in fp32 int8; do
     [ -f "$dir/${model}_$p.onnx" ] || continue
     for b in $backends; do
-      case $b in
-        ort-cpu) args=(--backend ort --device cpu) ;;
-        tract) args=(--backend tract) ;;
-        *) continue ;;
-      esac
+      case $b in ort-cpu | tract) ;; *) continue ;; esac
+      backend_args "$b"
       for setting in cache2 cache3 threshold0.25; do
         case $setting in
           cache*) flags=(--patch-cache "${setting#cache}") ;;

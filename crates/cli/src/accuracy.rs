@@ -348,9 +348,7 @@ pub fn evaluate(reference: &Path, variant: &Path, cfg: &EvalConfig) -> Result<Ac
                 }
                 let after = cached.stats();
                 let (whole, pixel) = (after.full - before.full, after.pixel_only - before.pixel_only);
-                let relative = (whole as f64 * flops.whole()
-                    + pixel as f64 * flops.pixel_level_at(split.cut))
-                    / ((whole + pixel) as f64 * flops.whole());
+                let relative = flops.cached_relative(whole, pixel, split.cut);
                 let (pooled, min) = psnr_pair(&xs, &uncached);
                 let n = runs.len().max(1);
                 rows.push(CacheRow {

@@ -197,11 +197,16 @@ impl Denoiser {
     ) -> Result<(Array4<f32>, Vec<ArrayD<f32>>)> {
         let t = Array1::from_elem(x.shape()[0], self.model_time(time));
         let (mut v, taps) = self.forward_with_outputs(x, t.view(), cond, extra)?;
+        self.graph_output_to_velocity(&mut v);
+        Ok((v, taps))
+    }
+
+    /// Turns the graph's output into the velocity `x0 - noise` in place (the text-to-image graph predicts
+    /// `noise - x0`: negated, exactly in floating point). Also for the graphs cut from this model.
+    pub(crate) fn graph_output_to_velocity(&self, v: &mut Array4<f32>) {
         if self.conditioning == Conditioning::Text {
-            // noise - x0 -> x0 - noise; exact in floating point.
             v.mapv_inplace(|a| -a);
         }
-        Ok((v, taps))
     }
 }
 
@@ -212,7 +217,7 @@ impl VelocityModel for Denoiser {
 }
 
 /// Runs `feeds` and returns the output `v` as `[B,3,H,W]` plus the outputs named in `extra`.
-fn run_v(
+pub(crate) fn run_v(
     backend: &mut dyn Backend,
     v: &str,
     feeds: &[(&str, TensorRef<'_>)],

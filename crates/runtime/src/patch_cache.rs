@@ -10,13 +10,13 @@
 //! 2K rows when the guidance interval starts) is always a full forward: each CFG branch reuses only its own rows.
 
 use crate::backend::Backend;
-use crate::denoiser::{CondRows, Conditioning, Denoiser};
+use crate::denoiser::{run_v, CondRows, Denoiser};
 use crate::error::{Result, RuntimeError};
 use crate::generate::{Time, VelocityModel};
 use crate::model::ModelInfo;
 use crate::tensor::TensorRef;
 use ndarray::{Array1, Array3, Array4, ArrayD, ArrayView4};
-use pixeldit_spec::{ModelMetadata, PatchSplit, PIXEL_LEVEL_KEY};
+use pixeldit_spec::{ModelMetadata, PatchCut, PatchSplit, PIXEL_LEVEL_KEY};
 use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -191,6 +191,8 @@ impl Kept {
 pub struct CachedDenoiser {
     whole: Denoiser,
     pixel: Box<dyn Backend>,
+    /// Where the model is cut.
+    cut: PatchCut,
     /// The cut tensors: extra outputs of the whole model, inputs of the pixel level.
     tensors: Vec<String>,
     pixel_x: String,
@@ -228,7 +230,7 @@ impl CachedDenoiser {
         let pixel_t = inputs.iter().find(|n| **n == t).cloned();
         let tensors: Vec<String> = inputs.iter().filter(|n| **n != x && **n != t).cloned().collect();
         let expected = |n: &String| match split.cut {
-            pixeldit_spec::PatchCut::Modulation => n.starts_with(&format!("{}.", split.tensor)),
+            PatchCut::Modulation => n.starts_with(&format!("{}.", split.tensor)),
             _ => *n == split.tensor,
         };
         if let Some(odd) = tensors.iter().find(|n| !expected(n)) {
@@ -247,6 +249,7 @@ impl CachedDenoiser {
         Ok(CachedDenoiser {
             whole,
             pixel,
+            cut: split.cut,
             tensors,
             pixel_x: x,
             pixel_t,
@@ -259,6 +262,11 @@ impl CachedDenoiser {
             accumulated: 0.0,
             stats: CacheStats::default(),
         })
+    }
+
+    /// Where the model is cut.
+    pub fn cut(&self) -> PatchCut {
+        self.cut
     }
 
     /// The policy.
@@ -325,19 +333,8 @@ impl CachedDenoiser {
         if let Some(name) = &self.pixel_t {
             feeds.push((name.as_str(), TensorRef::from(t.view())));
         }
-        let out = self
-            .pixel
-            .run(&feeds, &[self.pixel_v.as_str()])?
-            .into_iter()
-            .next()
-            .ok_or_else(|| RuntimeError::Shape("the pixel-level graph returned no output".into()))?;
-        let shape = out.shape().to_vec();
-        let mut v: Array4<f32> = out.into_dimensionality().map_err(|_| {
-            RuntimeError::Shape(format!("pixel-level output has shape {shape:?}, expected 4-D"))
-        })?;
-        if self.whole.conditioning() == Conditioning::Text {
-            v.mapv_inplace(|a| -a);
-        }
+        let (mut v, _) = run_v(self.pixel.as_mut(), &self.pixel_v, &feeds, &[])?;
+        self.whole.graph_output_to_velocity(&mut v);
         Ok(v)
     }
 }

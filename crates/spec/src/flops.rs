@@ -70,6 +70,13 @@ impl ForwardFlops {
         self.pixel_blocks + self.pixel_rest
     }
 
+    /// FLOPs of `whole` whole forwards and `pixel_only` pixel-level forwards (split at `cut`) relative to the same
+    /// number of whole forwards: what the step cache costs against the uncached run.
+    pub fn cached_relative(&self, whole: usize, pixel_only: usize, cut: crate::PatchCut) -> f64 {
+        let total = (whole + pixel_only).max(1) as f64 * self.whole();
+        (whole as f64 * self.whole() + pixel_only as f64 * self.pixel_level_at(cut)) / total
+    }
+
     /// A forward of the pixel-level graph of a split at `cut` (the modulation cut also skips the adaLN
     /// projections).
     pub fn pixel_level_at(&self, cut: crate::PatchCut) -> f64 {

@@ -261,15 +261,11 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
     report["gflops_per_image"] = serde_json::json!(out.rows as f64 * flops.whole() / k / 1e9);
     if let Model::Cached(c) = &model {
         let stats = c.stats();
-        let pixel_flops = meta
-            .patch_split
-            .as_ref()
-            .map_or(flops.pixel_level(), |split| flops.pixel_level_at(split.cut));
+        let pixel_flops = flops.pixel_level_at(c.cut());
         report["gflops_per_image"] = serde_json::json!(
             (stats.full_rows as f64 * flops.whole() + stats.pixel_rows as f64 * pixel_flops) / k / 1e9
         );
-        let relative = (stats.full as f64 * flops.whole() + stats.pixel_only as f64 * pixel_flops)
-            / ((stats.full + stats.pixel_only).max(1) as f64 * flops.whole());
+        let relative = flops.cached_relative(stats.full, stats.pixel_only, c.cut());
         report["patch_cache"] = serde_json::json!({
             "policy": c.policy().to_string(),
             "reuse": c.reuse().to_string(),
