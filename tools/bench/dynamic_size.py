@@ -164,6 +164,7 @@ def memory(a):
                 print(f"round {rnd}: {backend} {kind}: peak RSS {rss:.0f} MiB, {wall:.1f} s, load {load:.2f}",
                       file=sys.stderr, flush=True)
     cmdline = "tools/bench/dynamic_size.py " + " ".join(sys.argv[1:])
+    shown_cond = " ".join(map(str, cond)) if len(cond) == 2 else "(text embeddings)"
     lines = [f"### Peak memory at the largest size: {a.preset} at {h}x{w}, "
              f"{started:%Y-%m-%d %H:%M} UTC\n",
              f"* machine: {machine()}",
@@ -172,7 +173,7 @@ def memory(a):
              f"{wnote} weights, with `--dynamic-size` (range {meta['dynamic']['min']}..={meta['dynamic']['max']}, "
              f"default {meta['height']}x{meta['width']}) and static at `--height {h} --width {w}`; "
              f"{model_bytes(dyn) / 2**20:.0f} / {model_bytes(fixed) / 2**20:.0f} MiB on disk (dynamic / static)",
-             f"* run: `pixeldit-run MODEL --backend B --device cpu {' '.join(map(str, cond[:2])) if len(cond) == 2 else '(text embeddings)'} "
+             f"* run: `pixeldit-run MODEL --backend B --device cpu {shown_cond} "
              f"--steps {a.steps} --height {h} --width {w}` (one image with CFG: "
              f"{rows[0]['rows'] // max(rows[0]['forwards'], 1)} rows per forward, {rows[0]['forwards']} forwards); "
              "peak RSS = ru_maxrss of the pixeldit-run process (wait4); wall includes loading (and tract's "
