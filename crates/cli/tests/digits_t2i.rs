@@ -78,12 +78,23 @@ pub fn min_psnr(precision: Precision) -> f64 {
 /// Exports `precision` of digits-t2i from `weights`; quantized variants calibrate on `calib.npy` (a training
 /// phrasing per class, "the digit <word>", not the held-out golden prompts) with the "" negative.
 pub fn export(dir: &Path, precision: Precision, weights: &Path) -> PathBuf {
+    export_with(dir, precision, weights, false)
+}
+
+/// [`export`], with `--dynamic-size` (default range and size; calibration at the default 32x32) when `dynamic`.
+pub fn export_with(dir: &Path, precision: Precision, weights: &Path, dynamic: bool) -> PathBuf {
     let mut opts = ExportOptions::new(
         ModelConfig::preset("digits-t2i").unwrap(),
         WeightsSpec::Checkpoint(weights.to_path_buf()),
     );
     opts.precision = precision;
-    let path = dir.join(format!("digits_t2i_{precision}.onnx"));
+    let suffix = if dynamic {
+        opts.dynamic = Some(pixeldit_spec::DynamicSize::for_config(&opts.config));
+        "_dynamic"
+    } else {
+        ""
+    };
+    let path = dir.join(format!("digits_t2i_{precision}{suffix}.onnx"));
     let calib = CalibInputs {
         text: TextCalibration::Files {
             prompts: vec![golden_dir().join("calib.npy")],

@@ -16,6 +16,9 @@
 //! * `pixeldit-run --height/--width/--aspect-ratio`: refusals exit 2 before anything runs and write nothing; a
 //!   dynamic model's samples at 48x32 (digits; digits-t2i with CFG over ten prompts) equal a static 48x32
 //!   export's, on tract and ORT.
+//! * The non-square golden of the text-to-image default model (`tests/golden/digits-t2i/32x48/`, float64 reference
+//!   at height 32 x width 48): `pixeldit-run --height 32 --width 48` on the dynamic fp32 and int8 exports meets
+//!   the thresholds of `thresholds.json` (`nonsquare_32x48`) on tract and ORT CPU; a corrupted checkpoint fails.
 
 use crate::forward::cases;
 use crate::util::*;
@@ -622,5 +625,180 @@ fn quantized_dynamic_exports_meet_their_thresholds_at_non_square_sizes() {
         let min = crate::digits::variant(precision).min_psnr_db;
         eprintln!("{precision}: pooled PSNR {pooled:.1} dB at 32x64 and 64x32 (threshold {min})");
         assert!(pooled >= min, "{precision}: pooled PSNR {pooled:.1} dB < {min}");
+    }
+}
+
+/// The non-square golden of the text-to-image default model: `tests/golden/digits-t2i/32x48/`, three held-out
+/// prompts ("an image of the digit two / three / seven") sampled at height 32 x width 48 by the float64 Python
+/// reference (`reference/gen_digits_t2i_golden.py --nonsquare`; thresholds in `thresholds.json`
+/// `nonsquare_32x48`, measurements in that folder's README).
+mod nonsquare {
+    use crate::digits::{corrupted_checkpoint, decode_png, psnr_u8};
+    use crate::digits_t2i::{checkpoint, export_with, golden_dir};
+    use crate::util::*;
+    use ndarray::Axis;
+    use pixeldit_runtime::io;
+    use pixeldit_spec::Precision;
+    use std::path::{Path, PathBuf};
+
+    /// The prompts' digits (rows of `text.npy`), in the order of the golden images.
+    const DIGITS: [usize; 3] = [2, 3, 7];
+    const SIZE: (usize, usize) = (32, 48);
+
+    fn dir() -> PathBuf {
+        golden_dir().join("32x48")
+    }
+
+    /// The smallest PSNR of `precision` at 32x48 (`thresholds.json`: `nonsquare_32x48.min_psnr_db`).
+    fn min_psnr(precision: Precision) -> f64 {
+        let t: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(golden_dir().join("thresholds.json")).unwrap())
+                .unwrap();
+        t["nonsquare_32x48"]["min_psnr_db"][precision.as_str()]
+            .as_f64()
+            .unwrap_or_else(|| panic!("thresholds.json: no nonsquare_32x48.min_psnr_db.{precision}"))
+    }
+
+    /// The golden raw sample `x` [3, 3, 32, 48] and the golden PNGs (RGB8, 32 rows x 48 columns each).
+    fn golden() -> (Vec<f32>, Vec<Vec<u8>>) {
+        let bytes = std::fs::read(dir().join("digits_t2i_32x48_golden.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let x = st.tensor("x").unwrap();
+        assert_eq!(x.shape(), &[3, 3, SIZE.0, SIZE.1]);
+        let images = DIGITS
+            .iter()
+            .map(|c| {
+                let (img, w, h) = decode_png(&dir().join(format!("prompt_{c}.png")));
+                assert_eq!((h, w), SIZE);
+                img
+            })
+            .collect();
+        (le_f32s(x.data()), images)
+    }
+
+    /// Rows 2, 3 and 7 of the committed `text.npy` (the golden prompts' embeddings), written to `dir`.
+    fn text_rows(dir: &Path) -> PathBuf {
+        let text = io::read_npy(&golden_dir().join("text.npy")).unwrap();
+        let rows = text.select(Axis(0), &DIGITS);
+        let path = dir.join("text_32x48.npy");
+        std::fs::write(&path, io::npy_bytes(rows.shape(), rows.iter().copied())).unwrap();
+        path
+    }
+
+    /// Samples the golden prompts with `pixeldit-run MODEL --height 32 --width 48` on `backend` (the golden noise,
+    /// the model's sampler defaults); `Err` names the variant, the backend and the PSNR (or raw relative L2) when
+    /// below `min_psnr_db` (above `max_rel`). Returns (PSNR, raw relative L2).
+    pub fn check(
+        work: &Path,
+        model: &Path,
+        variant: &str,
+        backend: &str,
+        min_psnr_db: f64,
+        max_rel: Option<f64>,
+    ) -> Result<(f64, f64), String> {
+        let fail = |what: String| format!("digits-t2i 32x48 {variant} on {backend}: {what}");
+        let raw = work.join(format!("raw_{variant}_{backend}.npy"));
+        let o = run(bin()
+            .arg(model)
+            .args(["--backend", backend, "--device", "cpu", "--text-embeddings"])
+            .arg(text_rows(work))
+            .arg("--negative-embeddings")
+            .arg(golden_dir().join("negative.npy"))
+            .arg("--noise")
+            .arg(dir().join("noise.npy"))
+            .args(["--height", "32", "--width", "48", "-q", "--grid", "-o"])
+            .arg(work.join(format!("{variant}_{backend}.png")))
+            .arg("--save-raw")
+            .arg(&raw));
+        if !o.status.success() {
+            return Err(fail(format!("pixeldit-run failed: {}", stderr(&o))));
+        }
+        let x = io::read_npy(&raw).map_err(|e| fail(e.to_string()))?;
+        assert_eq!(x.shape(), &[3, 3, SIZE.0, SIZE.1]);
+        let (gx, gimages) = golden();
+        let images: Vec<Vec<u8>> = x
+            .axis_iter(Axis(0))
+            .map(|i| io::image_rgb8(i.into_dimensionality().unwrap()))
+            .collect();
+        let psnr = psnr_u8(&images.concat(), &gimages.concat());
+        let rel = rel_l2(&x.iter().copied().collect::<Vec<_>>(), &gx);
+        eprintln!("digits-t2i 32x48 {variant} on {backend}: PSNR {psnr:.2} dB, raw rel L2 {rel:.2e}");
+        if psnr.is_nan() || psnr < min_psnr_db {
+            return Err(fail(format!(
+                "PSNR {psnr:.2} dB against the 32x48 golden images is below the {min_psnr_db} dB threshold"
+            )));
+        }
+        if let Some(max) = max_rel.filter(|&m| rel.is_nan() || rel >= m) {
+            return Err(fail(format!(
+                "PSNR {psnr:.2} dB, raw relative L2 {rel:.2e} >= {max:.0e}"
+            )));
+        }
+        Ok((psnr, rel))
+    }
+
+    /// The backends `pixeldit-run` is asked for: tract, and ORT CPU when its library is available.
+    fn backends(test: &str) -> Vec<&'static str> {
+        let mut v = vec!["tract"];
+        if need_ort(test).is_some() {
+            v.push("ort");
+        }
+        v
+    }
+
+    /// Exports `precision` with `--dynamic-size` and checks it at 32x48 on every backend; panics with every failure.
+    fn check_dynamic(precision: Precision, max_rel: Option<f64>) {
+        let work = tempfile::tempdir().unwrap();
+        let model = export_with(work.path(), precision, &checkpoint(), true);
+        let variant = format!("{precision}-dynamic");
+        let failures: Vec<String> = backends(&format!("non_square_t2i_golden_{precision}"))
+            .into_iter()
+            .filter_map(|b| check(work.path(), &model, &variant, b, min_psnr(precision), max_rel).err())
+            .collect();
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// fp32: the thresholds of the square golden (60 dB, raw relative L2 < 1e-4); measured: identical uint8 images,
+    /// raw relative L2 5.3e-7 (tract) and 3.7e-7 (ORT CPU).
+    #[test]
+    fn dynamic_t2i_export_meets_the_non_square_golden_fp32() {
+        check_dynamic(Precision::Fp32, Some(1e-4));
+    }
+
+    /// int8, calibrated as the square golden test's int8 (at the default 32x32, on `calib.npy`; about three minutes
+    /// of a debug build's calibration); measured 41.4 dB (tract) and 41.3 dB (ORT CPU), threshold 37.
+    #[test]
+    fn dynamic_t2i_export_meets_the_non_square_golden_int8() {
+        check_dynamic(Precision::Int8, None);
+    }
+
+    /// One joint-attention projection scaled by 1.5 (as `corrupted_t2i_checkpoint_fails_its_golden_check`): the
+    /// dynamic fp32 export must fail the 32x48 check on every backend, naming variant, backend and PSNR.
+    #[test]
+    fn corrupted_checkpoint_fails_the_non_square_t2i_golden() {
+        let work = tempfile::tempdir().unwrap();
+        let ckpt = corrupted_checkpoint(
+            &checkpoint(),
+            work.path(),
+            "patch_blocks.1.attn.proj_x.weight",
+            1.5,
+        );
+        let model = export_with(work.path(), Precision::Fp32, &ckpt, true);
+        for backend in backends("corrupted_checkpoint_fails_the_non_square_t2i_golden") {
+            let variant = "fp32-dynamic-corrupted";
+            let err = check(
+                work.path(),
+                &model,
+                variant,
+                backend,
+                min_psnr(Precision::Fp32),
+                Some(1e-4),
+            )
+            .expect_err("must fail");
+            eprintln!("expected failure: {err}");
+            assert!(
+                err.contains(variant) && err.contains(backend) && err.contains("PSNR"),
+                "{err}"
+            );
+        }
     }
 }
