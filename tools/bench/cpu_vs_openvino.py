@@ -22,31 +22,12 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "bench"
 RAW_MARKER = "## Raw `pixeldit-run bench` rows"
-
-
-def feed(cfg, size, batch):
-    import numpy as np
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, cfg["in_channels"], size, size)).astype(np.float32)
-    t = np.full((batch,), 0.5, np.float32)
-    y = (np.arange(batch) % cfg["num_classes"]).astype(np.int64)
-    return {"x": x, "t": t, "y": y}
-
-
-def timed(fn, warmup, runs):
-    for _ in range(warmup):
-        fn()
-    ms = []
-    for _ in range(runs):
-        s = time.perf_counter()
-        fn()
-        ms.append((time.perf_counter() - s) * 1e3)
-    return ms
+sys.path.insert(0, str(ROOT / "tools" / "bench"))
+from compare import inputs, timed  # noqa: E402  (the same inputs and timing loop as the CPU comparison)
 
 
 def worker(argv):
@@ -64,14 +45,14 @@ def worker(argv):
     a = ap.parse_args(argv)
     import numpy as np
     cfg = json.loads((ROOT / "graphs" / f"{a.preset}.json").read_text())
-    inputs = feed(cfg, a.size, a.batch)
+    feed = dict(zip("xty", inputs(cfg, a.size, a.size, a.batch)))
     res = {}
     if a.mode in ("ov", "ovf32", "ovprofile"):
         import openvino as ov
         core = ov.Core()
         model = core.read_model(a.model)
         # Static shapes, as OpenVINO's documentation advises for CPU latency.
-        model.reshape({k: list(v.shape) for k, v in inputs.items()})
+        model.reshape({k: list(v.shape) for k, v in feed.items()})
         config = {"INFERENCE_NUM_THREADS": a.threads, "PERFORMANCE_HINT": "LATENCY"}
         if a.mode == "ovf32":
             # OpenVINO's CPU plugin runs float layers in bf16 by default where the CPU has AVX512_BF16 or AMX:
@@ -82,7 +63,7 @@ def worker(argv):
         compiled = core.compile_model(model, "CPU", config)
         request = compiled.create_infer_request()
         names = {p.get_any_name(): i for i, p in enumerate(compiled.inputs)}
-        data = {names[k]: v for k, v in inputs.items()}
+        data = {names[k]: v for k, v in feed.items()}
 
         def run():
             request.infer(data)
@@ -109,8 +90,8 @@ def worker(argv):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.add_session_config_entry("session.intra_op.allow_spinning", str(a.spin))
         sess = ort.InferenceSession(a.model, so, providers=["CPUExecutionProvider"])
-        out = sess.run(None, inputs)[0]
-        ms = timed(lambda: sess.run(None, inputs), a.warmup, a.runs)
+        out = sess.run(None, feed)[0]
+        ms = timed(lambda: sess.run(None, feed), a.warmup, a.runs)
         res["version"] = f"onnxruntime {ort.__version__}"
     if a.save:
         np.save(a.save, out)
