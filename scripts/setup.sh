@@ -9,6 +9,10 @@
 # present. The file .cache/onnxruntime-gpu/site-packages names the venv's site-packages, where pixeldit-run finds
 # the CUDA/TensorRT libraries of those wheels and preloads them (no LD_LIBRARY_PATH needed).
 #
+# It also installs OpenVINO (PyPI openvino==$OPENVINO_VERSION) into .cache/openvino-venv and copies the wheel's
+# libraries (C API, CPU plugin, ONNX front end, TBB) to .cache/openvino/, where `pixeldit-run --backend openvino`
+# finds them.
+#
 # Usage: scripts/setup.sh [--gpu | --cpu] [--print-plan]
 #   --gpu         install the GPU stack even when no GPU is detected
 #   --cpu         never install the GPU stack
@@ -28,6 +32,8 @@ ORT_VERSION=1.31.1
 # project's CPU machines, so the install is skipped there with that message).
 TENSORRT_PIN=tensorrt-cu13-libs==10.16.1.11
 NVIDIA_INDEX=https://pypi.nvidia.com
+OPENVINO_VERSION=2026.4.0
+OPENVINO_VENV=.cache/openvino-venv
 GPU_VENV=.cache/gpu-venv
 GPU_LIB_DIR=.cache/onnxruntime-gpu
 
@@ -60,6 +66,8 @@ if [ "$print_plan" = 1 ]; then
   echo "venv: .venv"
   echo "pip .venv: -r tools/requirements.txt"
   echo "copy: onnxruntime $ORT_VERSION (CPU) libonnxruntime*.so* -> .cache/onnxruntime/"
+  echo "pip $OPENVINO_VENV: openvino==$OPENVINO_VERSION"
+  echo "copy: openvino $OPENVINO_VERSION libs/* -> .cache/openvino/"
   if [ "$gpu" = 1 ]; then
     echo "venv: $GPU_VENV"
     echo "pip $GPU_VENV: onnxruntime-gpu[cuda,cudnn]==$ORT_VERSION"
@@ -85,6 +93,18 @@ for f in "$(dirname "$lib")"/libonnxruntime*.so*; do
   cp -u "$f" .cache/onnxruntime/
 done
 echo "setup: ONNX Runtime library at .cache/onnxruntime/$(basename "$lib")" >&2
+
+# OpenVINO in its own venv (its numpy pin is not the test tooling's); its libs/ directory holds the C API library,
+# the CPU plugin, the ONNX front end and TBB, which find each other next to libopenvino.so.
+[ -x "$OPENVINO_VENV/bin/python" ] || python3 -m venv "$OPENVINO_VENV"
+if ! "$OPENVINO_VENV/bin/python" -c "import openvino" 2>/dev/null; then
+  echo "setup: installing openvino==$OPENVINO_VERSION into $OPENVINO_VENV" >&2
+  "$OPENVINO_VENV/bin/pip" install -q --disable-pip-version-check "openvino==$OPENVINO_VERSION" "numpy<2.3"
+fi
+ovlibs=$("$OPENVINO_VENV/bin/python" -c "import openvino, os; print(os.path.join(os.path.dirname(openvino.__file__), 'libs'))")
+mkdir -p .cache/openvino
+cp -u "$ovlibs"/* .cache/openvino/
+echo "setup: OpenVINO library at .cache/openvino/$(cd .cache/openvino && ls libopenvino_c.so* | sort | tail -1)" >&2
 
 [ "$gpu" = 1 ] || exit 0
 

@@ -18,6 +18,7 @@ touch "$tmp/nvidia0" "$tmp/version"
 out=$(PIXELDIT_NVIDIA_DEVICE="$tmp/none0" PIXELDIT_NVIDIA_PROC="$tmp/none" plan)
 check "cpu: mode" "mode: cpu (no NVIDIA GPU ($tmp/none0 and $tmp/none missing))" "$out"
 check "cpu: CPU library" "copy: onnxruntime 1.31.1 (CPU) libonnxruntime*.so* -> .cache/onnxruntime/" "$out"
+check "cpu: OpenVINO library" "copy: openvino 2026.4.0 libs/* -> .cache/openvino/" "$out"
 absent "cpu: no onnxruntime-gpu" "onnxruntime-gpu" "$out"
 absent "cpu: no tensorrt" "tensorrt" "$out"
 # A fake device node: the GPU stack.

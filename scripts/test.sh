@@ -11,6 +11,8 @@ tools/triton/setup.sh
 export PIXELDIT_REQUIRE_TRITON=1
 export ORT_DYLIB_PATH="$PWD/.cache/onnxruntime/libonnxruntime.so.1.31.1"
 export PIXELDIT_REQUIRE_ORT=1
+# The OpenVINO backend's tests (library copied to .cache/openvino/ by scripts/setup.sh) are mandatory too.
+export PIXELDIT_REQUIRE_OPENVINO=1
 echo "== set-up GPU detection (fake device paths)" >&2
 scripts/setup_plan_test.sh
 # The GPU build of ONNX Runtime (downloaded once into .cache/onnxruntime-gpu/): the CUDA/TensorRT provider tests in

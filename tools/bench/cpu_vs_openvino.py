@@ -117,11 +117,11 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--precisions", default="fp32,int8")
-    ap.add_argument("--impls", default="ov,ovf32,ortpy,ort,ortspin,ortdec,tract",
+    ap.add_argument("--impls", default="ov,ovf32,ortpy,ort,ortspin,ortdec,tract,ovrun",
                     help="ov: OpenVINO static (decomposed graph, its default inference precision: bf16 on CPUs with "
                          "AVX512_BF16/AMX); ovf32: the same with INFERENCE_PRECISION_HINT f32; ortpy: Python onnxruntime (decomposed); "
                          "ort / ortspin / ortdec / tract: pixeldit-run bench on ORT CPU (custom attention; "
-                         "--ort-spin; decomposed graph) and tract")
+                         "--ort-spin; decomposed graph) and tract; ovrun: pixeldit-run bench --backend openvino (decomposed graph)")
     ap.add_argument("--ov-python", default=str(ROOT / ".cache" / "openvino-venv" / "bin" / "python"))
     ap.add_argument("--tag", default="single", help="part of the export file names: a new tag re-exports "
                     "(the exports are cached in .cache/bench/ by preset, size, precision, attention and tag)")
@@ -174,9 +174,10 @@ def main():
                 order = impls[r % len(impls):] + impls[:r % len(impls)]
                 for impl in order:
                     load = os.getloadavg()[0]
-                    if impl in ("ort", "ortspin", "ortdec", "tract"):
-                        att = "decomposed" if impl == "ortdec" else "custom"
-                        cmd = [prun, "bench", models[prec, att], "--backend", "tract" if impl == "tract" else "ort",
+                    if impl in ("ort", "ortspin", "ortdec", "tract", "ovrun"):
+                        att = "decomposed" if impl in ("ortdec", "ovrun") else "custom"
+                        be = {"tract": "tract", "ovrun": "openvino"}.get(impl, "ort")
+                        cmd = [prun, "bench", models[prec, att], "--backend", be,
                                "--device", "cpu", "--threads", a.threads, "--batch", a.batch, "--runs", a.runs,
                                "--warmup", a.warmup] + (["--ort-spin"] if impl == "ortspin" else [])
                         out = run_child(cmd, dict(os.environ))
@@ -184,7 +185,8 @@ def main():
                         label = {"ort": "pixeldit-run, ORT CPU (custom attention op)",
                                  "ortspin": "pixeldit-run, ORT CPU (custom attention op, --ort-spin)",
                                  "ortdec": "pixeldit-run, ORT CPU (decomposed graph)",
-                                 "tract": "pixeldit-run, tract (custom attention op)"}[impl]
+                                 "tract": "pixeldit-run, tract (custom attention op)",
+                                 "ovrun": "pixeldit-run, OpenVINO backend (decomposed graph)"}[impl]
                         model = models[prec, att].name
                     else:
                         py = a.ov_python if impl.startswith("ov") else sys.executable

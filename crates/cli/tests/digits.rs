@@ -15,7 +15,7 @@ use pixeldit_runtime::io;
 use pixeldit_runtime::model::ModelInfo;
 use pixeldit_runtime::samplers::flow;
 use pixeldit_runtime::{Conditions, SamplerConfig};
-use pixeldit_spec::{ModelConfig, Precision};
+use pixeldit_spec::{AttentionMode, ModelConfig, Precision};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -192,12 +192,18 @@ pub const FP8_WEIGHTS: Precision = Precision::Fp8Weights;
 
 /// Exports `variant` of the digits model from `weights` into `dir`.
 pub fn export_variant(dir: &Path, variant: &Variant, weights: &Path) -> PathBuf {
+    export_variant_with(dir, variant, weights, AttentionMode::Custom)
+}
+
+/// [`export_variant`] with the attention lowering `attention` (OpenVINO runs only the standard ones).
+pub fn export_variant_with(dir: &Path, variant: &Variant, weights: &Path, attention: AttentionMode) -> PathBuf {
     let mut opts = ExportOptions::new(
         ModelConfig::preset("digits").unwrap(),
         WeightsSpec::Checkpoint(weights.to_path_buf()),
     );
     opts.precision = variant.precision;
-    let path = dir.join(format!("digits_{}.onnx", variant.precision));
+    opts.attention = attention;
+    let path = dir.join(format!("digits_{}_{attention}.onnx", variant.precision));
     export_to_file(&opts, &path).unwrap_or_else(|e| panic!("export digits {}: {e}", variant.precision));
     path
 }
@@ -316,14 +322,26 @@ pub fn golden_backends(test: &str) -> Vec<(Candidate, LoadOptions)> {
     v
 }
 
-/// Exports `variant` and runs the golden check on every backend; panics with every failure.
+/// Exports `variant` and runs the golden check on every backend; panics with every failure. OpenVINO, which has no
+/// custom ops, runs the same variant exported with decomposed attention.
 fn check_variant(precision: Precision) {
     let variant = variant(precision);
     let dir = tempfile::tempdir().unwrap();
     let model = export_variant(dir.path(), &variant, &checkpoint());
     let name = variant.precision.to_string();
+    let test = format!("golden_digits_{name}");
+    let mut runs: Vec<(PathBuf, Candidate, LoadOptions)> = golden_backends(&test)
+        .into_iter()
+        .map(|(c, o)| (model.clone(), c, o))
+        .collect();
+    if let Some(lib) = need_openvino(&test) {
+        let decomposed = export_variant_with(dir.path(), &variant, &checkpoint(), AttentionMode::Decomposed);
+        let mut opts = LoadOptions::default();
+        opts.openvino_lib = Some(lib);
+        runs.push((decomposed, Candidate::OpenVino, opts));
+    }
     let mut failures = Vec::new();
-    for (c, opts) in golden_backends(&format!("golden_digits_{name}")) {
+    for (model, c, opts) in runs {
         match golden_check(&model, &name, c, &opts, variant.min_psnr_db) {
             Ok(m) if variant.precision == Precision::Fp32 => {
                 // fp32 must also reproduce the raw reference x, not only the rounded images.

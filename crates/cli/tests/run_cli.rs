@@ -128,7 +128,7 @@ fn device_cuda_is_an_error_without_gpu() {
 
 #[test]
 fn unknown_custom_op_names_op_and_node() {
-    for backend in ["tract", "ort"] {
+    for backend in ["tract", "ort", "openvino"] {
         let mut cmd = bin();
         cmd.arg(fixture("unknown_op.onnx")).args(["--backend", backend]);
         if backend == "ort" {
@@ -136,6 +136,12 @@ fn unknown_custom_op_names_op_and_node() {
                 continue;
             };
             cmd.args(["--device", "cpu", "--ort-lib"]).arg(lib);
+        }
+        if backend == "openvino" {
+            let Some(lib) = need_openvino("unknown_custom_op_names_op_and_node") else {
+                continue;
+            };
+            cmd.arg("--openvino-lib").arg(lib);
         }
         let dir = tempfile::tempdir().unwrap();
         cmd.current_dir(dir.path()).args(["-o", "x.png"]);
@@ -182,6 +188,9 @@ fn both_backends_match_the_in_process_sampler() {
     if let Some(lib) = need_ort("both_backends_match_the_in_process_sampler") {
         backends.push(("ort", Some(lib)));
     }
+    if let Some(lib) = need_openvino("both_backends_match_the_in_process_sampler") {
+        backends.push(("openvino", Some(lib)));
+    }
     for (backend, lib) in backends {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = bin();
@@ -200,9 +209,11 @@ fn both_backends_match_the_in_process_sampler() {
                 "2",
             ])
             .args(["--interval", "0,1", "-o", "s.png", "--save-raw", "raw.npy"]);
-        if let Some(lib) = lib {
-            cmd.arg("--ort-lib").arg(lib);
-        }
+        match (backend, lib) {
+            ("openvino", Some(lib)) => cmd.arg("--openvino-lib").arg(lib),
+            (_, Some(lib)) => cmd.arg("--ort-lib").arg(lib),
+            _ => &mut cmd,
+        };
         let out = run(&mut cmd);
         assert!(out.status.success());
         assert_eq!(files(dir.path()), vec!["raw.npy", "s_000.png", "s_001.png"]);

@@ -95,6 +95,25 @@ pub enum RuntimeError {
         domain: String,
         node: String,
     },
+    /// No OpenVINO C library (`libopenvino_c.so*`) was found.
+    #[error("OpenVINO library not found ({tried}); run scripts/setup.sh, pass --openvino-lib or set PIXELDIT_OPENVINO_LIB")]
+    OpenVinoLibraryNotFound { tried: String },
+    /// The OpenVINO library exists but could not be loaded.
+    #[error("cannot load the OpenVINO library {}: {reason}", path.display())]
+    OpenVinoLoad { path: PathBuf, reason: String },
+    /// A custom-op node in a model given to OpenVINO, which has none of the project's kernels.
+    #[error(
+        "backend openvino cannot run op '{op}' (domain '{domain}') of node '{node}': OpenVINO runs standard ONNX \
+         only; export with --attention decomposed (or onnx23)"
+    )]
+    OpenVinoCustomOp { op: String, domain: String, node: String },
+    /// An OpenVINO call failed (`what` says which; `openvino::InferenceError` as the source).
+    #[error("OpenVINO: {what}")]
+    OpenVino {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
     /// A tract call failed (tract's `anyhow::Error`, with its context chain, as the source).
     #[error("tract")]
     Tract {

@@ -119,6 +119,43 @@ pub fn need_ort(test: &str) -> Option<PathBuf> {
     lib
 }
 
+/// OpenVINO's C library: `$PIXELDIT_OPENVINO_LIB` or `.cache/openvino/libopenvino_c.so*` of the workspace
+/// (scripts/setup.sh copies it there).
+pub fn openvino_lib() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PIXELDIT_OPENVINO_LIB")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+    {
+        return Some(p);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(root().join(".cache/openvino"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libopenvino_c.so"))
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// `openvino_lib()` or a note that the test is skipped; a failure instead when `PIXELDIT_REQUIRE_OPENVINO` is
+/// set (scripts/test.sh sets it).
+pub fn need_openvino(test: &str) -> Option<PathBuf> {
+    let lib = openvino_lib();
+    if lib.is_none() {
+        assert!(
+            !std::env::var("PIXELDIT_REQUIRE_OPENVINO").is_ok_and(|v| !v.is_empty() && v != "0"),
+            "{test}: PIXELDIT_REQUIRE_OPENVINO is set but no OpenVINO library was found (PIXELDIT_OPENVINO_LIB, \
+             .cache/openvino/; run scripts/setup.sh)"
+        );
+        eprintln!("{test}: no OpenVINO library found, OpenVINO part skipped");
+    }
+    lib
+}
+
 /// Largest absolute difference.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 /// Backend selection flags (shared by sampling and `bench`).
 #[derive(Args, Clone)]
 pub(crate) struct BackendArgs {
-    /// Backend: auto (TensorRT, CUDA, ORT CPU, tract: first that loads), ort or tract.
+    /// Backend: auto (TensorRT, CUDA, ORT CPU, tract: first that loads), ort, tract, or openvino (OpenVINO's CPU
+    /// plugin, library from scripts/setup.sh; runs exports made with --attention decomposed or onnx23).
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     pub(crate) backend: BackendKind,
     /// Device: auto, tensorrt, cuda or cpu. An explicit GPU device that fails is an error, never a fallback.
@@ -19,6 +20,9 @@ pub(crate) struct BackendArgs {
     /// Path of libonnxruntime.so.1.31.1 (overrides ORT_DYLIB_PATH).
     #[arg(long, value_name = "FILE")]
     pub(crate) ort_lib: Option<PathBuf>,
+    /// Path of OpenVINO's libopenvino_c.so* (overrides PIXELDIT_OPENVINO_LIB; default .cache/openvino/).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) openvino_lib: Option<PathBuf>,
     /// TensorRT engine cache directory (default: .trt-cache next to the model).
     #[arg(long, value_name = "DIR")]
     pub(crate) trt_cache: Option<PathBuf>,
@@ -44,6 +48,7 @@ impl BackendArgs {
             .with_trt_cache_dir(self.trt_cache.clone())
             .with_precision(Some(precision));
         o.threads = self.threads;
+        o.openvino_lib = self.openvino_lib.clone();
         o.ort_opt_level = Some(self.ort_opt_level);
         o.ort_spinning = self.ort_spin;
         o

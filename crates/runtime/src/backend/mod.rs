@@ -2,6 +2,8 @@
 
 #[cfg(feature = "ort")]
 pub mod gpu_libs;
+#[cfg(feature = "openvino")]
+pub mod openvino;
 #[cfg(feature = "ort")]
 pub mod ort;
 #[cfg(feature = "tract")]
@@ -90,6 +92,9 @@ pub enum BackendKind {
     Ort,
     /// tract only.
     Tract,
+    /// OpenVINO (CPU) only; standard ONNX graphs (`--attention decomposed` or `onnx23`).
+    #[cfg_attr(feature = "clap", value(name = "openvino"))]
+    OpenVino,
 }
 
 /// `--device`.
@@ -128,7 +133,7 @@ macro_rules! names {
         }
     };
 }
-names!(BackendKind, "backend", { BackendKind::Auto => "auto", BackendKind::Ort => "ort", BackendKind::Tract => "tract" });
+names!(BackendKind, "backend", { BackendKind::Auto => "auto", BackendKind::Ort => "ort", BackendKind::Tract => "tract", BackendKind::OpenVino => "openvino" });
 names!(Device, "device", { Device::Auto => "auto", Device::TensorRt => "tensorrt", Device::Cuda => "cuda", Device::Cpu => "cpu" });
 
 /// One concrete way of running a model.
@@ -139,6 +144,8 @@ pub enum Candidate {
     Ort(ort::OrtProvider),
     /// tract.
     Tract,
+    /// OpenVINO's CPU plugin.
+    OpenVino,
 }
 
 impl fmt::Display for Candidate {
@@ -147,6 +154,7 @@ impl fmt::Display for Candidate {
             #[cfg(feature = "ort")]
             Candidate::Ort(p) => write!(f, "ort/{}", p.ep_name()),
             Candidate::Tract => f.write_str("tract"),
+            Candidate::OpenVino => f.write_str("openvino/CPU"),
         }
     }
 }
@@ -160,7 +168,9 @@ pub struct LoadOptions {
     pub device: Device,
     /// ONNX Runtime library (`--ort-lib`).
     pub ort_lib: Option<PathBuf>,
-    /// More directories to look for `.cache/onnxruntime*/` in, after the current directory (see
+    /// OpenVINO C library (`--openvino-lib`).
+    pub openvino_lib: Option<PathBuf>,
+    /// More directories to look for `.cache/onnxruntime*/` (and `.cache/openvino/`) in, after the current directory (see
     /// `ort::locate_library`; e.g. the application's source checkout).
     pub ort_search_dirs: Vec<PathBuf>,
     /// TensorRT engine cache directory.
@@ -220,6 +230,13 @@ impl LoadOptions {
         };
         #[allow(unreachable_code)]
         let plan = match (self.backend, self.device) {
+            (BackendKind::OpenVino, Device::Auto | Device::Cpu) => (vec![Candidate::OpenVino], true),
+            (BackendKind::OpenVino, _) => {
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "--backend openvino runs on the CPU only; --device {} needs --backend ort (or auto)",
+                    self.device
+                )))
+            }
             (BackendKind::Tract, Device::Auto | Device::Cpu) => (vec![Candidate::Tract], true),
             (BackendKind::Tract, _) => return tract_gpu(),
             #[cfg(feature = "ort")]
@@ -355,6 +372,21 @@ pub fn load_candidate(
             let o = ort::OrtOptions::from_load_options(provider, opts);
             Ok(Box::new(ort::OrtBackend::with_options(path, &o)?))
         }
+        Candidate::OpenVino => {
+            #[cfg(feature = "openvino")]
+            {
+                let o = openvino::OpenVinoOptions {
+                    library: opts.openvino_lib.clone(),
+                    search_dirs: opts.ort_search_dirs.clone(),
+                    threads: opts.threads,
+                };
+                Ok(Box::new(openvino::OpenVinoBackend::open(path, &o)?))
+            }
+            #[cfg(not(feature = "openvino"))]
+            {
+                Err(RuntimeError::FeatureDisabled("openvino"))
+            }
+        }
         Candidate::Tract => {
             #[cfg(feature = "tract")]
             {
@@ -458,5 +490,11 @@ mod tests {
         );
         assert_eq!("tensorrt".parse::<Device>().unwrap(), Device::TensorRt);
         assert!("gpu".parse::<Device>().is_err());
+        assert_eq!(
+            o(BackendKind::OpenVino, Device::Auto).plan().unwrap(),
+            (vec![Candidate::OpenVino], true)
+        );
+        assert!(o(BackendKind::OpenVino, Device::Cuda).plan().is_err());
+        assert_eq!("openvino".parse::<BackendKind>().unwrap(), BackendKind::OpenVino);
     }
 }
