@@ -18,7 +18,7 @@ use pixeldit_runtime::backend::{Candidate, LoadOptions};
 use pixeldit_runtime::io;
 use pixeldit_runtime::model::ModelInfo;
 use pixeldit_runtime::{Conditions, SamplerConfig};
-use pixeldit_spec::{ModelConfig, Precision};
+use pixeldit_spec::{AttentionMode, ModelConfig, Precision};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -83,18 +83,30 @@ pub fn export(dir: &Path, precision: Precision, weights: &Path) -> PathBuf {
 
 /// [`export`], with `--dynamic-size` (default range and size; calibration at the default 32x32) when `dynamic`.
 pub fn export_with(dir: &Path, precision: Precision, weights: &Path, dynamic: bool) -> PathBuf {
+    export_attention(dir, precision, weights, dynamic, AttentionMode::Custom)
+}
+
+/// [`export_with`] with the attention lowering `attention` (OpenVINO runs only the standard ones).
+pub fn export_attention(
+    dir: &Path,
+    precision: Precision,
+    weights: &Path,
+    dynamic: bool,
+    attention: AttentionMode,
+) -> PathBuf {
     let mut opts = ExportOptions::new(
         ModelConfig::preset("digits-t2i").unwrap(),
         WeightsSpec::Checkpoint(weights.to_path_buf()),
     );
     opts.precision = precision;
+    opts.attention = attention;
     let suffix = if dynamic {
         opts.dynamic = Some(pixeldit_spec::DynamicSize::for_config(&opts.config));
         "_dynamic"
     } else {
         ""
     };
-    let path = dir.join(format!("digits_t2i_{precision}{suffix}.onnx"));
+    let path = dir.join(format!("digits_t2i_{precision}_{attention}{suffix}.onnx"));
     let calib = CalibInputs {
         text: TextCalibration::Files {
             prompts: vec![golden_dir().join("calib.npy")],
@@ -145,11 +157,23 @@ pub fn golden_check(
     Ok((psnr, rel))
 }
 
+/// Exports `precision` and runs the golden check on every backend; OpenVINO runs the decomposed-attention export.
 fn check_variant(precision: Precision) {
     let dir = tempfile::tempdir().unwrap();
     let model = export(dir.path(), precision, &checkpoint());
+    let test = format!("golden_digits_t2i_{precision}");
+    let mut runs: Vec<(PathBuf, Candidate, LoadOptions)> = golden_backends(&test)
+        .into_iter()
+        .map(|(c, o)| (model.clone(), c, o))
+        .collect();
+    if let Some(lib) = need_openvino(&test) {
+        let decomposed = export_attention(dir.path(), precision, &checkpoint(), false, AttentionMode::Decomposed);
+        let mut opts = LoadOptions::default();
+        opts.openvino_lib = Some(lib);
+        runs.push((decomposed, Candidate::OpenVino, opts));
+    }
     let mut failures = Vec::new();
-    for (c, opts) in golden_backends(&format!("golden_digits_t2i_{precision}")) {
+    for (model, c, opts) in runs {
         match golden_check(&model, precision.as_str(), c, &opts, min_psnr(precision)) {
             Ok((_, rel)) if precision == Precision::Fp32 && rel >= 1e-4 => failures.push(format!(
                 "digits-t2i fp32 on {c}: raw relative L2 {rel:.2e} >= 1e-4"
