@@ -196,7 +196,12 @@ pub fn export_variant(dir: &Path, variant: &Variant, weights: &Path) -> PathBuf 
 }
 
 /// [`export_variant`] with the attention lowering `attention` (OpenVINO runs only the standard ones).
-pub fn export_variant_attention(dir: &Path, variant: &Variant, weights: &Path, attention: AttentionMode) -> PathBuf {
+pub fn export_variant_attention(
+    dir: &Path,
+    variant: &Variant,
+    weights: &Path,
+    attention: AttentionMode,
+) -> PathBuf {
     let mut opts = ExportOptions::new(
         ModelConfig::preset("digits").unwrap(),
         WeightsSpec::Checkpoint(weights.to_path_buf()),
@@ -335,7 +340,8 @@ fn check_variant(precision: Precision) {
         .map(|(c, o)| (model.clone(), c, o))
         .collect();
     if let Some(lib) = need_openvino(&test) {
-        let decomposed = export_variant_attention(dir.path(), &variant, &checkpoint(), AttentionMode::Decomposed);
+        let decomposed =
+            export_variant_attention(dir.path(), &variant, &checkpoint(), AttentionMode::Decomposed);
         let mut opts = LoadOptions::default();
         opts.openvino_lib = Some(lib);
         runs.push((decomposed, Candidate::OpenVino, opts));

@@ -167,7 +167,13 @@ fn check_variant(precision: Precision) {
         .map(|(c, o)| (model.clone(), c, o))
         .collect();
     if let Some(lib) = need_openvino(&test) {
-        let decomposed = export_attention(dir.path(), precision, &checkpoint(), false, AttentionMode::Decomposed);
+        let decomposed = export_attention(
+            dir.path(),
+            precision,
+            &checkpoint(),
+            false,
+            AttentionMode::Decomposed,
+        );
         let mut opts = LoadOptions::default();
         opts.openvino_lib = Some(lib);
         runs.push((decomposed, Candidate::OpenVino, opts));

@@ -342,7 +342,7 @@ impl<'w> Ctx<'w> {
         })?)
     }
 
-    /// The 2D RoPE tables `[S, dh/2]` (`[S, dh/2, 1]` for the decomposed lowering) of `grid`: named constants for
+    /// The 2D RoPE tables `[S, dh/2]` (`[S, 1, dh/2, 1]` for the decomposed lowering) of `grid`: named constants for
     /// a fixed grid; for a dynamic one computed in the graph from the grid symbols, in f64 as
     /// [`custom_op::rope_2d_tables`] does (positions `16 i / max(n - 1, 1)` per axis), then cast to f32.
     pub fn rope_2d(&mut self, grid: Grid, dh: usize, theta: f64) -> Result<(Value, Value)> {
@@ -351,7 +351,7 @@ impl<'w> Ctx<'w> {
             let s = hs * ws;
             let (cos, sin) = custom_op::rope_2d_tables(hs, ws, dh, theta);
             let table_shape = if decomposed {
-                vec![s, dh / 2, 1]
+                vec![s, 1, dh / 2, 1]
             } else {
                 vec![s, dh / 2]
             };
@@ -390,7 +390,7 @@ impl<'w> Ctx<'w> {
             let ay = g.mul(ys, fy)?;
             let angle = g.add(ax, ay)?;
             let shape = if decomposed {
-                vec![tokens, Dim::Fixed(half), Dim::Fixed(1)]
+                vec![tokens, Dim::Fixed(1), Dim::Fixed(half), Dim::Fixed(1)]
             } else {
                 vec![tokens, Dim::Fixed(half)]
             };
@@ -445,13 +445,18 @@ impl<'w> Ctx<'w> {
                     None
                 };
                 self.g.scoped(prefix, |g| {
+                    let v = heads_first(g, v)?;
                     let o = if let Some(pos) = pos {
+                        let q = heads_first(g, q)?;
+                        let k = heads_first(g, k)?;
                         let q = g.rotary_embedding(q, cos, sin, pos)?;
                         let k = g.rotary_embedding(k, cos, sin, pos)?;
                         g.attention(q, k, v, scale)?
                     } else {
                         let q = rope_decomposed(g, q, cos, sin, dh)?;
                         let k = rope_decomposed(g, k, cos, sin, dh)?;
+                        let q = heads_first(g, q)?;
+                        let k = heads_first(g, k)?;
                         let kt = g.transpose(k, &[0, 1, 3, 2])?;
                         let sc = g.matmul(q, kt)?;
                         let sv = g.scalar(DType::F32, scale)?;
@@ -549,7 +554,7 @@ pub fn flatten_rows(prefix: &[Dim]) -> Dim {
     prefix.iter().fold(Dim::Fixed(1), |acc, d| acc.times(*d))
 }
 
-/// `[B,S,3*H*Dh]` -> q, k, v each `[B,H,S,Dh]`.
+/// `[B,S,3*H*Dh]` -> q, k, v each `[B,S,H,Dh]` (tokens first; [`heads_first`] turns them into `[B,H,S,Dh]`).
 pub(crate) fn split_heads(
     g: &mut Graph,
     qkv: Value,
@@ -561,16 +566,22 @@ pub(crate) fn split_heads(
         qkv,
         &[sh[0], sh[1], Dim::Fixed(3), Dim::Fixed(heads), Dim::Fixed(dh)],
     )?;
-    let t = g.transpose(r, &[2, 0, 3, 1, 4])?;
-    let parts = g.split(t, 0, &[1, 1, 1])?;
-    let four = [sh[0], Dim::Fixed(heads), sh[1], Dim::Fixed(dh)];
-    let q = g.reshape(parts[0], &four)?;
-    let k = g.reshape(parts[1], &four)?;
-    let v = g.reshape(parts[2], &four)?;
+    let parts = g.split(r, 2, &[1, 1, 1])?;
+    let bshd = [sh[0], sh[1], Dim::Fixed(heads), Dim::Fixed(dh)];
+    let q = g.reshape(parts[0], &bshd)?;
+    let k = g.reshape(parts[1], &bshd)?;
+    let v = g.reshape(parts[2], &bshd)?;
     Ok((q, k, v))
 }
 
-/// Adjacent-pair RoPE on `[B,H,S,Dh]` with tables `[S, Dh/2, 1]`.
+/// `[B,S,H,Dh]` -> `[B,H,S,Dh]`.
+pub(crate) fn heads_first(g: &mut Graph, x: Value) -> pixeldit_graph::Result<Value> {
+    g.transpose(x, &[0, 2, 1, 3])
+}
+
+/// Adjacent-pair RoPE on tokens-first `[B,S,H,Dh]` with tables `[S, 1, Dh/2, 1]`. (Rotating after the heads
+/// transpose, `[B,H,S,Dh]` with `[S, Dh/2, 1]` tables, is the same math, but OpenVINO 2026.4's CPU plugin fuses that
+/// form into wrong attention when S equals H: `tools/bench/openvino_rope_bug.py`.)
 pub(crate) fn rope_decomposed(
     g: &mut Graph,
     x: Value,

@@ -106,7 +106,11 @@ pub enum RuntimeError {
         "backend openvino cannot run op '{op}' (domain '{domain}') of node '{node}': OpenVINO runs standard ONNX \
          only; export with --attention decomposed (or onnx23)"
     )]
-    OpenVinoCustomOp { op: String, domain: String, node: String },
+    OpenVinoCustomOp {
+        op: String,
+        domain: String,
+        node: String,
+    },
     /// An OpenVINO call failed (`what` says which; `openvino::InferenceError` as the source).
     #[error("OpenVINO: {what}")]
     OpenVino {

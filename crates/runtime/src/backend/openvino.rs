@@ -70,7 +70,11 @@ pub fn locate_library(explicit: Option<&Path>, search_dirs: &[PathBuf]) -> Resul
         return named(PathBuf::from(p), &format!("{LIBRARY_ENV}="));
     }
     let mut tried = Vec::new();
-    for base in std::env::current_dir().ok().into_iter().chain(search_dirs.iter().cloned()) {
+    for base in std::env::current_dir()
+        .ok()
+        .into_iter()
+        .chain(search_dirs.iter().cloned())
+    {
         let dir = base.join(LIBRARY_DIR);
         if let Some(p) = library_in(&dir) {
             return Ok(p.canonicalize().unwrap_or(p));
@@ -164,9 +168,9 @@ impl OpenVinoBackend {
             core.set_property(&cpu, k, v)
                 .map_err(ov_err(format!("setting {k:?}={v} on the CPU plugin")))?;
         }
-        let file = path.to_str().ok_or_else(|| {
-            RuntimeError::InvalidArgument(format!("{}: not a UTF-8 path", path.display()))
-        })?;
+        let file = path
+            .to_str()
+            .ok_or_else(|| RuntimeError::InvalidArgument(format!("{}: not a UTF-8 path", path.display())))?;
         let model = core
             .read_model_from_file(file, "")
             .map_err(ov_err(format!("reading {}", path.display())))?;
@@ -225,8 +229,13 @@ impl OpenVinoBackend {
             let mut compiled = self
                 .core
                 .compile_model(&self.model, DeviceType::CPU)
-                .map_err(ov_err(format!("compiling {} for {shapes:?}", self.path.display())))?;
-            let request = compiled.create_infer_request().map_err(ov_err("creating an infer request"))?;
+                .map_err(ov_err(format!(
+                    "compiling {} for {shapes:?}",
+                    self.path.display()
+                )))?;
+            let request = compiled
+                .create_infer_request()
+                .map_err(ov_err("creating an infer request"))?;
             self.compiled.insert(
                 shapes.clone(),
                 Compiled {
@@ -297,7 +306,12 @@ impl Backend for OpenVinoBackend {
         let ordered: Vec<&Feed> = self
             .inputs
             .iter()
-            .map(|n| inputs.iter().find(|(f, _)| f == n).expect("checked by check_feeds"))
+            .map(|n| {
+                inputs
+                    .iter()
+                    .find(|(f, _)| f == n)
+                    .expect("checked by check_feeds")
+            })
             .collect();
         let shapes: Vec<Vec<usize>> = ordered.iter().map(|(_, t)| t.shape().to_vec()).collect();
         let tensors = ordered
@@ -324,7 +338,9 @@ impl Backend for OpenVinoBackend {
                     .iter()
                     .map(|&d| d as usize)
                     .collect();
-                let ty = t.get_element_type().map_err(ov_err(format!("type of output '{name}'")))?;
+                let ty = t
+                    .get_element_type()
+                    .map_err(ov_err(format!("type of output '{name}'")))?;
                 if ty != ElementType::F32 {
                     return Err(RuntimeError::Shape(format!(
                         "output '{name}' is {ty:?}, expected f32"

@@ -8,7 +8,7 @@
 //! * `onnx23`: `RMSNormalization` + `RotaryEmbedding` per stream, `Concat` on the sequence axis, `Attention`;
 //! * `decomposed`: opset-17 primitives.
 
-use crate::nn::{rope_decomposed, split_heads, Ctx, Grid};
+use crate::nn::{heads_first, rope_decomposed, split_heads, Ctx, Grid};
 use crate::{ExportError, Result};
 use pixeldit_graph::{Attr, DType, Dim, Symbol, Value};
 use pixeldit_spec::{custom_op, AttentionMode, ModelConfig};
@@ -118,7 +118,7 @@ pub fn joint_rotary_attention(
                 ),
             ] {
                 let shape = if decomposed {
-                    vec![s, dh / 2, 1]
+                    vec![s, 1, dh / 2, 1]
                 } else {
                     vec![s, dh / 2]
                 };
@@ -132,15 +132,23 @@ pub fn joint_rotary_attention(
                 } else {
                     Some(cx.position_ids(qkv, Dim::Fixed(s))?)
                 };
-                let (q, k) = cx.g.scoped(&format!("{prefix}.rope_{tag}"), |g| match pos {
-                    Some(pos) => Ok((
-                        g.rotary_embedding(q, cos, sin, pos)?,
-                        g.rotary_embedding(k, cos, sin, pos)?,
-                    )),
-                    None => Ok((
-                        rope_decomposed(g, q, cos, sin, dh)?,
-                        rope_decomposed(g, k, cos, sin, dh)?,
-                    )),
+                let (q, k, v) = cx.g.scoped(&format!("{prefix}.rope_{tag}"), |g| {
+                    let v = heads_first(g, v)?;
+                    Ok(match pos {
+                        Some(pos) => {
+                            let (q, k) = (heads_first(g, q)?, heads_first(g, k)?);
+                            (
+                                g.rotary_embedding(q, cos, sin, pos)?,
+                                g.rotary_embedding(k, cos, sin, pos)?,
+                                v,
+                            )
+                        }
+                        None => {
+                            let q = rope_decomposed(g, q, cos, sin, dh)?;
+                            let k = rope_decomposed(g, k, cos, sin, dh)?;
+                            (heads_first(g, q)?, heads_first(g, k)?, v)
+                        }
+                    })
                 })?;
                 streams.push((q, k, v));
             }
@@ -209,7 +217,7 @@ fn dynamic_joint(
     let (icos, isin) = cx.rope_2d(grid, dh, theta)?;
     let decomposed = cx.attention == AttentionMode::Decomposed;
     let text_shape = if decomposed {
-        vec![st, dh / 2, 1]
+        vec![st, 1, dh / 2, 1]
     } else {
         vec![st, dh / 2]
     };
@@ -257,15 +265,23 @@ fn dynamic_joint(
         } else {
             Some(cx.position_ids(qkv, s)?)
         };
-        let (q, k) = cx.g.scoped(&format!("{prefix}.rope_{tag}"), |g| match pos {
-            Some(pos) => Ok((
-                g.rotary_embedding(q, cos, sin, pos)?,
-                g.rotary_embedding(k, cos, sin, pos)?,
-            )),
-            None => Ok((
-                rope_decomposed(g, q, cos, sin, dh)?,
-                rope_decomposed(g, k, cos, sin, dh)?,
-            )),
+        let (q, k, v) = cx.g.scoped(&format!("{prefix}.rope_{tag}"), |g| {
+            let v = heads_first(g, v)?;
+            Ok(match pos {
+                Some(pos) => {
+                    let (q, k) = (heads_first(g, q)?, heads_first(g, k)?);
+                    (
+                        g.rotary_embedding(q, cos, sin, pos)?,
+                        g.rotary_embedding(k, cos, sin, pos)?,
+                        v,
+                    )
+                }
+                None => {
+                    let q = rope_decomposed(g, q, cos, sin, dh)?;
+                    let k = rope_decomposed(g, k, cos, sin, dh)?;
+                    (heads_first(g, q)?, heads_first(g, k)?, v)
+                }
+            })
         })?;
         streams.push((q, k, v));
     }
