@@ -348,6 +348,15 @@ fn check_variant(precision: Precision) {
     }
     let mut failures = Vec::new();
     for (model, c, opts) in runs {
+        if c == Candidate::OpenVino && precision == Precision::Fp8 {
+            // OpenVINO computes the float8 activation Q/DQ wrongly (14 dB): the backend refuses the variant.
+            match load_denoiser(&model, c, &opts) {
+                Err(e) if e.to_string().contains("float8 activation") => continue,
+                Err(e) => failures.push(format!("digits fp8 on {c}: unexpected error {e}")),
+                Ok(_) => failures.push(format!("digits fp8 on {c}: loaded, expected a refusal")),
+            }
+            continue;
+        }
         match golden_check(&model, &name, c, &opts, variant.min_psnr_db) {
             Ok(m) if variant.precision == Precision::Fp32 => {
                 // fp32 must also reproduce the raw reference x, not only the rounded images.

@@ -180,6 +180,15 @@ fn check_variant(precision: Precision) {
     }
     let mut failures = Vec::new();
     for (model, c, opts) in runs {
+        if c == Candidate::OpenVino && precision == Precision::Fp8 {
+            // OpenVINO computes the float8 activation Q/DQ wrongly (20 dB): the backend refuses the variant.
+            match load_denoiser(&model, c, &opts) {
+                Err(e) if e.to_string().contains("float8 activation") => continue,
+                Err(e) => failures.push(format!("digits-t2i fp8 on {c}: unexpected error {e}")),
+                Ok(_) => failures.push(format!("digits-t2i fp8 on {c}: loaded, expected a refusal")),
+            }
+            continue;
+        }
         match golden_check(&model, precision.as_str(), c, &opts, min_psnr(precision)) {
             Ok((_, rel)) if precision == Precision::Fp32 && rel >= 1e-4 => failures.push(format!(
                 "digits-t2i fp32 on {c}: raw relative L2 {rel:.2e} >= 1e-4"

@@ -111,6 +111,9 @@ pub enum RuntimeError {
         domain: String,
         node: String,
     },
+    /// A model that OpenVINO loads but is known to compute wrongly.
+    #[error("backend openvino refuses {}: {reason}", path.display())]
+    OpenVinoUnsupported { path: PathBuf, reason: String },
     /// An OpenVINO call failed (`what` says which; `openvino::InferenceError` as the source).
     #[error("OpenVINO: {what}")]
     OpenVino {
