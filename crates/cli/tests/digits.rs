@@ -342,8 +342,7 @@ fn check_variant(precision: Precision) {
     if let Some(lib) = need_openvino(&test) {
         let decomposed =
             export_variant_attention(dir.path(), &variant, &checkpoint(), AttentionMode::Decomposed);
-        let mut opts = LoadOptions::default();
-        opts.openvino_lib = Some(lib);
+        let opts = LoadOptions::default().with_openvino_lib(Some(lib));
         runs.push((decomposed, Candidate::OpenVino, opts));
     }
     let mut failures = Vec::new();

@@ -174,8 +174,7 @@ fn check_variant(precision: Precision) {
             false,
             AttentionMode::Decomposed,
         );
-        let mut opts = LoadOptions::default();
-        opts.openvino_lib = Some(lib);
+        let opts = LoadOptions::default().with_openvino_lib(Some(lib));
         runs.push((decomposed, Candidate::OpenVino, opts));
     }
     let mut failures = Vec::new();

@@ -45,10 +45,10 @@ impl BackendArgs {
             .with_backend(self.backend)
             .with_device(self.device)
             .with_ort_lib(self.ort_lib.clone())
+            .with_openvino_lib(self.openvino_lib.clone())
             .with_trt_cache_dir(self.trt_cache.clone())
             .with_precision(Some(precision));
         o.threads = self.threads;
-        o.openvino_lib = self.openvino_lib.clone();
         o.ort_opt_level = Some(self.ort_opt_level);
         o.ort_spinning = self.ort_spin;
         o

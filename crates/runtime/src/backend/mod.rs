@@ -201,6 +201,11 @@ impl LoadOptions {
         self.ort_lib = p;
         self
     }
+    /// Sets the OpenVINO C library path.
+    pub fn with_openvino_lib(mut self, p: Option<PathBuf>) -> Self {
+        self.openvino_lib = p;
+        self
+    }
     /// Adds a directory to look for `.cache/onnxruntime*/` in, after the current directory and the ones added before.
     pub fn with_ort_search_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.ort_search_dirs.push(dir.into());
