@@ -21,7 +21,7 @@ bin=${CARGO_TARGET_DIR:-target}/release
 
 precisions=${PRECISIONS:-"fp32 fp16 bf16 int8 fp8 int8-weights fp8-weights"}
 if [ -z "${BACKENDS:-}" ]; then
-  backends="ort-cpu tract"
+  backends="ort-cpu tract openvino"
   # GPU providers only where a GPU is visible (they are skipped, with their error, when the library lacks them).
   if [ -e /dev/nvidia0 ]; then backends="$backends ort-cuda ort-tensorrt"; fi
 else
@@ -32,9 +32,10 @@ backend_args() {
   case $1 in
     ort-cpu) args=(--backend ort --device cpu) ;;
     tract) args=(--backend tract) ;;
+    openvino) args=(--backend openvino) ;;
     ort-cuda) args=(--backend ort --device cuda) ;;
     ort-tensorrt) args=(--backend ort --device tensorrt) ;;
-    *) echo "unknown backend '$1' (ort-cpu, tract, ort-cuda, ort-tensorrt)" >&2; exit 2 ;;
+    *) echo "unknown backend '$1' (ort-cpu, tract, openvino, ort-cuda, ort-tensorrt)" >&2; exit 2 ;;
   esac
 }
 
@@ -57,9 +58,21 @@ demo_model() {
     for b in $backends; do
       backend_args "$b"
       run="$dir/runs/${model}_${p}_$b"
+      onnx="$dir/${model}_$p.onnx"
+      if [ "$b" = openvino ]; then
+        # OpenVINO has no custom ops: the same variant with the standard (decomposed) attention lowering.
+        onnx="$dir/${model}_${p}_decomposed.onnx"
+        # shellcheck disable=SC2086
+        if ! "$bin/pixeldit-export" --preset "$model" --precision "$p" $export_args \
+            --attention decomposed -q -o "$onnx" >"$run.log" 2>&1; then
+          mv "$run.log" "$run.failed"
+          echo "   decomposed export failed: $(tail -n 1 "$run.failed")" >&2
+          continue
+        fi
+      fi
       echo "== $model $p on $b" >&2
       # shellcheck disable=SC2086
-      if "$bin/pixeldit-run" "$dir/${model}_$p.onnx" "${args[@]}" $run_args --grid -q \
+      if "$bin/pixeldit-run" "$onnx" "${args[@]}" $run_args --grid -q \
           -o "$dir/${model}_${p}_$b.png" --save-raw "$run.npy" --report-json "$run.json" >"$run.log" 2>&1; then
         grep '^backend ' "$run.log" >&2 || true
       else

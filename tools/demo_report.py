@@ -47,7 +47,7 @@ from digit_classifier import drawn
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 VARIANT_ORDER = ["fp32", "fp16", "bf16", "int8", "fp8", "int8-weights", "fp8-weights"]
-BACKEND_ORDER = ["ort-cpu", "tract", "ort-cuda", "ort-tensorrt"]
+BACKEND_ORDER = ["ort-cpu", "tract", "openvino", "ort-cuda", "ort-tensorrt"]
 CLASSES = list(range(10))
 #: Per model: file prefix, golden directory, reference images, golden tensors, what the columns are.
 MODELS = {
