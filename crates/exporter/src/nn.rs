@@ -445,18 +445,11 @@ impl<'w> Ctx<'w> {
                     None
                 };
                 self.g.scoped(prefix, |g| {
-                    let v = heads_first(g, v)?;
-                    let o = if let Some(pos) = pos {
-                        let q = heads_first(g, q)?;
-                        let k = heads_first(g, k)?;
-                        let q = g.rotary_embedding(q, cos, sin, pos)?;
-                        let k = g.rotary_embedding(k, cos, sin, pos)?;
+                    let onnx23 = pos.is_some();
+                    let (q, k, v) = rotate_heads_first(g, (q, k, v), cos, sin, pos, dh)?;
+                    let o = if onnx23 {
                         g.attention(q, k, v, scale)?
                     } else {
-                        let q = rope_decomposed(g, q, cos, sin, dh)?;
-                        let k = rope_decomposed(g, k, cos, sin, dh)?;
-                        let q = heads_first(g, q)?;
-                        let k = heads_first(g, k)?;
                         let kt = g.transpose(k, &[0, 1, 3, 2])?;
                         let sc = g.matmul(q, kt)?;
                         let sv = g.scalar(DType::F32, scale)?;
@@ -577,6 +570,34 @@ pub(crate) fn split_heads(
 /// `[B,S,H,Dh]` -> `[B,H,S,Dh]`.
 pub(crate) fn heads_first(g: &mut Graph, x: Value) -> pixeldit_graph::Result<Value> {
     g.transpose(x, &[0, 2, 1, 3])
+}
+
+/// q, k, v `[B,S,H,Dh]` -> `[B,H,S,Dh]` with q and k rotated: by `RotaryEmbedding` at positions `pos` after the
+/// heads transpose (onnx23), or by [`rope_decomposed`] before it (`pos` is `None`).
+pub(crate) fn rotate_heads_first(
+    g: &mut Graph,
+    (q, k, v): (Value, Value, Value),
+    cos: Value,
+    sin: Value,
+    pos: Option<Value>,
+    dh: usize,
+) -> pixeldit_graph::Result<(Value, Value, Value)> {
+    let v = heads_first(g, v)?;
+    Ok(match pos {
+        Some(pos) => {
+            let (q, k) = (heads_first(g, q)?, heads_first(g, k)?);
+            (
+                g.rotary_embedding(q, cos, sin, pos)?,
+                g.rotary_embedding(k, cos, sin, pos)?,
+                v,
+            )
+        }
+        None => {
+            let q = rope_decomposed(g, q, cos, sin, dh)?;
+            let k = rope_decomposed(g, k, cos, sin, dh)?;
+            (heads_first(g, q)?, heads_first(g, k)?, v)
+        }
+    })
 }
 
 /// Adjacent-pair RoPE on tokens-first `[B,S,H,Dh]` with tables `[S, 1, Dh/2, 1]`. (Rotating after the heads

@@ -8,7 +8,7 @@
 //! * `onnx23`: `RMSNormalization` + `RotaryEmbedding` per stream, `Concat` on the sequence axis, `Attention`;
 //! * `decomposed`: opset-17 primitives.
 
-use crate::nn::{heads_first, rope_decomposed, split_heads, Ctx, Grid};
+use crate::nn::{rotate_heads_first, split_heads, Ctx, Grid};
 use crate::{ExportError, Result};
 use pixeldit_graph::{Attr, DType, Dim, Symbol, Value};
 use pixeldit_spec::{custom_op, AttentionMode, ModelConfig};
@@ -133,22 +133,7 @@ pub fn joint_rotary_attention(
                     Some(cx.position_ids(qkv, Dim::Fixed(s))?)
                 };
                 let (q, k, v) = cx.g.scoped(&format!("{prefix}.rope_{tag}"), |g| {
-                    let v = heads_first(g, v)?;
-                    Ok(match pos {
-                        Some(pos) => {
-                            let (q, k) = (heads_first(g, q)?, heads_first(g, k)?);
-                            (
-                                g.rotary_embedding(q, cos, sin, pos)?,
-                                g.rotary_embedding(k, cos, sin, pos)?,
-                                v,
-                            )
-                        }
-                        None => {
-                            let q = rope_decomposed(g, q, cos, sin, dh)?;
-                            let k = rope_decomposed(g, k, cos, sin, dh)?;
-                            (heads_first(g, q)?, heads_first(g, k)?, v)
-                        }
-                    })
+                    rotate_heads_first(g, (q, k, v), cos, sin, pos, dh)
                 })?;
                 streams.push((q, k, v));
             }
@@ -266,22 +251,7 @@ fn dynamic_joint(
             Some(cx.position_ids(qkv, s)?)
         };
         let (q, k, v) = cx.g.scoped(&format!("{prefix}.rope_{tag}"), |g| {
-            let v = heads_first(g, v)?;
-            Ok(match pos {
-                Some(pos) => {
-                    let (q, k) = (heads_first(g, q)?, heads_first(g, k)?);
-                    (
-                        g.rotary_embedding(q, cos, sin, pos)?,
-                        g.rotary_embedding(k, cos, sin, pos)?,
-                        v,
-                    )
-                }
-                None => {
-                    let q = rope_decomposed(g, q, cos, sin, dh)?;
-                    let k = rope_decomposed(g, k, cos, sin, dh)?;
-                    (heads_first(g, q)?, heads_first(g, k)?, v)
-                }
-            })
+            rotate_heads_first(g, (q, k, v), cos, sin, pos, dh)
         })?;
         streams.push((q, k, v));
     }
