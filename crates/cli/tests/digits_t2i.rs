@@ -7,7 +7,9 @@
 //! names (`tools/digit_classifier.py`). A corrupted checkpoint must fail with a message naming the variant, the
 //! backend and the PSNR.
 
-use crate::digits::{check_drawn, corrupted_checkpoint, decode_png, golden_backends, psnr_u8};
+use crate::digits::{
+    check_drawn, corrupted_checkpoint, decode_png, golden_backends, openvino_fp8_refusal, psnr_u8,
+};
 use crate::util::*;
 use ndarray::{Array3, Array4, Axis};
 use pixeldit_cli::calibrate::{CalibInputs, TextCalibration};
@@ -181,11 +183,7 @@ fn check_variant(precision: Precision) {
     for (model, c, opts) in runs {
         if c == Candidate::OpenVino && precision == Precision::Fp8 {
             // OpenVINO computes the float8 activation Q/DQ wrongly (20 dB): the backend refuses the variant.
-            match load_denoiser(&model, c, &opts) {
-                Err(e) if e.to_string().contains("float8 activation") => continue,
-                Err(e) => failures.push(format!("digits-t2i fp8 on {c}: unexpected error {e}")),
-                Ok(_) => failures.push(format!("digits-t2i fp8 on {c}: loaded, expected a refusal")),
-            }
+            failures.extend(openvino_fp8_refusal(&model, "digits-t2i", &opts));
             continue;
         }
         match golden_check(&model, precision.as_str(), c, &opts, min_psnr(precision)) {

@@ -161,12 +161,9 @@ impl OpenVinoBackend {
                     .into(),
             });
         }
-        load_library(opts.library.as_deref(), &opts.search_dirs)?;
+        let library = load_library(opts.library.as_deref(), &opts.search_dirs)?;
         let mut core = Core::new().map_err(|e| RuntimeError::OpenVinoLoad {
-            path: LOADED
-                .lock()
-                .map(|g| g.clone().unwrap_or_default())
-                .unwrap_or_default(),
+            path: library,
             reason: e.to_string(),
         })?;
         let cpu = DeviceType::CPU;
@@ -263,31 +260,28 @@ impl OpenVinoBackend {
 }
 
 fn to_tensor(name: &str, t: &TensorRef<'_>) -> Result<Tensor> {
-    let dims: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
-    let shape = Shape::new(&dims).map_err(ov_err(format!("shape of input '{name}'")))?;
-    let err = ov_err(format!("input '{name}'"));
     match t {
-        TensorRef::F32(a) => {
-            let mut tensor = Tensor::new(ElementType::F32, &shape).map_err(err)?;
-            let data = tensor
-                .get_data_mut::<f32>()
-                .map_err(ov_err(format!("input '{name}' data")))?;
-            for (d, v) in data.iter_mut().zip(a.iter()) {
-                *d = *v;
-            }
-            Ok(tensor)
-        }
-        TensorRef::I64(a) => {
-            let mut tensor = Tensor::new(ElementType::I64, &shape).map_err(err)?;
-            let data = tensor
-                .get_data_mut::<i64>()
-                .map_err(ov_err(format!("input '{name}' data")))?;
-            for (d, v) in data.iter_mut().zip(a.iter()) {
-                *d = *v;
-            }
-            Ok(tensor)
-        }
+        TensorRef::F32(a) => filled_tensor(name, ElementType::F32, a),
+        TensorRef::I64(a) => filled_tensor(name, ElementType::I64, a),
     }
+}
+
+/// A new OpenVINO tensor of `element_type` (which must be `T`'s) holding `a` in row-major order.
+fn filled_tensor<T: Copy>(
+    name: &str,
+    element_type: ElementType,
+    a: &ndarray::ArrayViewD<'_, T>,
+) -> Result<Tensor> {
+    let dims: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
+    let shape = Shape::new(&dims).map_err(ov_err(format!("shape of input '{name}'")))?;
+    let mut tensor = Tensor::new(element_type, &shape).map_err(ov_err(format!("input '{name}'")))?;
+    let data = tensor
+        .get_data_mut::<T>()
+        .map_err(ov_err(format!("input '{name}' data")))?;
+    for (d, v) in data.iter_mut().zip(a.iter()) {
+        *d = *v;
+    }
+    Ok(tensor)
 }
 
 impl Backend for OpenVinoBackend {
