@@ -99,6 +99,19 @@ def worker(argv):
     print(json.dumps(res))
 
 
+# pixeldit-run implementations: graph (attention mode, "-fused" for --pixel-ops fused), backend, label.
+RUN_IMPLS = {
+    "ort": ("custom", "ort", "pixeldit-run, ORT CPU (custom attention op)"),
+    "ortspin": ("custom", "ort", "pixeldit-run, ORT CPU (custom attention op, --ort-spin)"),
+    "ortdec": ("decomposed", "ort", "pixeldit-run, ORT CPU (decomposed graph)"),
+    "tract": ("custom", "tract", "pixeldit-run, tract (custom attention op)"),
+    "ovrun": ("decomposed", "openvino", "pixeldit-run, OpenVINO backend (decomposed graph)"),
+    "ortfused": ("custom-fused", "ort", "pixeldit-run, ORT CPU (custom attention op, fused pixel ops)"),
+    "ortdecfused": ("decomposed-fused", "ort", "pixeldit-run, ORT CPU (decomposed attention, fused pixel ops)"),
+    "tractfused": ("custom-fused", "tract", "pixeldit-run, tract (custom attention op, fused pixel ops)"),
+}
+
+
 def run_child(cmd, env=None):
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -121,7 +134,9 @@ def main():
                     help="ov: OpenVINO static (decomposed graph, its default inference precision: bf16 on CPUs with "
                          "AVX512_BF16/AMX); ovf32: the same with INFERENCE_PRECISION_HINT f32; ortpy: Python onnxruntime (decomposed); "
                          "ort / ortspin / ortdec / tract: pixeldit-run bench on ORT CPU (custom attention; "
-                         "--ort-spin; decomposed graph) and tract; ovrun: pixeldit-run bench --backend openvino (decomposed graph)")
+                         "--ort-spin; decomposed graph) and tract; ovrun: pixeldit-run bench --backend openvino (decomposed graph); "
+                         "ortfused / ortdecfused / tractfused: pixeldit-run bench on the exports with --pixel-ops fused "
+                         "(custom attention; decomposed attention; tract with custom attention)")
     ap.add_argument("--ov-python", default=str(ROOT / ".cache" / "openvino-venv" / "bin" / "python"))
     ap.add_argument("--tag", default="single", help="part of the export file names: a new tag re-exports "
                     "(the exports are cached in .cache/bench/ by preset, size, precision, attention and tag)")
@@ -149,18 +164,22 @@ def main():
         if not ckpt.exists():
             save_checkpoint(make_random_checkpoint(cfg, 0), ckpt)
         models = {}
+        graphs = {"decomposed"} | {RUN_IMPLS[i][0] for i in impls if i in RUN_IMPLS}
         for prec in a.precisions.split(","):
-            for att in ("custom", "decomposed"):
-                m = CACHE / f"{preset}-{size}-{prec}-{att}-{a.tag}.onnx"
+            for graph in sorted(graphs):
+                att, _, fused = graph.partition("-")
+                m = CACHE / f"{preset}-{size}-{prec}-{graph}-{a.tag}.onnx"
                 args = ["--preset", preset, "--checkpoint", ckpt, "--height", size, "--width", size,
                         "--attention", att, "--precision", prec, "--no-patch-split"]
+                if fused:
+                    args += ["--pixel-ops", "fused"]
                 if prec != "fp32":
                     # Calibration over the sampler's time grid: one class, one seed, a few steps keeps B quick.
                     args += ["--calib-classes", "1", "--calib-seeds", "0", "--calib-steps", "4"]
                 if not m.exists():
                     print(f"exporting {m.name} ...", flush=True)
                     run_child([exe] + args + ["-o", m])
-                models[prec, att] = m
+                models[prec, graph] = m
         if a.rounds == 0:
             continue  # --rounds 0: export only
         rows = {}
@@ -174,20 +193,14 @@ def main():
                 order = impls[r % len(impls):] + impls[:r % len(impls)]
                 for impl in order:
                     load = os.getloadavg()[0]
-                    if impl in ("ort", "ortspin", "ortdec", "tract", "ovrun"):
-                        att = "decomposed" if impl in ("ortdec", "ovrun") else "custom"
-                        be = {"tract": "tract", "ovrun": "openvino"}.get(impl, "ort")
-                        cmd = [prun, "bench", models[prec, att], "--backend", be,
+                    if impl in RUN_IMPLS:
+                        graph, be, label = RUN_IMPLS[impl]
+                        cmd = [prun, "bench", models[prec, graph], "--backend", be,
                                "--device", "cpu", "--threads", a.threads, "--batch", a.batch, "--runs", a.runs,
                                "--warmup", a.warmup] + (["--ort-spin"] if impl == "ortspin" else [])
                         out = run_child(cmd, dict(os.environ))
                         med = float(re.search(r"\| ([0-9.]+) \| [0-9.]+ \| [0-9.]+ \|\s*$", out, re.M).group(1))
-                        label = {"ort": "pixeldit-run, ORT CPU (custom attention op)",
-                                 "ortspin": "pixeldit-run, ORT CPU (custom attention op, --ort-spin)",
-                                 "ortdec": "pixeldit-run, ORT CPU (decomposed graph)",
-                                 "tract": "pixeldit-run, tract (custom attention op)",
-                                 "ovrun": "pixeldit-run, OpenVINO backend (decomposed graph)"}[impl]
-                        model = models[prec, att].name
+                        model = models[prec, graph].name
                     else:
                         py = a.ov_python if impl.startswith("ov") else sys.executable
                         save = CACHE / f"out-ovbench-{preset}-{prec}-{impl}.npy"

@@ -8,7 +8,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use pixeldit_exporter::{ExportOptions, ExternalData, LoraSpec, WeightsSpec};
 use pixeldit_graph::WriteProgress;
-use pixeldit_spec::{AttentionMode, DynamicSize, ModelConfig, PatchCut, Precision, Preset, PRESETS};
+use pixeldit_spec::{
+    AttentionMode, DynamicSize, ModelConfig, PatchCut, PixelOps, Precision, Preset, PRESETS,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -86,6 +88,12 @@ pub struct ExportArgs {
     /// [default: custom; decomposed with --triton-repo].
     #[arg(long, value_enum)]
     attention: Option<AttentionMode>,
+    /// The PiT blocks' per-pixel work (modulation, gated residuals, GELU MLP): standard ops, or fused
+    /// (pixeldit.PixelModulate and pixeldit.PixelGatedMlp: one pass per pixel, the fastest on CPU, for pixeldit-run's
+    /// ONNX Runtime and tract backends only). Needs an fp32-based --precision and --attention custom or
+    /// decomposed.
+    #[arg(long, value_enum, default_value_t = PixelOps::Standard)]
+    pixel_ops: PixelOps,
     /// External data for weights: auto (past 512 MiB of weights), always, never.
     #[arg(long, value_enum, default_value_t = ExternalDataArg::Auto)]
     external_data: ExternalDataArg,
@@ -186,6 +194,7 @@ fn export_options(args: &ExportArgs) -> Result<ExportOptions> {
     opts.width = args.width.unwrap_or(opts.width);
     opts.precision = args.precision;
     opts.attention = args.attention.unwrap_or_else(|| args.triton.default_attention());
+    opts.pixel_ops = args.pixel_ops;
     opts.external_data = args.external_data.into();
     opts.loras = args.lora.clone();
     // Triton repositories serve the split on the onnxruntime platform only (the pixel level as its own model).
@@ -321,13 +330,18 @@ pub fn run(args: ExportArgs) -> Result<()> {
     }
     let w = &report.write;
     crate::say!(
-        "wrote {} ({} nodes, {:.2}M parameters, {} {}, attention {}, {:.1} MB{})",
+        "wrote {} ({} nodes, {:.2}M parameters, {} {}, attention {}{}, {:.1} MB{})",
         output.display(),
         report.nodes,
         w.weight_params as f64 / 1e6,
         report.metadata.config.name,
         report.metadata.precision,
         report.metadata.attention,
+        if report.metadata.pixel_ops.is_standard() {
+            ""
+        } else {
+            ", fused pixel ops"
+        },
         w.model_bytes as f64 / 1e6,
         w.external_path
             .as_ref()

@@ -138,6 +138,13 @@ impl TritonArgs {
             PlatformArg::TensorrtPlan => Platform::TensorRtPlan,
         };
         triton::check_attention(export.attention, platform, self.triton_allow_custom_op)?;
+        if export.pixel_ops == pixeldit_spec::PixelOps::Fused && !self.triton_allow_custom_op {
+            anyhow::bail!(
+                "--pixel-ops fused writes the pixeldit.PixelModulate and pixeldit.PixelGatedMlp custom ops, which \
+                 Triton's backends cannot run; use --pixel-ops standard (the default), or pass \
+                 --triton-allow-custom-op if your server loads kernels for them"
+            );
+        }
         let mbs = self.max_batch_size;
         let preferred = if self.no_dynamic_batching || mbs == 0 {
             None

@@ -15,7 +15,7 @@ use pixeldit_runtime::io;
 use pixeldit_runtime::model::ModelInfo;
 use pixeldit_runtime::samplers::flow;
 use pixeldit_runtime::{Conditions, SamplerConfig};
-use pixeldit_spec::{AttentionMode, ModelConfig, Precision};
+use pixeldit_spec::{AttentionMode, ModelConfig, PixelOps, Precision};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -202,13 +202,25 @@ pub fn export_variant_attention(
     weights: &Path,
     attention: AttentionMode,
 ) -> PathBuf {
+    export_variant_with(dir, variant, weights, attention, PixelOps::Standard)
+}
+
+/// [`export_variant_attention`] with the PiT blocks' per-pixel work written as `pixel_ops`.
+pub fn export_variant_with(
+    dir: &Path,
+    variant: &Variant,
+    weights: &Path,
+    attention: AttentionMode,
+    pixel_ops: PixelOps,
+) -> PathBuf {
     let mut opts = ExportOptions::new(
         ModelConfig::preset("digits").unwrap(),
         WeightsSpec::Checkpoint(weights.to_path_buf()),
     );
     opts.precision = variant.precision;
     opts.attention = attention;
-    let path = dir.join(format!("digits_{}_{attention}.onnx", variant.precision));
+    opts.pixel_ops = pixel_ops;
+    let path = dir.join(format!("digits_{}_{attention}_{pixel_ops}.onnx", variant.precision));
     export_to_file(&opts, &path).unwrap_or_else(|e| panic!("export digits {}: {e}", variant.precision));
     path
 }
@@ -338,7 +350,8 @@ pub fn openvino_fp8_refusal(model: &Path, what: &str, opts: &LoadOptions) -> Opt
 }
 
 /// Exports `variant` and runs the golden check on every backend; panics with every failure. OpenVINO, which has no
-/// custom ops, runs the same variant exported with decomposed attention.
+/// custom ops, runs the same variant exported with decomposed attention. Variants with fp32 linears are also
+/// exported with fused pixel ops (the fastest CPU graph) and run on ORT and tract.
 fn check_variant(precision: Precision) {
     let variant = variant(precision);
     let dir = tempfile::tempdir().unwrap();
@@ -354,6 +367,16 @@ fn check_variant(precision: Precision) {
             export_variant_attention(dir.path(), &variant, &checkpoint(), AttentionMode::Decomposed);
         let opts = LoadOptions::default().with_openvino_lib(Some(lib));
         runs.push((decomposed, Candidate::OpenVino, opts));
+    }
+    if pixeldit_exporter::linear_dtype(precision) == pixeldit_graph::DType::F32 {
+        let fused = export_variant_with(
+            dir.path(),
+            &variant,
+            &checkpoint(),
+            AttentionMode::Custom,
+            PixelOps::Fused,
+        );
+        runs.extend(candidates(&test).into_iter().map(|(c, o)| (fused.clone(), c, o)));
     }
     let mut failures = Vec::new();
     for (model, c, opts) in runs {

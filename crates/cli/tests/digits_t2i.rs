@@ -20,7 +20,7 @@ use pixeldit_runtime::backend::{Candidate, LoadOptions};
 use pixeldit_runtime::io;
 use pixeldit_runtime::model::ModelInfo;
 use pixeldit_runtime::{Conditions, SamplerConfig};
-use pixeldit_spec::{AttentionMode, ModelConfig, Precision};
+use pixeldit_spec::{AttentionMode, ModelConfig, PixelOps, Precision};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -96,19 +96,32 @@ pub fn export_attention(
     dynamic: bool,
     attention: AttentionMode,
 ) -> PathBuf {
+    export_pixel_ops(dir, precision, weights, dynamic, attention, PixelOps::Standard)
+}
+
+/// [`export_attention`] with the PiT blocks' per-pixel work written as `pixel_ops`.
+pub fn export_pixel_ops(
+    dir: &Path,
+    precision: Precision,
+    weights: &Path,
+    dynamic: bool,
+    attention: AttentionMode,
+    pixel_ops: PixelOps,
+) -> PathBuf {
     let mut opts = ExportOptions::new(
         ModelConfig::preset("digits-t2i").unwrap(),
         WeightsSpec::Checkpoint(weights.to_path_buf()),
     );
     opts.precision = precision;
     opts.attention = attention;
+    opts.pixel_ops = pixel_ops;
     let suffix = if dynamic {
         opts.dynamic = Some(pixeldit_spec::DynamicSize::for_config(&opts.config));
         "_dynamic"
     } else {
         ""
     };
-    let path = dir.join(format!("digits_t2i_{precision}_{attention}{suffix}.onnx"));
+    let path = dir.join(format!("digits_t2i_{precision}_{attention}_{pixel_ops}{suffix}.onnx"));
     let calib = CalibInputs {
         text: TextCalibration::Files {
             prompts: vec![golden_dir().join("calib.npy")],
@@ -159,7 +172,8 @@ pub fn golden_check(
     Ok((psnr, rel))
 }
 
-/// Exports `precision` and runs the golden check on every backend; OpenVINO runs the decomposed-attention export.
+/// Exports `precision` and runs the golden check on every backend; OpenVINO runs the decomposed-attention export;
+/// variants with fp32 linears are also exported with fused pixel ops and run on ORT and tract.
 fn check_variant(precision: Precision) {
     let dir = tempfile::tempdir().unwrap();
     let model = export(dir.path(), precision, &checkpoint());
@@ -178,6 +192,17 @@ fn check_variant(precision: Precision) {
         );
         let opts = LoadOptions::default().with_openvino_lib(Some(lib));
         runs.push((decomposed, Candidate::OpenVino, opts));
+    }
+    if pixeldit_exporter::linear_dtype(precision) == pixeldit_graph::DType::F32 {
+        let fused = export_pixel_ops(
+            dir.path(),
+            precision,
+            &checkpoint(),
+            false,
+            AttentionMode::Custom,
+            PixelOps::Fused,
+        );
+        runs.extend(candidates(&test).into_iter().map(|(c, o)| (fused.clone(), c, o)));
     }
     let mut failures = Vec::new();
     for (model, c, opts) in runs {

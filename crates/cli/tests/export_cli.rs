@@ -237,6 +237,29 @@ fn bad_inputs_fail_cleanly() {
 }
 
 #[test]
+fn fused_pixel_ops_refuse_what_they_cannot_express() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = golden_ckpt();
+    let base = ["--preset", "tiny", "--checkpoint", ck.to_str().unwrap(), "--pixel-ops", "fused"];
+    let with = |extra: &[&'static str]| [&base[..], extra].concat();
+    assert_fails(
+        dir.path(),
+        &with(&["--precision", "fp16"]),
+        &["fused pixel ops", "fp16", "16-bit float"],
+    );
+    assert_fails(
+        dir.path(),
+        &with(&["--attention", "onnx23"]),
+        &["fused pixel ops", "onnx23"],
+    );
+    assert_fails(
+        dir.path(),
+        &["--preset", "tiny", "--random-init", "--pixel-ops", "fastest"],
+        &["invalid value 'fastest'", "standard", "fused"],
+    );
+}
+
+#[test]
 fn onnx_checker_ort_and_reference_agree() {
     let Some(py) = python() else { return };
     let dir = tempfile::tempdir().unwrap();

@@ -51,8 +51,8 @@ pub use weights::{KeyReport, Weights};
 
 use pixeldit_graph::{DType, Graph, Progress, WriteOptions, WriteReport};
 use pixeldit_spec::{
-    AttentionMode, DynamicSize, ModelConfig, ModelMetadata, PatchCut, PatchSplit, Precision, SamplerDefaults,
-    META_FORMAT_VERSION, META_KEY, PIXEL_LEVEL_KEY,
+    AttentionMode, DynamicSize, ModelConfig, ModelMetadata, PatchCut, PatchSplit, PixelOps, Precision,
+    SamplerDefaults, META_FORMAT_VERSION, META_KEY, PIXEL_LEVEL_KEY,
 };
 use std::path::{Path, PathBuf};
 
@@ -81,6 +81,9 @@ pub struct ExportOptions {
     pub precision: Precision,
     /// Attention lowering.
     pub attention: AttentionMode,
+    /// How the PiT blocks' per-pixel work is written ([`PixelOps::Fused`] needs fp32 linears and pre-modulation
+    /// blocks, and is not available with [`AttentionMode::Onnx23`], whose graphs use standard ops only).
+    pub pixel_ops: PixelOps,
     /// Weights.
     pub weights: WeightsSpec,
     /// External-data policy.
@@ -107,6 +110,7 @@ impl ExportOptions {
             config,
             precision: Precision::Fp32,
             attention: AttentionMode::Custom,
+            pixel_ops: PixelOps::Standard,
             weights,
             external_data: ExternalData::Auto,
             sampler: None,
@@ -188,6 +192,27 @@ pub fn build_graph_and_report(opts: &ExportOptions, weights: &Weights) -> Result
         opts.config.norm_eps as f32,
     );
     cx.patch_cut = opts.patch_cut;
+    cx.pixel_ops = opts.pixel_ops;
+    if opts.pixel_ops == PixelOps::Fused {
+        let reason = if opts.attention == AttentionMode::Onnx23 {
+            Some("--attention onnx23 exports standard ops only".to_string())
+        } else if linear_dtype(opts.precision) != DType::F32 {
+            Some(format!(
+                "the {} variant stores its linears in a 16-bit float; use an fp32-based one",
+                opts.precision
+            ))
+        } else if config.pit_adaln_post_modulation {
+            Some(
+                "the checkpoint's PiT blocks are post-modulation (4 chunks); the fused ops read 6"
+                    .to_string(),
+            )
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(ExportError::Unsupported(format!("fused pixel ops: {reason}")));
+        }
+    }
     let size = match &opts.dynamic {
         Some(d) => {
             if d.multiple != opts.config.patch_size {
@@ -228,6 +253,7 @@ pub fn metadata(opts: &ExportOptions, weights: &Weights, weights_sha256: &str) -
         width: opts.width,
         precision: opts.precision,
         attention: opts.attention,
+        pixel_ops: opts.pixel_ops,
         sampler: opts
             .sampler
             .clone()

@@ -93,6 +93,8 @@ pub struct Ctx<'w> {
     pub eps: f32,
     /// Where the model is cut for the patch-level step cache (the cut tensor becomes an extra output).
     pub patch_cut: Option<PatchCut>,
+    /// How the PiT blocks' per-pixel work is written.
+    pub pixel_ops: pixeldit_spec::PixelOps,
     /// Values named for the cut that the model declares as extra outputs at the end (PiT blocks push their
     /// modulation here for [`PatchCut::Modulation`]).
     pub cut_values: Vec<(String, Value)>,
@@ -135,6 +137,7 @@ impl<'w> Ctx<'w> {
             attention,
             eps,
             patch_cut: None,
+            pixel_ops: pixeldit_spec::PixelOps::Standard,
             cut_values: Vec::new(),
             dynamic_size: false,
             position_ids: HashMap::new(),

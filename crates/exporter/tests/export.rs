@@ -4,7 +4,7 @@
 mod common;
 
 use pixeldit_exporter::{build_graph, load_weights, ExportOptions, WeightsSpec};
-use pixeldit_spec::{AttentionMode, ModelConfig};
+use pixeldit_spec::{AttentionMode, ModelConfig, PixelOps};
 
 fn tiny_opts(mode: AttentionMode) -> ExportOptions {
     let mut o = ExportOptions::new(
@@ -23,6 +23,11 @@ fn graph_dumps_are_stable() {
         let dump = build_graph(&opts, &w).unwrap().dump();
         insta::assert_snapshot!(format!("tiny_{mode}"), dump);
     }
+    // Fused pixel ops: the PiT blocks as PixelModulate -> compaction -> PixelGatedMlp, adaLN without its bias Add.
+    let mut opts = tiny_opts(AttentionMode::Custom);
+    opts.pixel_ops = PixelOps::Fused;
+    let (w, _) = load_weights(&opts).unwrap();
+    insta::assert_snapshot!("tiny_custom_fused", build_graph(&opts, &w).unwrap().dump());
 }
 
 #[test]

@@ -104,7 +104,7 @@ pub enum RuntimeError {
     /// A custom-op node in a model given to OpenVINO, which has none of the project's kernels.
     #[error(
         "backend openvino cannot run op '{op}' (domain '{domain}') of node '{node}': OpenVINO runs standard ONNX \
-         only; export with --attention decomposed (or onnx23)"
+         only; export with --attention decomposed (or onnx23) and --pixel-ops standard (the default)"
     )]
     OpenVinoCustomOp {
         op: String,

@@ -306,7 +306,7 @@ impl CachedDenoiser {
         let index = self.forwards;
         self.forwards += 1;
         match self.policy {
-            CachePolicy::Every(n) => index % n == 0,
+            CachePolicy::Every(n) => index.is_multiple_of(n),
             CachePolicy::Threshold(limit) => {
                 let change = match &self.previous_x {
                     Some(p) if p.shape() == x.shape() => relative_l1(x, p.view()),
@@ -460,6 +460,7 @@ mod tests {
             config,
             precision: Precision::Fp32,
             attention: AttentionMode::Custom,
+            pixel_ops: Default::default(),
             weights_sha256: String::new(),
             weights_source: "test".into(),
             exporter_version: "0".into(),

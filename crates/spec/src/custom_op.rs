@@ -1,4 +1,4 @@
-//! The fused attention op of domain `pixeldit`, version 1.
+//! The custom ops of domain `pixeldit`, version 1: the fused attention ops and the fused pixel-level ops.
 //!
 //! `pixeldit.RotaryAttention(qkv, q_norm_weight, k_norm_weight, cos, sin) -> out` computes, for the patch
 //! blocks and the PiT blocks alike, everything between the qkv projection and the output projection of
@@ -51,6 +51,31 @@
 //! `qkv[b, s] = qkv_txt[b, s]` for `s < St`, else `qkv_img[b, s - St]`; normalise q and k of text rows with
 //! the text weights and of image rows with the image weights; then exactly the `RotaryAttention`
 //! semantics above (adjacent-pair rotation with row `s` of the tables, softmax over all `S` keys, no mask).
+//!
+//! # The fused pixel-level ops (version 1), `pixeldit-export --pixel-ops fused`
+//!
+//! The PiT block's per-pixel work around its token compaction (spec 2.3 step 10, pre-modulation blocks), in two
+//! ops so that the `[N, P*6*C]` modulation is never split, biased or copied, and the MLP's `[N, P, 4C]` hidden
+//! tensor never reaches memory. `N = B*L` patch rows, `P = p*p` pixels per patch, `C = D_pix` channels.
+//! The modulation `mod [N, P*6*C]` is the adaLN Linear's output *without* its bias; `bias [P*6*C]` is the
+//! Linear's bias (`adaLN_modulation.0.bias`). Per row `n` and pixel `i`, chunk `k` (0..6: shift_msa, scale_msa,
+//! gate_msa, shift_mlp, scale_mlp, gate_mlp) is `m_k[c] = mod[n, i*6*C + k*C + c] + bias[i*6*C + k*C + c]`,
+//! the official `[pixel][6][D_pix]` row layout.
+//!
+//! `pixeldit.PixelModulate(x, mod, bias, norm_weight) -> xn`, the attention branch's input:
+//! * `x [N, P, C]`, `norm_weight [C]` (`norm1.weight`);
+//! * `xn[n, i, c] = x[n,i,c] / sqrt(mean_c(x[n,i,:]^2) + epsilon) * norm_weight[c] * (1 + m_1[c]) + m_0[c]`.
+//!
+//! `pixeldit.PixelGatedMlp(x, branch, mod, bias, norm_weight, fc1_weight, fc1_bias, fc2_weight, fc2_bias) -> y`,
+//! the attention branch's gated residual and the whole MLP branch:
+//! * `x [N, P, C]` (the block input), `branch` with `N*P*C` elements (`expand_from_attn`'s output, read as
+//!   `[N, P, C]`), `norm_weight [C]` (`norm2.weight`), `fc1_weight [4C', C]`, `fc1_bias [4C']`,
+//!   `fc2_weight [C, 4C']`, `fc2_bias [C]` (`mlp.fc1`, `mlp.fc2`, checkpoint `[out, in]` layout; any hidden width);
+//! * `x1 = x + m_2 * branch`; `h = x1 / sqrt(mean_c(x1^2) + epsilon) * norm_weight * (1 + m_4) + m_3`;
+//!   `y = x1 + m_5 * (fc2_weight · gelu(fc1_weight · h + fc1_bias) + fc2_bias)` with the exact erf GELU.
+//!
+//! Both: all inputs and the output `float32`, output `[N, P, C]` (the shape of `x`), attribute `epsilon`
+//! (float, default [`DEFAULT_EPSILON`]).
 
 /// Domain of the op.
 pub const DOMAIN: &str = crate::CUSTOM_DOMAIN;
@@ -60,7 +85,13 @@ pub const OP_TYPE: &str = "RotaryAttention";
 pub const VERSION: i64 = 1;
 /// Op type of the MM-DiT joint attention (same domain and version).
 pub const JOINT_OP_TYPE: &str = "JointRotaryAttention";
-/// Default of the `epsilon` attribute (RMSNorm epsilon) of both ops.
+/// Op type of the fused pixel modulation (the attention branch's input).
+pub const PIXEL_MODULATE_OP_TYPE: &str = "PixelModulate";
+/// Op type of the fused gated residual + pixel MLP branch.
+pub const PIXEL_GATED_MLP_OP_TYPE: &str = "PixelGatedMlp";
+/// Number of modulation chunks the fused pixel ops read per pixel (pre-modulation PiT blocks).
+pub const PIXEL_MODULATION_CHUNKS: usize = 6;
+/// Default of the `epsilon` attribute (RMSNorm epsilon) of every op.
 pub const DEFAULT_EPSILON: f32 = 1e-6;
 
 /// Default of the `scale` attribute of both ops: `1/sqrt(Dh)`.

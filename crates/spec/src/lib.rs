@@ -188,25 +188,27 @@ impl ModelConfig {
                 reason,
             })
         };
-        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             return bad(format!(
                 "hidden_size {} not divisible by num_heads {}",
                 self.hidden_size, self.num_heads
             ));
         }
-        if self.pixel_num_heads == 0 || self.pixel_attn_hidden_size % self.pixel_num_heads != 0 {
+        if self.pixel_num_heads == 0 || !self.pixel_attn_hidden_size.is_multiple_of(self.pixel_num_heads) {
             return bad(format!(
                 "pixel_attn_hidden_size {} not divisible by pixel_num_heads {}",
                 self.pixel_attn_hidden_size, self.pixel_num_heads
             ));
         }
-        if self.head_dim() % 4 != 0 || self.pixel_head_dim() % 4 != 0 {
+        if !self.head_dim().is_multiple_of(4) || !self.pixel_head_dim().is_multiple_of(4) {
             return bad("2D RoPE needs head dims divisible by 4".into());
         }
-        if self.timestep_freq_dim % 2 != 0 || self.patch_size == 0 {
+        if !self.timestep_freq_dim.is_multiple_of(2) || self.patch_size == 0 {
             return bad("timestep_freq_dim must be even and patch_size non-zero".into());
         }
-        if self.default_height % self.patch_size != 0 || self.default_width % self.patch_size != 0 {
+        if !self.default_height.is_multiple_of(self.patch_size)
+            || !self.default_width.is_multiple_of(self.patch_size)
+        {
             return bad("default size must be a multiple of the patch size".into());
         }
         match (self.kind, &self.text) {
@@ -251,7 +253,7 @@ impl ModelConfig {
     /// Checks that an image size can be exported (multiples of the patch size, non-zero).
     pub fn check_size(&self, height: usize, width: usize) -> Result<()> {
         let p = self.patch_size;
-        if height == 0 || width == 0 || height % p != 0 || width % p != 0 {
+        if height == 0 || width == 0 || !height.is_multiple_of(p) || !width.is_multiple_of(p) {
             return Err(SpecError::InvalidConfig {
                 name: self.name.clone(),
                 reason: format!(
@@ -327,6 +329,26 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// How the per-pixel work of the PiT blocks (modulation, gated residuals, MLP) is written in the graph.
+    #[derive(Default)]
+    PixelOps, "pixel ops", {
+        /// Standard ops (Split, RMSNorm, Mul/Add, Gemm, Erf): every consumer runs it.
+        #[default]
+        Standard => "standard",
+        /// `pixeldit.PixelModulate` and `pixeldit.PixelGatedMlp` (see [`custom_op`]): one pass per pixel, for the
+        /// runtimes with the project's kernels (ORT and tract in `pixeldit-run`).
+        Fused => "fused",
+    }
+);
+
+impl PixelOps {
+    /// Whether this is [`PixelOps::Standard`] (the metadata leaves the field out then).
+    pub fn is_standard(&self) -> bool {
+        *self == PixelOps::Standard
+    }
+}
+
 /// Everything `pixeldit-run` needs to know about an exported model, stored as JSON under [`META_KEY`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMetadata {
@@ -342,6 +364,9 @@ pub struct ModelMetadata {
     pub precision: Precision,
     /// Attention lowering.
     pub attention: AttentionMode,
+    /// How the PiT blocks' per-pixel work is written (absent: standard ops).
+    #[serde(default, skip_serializing_if = "PixelOps::is_standard")]
+    pub pixel_ops: PixelOps,
     /// Sampler defaults (copied from the config, may be overridden at export).
     pub sampler: SamplerDefaults,
     /// SHA-256 of the fp32 weights (key, shape and bytes in key order), hex.
@@ -527,8 +552,8 @@ impl DynamicSize {
         let bad = |reason: String| Err(SpecError::InvalidSize(reason));
         if self.multiple == 0
             || self.min == 0
-            || self.min % self.multiple != 0
-            || self.max % self.multiple != 0
+            || !self.min.is_multiple_of(self.multiple)
+            || !self.max.is_multiple_of(self.multiple)
         {
             return bad(format!(
                 "the dynamic size range {}..={} must be non-zero multiples of {}",
@@ -549,7 +574,7 @@ impl DynamicSize {
 
     /// Whether `height x width` is accepted; the error names the valid range.
     pub fn check(&self, height: usize, width: usize) -> Result<()> {
-        let ok = |v: usize| v >= self.min && v <= self.max && v % self.multiple == 0;
+        let ok = |v: usize| v >= self.min && v <= self.max && v.is_multiple_of(self.multiple);
         if ok(height) && ok(width) {
             return Ok(());
         }

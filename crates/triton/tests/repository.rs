@@ -23,6 +23,7 @@ fn meta(preset: &str, precision: Precision) -> ModelMetadata {
         width: 32,
         precision,
         attention: AttentionMode::Decomposed,
+        pixel_ops: Default::default(),
         sampler: SamplerDefaults {
             ..config.sampler.clone()
         },

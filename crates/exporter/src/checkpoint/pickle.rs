@@ -472,7 +472,7 @@ impl<'a> Vm<'a> {
     }
 
     fn set_items(&mut self, target: &Value, items: Vec<Value>) -> R<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return self.err("odd number of items for a dict");
         }
         match target {

@@ -278,6 +278,10 @@ impl OrtBackend {
         builder = builder
             .with_intra_op_spinning(opts.intra_op_spinning)
             .map_err(&e)?;
+        // Developer switch: ONNX Runtime's per-node profiler (tools/bench/ort_profile.py --json reads the file).
+        if let Some(prefix) = std::env::var_os("PIXELDIT_ORT_PROFILE") {
+            builder = builder.with_profiling(prefix).map_err(&e)?;
+        }
         let placement_lines = Arc::new(Mutex::new(Vec::new()));
         if opts.report_placement {
             builder = builder

@@ -117,6 +117,8 @@ pub(crate) struct Scratch {
     pub(crate) v: Vec<f32>,
     pub(crate) o: Vec<f32>,
     pub(crate) logits: Vec<f32>,
+    /// K transposed, `[Dh, S]` (the AVX-512 path of [`attend`]).
+    kt: Vec<f32>,
 }
 
 impl Scratch {
@@ -127,12 +129,13 @@ impl Scratch {
             v: vec![0.0; s * dh],
             o: vec![0.0; s * dh],
             logits: vec![0.0; logits_len(s)],
+            kt: vec![0.0; s * dh],
         }
     }
 
     /// Grows the buffers to hold `s` tokens of `dh` (kept when already large enough).
     fn reserve(&mut self, s: usize, dh: usize) {
-        for buf in [&mut self.q, &mut self.k, &mut self.v, &mut self.o] {
+        for buf in [&mut self.q, &mut self.k, &mut self.v, &mut self.o, &mut self.kt] {
             if buf.len() < s * dh {
                 buf.resize(s * dh, 0.0);
             }
@@ -151,17 +154,27 @@ fn scatter(o: &[f32], pair: usize, h: usize, s: usize, dh: usize, out: &mut [f32
     }
 }
 
-/// RMSNorm over `x` with `weight`, then the adjacent-pair rotation with one row of the tables.
+/// RMSNorm over `x` with `weight`, then the adjacent-pair rotation with one row of the tables (the sum of squares
+/// in [`LANES`] independent lanes and zipped loops, so that it vectorises).
+#[inline(always)]
 pub(crate) fn norm_rope(x: &mut [f32], weight: &[f32], eps: f32, cos: &[f32], sin: &[f32]) {
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let mut lanes = [0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            lanes[i] += c[i] * c[i];
+        }
+    }
+    let ms =
+        (chunks.remainder().iter().map(|v| v * v).sum::<f32>() + lanes.iter().sum::<f32>()) / x.len() as f32;
     let inv = 1.0 / (ms + eps).sqrt();
     for (v, w) in x.iter_mut().zip(weight) {
         *v = *v * inv * w;
     }
-    for (j, pair) in x.chunks_exact_mut(2).enumerate() {
-        let (a, c) = (pair[0], pair[1]);
-        pair[0] = a * cos[j] - c * sin[j];
-        pair[1] = a * sin[j] + c * cos[j];
+    for ((pair, &c), &s) in x.chunks_exact_mut(2).zip(cos).zip(sin) {
+        let (a, b) = (pair[0], pair[1]);
+        pair[0] = a * c - b * s;
+        pair[1] = a * s + b * c;
     }
 }
 
@@ -169,6 +182,60 @@ pub(crate) fn norm_rope(x: &mut [f32], weight: &[f32], eps: f32, cos: &[f32], si
 /// the row and the token's q and k RMSNorm weights) into `[S, Dh]` buffers with QK-RMSNorm and RoPE (rows of the
 /// `[S, Dh/2]` `tables` (cos, sin)), then [`attend`]s.
 pub(crate) fn gather_and_attend<'a>(
+    sc: &mut Scratch,
+    p: &AttentionParams,
+    dh: usize,
+    hh: usize,
+    s: usize,
+    tables: (&[f32], &[f32]),
+    row_of: impl Fn(usize) -> (&'a [f32], &'a [f32], &'a [f32]),
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { gather_avx512(sc, p, dh, hh, s, tables, row_of) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { gather_avx2(sc, p, dh, hh, s, tables, row_of) };
+        }
+    }
+    gather_body(sc, p, dh, hh, s, tables, row_of)
+}
+
+/// [`gather_and_attend`] compiled for AVX-512 (the per-token norm and rotation vectorise).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_avx512<'a>(
+    sc: &mut Scratch,
+    p: &AttentionParams,
+    dh: usize,
+    hh: usize,
+    s: usize,
+    tables: (&[f32], &[f32]),
+    row_of: impl Fn(usize) -> (&'a [f32], &'a [f32], &'a [f32]),
+) {
+    gather_body(sc, p, dh, hh, s, tables, row_of)
+}
+
+/// [`gather_and_attend`] compiled for AVX2 + FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gather_avx2<'a>(
+    sc: &mut Scratch,
+    p: &AttentionParams,
+    dh: usize,
+    hh: usize,
+    s: usize,
+    tables: (&[f32], &[f32]),
+    row_of: impl Fn(usize) -> (&'a [f32], &'a [f32], &'a [f32]),
+) {
+    gather_body(sc, p, dh, hh, s, tables, row_of)
+}
+
+#[inline(always)]
+fn gather_body<'a>(
     sc: &mut Scratch,
     p: &AttentionParams,
     dh: usize,
@@ -208,6 +275,12 @@ pub(crate) fn logits_len(s: usize) -> usize {
 /// `sc.o = softmax(scale * q k^T) v`, per block of [`QUERY_BLOCK`] query rows as two GEMMs around
 /// [`softmax_in_place`] per row.
 pub(crate) fn attend(sc: &mut Scratch, s: usize, dh: usize, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if s.is_multiple_of(16) && dh.is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        unsafe { avx512::attend(sc, s, dh, scale) };
+        return;
+    }
     use ndarray::linalg::general_mat_mul;
     use ndarray::{ArrayView2, ArrayViewMut2};
     let k = ArrayView2::from_shape((s, dh), &sc.k[..s * dh]).expect("k shape");
@@ -233,15 +306,138 @@ pub(crate) fn attend(sc: &mut Scratch, s: usize, dh: usize, scale: f32) {
     }
 }
 
-/// `row = softmax(row)`, stable (the row maximum is subtracted first). Uses AVX2 + FMA code when the CPU has them
-/// (checked at run time), else the same code for the build's baseline.
+/// [`attend`] with AVX-512 register-blocked GEMMs (matrixmultiply, behind ndarray, has no AVX-512 kernels; ONNX
+/// Runtime's MLAS has, so without this the fused op lost to ORT's own decomposed attention on AVX-512 machines).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{logits_len, softmax_in_place, Scratch, QUERY_BLOCK};
+    use std::arch::x86_64::*;
+
+    /// `sc.o = softmax(scale q k^T) v` for `S` and `Dh` multiples of 16.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn attend(sc: &mut Scratch, s: usize, dh: usize, scale: f32) {
+        assert!(
+            s.is_multiple_of(16)
+                && dh.is_multiple_of(16)
+                && sc.kt.len() >= s * dh
+                && sc.logits.len() >= logits_len(s)
+        );
+        for (j, row) in sc.k[..s * dh].chunks_exact(dh).enumerate() {
+            for (d, &v) in row.iter().enumerate() {
+                sc.kt[d * s + j] = v;
+            }
+        }
+        for start in (0..s).step_by(QUERY_BLOCK) {
+            let rows = QUERY_BLOCK.min(s - start);
+            let logits = &mut sc.logits[..rows * s];
+            gemm(
+                &sc.q[start * dh..(start + rows) * dh],
+                &sc.kt[..dh * s],
+                logits,
+                rows,
+                dh,
+                s,
+                scale,
+            );
+            for row in logits.chunks_exact_mut(s) {
+                softmax_in_place(row);
+            }
+            let o = &mut sc.o[start * dh..(start + rows) * dh];
+            gemm(&sc.logits[..rows * s], &sc.v[..s * dh], o, rows, s, dh, 1.0);
+        }
+    }
+
+    /// `c [m, n] = alpha * a [m, k] b [k, n]`, all row-major and dense, `n` a multiple of 16: blocks of 4 rows x 64
+    /// columns (16 accumulators: 4 loads and 4 broadcasts per 16 FMAs; 1-row and 16-column blocks at the edges).
+    #[target_feature(enable = "avx512f")]
+    fn gemm(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize, alpha: f32) {
+        assert!(n.is_multiple_of(16) && a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+        let mut r = 0;
+        while r < m {
+            let rows = if m - r >= 4 { 4 } else { 1 };
+            let mut col = 0;
+            while col < n {
+                let width = if n - col >= 64 { 64 } else { 16 };
+                // SAFETY: rows r..r+rows <= m, columns col..col+width <= n, and the slices hold m*k, k*n and m*n
+                // floats (asserted above).
+                unsafe {
+                    match (rows, width) {
+                        (4, 64) => block::<4, 4>(a, b, c, r, col, k, n, alpha),
+                        (4, _) => block::<4, 1>(a, b, c, r, col, k, n, alpha),
+                        (_, 64) => block::<1, 4>(a, b, c, r, col, k, n, alpha),
+                        _ => block::<1, 1>(a, b, c, r, col, k, n, alpha),
+                    }
+                }
+                col += width;
+            }
+            r += rows;
+        }
+    }
+
+    /// One `R x 16*V` block of [`gemm`] at row `r`, column `col`.
+    ///
+    /// # Safety
+    /// The block and its operands lie inside the slices (see [`gemm`]).
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<const R: usize, const V: usize>(
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        r: usize,
+        col: usize,
+        k: usize,
+        n: usize,
+        alpha: f32,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        for kk in 0..k {
+            let mut bv = [_mm512_setzero_ps(); V];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(bp.add(kk * n + col + 16 * v));
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ap.add((r + i) * k + kk));
+                for (x, bx) in row.iter_mut().zip(&bv) {
+                    *x = _mm512_fmadd_ps(av, *bx, *x);
+                }
+            }
+        }
+        let alpha = _mm512_set1_ps(alpha);
+        for (i, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                _mm512_storeu_ps(
+                    c.as_mut_ptr().add((r + i) * n + col + 16 * v),
+                    _mm512_mul_ps(*x, alpha),
+                );
+            }
+        }
+    }
+}
+
+/// `row = softmax(row)`, stable (the row maximum is subtracted first). Uses AVX-512 or AVX2 + FMA code when the CPU
+/// has them (checked at run time), else the same code for the build's baseline.
 pub fn softmax_in_place(row: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        unsafe { softmax_avx2_fma(row) };
-        return;
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            unsafe { softmax_avx512(row) };
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            unsafe { softmax_avx2_fma(row) };
+            return;
+        }
     }
+    softmax_lanes(row);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_avx512(row: &mut [f32]) {
     softmax_lanes(row);
 }
 

@@ -42,7 +42,7 @@ impl JointAttentionInputs<'_> {
     pub fn validate(&self, p: &AttentionParams) -> Result<usize, KernelShapeError> {
         let err = |m: String| Err(KernelShapeError(format!("JointRotaryAttention: {m}")));
         let dh = self.q_norm_txt.len();
-        if p.num_heads == 0 || dh == 0 || dh % 2 != 0 {
+        if p.num_heads == 0 || dh == 0 || !dh.is_multiple_of(2) {
             return err(format!(
                 "num_heads {} and head dim {dh} must be positive, Dh even",
                 p.num_heads

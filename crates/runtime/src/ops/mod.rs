@@ -1,7 +1,7 @@
 //! The custom ops of domain `pixeldit` (contracts: [`pixeldit_spec::custom_op`]), one home each, and the one
 //! registry both backends read ([`CustomOp::ALL`]).
 //!
-//! * [`rotary_attention`], [`joint_rotary_attention`]: the f32 kernels; they import no backend.
+//! * [`rotary_attention`], [`joint_rotary_attention`], [`pixel_ops`]: the f32 kernels; they import no backend.
 //! * [`attention_core`]: what the two kernels share (work split, gather with QK-RMSNorm and RoPE, softmax attention).
 //! * `ort`, `tract`: one adapter per backend, generic over [`CustomOp`] (attributes, shapes, kernel dispatch).
 
@@ -9,6 +9,7 @@ pub mod attention_core;
 pub mod joint_rotary_attention;
 #[cfg(feature = "ort")]
 pub(crate) mod ort;
+pub mod pixel_ops;
 pub mod rotary_attention;
 #[cfg(feature = "tract")]
 pub(crate) mod tract;
@@ -23,17 +24,28 @@ pub enum CustomOp {
     RotaryAttention,
     /// `pixeldit.JointRotaryAttention(qkv_txt, qkv_img, q_norm_txt, k_norm_txt, q_norm_img, k_norm_img, cos, sin)`.
     JointRotaryAttention,
+    /// `pixeldit.PixelModulate(x, mod, bias, norm_weight)`.
+    PixelModulate,
+    /// `pixeldit.PixelGatedMlp(x, branch, mod, bias, norm_weight, fc1_weight, fc1_bias, fc2_weight, fc2_bias)`.
+    PixelGatedMlp,
 }
 
 impl CustomOp {
     /// Every op, in registration order.
-    pub const ALL: [CustomOp; 2] = [CustomOp::RotaryAttention, CustomOp::JointRotaryAttention];
+    pub const ALL: [CustomOp; 4] = [
+        CustomOp::RotaryAttention,
+        CustomOp::JointRotaryAttention,
+        CustomOp::PixelModulate,
+        CustomOp::PixelGatedMlp,
+    ];
 
     /// The ONNX op type.
     pub fn op_type(self) -> &'static str {
         match self {
             CustomOp::RotaryAttention => custom_op::OP_TYPE,
             CustomOp::JointRotaryAttention => custom_op::JOINT_OP_TYPE,
+            CustomOp::PixelModulate => custom_op::PIXEL_MODULATE_OP_TYPE,
+            CustomOp::PixelGatedMlp => custom_op::PIXEL_GATED_MLP_OP_TYPE,
         }
     }
 
@@ -49,34 +61,52 @@ impl CustomOp {
         match self {
             CustomOp::RotaryAttention => 5,
             CustomOp::JointRotaryAttention => 8,
+            CustomOp::PixelModulate => 4,
+            CustomOp::PixelGatedMlp => 9,
         }
     }
 
-    /// Indices of the inputs whose sequence lengths add up to the output's (`[B, S, 3*H*Dh]` qkv inputs).
-    fn qkv_inputs(self) -> &'static [usize] {
+    /// Whether the op is an attention (attribute `num_heads`, output `[B, S, H*Dh]`); the pixel ops' output has
+    /// the shape of their input `x`.
+    pub fn is_attention(self) -> bool {
+        matches!(self, CustomOp::RotaryAttention | CustomOp::JointRotaryAttention)
+    }
+
+    /// Indices of the 3-D inputs the output shape follows: the `[B, S, 3*H*Dh]` qkv inputs of an attention (their
+    /// sequence lengths add up to the output's), `x` of a pixel op.
+    fn shape_inputs(self) -> &'static [usize] {
         match self {
-            CustomOp::RotaryAttention => &[0],
             CustomOp::JointRotaryAttention => &[0, 1],
+            _ => &[0],
         }
     }
 
-    /// Output dims `[B, S, H*Dh]` from the qkv inputs' dims (`None` = unknown).
+    /// Output dims from the dims of [`CustomOp::shape_inputs`] (`None` = unknown): `[B, S, H*Dh]` for an attention,
+    /// `x`'s for a pixel op.
     pub fn output_dims(self, qkv_dims: &[[Option<i64>; 3]]) -> [Option<i64>; 3] {
         let first = qkv_dims[0];
+        if !self.is_attention() {
+            return first;
+        }
         let seq = qkv_dims.iter().try_fold(0i64, |acc, d| d[1].map(|s| acc + s));
         [first[0], seq, first[2].map(|w| w / 3)]
     }
 
-    /// The output shape `[B, S, H*Dh]` of concrete operands (`inputs` as for [`CustomOp::compute`]); each qkv input
-    /// must be 3-D.
+    /// The output shape of concrete operands (`inputs` as for [`CustomOp::compute`]); each input of
+    /// [`CustomOp::shape_inputs`] must be 3-D.
     pub fn output_shape(self, inputs: &[(&[usize], &[f32])]) -> Result<[usize; 3], KernelShapeError> {
-        let mut qkv = Vec::with_capacity(self.qkv_inputs().len());
-        for &i in self.qkv_inputs() {
+        let mut qkv = Vec::with_capacity(self.shape_inputs().len());
+        for &i in self.shape_inputs() {
             let shape = inputs.get(i).map_or(&[][..], |(s, _)| *s);
             let dims: [usize; 3] = shape.try_into().map_err(|_| {
                 KernelShapeError(format!(
-                    "{}: input {i} must be 3-D [B, S, 3*H*Dh], got {shape:?}",
-                    self.op_type()
+                    "{}: input {i} must be 3-D ({}), got {shape:?}",
+                    self.op_type(),
+                    if self.is_attention() {
+                        "[B, S, 3*H*Dh]"
+                    } else {
+                        "[N, P, C]"
+                    }
                 ))
             })?;
             qkv.push(dims.map(|d| Some(d as i64)));
@@ -84,7 +114,8 @@ impl CustomOp {
         Ok(self.output_dims(&qkv).map(|d| d.unwrap_or(0) as usize))
     }
 
-    /// Runs the kernel: `inputs` are the op's inputs in order with their shapes, `out` is `[B, S, H*Dh]`.
+    /// Runs the kernel: `inputs` are the op's inputs in order with their shapes, `out` has the output shape
+    /// ([`CustomOp::output_shape`]); the pixel ops read only `params.epsilon`.
     pub fn compute(
         self,
         inputs: &[(&[usize], &[f32])],
@@ -135,14 +166,37 @@ impl CustomOp {
                 threads,
                 out,
             ),
+            CustomOp::PixelModulate | CustomOp::PixelGatedMlp => {
+                let x = inputs[0].0;
+                let modulation = pixel_ops::PixelModulation {
+                    rows: x[0],
+                    pixels: x[1],
+                    channels: x[2],
+                    modulation: data(if self == CustomOp::PixelModulate { 1 } else { 2 }),
+                    bias: data(if self == CustomOp::PixelModulate { 2 } else { 3 }),
+                    norm_weight: data(if self == CustomOp::PixelModulate { 3 } else { 4 }),
+                    epsilon: params.epsilon,
+                };
+                if self == CustomOp::PixelModulate {
+                    pixel_ops::pixel_modulate(&modulation, data(0), threads, out)
+                } else {
+                    let mlp = pixel_ops::PixelMlp {
+                        fc1_weight: data(5),
+                        fc1_bias: data(6),
+                        fc2_weight: data(7),
+                        fc2_bias: data(8),
+                    };
+                    pixel_ops::pixel_gated_mlp(&modulation, data(0), data(1), &mlp, threads, out)
+                }
+            }
         }
     }
 
-    /// Index of the input whose length is the head dim Dh (the first q norm weight).
+    /// Index of the input whose length is the head dim Dh (the first q norm weight; the pixel ops have none).
     fn head_dim_input(self) -> usize {
         match self {
-            CustomOp::RotaryAttention => 1,
             CustomOp::JointRotaryAttention => 2,
+            _ => 1,
         }
     }
 }
@@ -153,10 +207,10 @@ impl fmt::Display for CustomOp {
     }
 }
 
-/// The attributes of one attention node (both ops take the same ones).
+/// The attributes of one custom node (the pixel ops read only `epsilon`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttentionParams {
-    /// Number of heads H.
+    /// Number of heads H (0 for the pixel ops).
     pub num_heads: usize,
     /// RMSNorm epsilon.
     pub epsilon: f32,
@@ -167,7 +221,7 @@ pub struct AttentionParams {
 /// The attributes as read from a node, before the defaults that depend on the input shapes are applied.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttentionAttributes {
-    /// `num_heads` (required, > 0).
+    /// `num_heads` (required, > 0, for the attention ops; 0 for the pixel ops).
     pub num_heads: usize,
     /// `epsilon`, if given.
     pub epsilon: Option<f32>,
@@ -176,7 +230,7 @@ pub struct AttentionAttributes {
 }
 
 impl AttentionAttributes {
-    /// Checks `num_heads` (named `node` in the error).
+    /// Checks `num_heads` of an attention (named `node` in the error).
     pub fn new(
         op: CustomOp,
         node: &str,
@@ -184,6 +238,13 @@ impl AttentionAttributes {
         epsilon: Option<f32>,
         scale: Option<f32>,
     ) -> Result<Self, KernelShapeError> {
+        if !op.is_attention() {
+            return Ok(AttentionAttributes {
+                num_heads: 0,
+                epsilon,
+                scale,
+            });
+        }
         let num_heads = num_heads
             .filter(|&h| h > 0)
             .ok_or_else(|| KernelShapeError(format!("{op} node '{node}': missing or invalid 'num_heads'")))?;

@@ -53,7 +53,7 @@ impl Operator for OrtCustomOp {
         let inputs = ctx.inputs();
         let mut qkv = Vec::new();
         let mut symbols = Vec::new();
-        for &i in self.0.qkv_inputs() {
+        for &i in self.0.shape_inputs() {
             let Some(ValueType::Tensor {
                 shape,
                 dimension_symbols,
@@ -74,7 +74,11 @@ impl Operator for OrtCustomOp {
         // multiplies into bogus negative dims (seen on graphs with extra outputs): name it.
         let symbol = |i: usize| match (dims[i], symbols[0].get(i)) {
             (Some(_), _) => String::new(),
-            (None, Some(s)) if !s.is_empty() && (i == 0 || (i == 1 && qkv.len() == 1)) => s.clone(),
+            (None, Some(s))
+                if !s.is_empty() && (!self.0.is_attention() || i == 0 || (i == 1 && qkv.len() == 1)) =>
+            {
+                s.clone()
+            }
             _ => format!("pixeldit_unk_{}", UNKNOWN_DIMS.fetch_add(1, Ordering::Relaxed)),
         };
         let out = ValueType::Tensor {

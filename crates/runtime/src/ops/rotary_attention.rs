@@ -32,7 +32,7 @@ impl RotaryAttentionInputs<'_> {
     pub fn validate(&self, p: &AttentionParams) -> Result<usize, KernelShapeError> {
         let err = |m: String| Err(KernelShapeError(m));
         let dh = self.q_norm_weight.len();
-        if p.num_heads == 0 || dh == 0 || dh % 2 != 0 {
+        if p.num_heads == 0 || dh == 0 || !dh.is_multiple_of(2) {
             return err(format!(
                 "num_heads {} and head dim {dh} must be positive, Dh even",
                 p.num_heads
@@ -246,6 +246,14 @@ mod tests {
     fn matches_naive_threaded() {
         // 2*16*128*128*16 = 8.4M multiply-adds: above the threading threshold.
         check(2, 128, 16, 16, 3);
+    }
+
+    #[test]
+    fn matches_naive_on_the_avx512_path() {
+        // S and Dh multiples of 16 (the AVX-512 GEMMs where the CPU has them): 32- and 16-column blocks, and two
+        // query blocks.
+        check(2, 48, 2, 32, 5);
+        check(1, 272, 1, 16, 6);
     }
 
     #[test]

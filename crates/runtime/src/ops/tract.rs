@@ -84,12 +84,16 @@ impl Expansion for TractCustomOp {
             s.equals(&i.datum_type, f32::datum_type())?;
         }
         s.equals(&outputs[0].datum_type, f32::datum_type())?;
-        for &i in self.op.qkv_inputs() {
+        if !self.op.is_attention() {
+            s.equals(&inputs[0].rank, 3)?;
+            return s.equals(&outputs[0].shape, &inputs[0].shape);
+        }
+        for &i in self.op.shape_inputs() {
             s.equals(&inputs[i].rank, 3)?;
         }
         s.equals(&outputs[0].rank, 3)?;
         s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
-        match self.op.qkv_inputs() {
+        match self.op.shape_inputs() {
             [a] => s.equals(&outputs[0].shape[1], &inputs[*a].shape[1])?,
             [a, b] => s.given_2(&inputs[*a].shape[1], &inputs[*b].shape[1], move |s, x, y| {
                 s.equals(&outputs[0].shape[1], x + y)
@@ -147,7 +151,11 @@ impl EvalOp for TractCustomOp {
 
 impl TypedOp for TractCustomOp {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let qkv: Vec<&ShapeFact> = self.op.qkv_inputs().iter().map(|&i| &inputs[i].shape).collect();
+        if !self.op.is_attention() {
+            ensure!(inputs[0].rank() == 3, "{}: x must be 3-D", self.op);
+            return Ok(tvec!(f32::fact(inputs[0].shape.clone())));
+        }
+        let qkv: Vec<&ShapeFact> = self.op.shape_inputs().iter().map(|&i| &inputs[i].shape).collect();
         ensure!(
             qkv.iter().all(|s| s.rank() == 3),
             "{}: qkv inputs must be 3-D",

@@ -374,6 +374,7 @@ mod tests {
             config,
             precision: Precision::Fp32,
             attention: AttentionMode::Decomposed,
+            pixel_ops: Default::default(),
             weights_sha256: String::new(),
             weights_source: "test".into(),
             exporter_version: "0".into(),

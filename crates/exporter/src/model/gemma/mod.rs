@@ -188,13 +188,13 @@ impl GemmaConfig {
                 .and_then(|v| v.as_u64())
                 .map_or(300, |v| v as usize),
         };
-        if cfg.num_key_value_heads == 0 || cfg.num_attention_heads % cfg.num_key_value_heads != 0 {
+        if cfg.num_key_value_heads == 0 || !cfg.num_attention_heads.is_multiple_of(cfg.num_key_value_heads) {
             return Err(cfg_err(
                 source,
                 "num_attention_heads must be a multiple of num_key_value_heads",
             ));
         }
-        if cfg.head_dim % 2 != 0 {
+        if !cfg.head_dim.is_multiple_of(2) {
             return Err(cfg_err(source, "head_dim must be even (RoPE)"));
         }
         Ok(cfg)
