@@ -7,6 +7,7 @@
 #   tools/bench/patch_cache.sh                        # STEPS=10 ROUNDS=3 BACKENDS="ort tract"
 #   STEPS=6 ROUNDS=2 BACKENDS=ort MODELS=B tools/bench/patch_cache.sh
 #   SPLIT=modulation tools/bench/patch_cache.sh       # the export's --patch-split (default tokens)
+#   PIXEL_OPS=fused tools/bench/patch_cache.sh        # the export's --pixel-ops (default standard)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 steps=${STEPS:-10}
@@ -15,7 +16,9 @@ backends=${BACKENDS:-"ort tract"}
 models=${MODELS:-"B t2i-tiny"}
 settings=${SETTINGS:-"off cache2 cache3 threshold0.25"}
 split=${SPLIT:-tokens}
+pixel_ops=${PIXEL_OPS:-standard}
 out=${OUT:-target/bench-patch-cache}/$split
+[ "$pixel_ops" = standard ] || out=$out-$pixel_ops
 bin=${BIN:-${CARGO_TARGET_DIR:-target}/release}
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.cache/onnxruntime/libonnxruntime.so.1.31.1}
 if [ -z "${BIN:-}" ]; then
@@ -26,8 +29,9 @@ rm -f "$out"/runs/*.json
 
 for model in $models; do
   if [ ! -f "$out/$model.onnx" ] || [ ! -f "$out/$model.pixel.onnx" ]; then
-    echo "== export $model (random weights, --patch-split $split)" >&2
-    "$bin/pixeldit-export" --preset "$model" --random-init --patch-split "$split" -q -o "$out/$model.onnx"
+    echo "== export $model (random weights, --patch-split $split, --pixel-ops $pixel_ops)" >&2
+    "$bin/pixeldit-export" --preset "$model" --random-init --patch-split "$split" --pixel-ops "$pixel_ops" -q \
+      -o "$out/$model.onnx"
   fi
 done
 if [[ " $models " == *" t2i-tiny "* ]]; then

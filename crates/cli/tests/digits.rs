@@ -220,7 +220,10 @@ pub fn export_variant_with(
     opts.precision = variant.precision;
     opts.attention = attention;
     opts.pixel_ops = pixel_ops;
-    let path = dir.join(format!("digits_{}_{attention}_{pixel_ops}.onnx", variant.precision));
+    let path = dir.join(format!(
+        "digits_{}_{attention}_{pixel_ops}.onnx",
+        variant.precision
+    ));
     export_to_file(&opts, &path).unwrap_or_else(|e| panic!("export digits {}: {e}", variant.precision));
     path
 }

@@ -121,7 +121,9 @@ pub fn export_pixel_ops(
     } else {
         ""
     };
-    let path = dir.join(format!("digits_t2i_{precision}_{attention}_{pixel_ops}{suffix}.onnx"));
+    let path = dir.join(format!(
+        "digits_t2i_{precision}_{attention}_{pixel_ops}{suffix}.onnx"
+    ));
     let calib = CalibInputs {
         text: TextCalibration::Files {
             prompts: vec![golden_dir().join("calib.npy")],

@@ -240,7 +240,14 @@ fn bad_inputs_fail_cleanly() {
 fn fused_pixel_ops_refuse_what_they_cannot_express() {
     let dir = tempfile::tempdir().unwrap();
     let ck = golden_ckpt();
-    let base = ["--preset", "tiny", "--checkpoint", ck.to_str().unwrap(), "--pixel-ops", "fused"];
+    let base = [
+        "--preset",
+        "tiny",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--pixel-ops",
+        "fused",
+    ];
     let with = |extra: &[&'static str]| [&base[..], extra].concat();
     assert_fails(
         dir.path(),
