@@ -107,6 +107,7 @@ RUN_IMPLS = {
     "tract": ("custom", "tract", "pixeldit-run, tract (custom attention op)"),
     "ovrun": ("decomposed", "openvino", "pixeldit-run, OpenVINO backend (decomposed graph)"),
     "ortfused": ("custom-fused", "ort", "pixeldit-run, ORT CPU (custom attention op, fused pixel ops)"),
+    "ortfusedspin": ("custom-fused", "ort", "pixeldit-run, ORT CPU (custom attention op, fused pixel ops, --ort-spin)"),
     "ortdecfused": ("decomposed-fused", "ort", "pixeldit-run, ORT CPU (decomposed attention, fused pixel ops)"),
     "tractfused": ("custom-fused", "tract", "pixeldit-run, tract (custom attention op, fused pixel ops)"),
 }
@@ -135,8 +136,9 @@ def main():
                          "AVX512_BF16/AMX); ovf32: the same with INFERENCE_PRECISION_HINT f32; ortpy: Python onnxruntime (decomposed); "
                          "ort / ortspin / ortdec / tract: pixeldit-run bench on ORT CPU (custom attention; "
                          "--ort-spin; decomposed graph) and tract; ovrun: pixeldit-run bench --backend openvino (decomposed graph); "
-                         "ortfused / ortdecfused / tractfused: pixeldit-run bench on the exports with --pixel-ops fused "
-                         "(custom attention; decomposed attention; tract with custom attention)")
+                         "ortfused / ortfusedspin / ortdecfused / tractfused: pixeldit-run bench on the exports with "
+                         "--pixel-ops fused (custom attention; the same with --ort-spin; decomposed attention; tract "
+                         "with custom attention)")
     ap.add_argument("--ov-python", default=str(ROOT / ".cache" / "openvino-venv" / "bin" / "python"))
     ap.add_argument("--tag", default="single", help="part of the export file names: a new tag re-exports "
                     "(the exports are cached in .cache/bench/ by preset, size, precision, attention and tag)")
@@ -197,7 +199,7 @@ def main():
                         graph, be, label = RUN_IMPLS[impl]
                         cmd = [prun, "bench", models[prec, graph], "--backend", be,
                                "--device", "cpu", "--threads", a.threads, "--batch", a.batch, "--runs", a.runs,
-                               "--warmup", a.warmup] + (["--ort-spin"] if impl == "ortspin" else [])
+                               "--warmup", a.warmup] + (["--ort-spin"] if impl.endswith("spin") else [])
                         out = run_child(cmd, dict(os.environ))
                         med = float(re.search(r"\| ([0-9.]+) \| [0-9.]+ \| [0-9.]+ \|\s*$", out, re.M).group(1))
                         model = models[prec, graph].name
