@@ -337,6 +337,8 @@ mod avx512 {
     /// Every pixel of `at` is below N*P of the operands, and at or after `first` (the first pixel of `out`).
     #[target_feature(enable = "avx512f")]
     #[inline]
+    // Index loops: each walks several parallel register arrays (per pixel, per quarter of the hidden vector).
+    #[allow(clippy::needless_range_loop)]
     unsafe fn pixels<const K: usize>(
         m: &PixelModulation<'_>,
         x: &[f32],
