@@ -178,60 +178,19 @@ pub(crate) fn norm_rope(x: &mut [f32], weight: &[f32], eps: f32, cos: &[f32], si
     }
 }
 
-/// Head `hh` of a sequence of `s` tokens: gathers q, k, v from each token's `[3*H*Dh]` qkv row (`row_of(tok)` gives
-/// the row and the token's q and k RMSNorm weights) into `[S, Dh]` buffers with QK-RMSNorm and RoPE (rows of the
-/// `[S, Dh/2]` `tables` (cos, sin)), then [`attend`]s.
-pub(crate) fn gather_and_attend<'a>(
-    sc: &mut Scratch,
-    p: &AttentionParams,
-    dh: usize,
-    hh: usize,
-    s: usize,
-    tables: (&[f32], &[f32]),
-    row_of: impl Fn(usize) -> (&'a [f32], &'a [f32], &'a [f32]),
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { gather_avx512(sc, p, dh, hh, s, tables, row_of) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { gather_avx2(sc, p, dh, hh, s, tables, row_of) };
-        }
-    }
-    gather_body(sc, p, dh, hh, s, tables, row_of)
-}
-
-/// [`gather_and_attend`] compiled for AVX-512 (the per-token norm and rotation vectorise).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn gather_avx512<'a>(
-    sc: &mut Scratch,
-    p: &AttentionParams,
-    dh: usize,
-    hh: usize,
-    s: usize,
-    tables: (&[f32], &[f32]),
-    row_of: impl Fn(usize) -> (&'a [f32], &'a [f32], &'a [f32]),
-) {
-    gather_body(sc, p, dh, hh, s, tables, row_of)
-}
-
-/// [`gather_and_attend`] compiled for AVX2 + FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gather_avx2<'a>(
-    sc: &mut Scratch,
-    p: &AttentionParams,
-    dh: usize,
-    hh: usize,
-    s: usize,
-    tables: (&[f32], &[f32]),
-    row_of: impl Fn(usize) -> (&'a [f32], &'a [f32], &'a [f32]),
-) {
-    gather_body(sc, p, dh, hh, s, tables, row_of)
+multiversion! {
+    /// Head `hh` of a sequence of `s` tokens: gathers q, k, v from each token's `[3*H*Dh]` qkv row (`row_of(tok)`
+    /// gives the row and the token's q and k RMSNorm weights) into `[S, Dh]` buffers with QK-RMSNorm and RoPE (rows
+    /// of the `[S, Dh/2]` `tables` (cos, sin)), then [`attend`]s.
+    pub(crate) fn gather_and_attend<'a>(
+        sc: &mut Scratch,
+        p: &AttentionParams,
+        dh: usize,
+        hh: usize,
+        s: usize,
+        tables: (&[f32], &[f32]),
+        row_of: impl Fn(usize) -> (&'a [f32], &'a [f32], &'a [f32]),
+    ) => gather_body
 }
 
 #[inline(always)]
@@ -416,35 +375,10 @@ mod avx512 {
     }
 }
 
-/// `row = softmax(row)`, stable (the row maximum is subtracted first). Uses AVX-512 or AVX2 + FMA code when the CPU
-/// has them (checked at run time), else the same code for the build's baseline.
-pub fn softmax_in_place(row: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            unsafe { softmax_avx512(row) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            unsafe { softmax_avx2_fma(row) };
-            return;
-        }
-    }
-    softmax_lanes(row);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn softmax_avx512(row: &mut [f32]) {
-    softmax_lanes(row);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_avx2_fma(row: &mut [f32]) {
-    softmax_lanes(row);
+multiversion! {
+    /// `row = softmax(row)`, stable (the row maximum is subtracted first), compiled for AVX-512 or AVX2 + FMA when
+    /// the CPU has them (checked at run time).
+    pub fn softmax_in_place(row: &mut [f32]) => softmax_lanes
 }
 
 /// Lanes of the hand-split reductions: wide enough for one AVX register, so the compiler keeps them in vectors.

@@ -5,6 +5,40 @@
 //! * [`attention_core`]: what the two kernels share (work split, gather with QK-RMSNorm and RoPE, softmax attention).
 //! * `ort`, `tract`: one adapter per backend, generic over [`CustomOp`] (attributes, shapes, kernel dispatch).
 
+/// Defines `fn NAME(args)` that runs `BODY(args)` compiled for AVX-512F, AVX2 + FMA or the build's baseline,
+/// whichever the CPU has (checked at run time). `BODY` is `#[inline(always)]`, so its loops vectorise for the chosen
+/// instruction set. Unit-returning functions only.
+macro_rules! multiversion {
+    (
+        $(#[$meta:meta])*
+        $vis:vis fn $name:ident $(<$($lt:lifetime),*>)? ($($arg:ident: $ty:ty),* $(,)?) => $body:path
+    ) => {
+        $(#[$meta])*
+        $vis fn $name $(<$($lt),*>)? ($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512 $(<$($lt),*>)? ($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2_fma $(<$($lt),*>)? ($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked just above).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                    return unsafe { avx2_fma($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
 pub mod attention_core;
 pub mod joint_rotary_attention;
 #[cfg(feature = "ort")]

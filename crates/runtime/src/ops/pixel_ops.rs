@@ -177,47 +177,15 @@ struct MlpWeights<'a> {
     fc2_bias: &'a [f32],
 }
 
-/// `xn = RMSNorm(x) * (1 + scale_msa) + shift_msa` for `rows`, into `out` (those rows only).
-fn modulate_rows(m: &PixelModulation<'_>, x: &[f32], rows: Range<usize>, c: usize, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { modulate_rows_avx512(m, x, rows, c, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { modulate_rows_avx2(m, x, rows, c, out) };
-        }
-    }
-    modulate_rows_body(m, x, rows, c, out)
+multiversion! {
+    /// `xn = RMSNorm(x) * (1 + scale_msa) + shift_msa` for `rows`, into `out` (those rows only).
+    fn modulate_rows(m: &PixelModulation<'_>, x: &[f32], rows: Range<usize>, c: usize, out: &mut [f32])
+        => modulate_rows_fixed
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn modulate_rows_avx512(
-    m: &PixelModulation<'_>,
-    x: &[f32],
-    rows: Range<usize>,
-    c: usize,
-    out: &mut [f32],
-) {
-    if c == 16 {
-        modulate_rows_body(m, x, rows, 16, out)
-    } else {
-        modulate_rows_body(m, x, rows, c, out)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn modulate_rows_avx2(
-    m: &PixelModulation<'_>,
-    x: &[f32],
-    rows: Range<usize>,
-    c: usize,
-    out: &mut [f32],
-) {
+/// [`modulate_rows_body`] with `C = 16` as a constant when it is 16 (the loops then have a fixed length).
+#[inline(always)]
+fn modulate_rows_fixed(m: &PixelModulation<'_>, x: &[f32], rows: Range<usize>, c: usize, out: &mut [f32]) {
     if c == 16 {
         modulate_rows_body(m, x, rows, 16, out)
     } else {
@@ -246,7 +214,9 @@ fn modulate_rows_body(m: &PixelModulation<'_>, x: &[f32], rows: Range<usize>, c:
     }
 }
 
-/// The gated attention residual and the gated MLP branch for `rows`, into `out` (those rows only).
+/// The gated attention residual and the gated MLP branch for `rows`, into `out` (those rows only): the AVX-512
+/// kernel for the presets' shape where the CPU has AVX-512, else the portable loops, compiled for AVX2 + FMA where
+/// the CPU has them.
 fn gated_mlp_rows(
     m: &PixelModulation<'_>,
     x: &[f32],
@@ -257,22 +227,29 @@ fn gated_mlp_rows(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { gated_mlp_rows_avx512(m, x, branch, w, rows, dims, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { gated_mlp_rows_avx2(m, x, branch, w, rows, dims, out) };
-        }
+    if dims == (16, 64) && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        return unsafe { avx512::gated_mlp_rows_16x64(m, x, branch, w, rows, out) };
     }
-    gated_mlp_rows_body(m, x, branch, w, rows, dims, out)
+    gated_mlp_rows_portable(m, x, branch, w, rows, dims, out)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn gated_mlp_rows_avx512(
+multiversion! {
+    /// [`gated_mlp_rows_body`] compiled for the CPU's instruction set.
+    fn gated_mlp_rows_portable(
+        m: &PixelModulation<'_>,
+        x: &[f32],
+        branch: &[f32],
+        w: &MlpWeights<'_>,
+        rows: Range<usize>,
+        dims: (usize, usize),
+        out: &mut [f32],
+    ) => gated_mlp_rows_fixed
+}
+
+/// [`gated_mlp_rows_body`] with the presets' dims (16, 64) as constants when they match.
+#[inline(always)]
+fn gated_mlp_rows_fixed(
     m: &PixelModulation<'_>,
     x: &[f32],
     branch: &[f32],
@@ -282,7 +259,7 @@ unsafe fn gated_mlp_rows_avx512(
     out: &mut [f32],
 ) {
     if dims == (16, 64) {
-        avx512::gated_mlp_rows_16x64(m, x, branch, w, rows, out)
+        gated_mlp_rows_body(m, x, branch, w, rows, (16, 64), out)
     } else {
         gated_mlp_rows_body(m, x, branch, w, rows, dims, out)
     }
@@ -451,24 +428,6 @@ mod avx512 {
         }
         let y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), set(1.0));
         _mm512_scalef_ps(y, n)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gated_mlp_rows_avx2(
-    m: &PixelModulation<'_>,
-    x: &[f32],
-    branch: &[f32],
-    w: &MlpWeights<'_>,
-    rows: Range<usize>,
-    dims: (usize, usize),
-    out: &mut [f32],
-) {
-    if dims == (16, 64) {
-        gated_mlp_rows_body(m, x, branch, w, rows, (16, 64), out)
-    } else {
-        gated_mlp_rows_body(m, x, branch, w, rows, dims, out)
     }
 }
 
