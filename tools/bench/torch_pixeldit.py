@@ -91,7 +91,8 @@ class PixelDiT(torch.nn.Module):
         hs, ws = self.hs, self.ws
         n = hs * ws
         half = cfg["timestep_freq_dim"] // 2
-        freqs = torch.exp(-math.log(cfg["timestep_max_period"]) * torch.arange(half, dtype=torch.float32) / half)
+        steps = torch.arange(half, dtype=torch.float32, device=t.device)
+        freqs = torch.exp(-math.log(cfg["timestep_max_period"]) * steps / half)
         args = t[:, None] * freqs[None]
         t_freq = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         t_emb = self.lin(F.silu(self.lin(t_freq, "t_embedder.mlp.0")), "t_embedder.mlp.2")
