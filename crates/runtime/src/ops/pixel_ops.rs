@@ -138,15 +138,7 @@ pub fn pixel_gated_mlp(
             mlp.fc2_bias.len()
         ));
     }
-    // Input-major copies, so that the per-pixel loops run over contiguous output features.
-    let mut fc1_t = vec![0f32; c * hidden];
-    let mut fc2_t = vec![0f32; hidden * c];
-    for j in 0..hidden {
-        for ch in 0..c {
-            fc1_t[ch * hidden + j] = mlp.fc1_weight[j * c + ch];
-            fc2_t[j * c + ch] = mlp.fc2_weight[ch * hidden + j];
-        }
-    }
+    let (fc1_t, fc2_t) = input_major(mlp, c, hidden);
     let w = MlpWeights {
         fc1_t: &fc1_t,
         fc1_bias: mlp.fc1_bias,
@@ -165,6 +157,20 @@ fn check_out(out: usize, x: usize) -> Result<(), KernelShapeError> {
     } else {
         Err(KernelShapeError(format!("output has {out} elements, x {x}")))
     }
+}
+
+/// Input-major copies of the MLP weights (`fc1` as `[C, H]`, `fc2` as `[H, C]`), so that the per-pixel loops run
+/// over contiguous output features.
+fn input_major(mlp: &PixelMlp<'_>, c: usize, hidden: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut fc1_t = vec![0f32; c * hidden];
+    let mut fc2_t = vec![0f32; hidden * c];
+    for j in 0..hidden {
+        for ch in 0..c {
+            fc1_t[ch * hidden + j] = mlp.fc1_weight[j * c + ch];
+            fc2_t[j * c + ch] = mlp.fc2_weight[ch * hidden + j];
+        }
+    }
+    (fc1_t, fc2_t)
 }
 
 /// The MLP weights, input-major.
@@ -757,6 +763,82 @@ mod tests {
                 "PixelGatedMlp {n}x{p}x{c}: {}",
                 rel_l2(&y, &want_y)
             );
+        }
+    }
+
+    /// The portable loops, which AVX2-only and other CPUs run, at the presets' shape (C = 16, H = 64), where this
+    /// machine's dispatcher may pick the AVX-512 kernel instead: called directly, compiled for the baseline, for
+    /// AVX2 + FMA (where the CPU has them) and as dispatched.
+    #[test]
+    fn portable_loops_match_the_contract_at_the_presets_shape() {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn gated_avx2(
+            m: &PixelModulation<'_>,
+            x: &[f32],
+            branch: &[f32],
+            w: &MlpWeights<'_>,
+            out: &mut [f32],
+        ) {
+            gated_mlp_rows_fixed(m, x, branch, w, 0..m.rows, (16, 64), out)
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn modulate_avx2(m: &PixelModulation<'_>, x: &[f32], out: &mut [f32]) {
+            modulate_rows_fixed(m, x, 0..m.rows, 16, out)
+        }
+
+        let (n, p, c, hidden) = (3usize, 5usize, 16usize, 64usize);
+        let x = fill(n * p * c, 11);
+        let branch = fill(n * p * c, 12);
+        let modulation = fill(n * p * CHUNKS * c, 13);
+        let bias = fill(p * CHUNKS * c, 14);
+        let norm_weight: Vec<f32> = fill(c, 15).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let (fc1_weight, fc1_bias) = (fill(hidden * c, 16), fill(hidden, 17));
+        let (fc2_weight, fc2_bias) = (fill(c * hidden, 18), fill(c, 19));
+        let m = PixelModulation {
+            rows: n,
+            pixels: p,
+            channels: c,
+            modulation: &modulation,
+            bias: &bias,
+            norm_weight: &norm_weight,
+            epsilon: 1e-6,
+        };
+        let mlp = PixelMlp {
+            fc1_weight: &fc1_weight,
+            fc1_bias: &fc1_bias,
+            fc2_weight: &fc2_weight,
+            fc2_bias: &fc2_bias,
+        };
+        let (want_xn, want_y) = reference(&m, &x, &branch, &mlp);
+        let (fc1_t, fc2_t) = input_major(&mlp, c, hidden);
+        let w = MlpWeights {
+            fc1_t: &fc1_t,
+            fc1_bias: &fc1_bias,
+            fc2_t: &fc2_t,
+            fc2_bias: &fc2_bias,
+        };
+        let check = |what: &str, got: &[f32], want: &[f64]| {
+            let err = rel_l2(got, want);
+            assert!(err < 1e-6, "{what}: relative L2 {err}");
+        };
+        let mut y = vec![0f32; x.len()];
+        gated_mlp_rows_fixed(&m, &x, &branch, &w, 0..n, (c, hidden), &mut y);
+        check("gated MLP, baseline", &y, &want_y);
+        gated_mlp_rows_portable(&m, &x, &branch, &w, 0..n, (c, hidden), &mut y);
+        check("gated MLP, dispatched portable loops", &y, &want_y);
+        let mut xn = vec![0f32; x.len()];
+        modulate_rows_fixed(&m, &x, 0..n, c, &mut xn);
+        check("modulation, baseline", &xn, &want_xn);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            unsafe { gated_avx2(&m, &x, &branch, &w, &mut y) };
+            check("gated MLP, AVX2 + FMA", &y, &want_y);
+            // SAFETY: as above.
+            unsafe { modulate_avx2(&m, &x, &mut xn) };
+            check("modulation, AVX2 + FMA", &xn, &want_xn);
         }
     }
 
