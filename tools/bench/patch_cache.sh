@@ -8,6 +8,8 @@
 #   STEPS=6 ROUNDS=2 BACKENDS=ort MODELS=B tools/bench/patch_cache.sh
 #   SPLIT=modulation tools/bench/patch_cache.sh       # the export's --patch-split (default tokens)
 #   PIXEL_OPS=fused tools/bench/patch_cache.sh        # the export's --pixel-ops (default standard)
+#   CONFIGS="tokens:standard tokens:fused modulation:fused" tools/bench/patch_cache.sh
+#                                                     # several exports (split:pixel-ops), interleaved per round
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 steps=${STEPS:-10}
@@ -15,10 +17,16 @@ rounds=${ROUNDS:-3}
 backends=${BACKENDS:-"ort tract"}
 models=${MODELS:-"B t2i-tiny"}
 settings=${SETTINGS:-"off cache2 cache3 threshold0.25"}
-split=${SPLIT:-tokens}
-pixel_ops=${PIXEL_OPS:-standard}
-out=${OUT:-target/bench-patch-cache}/$split
-[ "$pixel_ops" = standard ] || out=$out-$pixel_ops
+configs=${CONFIGS:-"${SPLIT:-tokens}:${PIXEL_OPS:-standard}"}
+base=${OUT:-target/bench-patch-cache}
+# config_dir SPLIT:OPS -> the folder of that export (the same folders as before CONFIGS existed).
+config_dir() {
+  local split=${1%%:*} ops=${1#*:}
+  if [ "$ops" = standard ]; then echo "$base/$split"; else echo "$base/$split-$ops"; fi
+}
+# The runs and the table of all configs go to the first config's folder, or to a shared one for several.
+set -- $configs
+if [ $# -eq 1 ]; then out=$(config_dir "$1"); else out=$base/compare; fi
 bin=${BIN:-${CARGO_TARGET_DIR:-target}/release}
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.cache/onnxruntime/libonnxruntime.so.1.31.1}
 if [ -z "${BIN:-}" ]; then
@@ -27,12 +35,21 @@ fi
 mkdir -p "$out/runs"
 rm -f "$out"/runs/*.json
 
-for model in $models; do
-  if [ ! -f "$out/$model.onnx" ] || [ ! -f "$out/$model.pixel.onnx" ]; then
-    echo "== export $model (random weights, --patch-split $split, --pixel-ops $pixel_ops)" >&2
-    "$bin/pixeldit-export" --preset "$model" --random-init --patch-split "$split" --pixel-ops "$pixel_ops" -q \
-      -o "$out/$model.onnx"
-  fi
+for config in $configs; do
+  case "$config" in
+    tokens:standard|tokens:fused|modulation:standard|modulation:fused|cond:standard|cond:fused) ;;
+    *) echo "patch_cache: config '$config': expected SPLIT:OPS (split tokens|modulation|cond, ops standard|fused)" >&2
+       exit 2 ;;
+  esac
+  dir=$(config_dir "$config")
+  mkdir -p "$dir"
+  for model in $models; do
+    if [ ! -f "$dir/$model.onnx" ] || [ ! -f "$dir/$model.pixel.onnx" ]; then
+      echo "== export $model (random weights, --patch-split ${config%%:*}, --pixel-ops ${config#*:})" >&2
+      "$bin/pixeldit-export" --preset "$model" --random-init --patch-split "${config%%:*}" \
+        --pixel-ops "${config#*:}" -q -o "$dir/$model.onnx"
+    fi
+  done
 done
 if [[ " $models " == *" t2i-tiny "* ]]; then
   # Synthetic text embeddings [300 rows of the preset, embed_dim] for the text-to-image model.
@@ -48,6 +65,10 @@ EOF
 fi
 
 for round in $(seq 1 "$rounds"); do
+ for config in $configs; do
+  dir=$(config_dir "$config")
+  # The config is part of the model label when several are compared.
+  if [ "$(echo $configs | wc -w)" -gt 1 ]; then tag="-${config/:/-}"; else tag=; fi
   for model in $models; do
     case $model in
       t2i-tiny) cond=(--text-embeddings "$out/text.npy" --negative-embeddings "$out/negative.npy" --batch 2) ;;
@@ -60,13 +81,14 @@ for round in $(seq 1 "$rounds"); do
           cache*) flags=(--patch-cache "${setting#cache}") ;;
           threshold*) flags=(--patch-cache-threshold "${setting#threshold}") ;;
         esac
-        echo "== round $round: $model $backend $setting" >&2
-        "$bin/pixeldit-run" "$out/$model.onnx" --backend "$backend" --device cpu "${cond[@]}" --steps "$steps" \
+        echo "== round $round: $model$tag $backend $setting" >&2
+        "$bin/pixeldit-run" "$dir/$model.onnx" --backend "$backend" --device cpu "${cond[@]}" --steps "$steps" \
           "${flags[@]}" --grid -q -o "$out/runs/x.png" \
-          --report-json "$out/runs/${model}_${backend}_${setting}_$round.json"
+          --report-json "$out/runs/${model}${tag}_${backend}_${setting}_$round.json"
       done
     done
   done
+ done
 done
 
 .venv/bin/python - "$out/runs" "$steps" <<'EOF'
