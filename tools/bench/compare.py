@@ -207,7 +207,8 @@ def main():
             m = CACHE / f"{preset}-{size}-{att}.onnx"
             if not m.exists():
                 subprocess.run([export, "--preset", preset, "--checkpoint", ckpt, "--height", str(size), "--width",
-                                str(size), "--attention", att, "-o", m], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                str(size), "--attention", att, "--pixel-ops", "standard", "-o", m], check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             models[att] = m
         g1 = gflops(cfg, size, size)
         gf = g1 * a.batch

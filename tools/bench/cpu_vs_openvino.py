@@ -173,8 +173,7 @@ def main():
                 m = CACHE / f"{preset}-{size}-{prec}-{graph}-{a.tag}.onnx"
                 args = ["--preset", preset, "--checkpoint", ckpt, "--height", size, "--width", size,
                         "--attention", att, "--precision", prec, "--no-patch-split"]
-                if fused:
-                    args += ["--pixel-ops", "fused"]
+                args += ["--pixel-ops", "fused" if fused else "standard"]
                 if prec != "fp32":
                     # Calibration over the sampler's time grid: one class, one seed, a few steps keeps B quick.
                     args += ["--calib-classes", "1", "--calib-seeds", "0", "--calib-steps", "4"]

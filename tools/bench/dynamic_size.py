@@ -113,7 +113,7 @@ def export_pair(a, export, size=None):
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     wargs, wnote = weights_args(a.preset, cfg, out)
-    common = [export, "--preset", a.preset, *wargs, "--attention", a.attention, "--no-patch-split", "-q"]
+    common = [export, "--preset", a.preset, *wargs, "--attention", a.attention, "--pixel-ops", "standard", "--no-patch-split", "-q"]
     dyn = out / f"{a.preset}_{a.attention}_dynamic.onnx"
     if not dyn.exists():
         print(f"== export {dyn.name}", file=sys.stderr, flush=True)

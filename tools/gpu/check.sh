@@ -239,7 +239,7 @@ main() {
     mkdir -p "$models"
     for v in "${V[@]}"; do
       [ -f "$models/digits_$v.onnx" ] || "$bin/pixeldit-export" --preset digits \
-        --checkpoint graphs/digits.safetensors --precision "$v" -q -o "$models/digits_$v.onnx"
+        --checkpoint graphs/digits.safetensors --precision "$v" --pixel-ops standard -q -o "$models/digits_$v.onnx"
     done
   fi
   [ -x "$bin/pixeldit-run" ] || die "$bin/pixeldit-run missing (--bundle or --bin-dir)"

@@ -46,8 +46,8 @@ if [ -z "$stage" ]; then
   cp "$bin_dir/pixeldit-run" "$bin_dir/pixeldit-export" "$stage/bin/"
   cp "$ort_dir"/libonnxruntime*.so* "$stage/lib/"
   for v in fp32 fp16 bf16 int8 fp8 int8-weights fp8-weights; do
-    "$stage/bin/pixeldit-export" --preset digits --checkpoint graphs/digits.safetensors --precision "$v" -q \
-      -o "$stage/models/digits_$v.onnx"
+    "$stage/bin/pixeldit-export" --preset digits --checkpoint graphs/digits.safetensors --precision "$v" \
+      --pixel-ops standard -q -o "$stage/models/digits_$v.onnx"
   done
   (cd "$stage" && find . -type f | sort | xargs sha256sum) >"$tmp/manifest" && mv "$tmp/manifest" "$stage/MANIFEST.sha256"
 fi

@@ -90,10 +90,11 @@ pub struct ExportArgs {
     attention: Option<AttentionMode>,
     /// The PiT blocks' per-pixel work (modulation, gated residuals, GELU MLP): standard ops, or fused
     /// (pixeldit.PixelModulate and pixeldit.PixelGatedMlp: one pass per pixel, the fastest on CPU, for pixeldit-run's
-    /// ONNX Runtime and tract backends only). Needs an fp32-based --precision and --attention custom or
-    /// decomposed.
-    #[arg(long, value_enum, default_value_t = PixelOps::Standard)]
-    pixel_ops: PixelOps,
+    /// ONNX Runtime and tract backends only; needs an fp32-based --precision, pre-modulation PiT blocks and
+    /// --attention custom or decomposed). auto: fused where the export uses the custom attention op (already
+    /// pixeldit-run only) and can be fused, else standard; standard with --triton-repo.
+    #[arg(long, value_enum, default_value_t = PixelOpsArg::Auto)]
+    pixel_ops: PixelOpsArg,
     /// External data for weights: auto (past 512 MiB of weights), always, never.
     #[arg(long, value_enum, default_value_t = ExternalDataArg::Auto)]
     external_data: ExternalDataArg,
@@ -135,6 +136,17 @@ pub struct ExportArgs {
     triton: TritonArgs,
     #[command(flatten)]
     quant: QuantArgs,
+}
+
+/// `--pixel-ops`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PixelOpsArg {
+    /// Fused where the export uses the custom attention op and can be fused, else standard.
+    Auto,
+    /// Standard ops: every consumer runs them.
+    Standard,
+    /// pixeldit.PixelModulate and pixeldit.PixelGatedMlp (pixeldit-run's ORT and tract backends).
+    Fused,
 }
 
 /// `--external-data`.
@@ -194,7 +206,12 @@ fn export_options(args: &ExportArgs) -> Result<ExportOptions> {
     opts.width = args.width.unwrap_or(opts.width);
     opts.precision = args.precision;
     opts.attention = args.attention.unwrap_or_else(|| args.triton.default_attention());
-    opts.pixel_ops = args.pixel_ops;
+    match args.pixel_ops {
+        PixelOpsArg::Standard => opts.pixel_ops = PixelOps::Standard,
+        PixelOpsArg::Fused => opts.pixel_ops = PixelOps::Fused,
+        // Triton's backends run standard ops only (the repository's own check refuses fused ones).
+        PixelOpsArg::Auto => opts.auto_pixel_ops = args.triton.triton_repo.is_none(),
+    }
     opts.external_data = args.external_data.into();
     opts.loras = args.lora.clone();
     // Triton repositories serve the split on the onnxruntime platform only (the pixel level as its own model).

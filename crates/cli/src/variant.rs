@@ -43,7 +43,7 @@ pub fn build_quantized_graph(
     calib: &CalibInputs,
 ) -> Result<(Graph, QuantSummary)> {
     cfg.validate()?;
-    let f = fp32(opts);
+    let f = fp32(&pixeldit_exporter::with_pixel_ops_chosen(opts, weights));
     let mut g = build_graph(&f, weights)?;
     let calibration = if cfg.needs_calibration() {
         let (selected, _) = partition(&g, cfg);
@@ -87,6 +87,7 @@ pub fn export_variant_with(
     let mut opts = opts.clone();
     opts.precision = cfg.precision;
     let (weights, keys) = load_weights(&opts)?;
+    let opts = pixeldit_exporter::with_pixel_ops_chosen(&opts, &weights);
     let (graph, summary) = build_quantized_graph(&opts, cfg, &weights, calib)?;
     let json = summary.to_json();
     let (write, metadata, pixel_level) =

@@ -65,6 +65,19 @@ fn export(cfg: &ModelConfig, ckpt: &Path, p: Precision, a: AttentionMode, hw: (u
     assert!(report.keys.unused.is_empty(), "{:?}", report.keys.unused);
 }
 
+/// An export that chooses its pixel ops (`pixeldit-export --pixel-ops auto`, the default) writes post-modulation
+/// PiT blocks with standard ops, which the fused ones cannot express, instead of failing.
+#[test]
+fn auto_pixel_ops_keep_post_modulation_blocks_standard() {
+    let (cfg, ckpt, _) = c2i_postmod();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = ExportOptions::new(cfg, WeightsSpec::Checkpoint(ckpt));
+    opts.auto_pixel_ops = true;
+    let report = export_to_file(&opts, &dir.path().join("m.onnx")).unwrap();
+    assert!(report.metadata.config.pit_adaln_post_modulation);
+    assert_eq!(report.metadata.pixel_ops, pixeldit_spec::PixelOps::Standard);
+}
+
 /// `v` of case `case` on `b` (class labels for C2I, text embeddings for T2I).
 fn forward(b: &mut Denoiser, cases: &HashMap<String, (Vec<usize>, Vec<f32>)>, case: &str) -> Vec<f32> {
     let get = |k: &str| &cases[&format!("{case}.{k}")];

@@ -236,6 +236,58 @@ fn bad_inputs_fail_cleanly() {
     );
 }
 
+/// `--pixel-ops auto` (the default): fused pixel ops where the export uses the custom attention op and can be
+/// fused (fp32 and the fp32-based quantized variants, in the graph and the metadata alike), standard ops for the
+/// standard-op lowerings, 16-bit variants and Triton repositories.
+#[test]
+fn auto_pixel_ops_fuse_where_the_export_can() {
+    use pixeldit_runtime::model::ModelInfo;
+    let dir = tempfile::tempdir().unwrap();
+    let ck = golden_ckpt();
+    let fused_ops = |path: &Path| -> (String, usize) {
+        let info = ModelInfo::read(path).unwrap();
+        let meta = info.pixeldit_metadata().unwrap();
+        let n = info
+            .custom_nodes()
+            .filter(|n| n.op_type == "PixelModulate" || n.op_type == "PixelGatedMlp")
+            .count();
+        (meta.pixel_ops.to_string(), n)
+    };
+    for (extra, want) in [
+        (&[][..], "fused"),
+        (&["--precision", "int8", "--calib-steps", "2"][..], "fused"),
+        (&["--precision", "bf16"][..], "standard"),
+        (&["--attention", "decomposed"][..], "standard"),
+        (&["--pixel-ops", "standard"][..], "standard"),
+    ] {
+        let out_path = dir.path().join("m.onnx");
+        let mut args = vec!["--preset", "tiny", "--checkpoint", ck.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-o", out_path.to_str().unwrap()]);
+        let out = export_cli(&args);
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (meta, nodes) = fused_ops(&out_path);
+        assert_eq!(meta, want, "{extra:?}: metadata");
+        // tiny has one PiT block: one PixelModulate and one PixelGatedMlp.
+        assert_eq!(
+            nodes,
+            if want == "fused" { 2 } else { 0 },
+            "{extra:?}: fused nodes"
+        );
+        // The pixel-level graph of the patch-level split is written with the same ops.
+        let (pixel_meta, pixel_nodes) = fused_ops(&dir.path().join("m.pixel.onnx"));
+        assert_eq!(
+            (pixel_meta.as_str(), pixel_nodes),
+            (want, nodes),
+            "{extra:?}: pixel level"
+        );
+    }
+}
+
 #[test]
 fn fused_pixel_ops_refuse_what_they_cannot_express() {
     let dir = tempfile::tempdir().unwrap();
@@ -262,7 +314,7 @@ fn fused_pixel_ops_refuse_what_they_cannot_express() {
     assert_fails(
         dir.path(),
         &["--preset", "tiny", "--random-init", "--pixel-ops", "fastest"],
-        &["invalid value 'fastest'", "standard", "fused"],
+        &["invalid value 'fastest'", "auto", "standard", "fused"],
     );
 }
 

@@ -84,6 +84,10 @@ pub struct ExportOptions {
     /// How the PiT blocks' per-pixel work is written ([`PixelOps::Fused`] needs fp32 linears and pre-modulation
     /// blocks, and is not available with [`AttentionMode::Onnx23`], whose graphs use standard ops only).
     pub pixel_ops: PixelOps,
+    /// Let the export choose `pixel_ops` (it replaces the field): fused with [`AttentionMode::Custom`] where the
+    /// model can be written with them ([`fused_pixel_ops_refusal`]), else standard. `false` in
+    /// [`ExportOptions::new`]; `pixeldit-export --pixel-ops auto` (its default) sets it.
+    pub auto_pixel_ops: bool,
     /// Weights.
     pub weights: WeightsSpec,
     /// External-data policy.
@@ -111,6 +115,7 @@ impl ExportOptions {
             precision: Precision::Fp32,
             attention: AttentionMode::Custom,
             pixel_ops: PixelOps::Standard,
+            auto_pixel_ops: false,
             weights,
             external_data: ExternalData::Auto,
             sampler: None,
@@ -176,6 +181,45 @@ pub fn resolve_config(config: &ModelConfig, weights: &Weights) -> ModelConfig {
     cfg
 }
 
+/// Why the export of `opts` cannot be written with [`PixelOps::Fused`] (`config`: [`resolve_config`]'s), or
+/// `None` when it can.
+pub fn fused_pixel_ops_refusal(opts: &ExportOptions, config: &ModelConfig) -> Option<String> {
+    if opts.attention == AttentionMode::Onnx23 {
+        Some("--attention onnx23 exports standard ops only".to_string())
+    } else if linear_dtype(opts.precision) != DType::F32 {
+        Some(format!(
+            "the {} variant stores its linears in a 16-bit float; use an fp32-based one",
+            opts.precision
+        ))
+    } else if config.pit_adaln_post_modulation {
+        Some("the checkpoint's PiT blocks are post-modulation (4 chunks); the fused ops read 6".to_string())
+    } else {
+        None
+    }
+}
+
+/// The pixel ops an export writes: `opts.pixel_ops`, or with `opts.auto_pixel_ops` fused where the attention is
+/// the custom op and nothing refuses them, else standard (`config`: [`resolve_config`]'s).
+pub fn pixel_ops_of(opts: &ExportOptions, config: &ModelConfig) -> PixelOps {
+    if !opts.auto_pixel_ops {
+        opts.pixel_ops
+    } else if opts.attention == AttentionMode::Custom && fused_pixel_ops_refusal(opts, config).is_none() {
+        PixelOps::Fused
+    } else {
+        PixelOps::Standard
+    }
+}
+
+/// `opts` with its pixel ops chosen ([`pixel_ops_of`]) and `auto_pixel_ops` cleared, so that a later change of
+/// the precision (the quantizer builds bf16, int8 and fp8 variants from the fp32 graph) keeps the variant's
+/// choice.
+pub fn with_pixel_ops_chosen(opts: &ExportOptions, weights: &Weights) -> ExportOptions {
+    let mut o = opts.clone();
+    o.pixel_ops = pixel_ops_of(opts, &resolve_config(&opts.config, weights));
+    o.auto_pixel_ops = false;
+    o
+}
+
 /// Builds the graph of an export (no file is written).
 pub fn build_graph(opts: &ExportOptions, weights: &Weights) -> Result<Graph> {
     build_graph_and_report(opts, weights).map(|(g, _)| g)
@@ -192,24 +236,9 @@ pub fn build_graph_and_report(opts: &ExportOptions, weights: &Weights) -> Result
         opts.config.norm_eps as f32,
     );
     cx.patch_cut = opts.patch_cut;
-    cx.pixel_ops = opts.pixel_ops;
-    if opts.pixel_ops == PixelOps::Fused {
-        let reason = if opts.attention == AttentionMode::Onnx23 {
-            Some("--attention onnx23 exports standard ops only".to_string())
-        } else if linear_dtype(opts.precision) != DType::F32 {
-            Some(format!(
-                "the {} variant stores its linears in a 16-bit float; use an fp32-based one",
-                opts.precision
-            ))
-        } else if config.pit_adaln_post_modulation {
-            Some(
-                "the checkpoint's PiT blocks are post-modulation (4 chunks); the fused ops read 6"
-                    .to_string(),
-            )
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
+    cx.pixel_ops = pixel_ops_of(opts, &config);
+    if cx.pixel_ops == PixelOps::Fused {
+        if let Some(reason) = fused_pixel_ops_refusal(opts, &config) {
             return Err(ExportError::Unsupported(format!("fused pixel ops: {reason}")));
         }
     }
@@ -246,14 +275,15 @@ pub fn build_graph_and_report(opts: &ExportOptions, weights: &Weights) -> Result
 /// The metadata of an export, with the weight hash filled in by the writer; its config is
 /// [`resolve_config`]'s.
 pub fn metadata(opts: &ExportOptions, weights: &Weights, weights_sha256: &str) -> ModelMetadata {
+    let config = resolve_config(&opts.config, weights);
     ModelMetadata {
         format_version: META_FORMAT_VERSION,
-        config: resolve_config(&opts.config, weights),
+        pixel_ops: pixel_ops_of(opts, &config),
+        config,
         height: opts.height,
         width: opts.width,
         precision: opts.precision,
         attention: opts.attention,
-        pixel_ops: opts.pixel_ops,
         sampler: opts
             .sampler
             .clone()
