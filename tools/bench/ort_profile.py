@@ -27,7 +27,7 @@ else:
         s.run(None, feed)
     path = s.end_profiling()
 ev = json.load(open(path))
-by_op, by_node, runs = collections.Counter(), collections.Counter(), 0
+by_op, by_node, runs, run_ms = collections.Counter(), collections.Counter(), 0, []
 for e in ev:
     if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
         op = e["args"]["op_name"]
@@ -35,9 +35,12 @@ for e in ev:
         by_node[re.sub(r"\.\d+\.", ".*.", e["name"][:-12]), op] += e["dur"]
     if e.get("cat") == "Session" and e["name"] == "model_run":
         runs += 1
+        run_ms.append(e["dur"] / 1e3)
 runs = max(runs, 1)
 tot = sum(by_op.values())
 print(f"{path}: {runs} runs, total kernel time {tot / 1e3 / runs:.1f} ms per run")
+# Each run's wall time: the first run of a session pays one-time costs (arena growth, first touch of its buffers).
+print("runs (ms): " + ", ".join(f"{v:.0f}" for v in run_ms))
 for k, v in by_op.most_common(12):
     print(f"{k:<24} {v / 1e3 / runs:7.1f} ms/run {100 * v / tot:5.1f}%")
 print("-- top nodes (blocks folded)")
