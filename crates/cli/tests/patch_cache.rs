@@ -14,7 +14,7 @@ use pixeldit_runtime::io;
 use pixeldit_runtime::model::read_metadata;
 use pixeldit_runtime::patch_cache::{find_pixel_level, CachePolicy, CachedDenoiser, Reuse};
 use pixeldit_runtime::{CondRows, Conditions, Denoiser, SamplerConfig};
-use pixeldit_spec::{AttentionMode, ModelConfig, PatchCut, Precision};
+use pixeldit_spec::{AttentionMode, ModelConfig, PatchCut, PixelOps, Precision};
 use std::path::{Path, PathBuf};
 
 fn committed(preset: &str) -> PathBuf {
@@ -23,7 +23,14 @@ fn committed(preset: &str) -> PathBuf {
 
 /// Exports `preset` (committed weights) with the patch-level split at the tokens.
 fn export_split(dir: &Path, preset: &str, attention: AttentionMode, precision: Precision) -> PathBuf {
-    export_split_at(dir, preset, attention, precision, PatchCut::Tokens)
+    export_split_at(
+        dir,
+        preset,
+        attention,
+        precision,
+        PatchCut::Tokens,
+        PixelOps::Standard,
+    )
 }
 
 /// Exports `preset` (committed weights) with the patch-level split at `cut`.
@@ -33,6 +40,7 @@ fn export_split_at(
     attention: AttentionMode,
     precision: Precision,
     cut: PatchCut,
+    pixel_ops: PixelOps,
 ) -> PathBuf {
     let mut opts = ExportOptions::new(
         ModelConfig::preset(preset).unwrap(),
@@ -41,7 +49,8 @@ fn export_split_at(
     opts.attention = attention;
     opts.precision = precision;
     opts.patch_cut = Some(cut);
-    let path = dir.join(format!("{preset}_{attention}_{precision}_{cut}.onnx"));
+    opts.pixel_ops = pixel_ops;
+    let path = dir.join(format!("{preset}_{attention}_{precision}_{cut}_{pixel_ops}.onnx"));
     let quant = QuantConfig::for_precision(precision);
     export_variant(&opts, quant.as_ref(), &path, None)
         .unwrap_or_else(|e| panic!("export {preset} {attention} {precision}: {e:#}"));
@@ -103,39 +112,46 @@ fn composition_error(model: &Path, c: Candidate, opts: &LoadOptions) -> f64 {
 #[test]
 fn pixel_level_composes_to_the_whole_model() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cases: Vec<(&str, AttentionMode, Precision, PatchCut)> = Vec::new();
+    use AttentionMode::{Custom, Decomposed};
+    use PixelOps::{Fused, Standard};
+    let mut cases: Vec<(&str, AttentionMode, Precision, PatchCut, PixelOps)> = Vec::new();
     for a in AttentionMode::ALL {
-        cases.push(("digits", *a, Precision::Fp32, PatchCut::Tokens));
+        cases.push(("digits", *a, Precision::Fp32, PatchCut::Tokens, Standard));
     }
-    cases.push((
-        "digits-t2i",
-        AttentionMode::Custom,
-        Precision::Fp32,
-        PatchCut::Tokens,
-    ));
-    cases.push(("digits", AttentionMode::Custom, Precision::Int8, PatchCut::Tokens));
-    cases.push((
-        "digits",
-        AttentionMode::Decomposed,
-        Precision::Fp32,
-        PatchCut::Modulation,
-    ));
-    cases.push((
-        "digits-t2i",
-        AttentionMode::Custom,
-        Precision::Fp32,
-        PatchCut::Modulation,
-    ));
+    cases.extend([
+        ("digits-t2i", Custom, Precision::Fp32, PatchCut::Tokens, Standard),
+        ("digits", Custom, Precision::Int8, PatchCut::Tokens, Standard),
+        (
+            "digits",
+            Decomposed,
+            Precision::Fp32,
+            PatchCut::Modulation,
+            Standard,
+        ),
+        (
+            "digits-t2i",
+            Custom,
+            Precision::Fp32,
+            PatchCut::Modulation,
+            Standard,
+        ),
+        // Fused pixel ops (pixeldit-export's default with the custom attention op) in both graphs.
+        ("digits", Custom, Precision::Fp32, PatchCut::Tokens, Fused),
+        ("digits", Custom, Precision::Int8, PatchCut::Tokens, Fused),
+        ("digits-t2i", Custom, Precision::Fp32, PatchCut::Modulation, Fused),
+    ]);
     let mut failures = Vec::new();
-    for (preset, attention, precision, cut) in cases {
-        let model = export_split_at(dir.path(), preset, attention, precision, cut);
+    for (preset, attention, precision, cut, ops) in cases {
+        let model = export_split_at(dir.path(), preset, attention, precision, cut, ops);
         for (c, opts) in candidates("pixel_level_composes_to_the_whole_model") {
             let err = composition_error(&model, c, &opts);
             eprintln!(
-                "{preset} {attention} {precision} {cut} {c}: pixel level vs whole, relative L2 {err:.3e}"
+                "{preset} {attention} {precision} {cut} {ops} {c}: pixel level vs whole, relative L2 {err:.3e}"
             );
             if err.is_nan() || err >= 1e-6 {
-                failures.push(format!("{preset} {attention} {precision} {cut} {c}: {err:.3e}"));
+                failures.push(format!(
+                    "{preset} {attention} {precision} {cut} {ops} {c}: {err:.3e}"
+                ));
             }
         }
     }
