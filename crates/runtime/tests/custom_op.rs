@@ -110,3 +110,38 @@ fn ort_custom_op_matches_primitives_and_naive() {
         "ONNX Runtime's parallel-for left attention heads to the calling thread"
     );
 }
+
+/// Two sessions that share the environment's CPU arena (`shared_cpu_arena`, what the patch-level step cache's two
+/// models use), run in turns, give the results of sessions with their own arenas, bit for bit.
+#[test]
+fn ort_sessions_sharing_one_cpu_arena_match_private_ones() {
+    use pixeldit_runtime::backend::ort::{OrtBackend, OrtOptions};
+    let Some(lib) = need_ort("ort_sessions_sharing_one_cpu_arena_match_private_ones") else {
+        return;
+    };
+    let private = OrtOptions {
+        library: Some(lib),
+        threads: Some(2),
+        ..Default::default()
+    };
+    let shared = OrtOptions {
+        shared_cpu_arena: true,
+        ..private.clone()
+    };
+    let load = |name: &str, opts: &OrtOptions| OrtBackend::with_options(&fixture(name), opts).unwrap();
+    let (custom, prim) = ("rotary_attention_custom.onnx", "rotary_attention_primitives.onnx");
+    let (mut a, mut b) = (load(custom, &shared), load(prim, &shared));
+    let (mut want_a, mut want_b) = (load(custom, &private), load(prim, &private));
+    for batch in [8192, 3, 8192] {
+        let inp = inputs(batch);
+        let views: Vec<_> = inp.iter().map(|a| a.view()).collect();
+        for (name, got, want) in [(custom, &mut a, &mut want_a), (prim, &mut b, &mut want_b)] {
+            let got = got.run_f32(&views).unwrap();
+            let want = want.run_f32(&views).unwrap();
+            assert!(
+                got[0] == want[0],
+                "{name}, batch {batch}: shared-arena output differs"
+            );
+        }
+    }
+}

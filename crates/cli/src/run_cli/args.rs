@@ -188,6 +188,15 @@ pub(crate) struct SampleArgs {
 }
 
 impl SampleArgs {
+    /// The backend options of a sampling run: with the patch-level step cache, the whole model's and the pixel
+    /// level's ONNX Runtime sessions share one CPU arena (the pixel level's first forward then reuses memory the
+    /// whole model's forwards already touched).
+    pub(crate) fn load_options(&self, precision: Precision) -> LoadOptions {
+        let mut opts = self.backend.options(precision);
+        opts.ort_shared_arena = self.patch_cache.is_some() || self.patch_cache_threshold.is_some();
+        opts
+    }
+
     /// The patch-cache policy of the flags, checked (`None`: no cache).
     pub(crate) fn patch_cache(&self) -> pixeldit_runtime::Result<Option<CachePolicy>> {
         let policy = match (self.patch_cache, self.patch_cache_threshold) {

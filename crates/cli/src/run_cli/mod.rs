@@ -138,7 +138,7 @@ impl Target {
         a: &SampleArgs,
     ) -> Result<(pixeldit_runtime::Denoiser, ModelMetadata, Option<Candidate>)> {
         // The backend flags are checked even when a server runs the model.
-        let opts = a.backend.options(self.meta.precision);
+        let opts = a.load_options(self.meta.precision);
         let (backend, candidate) = match self.remote {
             Some(r) => {
                 crate::note!("pixeldit-run: using triton ({})", r.provider());

@@ -234,7 +234,7 @@ pub(super) fn run(a: &SampleArgs, target: Target) -> Result<()> {
     let (denoiser, meta, candidate) = target.open(a)?;
     let mut model = match (patch_cache, pixel_level, candidate) {
         (Some(policy), Some((path, split)), Some(candidate)) => {
-            let opts = a.backend.options(meta.precision);
+            let opts = a.load_options(meta.precision);
             let pixel = backend::load_candidate(&path, candidate, &opts, false)?;
             crate::note!(
                 "pixeldit-run: patch cache {policy}, pixel level {}",

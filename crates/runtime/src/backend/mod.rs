@@ -183,6 +183,9 @@ pub struct LoadOptions {
     pub ort_opt_level: Option<u8>,
     /// Let idle ONNX Runtime intra-op threads spin (`OrtOptions::intra_op_spinning`, default off).
     pub ort_spinning: bool,
+    /// ONNX Runtime CPU sessions share one arena (`OrtOptions::shared_cpu_arena`, default off; on for the two
+    /// models of the patch-level step cache).
+    pub ort_shared_arena: bool,
 }
 
 impl LoadOptions {

@@ -77,6 +77,11 @@ pub struct OrtOptions {
     /// logger that passes warnings and errors on to stderr) and report it in [`Backend::notes`]. On for CUDA and
     /// TensorRT by [`OrtOptions::from_load_options`].
     pub report_placement: bool,
+    /// CPU sessions allocate from one arena registered in the process's environment (`session.use_env_allocators`)
+    /// instead of each growing its own: sessions that run one after the other (the patch-level step cache's whole
+    /// model and pixel level) then reuse memory the other already touched, so the second one's first run does not
+    /// pay for growing and first-touching its own buffers again.
+    pub shared_cpu_arena: bool,
 }
 
 impl OrtOptions {
@@ -93,6 +98,7 @@ impl OrtOptions {
             intra_op_spinning: o.ort_spinning,
             device_id: 0,
             report_placement: provider != OrtProvider::Cpu,
+            shared_cpu_arena: o.ort_shared_arena,
         }
     }
 }
@@ -110,6 +116,7 @@ impl Default for OrtOptions {
             intra_op_spinning: false,
             device_id: 0,
             report_placement: false,
+            shared_cpu_arena: false,
         }
     }
 }
@@ -197,6 +204,34 @@ pub fn environment(library: Option<&Path>, search_dirs: &[PathBuf]) -> Result<(E
     Ok((env, path))
 }
 
+/// Set once the shared CPU arena of [`OrtOptions::shared_cpu_arena`] is registered in the environment.
+static SHARED_ARENA: Mutex<bool> = Mutex::new(false);
+
+/// Registers one CPU arena allocator in `env` (once per process), which sessions built with
+/// `with_env_allocators` share.
+fn register_shared_cpu_arena(env: &Environment) -> std::result::Result<(), ort::Error> {
+    use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+    use ort::AsPointer;
+    let mut done = SHARED_ARENA.lock().unwrap_or_else(|e| e.into_inner());
+    if *done {
+        return Ok(());
+    }
+    let mem = MemoryInfo::new(
+        AllocationDevice::CPU,
+        0,
+        AllocatorType::Arena,
+        MemoryType::Default,
+    )?;
+    // SAFETY: both pointers come from live ort objects; a null arena config selects ONNX Runtime's defaults; the
+    // returned status is owned and released by `result_from_status`.
+    let status =
+        unsafe { (ort::api().CreateAndRegisterAllocator)(env.ptr().cast_mut(), mem.ptr(), std::ptr::null()) };
+    // SAFETY: `status` was just returned by the C API.
+    unsafe { ort::Error::result_from_status(status) }?;
+    *done = true;
+    Ok(())
+}
+
 /// Whether the loaded library was compiled with the provider (`Ok(false)` for the CPU-only wheel). Needs a
 /// successful [`environment`] first.
 pub fn provider_compiled_in(provider: OrtProvider) -> Result<bool> {
@@ -278,6 +313,10 @@ impl OrtBackend {
         builder = builder
             .with_intra_op_spinning(opts.intra_op_spinning)
             .map_err(&e)?;
+        if opts.shared_cpu_arena && provider == OrtProvider::Cpu {
+            register_shared_cpu_arena(&env).map_err(simple)?;
+            builder = builder.with_env_allocators().map_err(&e)?;
+        }
         // Developer switch: ONNX Runtime's per-node profiler (tools/bench/ort_profile.py --json reads the file).
         if let Some(prefix) = std::env::var_os("PIXELDIT_ORT_PROFILE") {
             builder = builder.with_profiling(prefix).map_err(&e)?;
