@@ -716,6 +716,56 @@ mod tests {
         (num / den).sqrt()
     }
 
+    /// Deterministic inputs of both kernels for `n` rows of `p` pixels of `c` channels and an MLP of `hidden`, from
+    /// the seeds `seed..seed + 9`.
+    struct Case {
+        dims: (usize, usize, usize, usize),
+        x: Vec<f32>,
+        branch: Vec<f32>,
+        modulation: Vec<f32>,
+        bias: Vec<f32>,
+        norm_weight: Vec<f32>,
+        fc1: (Vec<f32>, Vec<f32>),
+        fc2: (Vec<f32>, Vec<f32>),
+    }
+
+    impl Case {
+        fn new((n, p, c, hidden): (usize, usize, usize, usize), seed: u32) -> Self {
+            Case {
+                dims: (n, p, c, hidden),
+                x: fill(n * p * c, seed),
+                branch: fill(n * p * c, seed + 1),
+                modulation: fill(n * p * CHUNKS * c, seed + 2),
+                bias: fill(p * CHUNKS * c, seed + 3),
+                norm_weight: fill(c, seed + 4).iter().map(|v| 1.0 + 0.5 * v).collect(),
+                fc1: (fill(hidden * c, seed + 5), fill(hidden, seed + 6)),
+                fc2: (fill(c * hidden, seed + 7), fill(c, seed + 8)),
+            }
+        }
+
+        fn modulation(&self) -> PixelModulation<'_> {
+            let (rows, pixels, channels, _) = self.dims;
+            PixelModulation {
+                rows,
+                pixels,
+                channels,
+                modulation: &self.modulation,
+                bias: &self.bias,
+                norm_weight: &self.norm_weight,
+                epsilon: 1e-6,
+            }
+        }
+
+        fn mlp(&self) -> PixelMlp<'_> {
+            PixelMlp {
+                fc1_weight: &self.fc1.0,
+                fc1_bias: &self.fc1.1,
+                fc2_weight: &self.fc2.0,
+                fc2_bias: &self.fc2.1,
+            }
+        }
+    }
+
     /// Both kernels against the f64 contract, at the presets' shape (C 16, hidden 64: the AVX-512 path where the
     /// CPU has it) and an odd one (the generic path), on one thread and on scoped threads.
     #[test]
@@ -726,38 +776,19 @@ mod tests {
             (3, 5, 16, 64),
             (3, 5, 6, 10),
         ] {
-            let x = fill(n * p * c, 1);
-            let branch = fill(n * p * c, 2);
-            let modulation = fill(n * p * CHUNKS * c, 3);
-            let bias = fill(p * CHUNKS * c, 4);
-            let norm_weight: Vec<f32> = fill(c, 5).iter().map(|v| 1.0 + 0.5 * v).collect();
-            let (fc1_weight, fc1_bias) = (fill(hidden * c, 6), fill(hidden, 7));
-            let (fc2_weight, fc2_bias) = (fill(c * hidden, 8), fill(c, 9));
-            let m = PixelModulation {
-                rows: n,
-                pixels: p,
-                channels: c,
-                modulation: &modulation,
-                bias: &bias,
-                norm_weight: &norm_weight,
-                epsilon: 1e-6,
-            };
-            let mlp = PixelMlp {
-                fc1_weight: &fc1_weight,
-                fc1_bias: &fc1_bias,
-                fc2_weight: &fc2_weight,
-                fc2_bias: &fc2_bias,
-            };
-            let (want_xn, want_y) = reference(&m, &x, &branch, &mlp);
+            let case = Case::new((n, p, c, hidden), 1);
+            let (x, branch) = (&case.x, &case.branch);
+            let (m, mlp) = (case.modulation(), case.mlp());
+            let (want_xn, want_y) = reference(&m, x, branch, &mlp);
             let mut xn = vec![0f32; x.len()];
-            pixel_modulate(&m, &x, Threads::Own, &mut xn).unwrap();
+            pixel_modulate(&m, x, Threads::Own, &mut xn).unwrap();
             assert!(
                 rel_l2(&xn, &want_xn) < 1e-6,
                 "PixelModulate {n}x{p}x{c}: {}",
                 rel_l2(&xn, &want_xn)
             );
             let mut y = vec![0f32; x.len()];
-            pixel_gated_mlp(&m, &x, &branch, &mlp, Threads::Own, &mut y).unwrap();
+            pixel_gated_mlp(&m, x, branch, &mlp, Threads::Own, &mut y).unwrap();
             assert!(
                 rel_l2(&y, &want_y) < 1e-6,
                 "PixelGatedMlp {n}x{p}x{c}: {}",
@@ -788,56 +819,37 @@ mod tests {
             modulate_rows_fixed(m, x, 0..m.rows, 16, out)
         }
 
-        let (n, p, c, hidden) = (3usize, 5usize, 16usize, 64usize);
-        let x = fill(n * p * c, 11);
-        let branch = fill(n * p * c, 12);
-        let modulation = fill(n * p * CHUNKS * c, 13);
-        let bias = fill(p * CHUNKS * c, 14);
-        let norm_weight: Vec<f32> = fill(c, 15).iter().map(|v| 1.0 + 0.5 * v).collect();
-        let (fc1_weight, fc1_bias) = (fill(hidden * c, 16), fill(hidden, 17));
-        let (fc2_weight, fc2_bias) = (fill(c * hidden, 18), fill(c, 19));
-        let m = PixelModulation {
-            rows: n,
-            pixels: p,
-            channels: c,
-            modulation: &modulation,
-            bias: &bias,
-            norm_weight: &norm_weight,
-            epsilon: 1e-6,
-        };
-        let mlp = PixelMlp {
-            fc1_weight: &fc1_weight,
-            fc1_bias: &fc1_bias,
-            fc2_weight: &fc2_weight,
-            fc2_bias: &fc2_bias,
-        };
-        let (want_xn, want_y) = reference(&m, &x, &branch, &mlp);
+        let (n, c, hidden) = (3usize, 16usize, 64usize);
+        let case = Case::new((n, 5, c, hidden), 11);
+        let (x, branch) = (&case.x, &case.branch);
+        let (m, mlp) = (case.modulation(), case.mlp());
+        let (want_xn, want_y) = reference(&m, x, branch, &mlp);
         let (fc1_t, fc2_t) = input_major(&mlp, c, hidden);
         let w = MlpWeights {
             fc1_t: &fc1_t,
-            fc1_bias: &fc1_bias,
+            fc1_bias: mlp.fc1_bias,
             fc2_t: &fc2_t,
-            fc2_bias: &fc2_bias,
+            fc2_bias: mlp.fc2_bias,
         };
         let check = |what: &str, got: &[f32], want: &[f64]| {
             let err = rel_l2(got, want);
             assert!(err < 1e-6, "{what}: relative L2 {err}");
         };
         let mut y = vec![0f32; x.len()];
-        gated_mlp_rows_fixed(&m, &x, &branch, &w, 0..n, (c, hidden), &mut y);
+        gated_mlp_rows_fixed(&m, x, branch, &w, 0..n, (c, hidden), &mut y);
         check("gated MLP, baseline", &y, &want_y);
-        gated_mlp_rows_portable(&m, &x, &branch, &w, 0..n, (c, hidden), &mut y);
+        gated_mlp_rows_portable(&m, x, branch, &w, 0..n, (c, hidden), &mut y);
         check("gated MLP, dispatched portable loops", &y, &want_y);
         let mut xn = vec![0f32; x.len()];
-        modulate_rows_fixed(&m, &x, 0..n, c, &mut xn);
+        modulate_rows_fixed(&m, x, 0..n, c, &mut xn);
         check("modulation, baseline", &xn, &want_xn);
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            unsafe { gated_avx2(&m, &x, &branch, &w, &mut y) };
+            unsafe { gated_avx2(&m, x, branch, &w, &mut y) };
             check("gated MLP, AVX2 + FMA", &y, &want_y);
             // SAFETY: as above.
-            unsafe { modulate_avx2(&m, &x, &mut xn) };
+            unsafe { modulate_avx2(&m, x, &mut xn) };
             check("modulation, AVX2 + FMA", &xn, &want_xn);
         }
     }
