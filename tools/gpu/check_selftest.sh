@@ -58,7 +58,9 @@ else
   bad "reassemble: $(cat "$tmp/err")"
 fi
 cp "$tmp/bundle/pixeldit-gpu.tgz.part-001" "$tmp/saved"
-printf 'X' | dd of="$tmp/bundle/pixeldit-gpu.tgz.part-001" bs=1 seek=10 conv=notrunc 2>/dev/null
+# Flip every bit of byte 10 (writing a fixed byte would be a no-op when the piece already holds it).
+"$PYTHON" -c 'import sys; p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[10] ^= 0xFF; open(p, "wb").write(b)' \
+  "$tmp/bundle/pixeldit-gpu.tgz.part-001"
 expect_fail "reassemble: corrupt piece refused" "pixeldit-gpu.tgz.part-001: FAILED" reassemble "$tmp/bundle" "$tmp/out2"
 mv "$tmp/saved" "$tmp/bundle/pixeldit-gpu.tgz.part-001"
 mv "$tmp/bundle/pixeldit-gpu.tgz.part-002" "$tmp/saved"
