@@ -119,8 +119,8 @@ pub struct AccuracyReport {
 /// One patch-cache setting (or the fewer-steps baseline) against the uncached samples of the same variant.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CacheRow {
-    /// `every 2`, `threshold 0.3` (with the reuse rule), or `fewer steps` (uncached, about the FLOPs of the row
-    /// before it).
+    /// `1 in 2, front-loaded`, `threshold 0.3` (with the reuse rule), or `fewer steps` (uncached, about the FLOPs
+    /// of the row before it).
     pub setting: String,
     /// Sampler steps.
     pub steps: usize,
@@ -138,10 +138,12 @@ pub struct CacheRow {
     pub psnr_min_db: f64,
 }
 
-/// The settings of the report's cache rows: `--patch-cache 2`, `3` and the threshold.
-pub const CACHE_SETTINGS: [CachePolicy; 3] = [
+/// The settings of the report's cache rows: `--patch-cache 2` (front-loaded, the default schedule, and every 2nd
+/// forward), `3` and the threshold.
+pub const CACHE_SETTINGS: [CachePolicy; 4] = [
+    CachePolicy::FrontLoaded(2),
     CachePolicy::Every(2),
-    CachePolicy::Every(3),
+    CachePolicy::FrontLoaded(3),
     CachePolicy::Threshold(0.25),
 ];
 

@@ -151,7 +151,12 @@ fn onnxruntime_repository() {
             && pcfg.contains("string_value: \"pixeldit_tiny_pixel\""),
         "{pcfg}"
     );
-    for input in ["patch_cache", "patch_cache_threshold", "patch_cache_reuse"] {
+    for input in [
+        "patch_cache",
+        "patch_cache_threshold",
+        "patch_cache_reuse",
+        "patch_cache_schedule",
+    ] {
         assert!(
             pcfg.contains(&format!("name: \"{input}\"")),
             "{input} not in\n{pcfg}"

@@ -73,6 +73,7 @@ _FIELDS = [
     ("patch_cache", "patch_cache", 1, lambda a: int(a[0])),
     ("patch_cache_threshold", "patch_cache_threshold", 1, lambda a: _number(a[0])),
     ("patch_cache_reuse", "patch_cache_reuse", 1, _text),
+    ("patch_cache_schedule", "patch_cache_schedule", 1, _text),
     ("height", "height", 1, lambda a: int(a[0])),
     ("width", "width", 1, lambda a: int(a[0])),
 ]

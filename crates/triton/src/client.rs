@@ -100,13 +100,15 @@ pub struct PipelineRequest {
     pub interval: Option<(f64, f64)>,
     /// Time shift.
     pub shift: Option<f64>,
-    /// Patch-level step cache: the whole model at every N-th forward (sent as INT32; values past `i32::MAX`, which
+    /// Patch-level step cache: the whole model at one forward in N (sent as INT32; values past `i32::MAX`, which
     /// no sampler reaches in forwards, are sent as `i32::MAX`).
     pub patch_cache: Option<usize>,
     /// Adaptive patch-level step cache threshold (sent as FP32).
     pub patch_cache_threshold: Option<f64>,
     /// With a patch cache: `extrapolate` or `hold`.
     pub patch_cache_reuse: Option<String>,
+    /// With `patch_cache`: `front` or `uniform`.
+    pub patch_cache_schedule: Option<String>,
     /// Image height (a dynamic-size model's pipeline only).
     pub height: Option<usize>,
     /// Image width (a dynamic-size model's pipeline only).
@@ -497,6 +499,9 @@ impl TritonModel {
         }
         if let Some(v) = &r.patch_cache_reuse {
             inputs.push(InferInput::json("patch_cache_reuse", "BYTES", one(), text(v)));
+        }
+        if let Some(v) = &r.patch_cache_schedule {
+            inputs.push(InferInput::json("patch_cache_schedule", "BYTES", one(), text(v)));
         }
         let header = InferRequest {
             inputs,

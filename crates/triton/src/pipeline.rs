@@ -8,8 +8,9 @@
 //! BYTES [1] (text-to-image), `seed` UINT64 [1]; optional `index` UINT64 [1] (position in the seed's noise stream),
 //! `steps` INT32 [1], `cfg` FP32 [1], `sampler` BYTES [1] (class-conditional), `interval` FP32 [2], `shift` FP32 [1],
 //! and the patch-level step cache (`pixeldit-run --patch-cache`): `patch_cache` INT32 [1] (N >= 1) or
-//! `patch_cache_threshold` FP32 [1] (> 0), with `patch_cache_reuse` BYTES [1] (`extrapolate` or `hold`). Outputs:
-//! `image` UINT8 [3, H, W], `x` FP32 [C, H, W].
+//! `patch_cache_threshold` FP32 [1] (> 0), with `patch_cache_reuse` BYTES [1] (`extrapolate` or `hold`) and, with
+//! `patch_cache`, `patch_cache_schedule` BYTES [1] (`front` or `uniform`). Outputs: `image` UINT8 [3, H, W], `x` FP32
+//! [C, H, W].
 //!
 //! Cached requests run the denoiser (which then also outputs `patch_tokens`) on full forwards and the pixel-level
 //! model `<denoiser>_pixel` ([`crate::config::pixel_model_name`]) in between; a repository exported with
@@ -207,6 +208,7 @@ pub fn pipeline_config(
         input("patch_cache", DataType::TypeInt32, vec![1], true),
         input("patch_cache_threshold", DataType::TypeFp32, vec![1], true),
         input("patch_cache_reuse", DataType::TypeString, vec![1], true),
+        input("patch_cache_schedule", DataType::TypeString, vec![1], true),
     ]);
     if meta.dynamic.is_some() {
         inputs.extend([
@@ -317,7 +319,8 @@ fn pipeline_readme(
          same code as pixeldit-run) and sends every network forward to {denoiser} as a BLS request.\n\
          Inputs: {conditions}, seed UINT64 [1]; optional index UINT64 [1], steps INT32 [1], cfg FP32 [1],\n\
          sampler BYTES [1] (class-conditional), interval FP32 [2], shift FP32 [1], patch_cache INT32 [1] or\n\
-         patch_cache_threshold FP32 [1] with patch_cache_reuse BYTES [1] (patch-level step cache{cache}).\n\
+         patch_cache_threshold FP32 [1] with patch_cache_reuse BYTES [1] and patch_cache_schedule BYTES [1]\n\
+         (patch-level step cache{cache}).\n\
          Outputs: image UINT8 [3,H,W], x FP32 [C,H,W].\n\
          Example: curl -X POST localhost:8000/v2/models/{name}/infer -d \
          '{{\"inputs\":[{{\"name\":\"class\",\"datatype\":\"INT64\",\"shape\":[1],\"data\":[3]}},\

@@ -51,6 +51,7 @@ impl Source {
             patch_cache_threshold: a.patch_cache_threshold,
             patch_cache_reuse: (a.patch_cache.is_some() || a.patch_cache_threshold.is_some())
                 .then(|| a.patch_cache_reuse.to_string()),
+            patch_cache_schedule: a.patch_cache.map(|_| a.patch_cache_schedule.to_string()),
             height: size.map(|s| s.height),
             width: size.map(|s| s.width),
             ..Default::default()

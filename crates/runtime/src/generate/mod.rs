@@ -35,9 +35,9 @@ pub const MAX_NOISE_INDEX: u64 = 1024;
 
 /// A model the samplers can integrate: the velocity `v = x0 - noise` at `time` for a batch of condition rows.
 pub trait VelocityModel {
-    /// Called by [`generate`] before the first forward of a request (a model with per-request state, such as
-    /// [`crate::patch_cache::CachedDenoiser`], resets it here).
-    fn begin(&mut self) {}
+    /// Called by [`generate`] before the first of the request's `forwards` forwards (a model with per-request
+    /// state, such as [`crate::patch_cache::CachedDenoiser`], resets it here).
+    fn begin(&mut self, _forwards: usize) {}
     /// One forward: `x [B,C,H,W]` at `time` with `cond` (B rows) -> `v [B,C,H,W]`.
     fn velocity(&mut self, x: ArrayView4<f32>, time: Time, cond: CondRows<'_>) -> Result<Array4<f32>>;
 }
@@ -176,7 +176,7 @@ pub fn generate(
         return Err(RuntimeError::InvalidArgument("no images requested".into()));
     }
     let noise = req.noise.draw(k, req.image)?;
-    model.begin();
+    model.begin(cfg.steps * cfg.kind.sampler().calls_per_step());
     let guidance = cfg.cfg_scale != 1.0;
     if guidance && !req.conditions.has_negative() {
         return Err(RuntimeError::InvalidArgument(format!(
@@ -263,6 +263,43 @@ mod tests {
                 height: 1,
                 width: 1,
             },
+        }
+    }
+
+    /// Counts the forwards `begin` announces and the forwards that run.
+    struct Counting {
+        announced: Option<usize>,
+        ran: usize,
+    }
+
+    impl VelocityModel for Counting {
+        fn begin(&mut self, forwards: usize) {
+            self.announced = Some(forwards);
+            self.ran = 0;
+        }
+        fn velocity(&mut self, x: ArrayView4<f32>, _: Time, _: CondRows<'_>) -> Result<Array4<f32>> {
+            self.ran += 1;
+            Ok(Array4::zeros(x.raw_dim()))
+        }
+    }
+
+    /// The patch cache's front-loaded schedule is planned from the count `begin` announces.
+    #[test]
+    fn begin_announces_the_forwards_every_sampler_runs() {
+        for kind in SamplerKind::ALL {
+            for steps in [2, 3, 7] {
+                let mut model = Counting {
+                    announced: None,
+                    ran: 0,
+                };
+                let req = request(
+                    Conditions::classes(vec![1], 10),
+                    config(kind, steps, 1.0, (0.0, 1.0), 1.0),
+                );
+                let out = generate(&mut model, &req, &mut |_| {}).unwrap();
+                assert_eq!(model.announced, Some(model.ran), "{kind} {steps} steps");
+                assert_eq!(out.forwards, model.ran);
+            }
         }
     }
 

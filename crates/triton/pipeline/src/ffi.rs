@@ -626,10 +626,18 @@ mod tests {
                 r#"{"class": 1, "patch_cache_reuse": "hold"}"#,
                 "patch_cache_reuse needs patch_cache or patch_cache_threshold",
             ),
+            (
+                r#"{"class": 1, "patch_cache": 2, "patch_cache_schedule": "back"}"#,
+                "patch cache schedule 'back': expected front or uniform",
+            ),
+            (
+                r#"{"class": 1, "patch_cache_threshold": 0.5, "patch_cache_schedule": "uniform"}"#,
+                "patch_cache_schedule needs patch_cache",
+            ),
             // A model exported without the split (--no-patch-split): cached requests are refused before any forward.
             (
                 r#"{"class": 1, "patch_cache": 2}"#,
-                "patch cache (every 2) requested, but tiny has no patch-level split",
+                "patch cache (1 in 2, front-loaded) requested, but tiny has no patch-level split",
             ),
         ] {
             let (rc, msg, _) = generate(req);

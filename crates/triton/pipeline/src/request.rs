@@ -2,7 +2,7 @@
 
 use crate::{PipelineError, Result};
 use pixeldit_runtime::generate::MAX_STEPS;
-use pixeldit_runtime::patch_cache::{CachePolicy, Reuse};
+use pixeldit_runtime::patch_cache::{CachePolicy, Reuse, Schedule};
 use pixeldit_runtime::{SamplerConfig, SamplerKind, SamplerOverrides};
 use pixeldit_spec::ModelMetadata;
 use serde::Deserialize;
@@ -39,7 +39,7 @@ pub struct Request {
     /// Time shift.
     #[serde(default, deserialize_with = "float::f64")]
     pub shift: Option<f64>,
-    /// Patch-level step cache: the whole model at every N-th forward, the pixel level alone in between
+    /// Patch-level step cache: the whole model at one forward in N, the pixel level alone in between
     /// (`pixeldit-run --patch-cache N`).
     pub patch_cache: Option<i64>,
     /// Adaptive patch-level step cache (`pixeldit-run --patch-cache-threshold X`); not with `patch_cache`.
@@ -47,6 +47,9 @@ pub struct Request {
     pub patch_cache_threshold: Option<f64>,
     /// What cached forwards use: `extrapolate` (default) or `hold` (`pixeldit-run --patch-cache-reuse`).
     pub patch_cache_reuse: Option<String>,
+    /// Where `patch_cache`'s whole forwards go: `front` (default) or `uniform` (`pixeldit-run
+    /// --patch-cache-schedule`).
+    pub patch_cache_schedule: Option<String>,
     /// Image height in pixels (a dynamic-size model: a multiple of 16 in its range; a static one: its own size).
     pub height: Option<u64>,
     /// Image width in pixels (as `height`).
@@ -68,6 +71,7 @@ pub const FIELDS: &[&str] = &[
     "patch_cache",
     "patch_cache_threshold",
     "patch_cache_reuse",
+    "patch_cache_schedule",
     "height",
     "width",
 ];
@@ -186,6 +190,9 @@ impl Request {
     /// decimal of that f32 (see `model.py`) and is read as f64, as `pixeldit-run` reads the same decimal.
     pub fn patch_cache(&self) -> Result<Option<(CachePolicy, Reuse)>> {
         let bad = |m: String| PipelineError::Request(m);
+        if self.patch_cache_schedule.is_some() && self.patch_cache.is_none() {
+            return Err(bad("patch_cache_schedule needs patch_cache".into()));
+        }
         let policy = match (self.patch_cache, self.patch_cache_threshold) {
             (Some(_), Some(_)) => {
                 return Err(bad(
@@ -198,7 +205,13 @@ impl Request {
                         "patch_cache {n}: expected N >= 1 (1 recomputes the patch level at every forward)"
                     )));
                 }
-                Some(CachePolicy::Every(usize::try_from(n).unwrap_or(usize::MAX)))
+                let schedule = match self.patch_cache_schedule.as_deref() {
+                    None => Schedule::default(),
+                    Some(s) => s
+                        .parse()
+                        .map_err(|e: pixeldit_runtime::RuntimeError| bad(e.to_string()))?,
+                };
+                Some(schedule.policy(usize::try_from(n).unwrap_or(usize::MAX)))
             }
             (None, Some(x)) => {
                 if !(x.is_finite() && x > 0.0) {
