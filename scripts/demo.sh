@@ -85,9 +85,9 @@ demo_model() {
   .venv/bin/python tools/demo_report.py "$dir" --model "$model"
 }
 
-# demo_cache MODEL DIR RUN_ARGS: the patch-level step cache on the fp32 and int8 exports (CPU backends): N = 2, 3
-# and a threshold, each next to the uncached sampler with about the same FLOPs (fewer steps); demo_report.py puts
-# them in the report's "Patch-level step cache" table.
+# demo_cache MODEL DIR RUN_ARGS: the patch-level step cache on the fp32 and int8 exports (CPU backends): N = 2
+# (front-loaded, the default, and uniform), 3 and a threshold, each next to the uncached sampler with about the same
+# FLOPs (fewer steps); demo_report.py puts them in the report's "Patch-level step cache" table.
 demo_cache() {
   local model=$1 dir=$2 run_args=$3 p b setting run steps
   mkdir -p "$dir/runs/cache"
@@ -97,9 +97,10 @@ demo_cache() {
     for b in $backends; do
       case $b in ort-cpu | tract) ;; *) continue ;; esac
       backend_args "$b"
-      for setting in cache2 cache3 threshold0.25; do
+      for setting in cache2 uniform2 cache3 threshold0.25; do
         case $setting in
           cache*) flags=(--patch-cache "${setting#cache}") ;;
+          uniform*) flags=(--patch-cache "${setting#uniform}" --patch-cache-schedule uniform) ;;
           threshold*) flags=(--patch-cache-threshold "${setting#threshold}") ;;
         esac
         run="$dir/runs/cache/${model}_${p}_${b}_$setting"

@@ -7,7 +7,7 @@ Reads what demo.sh left in OUT_DIR:
 * ``runs/digits_<variant>_<backend>.json``: ``pixeldit-run --report-json`` (backend, provider, precision,
   ms/step, ...), ``runs/digits_<variant>_<backend>.npy``: the raw final x (``--save-raw``),
 * ``runs/cache/digits_<variant>_<backend>_<setting>.{png,json}``: the patch-level step cache (``cache2``,
-  ``cache3``, ``threshold0.25``) and the uncached sampler with about the same FLOPs (``steps<N>``), reported in a
+  ``uniform2``, ``cache3``, ``threshold0.25``) and the uncached sampler with about the same FLOPs (``steps<N>``), reported in a
   "Patch-level step cache" table against the uncached images of the same variant and backend,
 * ``runs/digits_<variant>_<backend>.failed`` / ``runs/digits_<variant>.export-failed``: logs of runs that failed,
 

@@ -11,8 +11,9 @@
 //! the flow time of the generation API (`sigma = 1 - t` for text-to-image models).
 //!
 //! * **patch cache** (variants exported with the patch-level split): the variant's own uncached samples against
-//!   its samples with `--patch-cache 2`, `3` and a threshold, and against the uncached sampler with fewer steps of
-//!   about the same FLOPs (the baseline a cache must beat): PSNR, FLOPs relative to the uncached run, ms per image.
+//!   its samples with `--patch-cache 2` (front-loaded and uniform), `3` and a threshold, and against the uncached
+//!   sampler with fewer steps of about the same FLOPs (the baseline a cache must beat): PSNR, FLOPs relative to the
+//!   uncached run, ms per image.
 //!
 //! Evaluation seeds default to 100, 101, apart from the calibration seeds (0, 1). The default times stop at 0.95:
 //! the sampler never evaluates the network at t = 1 (its last step starts at 1 - 1/N), and there `v` is

@@ -215,6 +215,39 @@ fn triton_pipeline_serves_one_image_per_request() {
         read_png(&d.join("t_local.png")),
         "pixeldit-run --triton --patch-cache-threshold 0.3 differs from the local run"
     );
+    // The uniform schedule is sent as `patch_cache_schedule` and served as it runs locally (and differs from the
+    // default front-loaded one).
+    let uniform = [
+        "--class",
+        "3",
+        "--seed",
+        "0",
+        "--patch-cache",
+        "2",
+        "--patch-cache-schedule",
+        "uniform",
+    ];
+    let out = run(bin()
+        .args(["--triton", &server.url, "--model", MODEL])
+        .args(uniform)
+        .args(["-o", &png("u_served.png")]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(local_run(
+        &local_onnx,
+        &[&uniform[..], &["-q", "-o", &png("u_local.png")]].concat()
+    )
+    .status
+    .success());
+    let served_uniform = read_png(&d.join("u_served.png"));
+    assert_eq!(
+        served_uniform,
+        read_png(&d.join("u_local.png")),
+        "pixeldit-run --triton --patch-cache 2 --patch-cache-schedule uniform differs from the local run"
+    );
+    assert_ne!(
+        served_uniform, cached_rgb,
+        "the uniform schedule served the front-loaded image"
+    );
     // The client-driven loop runs whole forwards: a cache flag there is refused, saying why.
     let out = run(bin()
         .args(["--triton", &server.url, "--model", MODEL, "--triton-step-wise"])
