@@ -8,6 +8,8 @@
 #   STEPS=6 ROUNDS=2 BACKENDS=ort MODELS=B tools/bench/patch_cache.sh
 #   SPLIT=modulation tools/bench/patch_cache.sh       # the export's --patch-split (default tokens)
 #   PIXEL_OPS=fused tools/bench/patch_cache.sh        # the export's --pixel-ops (default standard)
+#   SETTINGS="off cache2 uniform2" tools/bench/patch_cache.sh   # cacheN: --patch-cache N (front-loaded schedule),
+#                                                     # uniformN: --patch-cache-schedule uniform, thresholdX
 #   CONFIGS="tokens:standard tokens:fused modulation:fused" tools/bench/patch_cache.sh
 #                                                     # several exports (split:pixel-ops), interleaved per round
 set -euo pipefail
@@ -79,6 +81,7 @@ for round in $(seq 1 "$rounds"); do
         case $setting in
           off) flags=() ;;
           cache*) flags=(--patch-cache "${setting#cache}") ;;
+          uniform*) flags=(--patch-cache "${setting#uniform}" --patch-cache-schedule uniform) ;;
           threshold*) flags=(--patch-cache-threshold "${setting#threshold}") ;;
         esac
         echo "== round $round: $model$tag $backend $setting" >&2
