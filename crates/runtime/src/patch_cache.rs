@@ -4,7 +4,8 @@
 //! outputs the tensor at the cut (by default the patch tokens `s` before `SiLU(t_emb + s)`), and the pixel level
 //! alone (`<model>.pixel.onnx`), which takes that tensor with `x` (and `t`) and returns the velocity.
 //! [`CachedDenoiser`] runs the whole model on *full* forwards, keeps the cut tensor, and on the other forwards runs
-//! only the pixel level on the kept tensor. When to run a full forward is the [`CachePolicy`]; it counts model
+//! only the pixel level on the kept tensor. When to run a full forward is the [`CachePolicy`] (by default
+//! [`CachePolicy::FrontLoaded`]: dense in the first steps, where the patch tokens change fastest); it counts model
 //! evaluations (forwards), so samplers with several evaluations per step (Heun, DPM-Solver++) follow the same
 //! rule. A forward whose condition rows differ from the kept ones (e.g. the text-to-image batch growing from K to
 //! 2K rows when the guidance interval starts) is always a full forward: each CFG branch reuses only its own rows.
@@ -143,7 +144,8 @@ pub enum Reuse {
     Hold,
     /// Linear extrapolation in flow time from the last two whole forwards with the same rows,
     /// `s1 + (s1 - s0) (t - t1) / (t1 - t0)` (held while there is only one): on `digits`, `--patch-cache 2` gives
-    /// 32.8 dB against the uncached images instead of 30.2 dB for holding, at the same cost.
+    /// 43.3 dB against the uncached images instead of 34.4 dB for holding (front-loaded; uniform: 32.8 vs 30.2 dB),
+    /// at the same cost.
     #[default]
     Extrapolate,
 }
