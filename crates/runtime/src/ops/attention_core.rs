@@ -281,9 +281,18 @@ mod avx512 {
                 && sc.kt.len() >= s * dh
                 && sc.logits.len() >= logits_len(s)
         );
-        for (j, row) in sc.k[..s * dh].chunks_exact(dh).enumerate() {
-            for (d, &v) in row.iter().enumerate() {
-                sc.kt[d * s + j] = v;
+        for j0 in (0..s).step_by(16) {
+            for d0 in (0..dh).step_by(16) {
+                // SAFETY: rows j0..j0+16 <= s of the [S, Dh] k and rows d0..d0+16 <= dh of the [Dh, S] kt, both
+                // inside their buffers (asserted above).
+                unsafe {
+                    transpose_16x16(
+                        sc.k.as_ptr().add(j0 * dh + d0),
+                        dh,
+                        sc.kt.as_mut_ptr().add(d0 * s + j0),
+                        s,
+                    )
+                };
             }
         }
         for start in (0..s).step_by(QUERY_BLOCK) {
@@ -306,14 +315,75 @@ mod avx512 {
         }
     }
 
-    /// `c [m, n] = alpha * a [m, k] b [k, n]`, all row-major and dense, `n` a multiple of 16: blocks of 4 rows x 64
-    /// columns (16 accumulators: 4 loads and 4 broadcasts per 16 FMAs; 1-row and 16-column blocks at the edges).
+    /// Writes the transpose of the 16 x 16 block at `src` (rows `src_stride` floats apart) to `dst` (rows
+    /// `dst_stride` apart), in registers: unpack 32-bit, unpack 64-bit, then two 128-bit lane shuffles. This
+    /// replaced a scalar strided loop that took about a quarter of the attention op's time on B@256.
+    ///
+    /// # Safety
+    /// `src` and `dst` point at 16 rows of 16 readable / writable floats at their strides.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose_16x16(
+        src: *const f32,
+        src_stride: usize,
+        dst: *mut f32,
+        dst_stride: usize,
+    ) {
+        let mut r = [_mm512_setzero_ps(); 16];
+        for (i, x) in r.iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(src.add(i * src_stride));
+        }
+        // Pairs of rows interleaved per 128-bit lane: t[2i] = (r[2i][0], r[2i+1][0], r[2i][1], r[2i+1][1]) per lane.
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        // Four rows per lane: u[4g + c] holds rows 4g..4g+4 of columns c, c+4, c+8, c+12 (one per lane).
+        let mut u = [_mm512_setzero_ps(); 16];
+        for g in 0..4 {
+            let b = 4 * g;
+            let pd = |x: __m512| _mm512_castps_pd(x);
+            u[b] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[b]), pd(t[b + 2])));
+            u[b + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[b]), pd(t[b + 2])));
+            u[b + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[b + 1]), pd(t[b + 3])));
+            u[b + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[b + 1]), pd(t[b + 3])));
+        }
+        // Eight rows: v[8h + 2c] holds rows 8h..8h+8 of columns c and c+8, v[8h + 2c + 1] of c+4 and c+12.
+        let mut v = [_mm512_setzero_ps(); 16];
+        for h in 0..2 {
+            for c in 0..4 {
+                let (a, b) = (u[8 * h + c], u[8 * h + 4 + c]);
+                v[8 * h + 2 * c] = _mm512_shuffle_f32x4::<0x88>(a, b);
+                v[8 * h + 2 * c + 1] = _mm512_shuffle_f32x4::<0xdd>(a, b);
+            }
+        }
+        // All sixteen rows of one column each.
+        for c in 0..4 {
+            for half in 0..2 {
+                let (a, b) = (v[2 * c + half], v[8 + 2 * c + half]);
+                let col = c + 4 * half;
+                _mm512_storeu_ps(dst.add(col * dst_stride), _mm512_shuffle_f32x4::<0x88>(a, b));
+                _mm512_storeu_ps(
+                    dst.add((col + 8) * dst_stride),
+                    _mm512_shuffle_f32x4::<0xdd>(a, b),
+                );
+            }
+        }
+    }
+
+    /// `c [m, n] = alpha * a [m, k] b [k, n]`, all row-major and dense, `n` a multiple of 16: blocks of 6 rows x 64
+    /// columns (24 accumulators: 4 loads and 6 broadcasts per 24 FMAs, and each pass over `b` serves 6 rows; 4- and
+    /// 1-row, 16-column blocks at the edges). Every element is the same sequence of FMAs whatever its block.
     #[target_feature(enable = "avx512f")]
     fn gemm(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize, alpha: f32) {
         assert!(n.is_multiple_of(16) && a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
         let mut r = 0;
         while r < m {
-            let rows = if m - r >= 4 { 4 } else { 1 };
+            let rows = match m - r {
+                6.. => 6,
+                4..=5 => 4,
+                _ => 1,
+            };
             let mut col = 0;
             while col < n {
                 let width = if n - col >= 64 { 64 } else { 16 };
@@ -321,6 +391,8 @@ mod avx512 {
                 // floats (asserted above).
                 unsafe {
                     match (rows, width) {
+                        (6, 64) => block::<6, 4>(a, b, c, r, col, k, n, alpha),
+                        (6, _) => block::<6, 1>(a, b, c, r, col, k, n, alpha),
                         (4, 64) => block::<4, 4>(a, b, c, r, col, k, n, alpha),
                         (4, _) => block::<4, 1>(a, b, c, r, col, k, n, alpha),
                         (_, 64) => block::<1, 4>(a, b, c, r, col, k, n, alpha),
@@ -447,5 +519,38 @@ pub fn exp_poly(x: f32) -> f32 {
         0.0
     } else {
         y * scale
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    #[test]
+    fn avx512_transpose_matches_the_scalar_one() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("SKIPPED: no AVX-512F on this CPU");
+            return;
+        }
+        // A [48, 32] matrix (distinct values) into its [32, 48] transpose, tile by tile, at non-square strides.
+        let (rows, cols) = (48, 32);
+        let src: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let mut dst = vec![f32::NAN; rows * cols];
+        for r0 in (0..rows).step_by(16) {
+            for c0 in (0..cols).step_by(16) {
+                // SAFETY: AVX-512F checked; every tile lies inside both buffers.
+                unsafe {
+                    super::avx512::transpose_16x16(
+                        src.as_ptr().add(r0 * cols + c0),
+                        cols,
+                        dst.as_mut_ptr().add(c0 * rows + r0),
+                        rows,
+                    )
+                };
+            }
+        }
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(dst[c * rows + r], src[r * cols + c], "element ({r}, {c})");
+            }
+        }
     }
 }
