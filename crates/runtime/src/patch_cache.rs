@@ -65,10 +65,10 @@ impl fmt::Display for CachePolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Schedule {
-    /// `ceil(F / N)` whole forwards, dense at the start and sparse at the end ([`CachePolicy::FrontLoaded`]).
+    /// `ceil(F / N)` whole forwards of F, dense at the start and sparse at the end (`CachePolicy::FrontLoaded`).
     #[default]
     Front,
-    /// Every N-th forward ([`CachePolicy::Every`]).
+    /// Every N-th forward (`CachePolicy::Every`).
     Uniform,
 }
 
