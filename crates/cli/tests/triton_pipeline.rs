@@ -197,52 +197,48 @@ fn triton_pipeline_serves_one_image_per_request() {
     );
     assert_ne!(cached_rgb, served_rgb, "the cached image equals the uncached one");
     let png = |name: &str| d.join(name).to_str().unwrap().to_string();
-    let threshold = ["--class", "3", "--seed", "0", "--patch-cache-threshold", "0.3"];
-    let out = run(bin()
-        .args(["--triton", &server.url, "--model", MODEL])
-        .args(threshold)
-        .args(["-o", &png("t_served.png")]));
-    assert!(out.status.success());
-    assert!(stdout(&out).contains("in the server"), "{}", stdout(&out));
-    assert!(local_run(
-        &local_onnx,
-        &[&threshold[..], &["-q", "-o", &png("t_local.png")]].concat()
-    )
-    .status
-    .success());
-    assert_eq!(
-        read_png(&d.join("t_served.png")),
-        read_png(&d.join("t_local.png")),
-        "pixeldit-run --triton --patch-cache-threshold 0.3 differs from the local run"
+    // `pixeldit-run --triton ARGS` (the flags sent to the pipeline) writes the image of the local `pixeldit-run
+    // ARGS` on the same graphs; returns that image.
+    let served_as_local = |args: &[&str], tag: &str| -> Vec<u8> {
+        let (served, local) = (
+            png(&format!("{tag}_served.png")),
+            png(&format!("{tag}_local.png")),
+        );
+        let out = run(bin()
+            .args(["--triton", &server.url, "--model", MODEL])
+            .args(args)
+            .args(["-o", &served]));
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains("in the server"), "{}", stdout(&out));
+        assert!(local_run(&local_onnx, &[args, &["-q", "-o", &local]].concat())
+            .status
+            .success());
+        let image = read_png(Path::new(&served));
+        assert_eq!(
+            image,
+            read_png(Path::new(&local)),
+            "pixeldit-run --triton {} differs from the local run",
+            args.join(" ")
+        );
+        image
+    };
+    served_as_local(
+        &["--class", "3", "--seed", "0", "--patch-cache-threshold", "0.3"],
+        "t",
     );
-    // The uniform schedule is sent as `patch_cache_schedule` and served as it runs locally (and differs from the
-    // default front-loaded one).
-    let uniform = [
-        "--class",
-        "3",
-        "--seed",
-        "0",
-        "--patch-cache",
-        "2",
-        "--patch-cache-schedule",
-        "uniform",
-    ];
-    let out = run(bin()
-        .args(["--triton", &server.url, "--model", MODEL])
-        .args(uniform)
-        .args(["-o", &png("u_served.png")]));
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(local_run(
-        &local_onnx,
-        &[&uniform[..], &["-q", "-o", &png("u_local.png")]].concat()
-    )
-    .status
-    .success());
-    let served_uniform = read_png(&d.join("u_served.png"));
-    assert_eq!(
-        served_uniform,
-        read_png(&d.join("u_local.png")),
-        "pixeldit-run --triton --patch-cache 2 --patch-cache-schedule uniform differs from the local run"
+    // The uniform schedule is sent as `patch_cache_schedule` (and differs from the default front-loaded one).
+    let served_uniform = served_as_local(
+        &[
+            "--class",
+            "3",
+            "--seed",
+            "0",
+            "--patch-cache",
+            "2",
+            "--patch-cache-schedule",
+            "uniform",
+        ],
+        "u",
     );
     assert_ne!(
         served_uniform, cached_rgb,
