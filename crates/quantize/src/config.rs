@@ -135,6 +135,10 @@ pub struct QuantConfig {
     pub smoothquant: Option<f32>,
     /// Calibration settings.
     pub calib: CalibConfig,
+    /// Whether the custom attention ops (`pixeldit.RotaryAttention`, `JointRotaryAttention`) get
+    /// `matmul_precision = "bf16"`: q, k, the probabilities and v rounded to bf16 around f32 sums. Default: on for
+    /// INT8/FP8 with quantized activations, off otherwise. Graphs with standard-op attention are not affected.
+    pub attention_bf16: bool,
 }
 
 impl QuantConfig {
@@ -168,6 +172,7 @@ impl QuantConfig {
             int8_weight_qmax: if activations { INT8_REDUCED_MAX } else { INT8_MAX },
             smoothquant: (precision == Precision::Int8).then_some(DEFAULT_SMOOTHQUANT_ALPHA),
             calib: CalibConfig::default(),
+            attention_bf16: activations && matches!(format, Format::Int8 | Format::Fp8),
         })
     }
 
@@ -268,5 +273,15 @@ mod tests {
             .unwrap()
             .default_exclude
             .is_empty());
+        // bf16 attention operands only where the activations are quantized to 8 bits.
+        for (p, bf16) in [
+            (Precision::Int8, true),
+            (Precision::Fp8, true),
+            (Precision::Int8Weights, false),
+            (Precision::Fp8Weights, false),
+            (Precision::Bf16, false),
+        ] {
+            assert_eq!(QuantConfig::for_precision(p).unwrap().attention_bf16, bf16, "{p}");
+        }
     }
 }

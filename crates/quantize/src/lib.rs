@@ -2,7 +2,8 @@
 //!
 //! * **Which layers**: every Linear (`Gemm` on a checkpoint weight) is found by its scope, the checkpoint module
 //!   path; fnmatch globs select them ([`select`]). INT8/FP8 keep the embedders, the final layer and the pixel MLP
-//!   in f32 by default ([`config::DEFAULT_EXCLUDE`]); norms, softmax, RoPE and attention are never touched.
+//!   in f32 by default ([`config::DEFAULT_EXCLUDE`]); norms, softmax and RoPE are never touched; INT8/FP8 mark the
+//!   custom attention ops to round their product operands to bf16 ([`passes::attention`]).
 //! * **How**: weights per output channel (axis 0 of `[out, in]`), activations per tensor with zero point 0, as
 //!   explicit `QuantizeLinear`/`DequantizeLinear` ([`passes::qdq`]); weight-only variants dequantize the weights
 //!   and keep f32 math; BF16 stores weights as bfloat16 and rounds activations ([`passes::bf16`]).
@@ -15,7 +16,7 @@
 //! * [`select`]: finds the Linear layers by scope and matches the fnmatch globs.
 //! * [`calib`]: calibration taps and statistics ([`Calibration`], [`calib::TensorStats`]).
 //! * [`scales`]: weight and activation scales (max, percentile, SmoothQuant).
-//! * [`passes`]: the graph rewrites (`qdq`, `bf16`, `opset`).
+//! * [`passes`]: the graph rewrites (`qdq`, `bf16`, `attention`, `opset`).
 //!
 //! The crate depends on `pixeldit-graph` and `pixeldit-spec` only.
 //!
@@ -69,6 +70,9 @@ pub struct QuantSummary {
     pub kept: Vec<String>,
     /// Scales per rewritten layer (INT8/FP8).
     pub layers: BTreeMap<String, LayerReport>,
+    /// Operand precision of the custom attention ops' products (`bf16` where [`QuantConfig::attention_bf16`] set
+    /// it on at least one node, else `f32`).
+    pub attention_matmul: &'static str,
     /// The calibration, when activations are quantized.
     pub calibration: Option<Calibration>,
 }
@@ -135,6 +139,11 @@ pub fn apply(g: &mut Graph, cfg: &QuantConfig, calibration: Option<Calibration>)
             }
         }
     }
+    let attention_nodes = if cfg.attention_bf16 {
+        passes::attention::round_attention_matmuls_to_bf16(g)
+    } else {
+        0
+    };
     g.sort_nodes()?;
     let (weight_dtype, act) = match cfg.format {
         Format::Bf16 => ("bfloat16", "bfloat16 (rounded)"),
@@ -159,6 +168,7 @@ pub fn apply(g: &mut Graph, cfg: &QuantConfig, calibration: Option<Calibration>)
         quantized: selected.into_iter().map(|l| l.scope).collect(),
         kept: kept.into_iter().map(|l| l.scope).collect(),
         layers,
+        attention_matmul: if attention_nodes > 0 { "bf16" } else { "f32" },
         calibration,
     })
 }

@@ -1,8 +1,9 @@
 //! Times the `pixeldit.RotaryAttention` CPU kernel alone at a model's shape (default: B @256, batch 2:
 //! S = 256 tokens, 12 heads of 64) and prints ms per call and GFLOP/s of the attention core (4*S^2*C per image).
-//! `cargo run --release -p pixeldit-runtime --example attn_bench -- [batch seq heads head_dim runs]`
+//! `cargo run --release -p pixeldit-runtime --example attn_bench -- [batch seq heads head_dim runs]`; set
+//! `PIXELDIT_BENCH_MATMUL=bf16` for the bf16-operand kernel (`matmul_precision = "bf16"`).
 use pixeldit_runtime::ops::rotary_attention::{rotary_attention, RotaryAttentionInputs};
-use pixeldit_runtime::ops::{AttentionParams, Threads};
+use pixeldit_runtime::ops::{AttentionParams, MatmulPrecision, Threads};
 use std::time::Instant;
 
 fn main() {
@@ -41,6 +42,10 @@ fn main() {
         num_heads: h,
         epsilon: 1e-6,
         scale: 1.0 / (dh as f32).sqrt(),
+        matmul: std::env::var("PIXELDIT_BENCH_MATMUL")
+            .ok()
+            .map(|v| MatmulPrecision::parse(&v).expect("PIXELDIT_BENCH_MATMUL: f32 or bf16"))
+            .unwrap_or_default(),
     };
     let mut out = vec![0f32; inp.output_len(&p)];
     rotary_attention(&inp, &p, Threads::Own, &mut out).unwrap();
@@ -54,7 +59,8 @@ fn main() {
     ms.sort_by(f64::total_cmp);
     let flops = 4.0 * (b * s * s * h * dh) as f64;
     println!(
-        "rotary_attention b{b} s{s} h{h} dh{dh}: median {:.2} ms, min {:.2} ms, {:.1} GFLOP/s (min), checksum {:.4}",
+        "rotary_attention ({:?}) b{b} s{s} h{h} dh{dh}: median {:.2} ms, min {:.2} ms, {:.1} GFLOP/s (min), checksum {:.4}",
+        p.matmul,
         ms[ms.len() / 2],
         ms[0],
         flops / ms[0] / 1e6,

@@ -49,6 +49,7 @@ fn naive(inp: &[ArrayD<f32>]) -> Vec<f32> {
             num_heads: H,
             epsilon: 1e-6,
             scale: 1.0 / (DH as f32).sqrt(),
+            matmul: pixeldit_runtime::ops::MatmulPrecision::F32,
         },
     )
 }

@@ -11,7 +11,9 @@
 //! * `cos`, `sin` `[S, Dh/2]`: rotation tables, one angle per token and complex pair.
 //!
 //! Attributes: `num_heads` (int, H), `epsilon` (float, RMSNorm eps, 1e-6), `scale` (float, softmax scale,
-//! `1/sqrt(Dh)`).
+//! `1/sqrt(Dh)`), `matmul_precision` (string, `"f32"` by default, or `"bf16"`: q and k after the norm and rotation,
+//! the softmax probabilities `p` and v are rounded to bfloat16, to nearest even, before the two products, which
+//! are summed in f32; the quantized variants set it, see [`MATMUL_PRECISION_ATTR`]).
 //!
 //! Output `[B, S, H*Dh]` (feature `h*Dh + d`), `float32`.
 //!
@@ -45,7 +47,7 @@
 //! * `cos`, `sin` `[S, Dh/2]`: rows `0..St` are the 1D text table ([`rope_1d_tables`]), rows `St..S` the 2D
 //!   image table ([`rope_2d_tables`]).
 //!
-//! Attributes as for `RotaryAttention`: `num_heads`, `epsilon`, `scale`.
+//! Attributes as for `RotaryAttention`: `num_heads`, `epsilon`, `scale`, `matmul_precision`.
 //!
 //! Output `[B, S, H*Dh]`, rows `0..St` text, `St..S` image. Semantics: build the joint sequence
 //! `qkv[b, s] = qkv_txt[b, s]` for `s < St`, else `qkv_img[b, s - St]`; normalise q and k of text rows with
@@ -91,6 +93,10 @@ pub const PIXEL_MODULATE_OP_TYPE: &str = "PixelModulate";
 pub const PIXEL_GATED_MLP_OP_TYPE: &str = "PixelGatedMlp";
 /// Number of modulation chunks the fused pixel ops read per pixel (pre-modulation PiT blocks).
 pub const PIXEL_MODULATION_CHUNKS: usize = 6;
+/// The attention ops' optional string attribute that rounds the operands of their two products to bfloat16
+/// (`"bf16"`; `"f32"`, the default, keeps them): twice the multiply-adds per instruction on CPUs with AVX512-BF16.
+/// The int8 and fp8 variants set it (their activations are already quantized far more coarsely).
+pub const MATMUL_PRECISION_ATTR: &str = "matmul_precision";
 /// Default of the `epsilon` attribute (RMSNorm epsilon) of every op.
 pub const DEFAULT_EPSILON: f32 = 1e-6;
 

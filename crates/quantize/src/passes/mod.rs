@@ -1,6 +1,8 @@
 //! Graph passes, one per file: [`opset`] (raise the opset for FLOAT8 Q/DQ), [`bf16`] (bf16 weights and
-//! activation rounding), [`qdq`] (INT8/FP8 weights with `DequantizeLinear`, optional activation Q/DQ).
+//! activation rounding), [`qdq`] (INT8/FP8 weights with `DequantizeLinear`, optional activation Q/DQ),
+//! [`attention`] (bf16 operands in the custom attention ops).
 
+pub mod attention;
 pub mod bf16;
 pub mod mx;
 pub mod opset;

@@ -2,7 +2,7 @@
 //! threads), per-worker buffers ([`Scratch`]), the gather with QK-RMSNorm and RoPE ([`gather_and_attend`]) and the
 //! two-GEMM softmax attention ([`attend`]) with a vectorised row softmax ([`softmax_in_place`], [`exp_poly`]).
 
-use super::{AttentionParams, Threads};
+use super::{AttentionParams, MatmulPrecision, Threads};
 
 /// Below this many multiply-adds (`B*H*S*S*Dh`) the kernel stays on the calling thread.
 const PARALLEL_THRESHOLD: usize = 1 << 22;
@@ -58,24 +58,26 @@ pub(crate) fn run_heads(
         return;
     }
     if let Threads::Host(pool) = threads {
-        let slots: Vec<std::sync::OnceLock<Vec<f32>>> = (0..pairs).map(|_| Default::default()).collect();
+        assert!(out.len() >= pairs * s * dh, "attention output too short");
+        let done: Vec<std::sync::atomic::AtomicBool> = (0..pairs).map(|_| Default::default()).collect();
+        let dst = OutPtr(out.as_mut_ptr());
         let task = |pair: usize| {
             POOL_SCRATCH.with_borrow_mut(|scratch| {
                 scratch.reserve(s, dh);
                 head(pair, scratch);
-                let _ = slots[pair].set(scratch.o[..s * dh].to_vec());
+                // SAFETY: pair (b, hh) writes only its own Dh-wide column of every token row of `out` (disjoint
+                // between pairs, inside `out`: asserted above), which outlives the parallel-for.
+                unsafe { scatter_raw(&scratch.o, pair, h, s, dh, dst.get()) };
+                done[pair].store(true, std::sync::atomic::Ordering::Release);
             })
         };
         pool.parallel_for(pairs, &task);
-        for (pair, slot) in slots.iter().enumerate() {
-            match slot.get() {
-                Some(o) => scatter(o, pair, h, s, dh, out),
-                None => {
-                    HOST_POOL_MISSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let mut scratch = Scratch::new(s, dh);
-                    head(pair, &mut scratch);
-                    scatter(&scratch.o, pair, h, s, dh, out);
-                }
+        for (pair, d) in done.iter().enumerate() {
+            if !d.load(std::sync::atomic::Ordering::Acquire) {
+                HOST_POOL_MISSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut scratch = Scratch::new(s, dh);
+                head(pair, &mut scratch);
+                scatter(&scratch.o, pair, h, s, dh, out);
             }
         }
         return;
@@ -119,6 +121,9 @@ pub(crate) struct Scratch {
     pub(crate) logits: Vec<f32>,
     /// K transposed, `[Dh, S]` (the AVX-512 path of [`attend`]).
     kt: Vec<f32>,
+    /// Pairs of bf16 (the AVX512-BF16 path of [`attend`]): Q, K, K transposed and V, then one block of
+    /// probabilities; grown on first use.
+    words: Vec<u32>,
 }
 
 impl Scratch {
@@ -130,6 +135,7 @@ impl Scratch {
             o: vec![0.0; s * dh],
             logits: vec![0.0; logits_len(s)],
             kt: vec![0.0; s * dh],
+            words: Vec::new(),
         }
     }
 
@@ -151,6 +157,33 @@ fn scatter(o: &[f32], pair: usize, h: usize, s: usize, dh: usize, out: &mut [f32
     for tok in 0..s {
         let dst = (b * s + tok) * h * dh + hh * dh;
         out[dst..dst + dh].copy_from_slice(&o[tok * dh..(tok + 1) * dh]);
+    }
+}
+
+/// [`scatter`] through a raw pointer, for pool tasks that write disjoint columns of one output at once.
+///
+/// # Safety
+/// `out` points at the `[B, S, H*Dh]` output with room for `pair`'s rows; no one else writes `pair`'s column
+/// during the call.
+unsafe fn scatter_raw(o: &[f32], pair: usize, h: usize, s: usize, dh: usize, out: *mut f32) {
+    let (b, hh) = (pair / h, pair % h);
+    for tok in 0..s {
+        let dst = (b * s + tok) * h * dh + hh * dh;
+        std::ptr::copy_nonoverlapping(o.as_ptr().add(tok * dh), out.add(dst), dh);
+    }
+}
+
+/// The output pointer shared by the pool tasks of one call (each writes only its own pair's column).
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint parts of the buffer, and `run_heads` returns only after all of them are done.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so that closures capture the `Sync` wrapper, not its raw field).
+    fn get(self) -> *mut f32 {
+        self.0
     }
 }
 
@@ -218,7 +251,7 @@ fn gather_body<'a>(
         norm_rope(&mut sc.k[dst.clone()], k_weight, p.epsilon, cos, sin);
         sc.v[dst].copy_from_slice(&row[(2 * h + hh) * dh..(2 * h + hh + 1) * dh]);
     }
-    attend(sc, s, dh, p.scale);
+    attend(sc, s, dh, p.scale, p.matmul);
 }
 
 /// Query rows per block in [`attend`]: the logits buffer is `[min(S, QUERY_BLOCK), S]`, so a worker holds 4.5 MB of
@@ -232,12 +265,26 @@ pub(crate) fn logits_len(s: usize) -> usize {
 
 /// Scaled dot-product attention of one head on the gathered `[S, Dh]` buffers of `sc`:
 /// `sc.o = softmax(scale * q k^T) v`, per block of [`QUERY_BLOCK`] query rows as two GEMMs around
-/// [`softmax_in_place`] per row.
-pub(crate) fn attend(sc: &mut Scratch, s: usize, dh: usize, scale: f32) {
+/// [`softmax_in_place`] per row. With [`MatmulPrecision::Bf16`], q, k, v and the probabilities are rounded to bf16
+/// first: AVX512-BF16 dot products where the CPU has them (and S, Dh are multiples of 32), else the f32 GEMMs on
+/// the rounded values.
+pub(crate) fn attend(sc: &mut Scratch, s: usize, dh: usize, scale: f32, matmul: MatmulPrecision) {
+    let round_probs = matmul == MatmulPrecision::Bf16;
+    if round_probs {
+        #[cfg(target_arch = "x86_64")]
+        if bf16_kernel_applies(s, dh) {
+            // SAFETY: the CPU has AVX-512F and AVX512-BF16 (checked by `bf16_kernel_applies`).
+            unsafe { avx512_bf16::attend(sc, s, dh, scale) };
+            return;
+        }
+        for buf in [&mut sc.q, &mut sc.k, &mut sc.v] {
+            round_to_bf16(&mut buf[..s * dh]);
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if s.is_multiple_of(16) && dh.is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F (checked just above).
-        unsafe { avx512::attend(sc, s, dh, scale) };
+        unsafe { avx512::attend(sc, s, dh, scale, round_probs) };
         return;
     }
     use ndarray::linalg::general_mat_mul;
@@ -257,6 +304,9 @@ pub(crate) fn attend(sc: &mut Scratch, s: usize, dh: usize, scale: f32) {
         );
         for row in logits.chunks_exact_mut(s) {
             softmax_in_place(row);
+            if round_probs {
+                round_to_bf16(row);
+            }
         }
         let p = ArrayView2::from_shape((rows, s), &*logits).expect("logits shape");
         let mut o = ArrayViewMut2::from_shape((rows, dh), &mut sc.o[start * dh..(start + rows) * dh])
@@ -265,16 +315,243 @@ pub(crate) fn attend(sc: &mut Scratch, s: usize, dh: usize, scale: f32) {
     }
 }
 
+/// Whether [`attend`] takes its AVX512-BF16 kernel for `s` tokens of `dh` (the CPU has AVX-512F and AVX512-BF16,
+/// and both sizes are multiples of 32: pairs of bf16 in 16-lane tiles).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn bf16_kernel_applies(s: usize, dh: usize) -> bool {
+    s.is_multiple_of(32)
+        && dh.is_multiple_of(32)
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+/// `x` rounded to bf16 (to nearest, ties to even) and back to f32; NaN stays NaN.
+pub(crate) fn round_to_bf16(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        let b = v.to_bits();
+        if !v.is_nan() {
+            *v = f32::from_bits(b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000);
+        }
+    }
+}
+
+/// [`attend`] with bf16 operands: q and k rows as pairs of bf16 (`[S, Dh/2]` words, k transposed to `[Dh/2, S]`),
+/// v as pairs of rows (`[S/2, Dh]` words: word `(j, d)` holds `v[2j][d]` and `v[2j+1][d]`), each block of
+/// probabilities as pairs along its row; both products as `vdpbf16ps` (two bf16 products and an f32 sum per lane,
+/// twice the multiply-adds of an f32 FMA), in the 6 x 64 blocks of the f32 kernel.
+#[cfg(target_arch = "x86_64")]
+mod avx512_bf16 {
+    use super::{Scratch, QUERY_BLOCK};
+    use std::arch::x86_64::*;
+
+    /// `sc.o = softmax(scale q k^T) v` on bf16 operands, for `S` and `Dh` multiples of 32.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) fn attend(sc: &mut Scratch, s: usize, dh: usize, scale: f32) {
+        assert!(s.is_multiple_of(32) && dh.is_multiple_of(32) && sc.logits.len() >= s.min(QUERY_BLOCK) * s);
+        let half = dh / 2;
+        let need = 4 * s * half + s.min(QUERY_BLOCK) * s / 2;
+        if sc.words.len() < need {
+            sc.words.resize(need, 0);
+        }
+        let (qb, rest) = sc.words.split_at_mut(s * half);
+        let (kb, rest) = rest.split_at_mut(s * half);
+        let (ktb, rest) = rest.split_at_mut(s * half);
+        let (vb, pb) = rest.split_at_mut(s * half);
+        to_pairs(&sc.q[..s * dh], qb);
+        to_pairs(&sc.k[..s * dh], kb);
+        for j0 in (0..s).step_by(16) {
+            for w0 in (0..half).step_by(16) {
+                // SAFETY: rows j0..j0+16 <= s of the [S, Dh/2] kb and rows w0..w0+16 <= Dh/2 of the [Dh/2, S] ktb,
+                // both inside their slices (sizes above).
+                unsafe {
+                    super::avx512::transpose_16x16(
+                        kb.as_ptr().add(j0 * half + w0).cast(),
+                        half,
+                        ktb.as_mut_ptr().add(w0 * s + j0).cast(),
+                        s,
+                    )
+                };
+            }
+        }
+        for j in 0..s / 2 {
+            for d0 in (0..dh).step_by(16) {
+                // SAFETY: rows 2j, 2j+1 < s of the [S, Dh] v and word row j < S/2 of vb, columns d0..d0+16 <= dh.
+                unsafe {
+                    let lo = _mm512_cvtneps_pbh(_mm512_loadu_ps(sc.v.as_ptr().add(2 * j * dh + d0)));
+                    let hi = _mm512_cvtneps_pbh(_mm512_loadu_ps(sc.v.as_ptr().add((2 * j + 1) * dh + d0)));
+                    let lo = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(lo));
+                    let hi = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(hi));
+                    let w = _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi));
+                    _mm512_storeu_si512(vb.as_mut_ptr().add(j * dh + d0).cast(), w);
+                }
+            }
+        }
+        for start in (0..s).step_by(QUERY_BLOCK) {
+            let rows = QUERY_BLOCK.min(s - start);
+            let logits = &mut sc.logits[..rows * s];
+            gemm(
+                &qb[start * half..(start + rows) * half],
+                ktb,
+                logits,
+                rows,
+                half,
+                s,
+                scale,
+            );
+            for (row, pairs) in logits.chunks_exact_mut(s).zip(pb.chunks_exact_mut(s / 2)) {
+                softmax_to_pairs(row, pairs);
+            }
+            let o = &mut sc.o[start * dh..(start + rows) * dh];
+            gemm(&pb[..rows * s / 2], vb, o, rows, s / 2, dh, 1.0);
+        }
+    }
+
+    /// `softmax(row)` (a multiple of 32 floats, the maximum subtracted first) as bf16 pairs into `words`, in two
+    /// passes over `row`: the maximum, then exp and sum (the exps kept in `row`); the normalisation is applied on the
+    /// way to bf16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn softmax_to_pairs(row: &mut [f32], words: &mut [u32]) {
+        assert!(row.len().is_multiple_of(32) && words.len() * 2 >= row.len());
+        let n = row.len();
+        let p = row.as_mut_ptr();
+        // SAFETY: every access below is at i + 16 <= n of `row` or 16 words at i / 2 of `words` (asserted above).
+        unsafe {
+            let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+            for i in (0..n).step_by(16) {
+                max = _mm512_max_ps(max, _mm512_loadu_ps(p.add(i)));
+            }
+            let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+            let mut sum = [_mm512_setzero_ps(); 2];
+            for i in (0..n).step_by(32) {
+                for (h, acc) in sum.iter_mut().enumerate() {
+                    let e = crate::ops::simd::exp_nonpositive(_mm512_sub_ps(
+                        _mm512_loadu_ps(p.add(i + 16 * h)),
+                        max,
+                    ));
+                    _mm512_storeu_ps(p.add(i + 16 * h), e);
+                    *acc = _mm512_add_ps(*acc, e);
+                }
+            }
+            let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(_mm512_add_ps(sum[0], sum[1])));
+            for i in (0..n).step_by(32) {
+                let lo = _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), inv);
+                let hi = _mm512_mul_ps(_mm512_loadu_ps(p.add(i + 16)), inv);
+                let b = _mm512_cvtne2ps_pbh(hi, lo);
+                _mm512_storeu_si512(
+                    words.as_mut_ptr().add(i / 2).cast(),
+                    std::mem::transmute::<__m512bh, __m512i>(b),
+                );
+            }
+        }
+    }
+
+    /// `x` (a multiple of 32 floats) as bf16, two per word in order (the first in the low half).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn to_pairs(x: &[f32], words: &mut [u32]) {
+        assert!(x.len().is_multiple_of(32) && words.len() * 2 >= x.len());
+        for (i, c) in x.chunks_exact(32).enumerate() {
+            // SAFETY: 32 floats at c, 16 words at words[16 i..] (asserted above).
+            unsafe {
+                let lo = _mm512_loadu_ps(c.as_ptr());
+                let hi = _mm512_loadu_ps(c.as_ptr().add(16));
+                let b = _mm512_cvtne2ps_pbh(hi, lo);
+                _mm512_storeu_si512(
+                    words.as_mut_ptr().add(16 * i).cast(),
+                    std::mem::transmute::<__m512bh, __m512i>(b),
+                );
+            }
+        }
+    }
+
+    /// `c [m, n] = alpha * a [m, k] b [k, n]` where `a` and `b` hold pairs of bf16 along k (`kw = k/2` words per
+    /// row of `a`, `kw` rows of `b`): the block layout of the f32 kernel's `gemm`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn gemm(a: &[u32], b: &[u32], c: &mut [f32], m: usize, kw: usize, n: usize, alpha: f32) {
+        assert!(n.is_multiple_of(16) && a.len() >= m * kw && b.len() >= kw * n && c.len() >= m * n);
+        let mut r = 0;
+        while r < m {
+            let rows = match m - r {
+                6.. => 6,
+                4..=5 => 4,
+                _ => 1,
+            };
+            let mut col = 0;
+            while col < n {
+                let width = if n - col >= 64 { 64 } else { 16 };
+                // SAFETY: rows r..r+rows <= m, columns col..col+width <= n, and the slices hold m*kw, kw*n and m*n
+                // elements (asserted above).
+                unsafe {
+                    match (rows, width) {
+                        (6, 64) => block::<6, 4>(a, b, c, r, col, kw, n, alpha),
+                        (6, _) => block::<6, 1>(a, b, c, r, col, kw, n, alpha),
+                        (4, 64) => block::<4, 4>(a, b, c, r, col, kw, n, alpha),
+                        (4, _) => block::<4, 1>(a, b, c, r, col, kw, n, alpha),
+                        (_, 64) => block::<1, 4>(a, b, c, r, col, kw, n, alpha),
+                        _ => block::<1, 1>(a, b, c, r, col, kw, n, alpha),
+                    }
+                }
+                col += width;
+            }
+            r += rows;
+        }
+    }
+
+    /// One `R x 16*V` block of [`gemm`] at row `r`, column `col`.
+    ///
+    /// # Safety
+    /// The block and its operands lie inside the slices (see [`gemm`]).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<const R: usize, const V: usize>(
+        a: &[u32],
+        b: &[u32],
+        c: &mut [f32],
+        r: usize,
+        col: usize,
+        kw: usize,
+        n: usize,
+        alpha: f32,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        for kk in 0..kw {
+            let mut bv = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); V];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                    bp.add(kk * n + col + 16 * v).cast(),
+                ));
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
+                    *ap.add((r + i) * kw + kk) as i32,
+                ));
+                for (x, bx) in row.iter_mut().zip(&bv) {
+                    *x = _mm512_dpbf16_ps(*x, av, *bx);
+                }
+            }
+        }
+        let alpha = _mm512_set1_ps(alpha);
+        for (i, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                _mm512_storeu_ps(
+                    c.as_mut_ptr().add((r + i) * n + col + 16 * v),
+                    _mm512_mul_ps(*x, alpha),
+                );
+            }
+        }
+    }
+}
+
 /// [`attend`] with AVX-512 register-blocked GEMMs (matrixmultiply, behind ndarray, has no AVX-512 kernels; ONNX
 /// Runtime's MLAS has, so without this the fused op lost to ORT's own decomposed attention on AVX-512 machines).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{logits_len, softmax_in_place, Scratch, QUERY_BLOCK};
+    use super::{logits_len, Scratch, QUERY_BLOCK};
     use std::arch::x86_64::*;
 
     /// `sc.o = softmax(scale q k^T) v` for `S` and `Dh` multiples of 16.
     #[target_feature(enable = "avx512f")]
-    pub(super) fn attend(sc: &mut Scratch, s: usize, dh: usize, scale: f32) {
+    pub(super) fn attend(sc: &mut Scratch, s: usize, dh: usize, scale: f32, round_probs: bool) {
         assert!(
             s.is_multiple_of(16)
                 && dh.is_multiple_of(16)
@@ -308,16 +585,46 @@ mod avx512 {
                 scale,
             );
             for row in logits.chunks_exact_mut(s) {
-                softmax_in_place(row);
+                softmax_16(row);
+                if round_probs {
+                    super::round_to_bf16(row);
+                }
             }
             let o = &mut sc.o[start * dh..(start + rows) * dh];
             gemm(&sc.logits[..rows * s], &sc.v[..s * dh], o, rows, s, dh, 1.0);
         }
     }
 
+    /// `row = softmax(row)` for a multiple of 16 floats, the maximum subtracted first, in three passes: the maximum,
+    /// exp and sum, the normalisation (the portable [`super::softmax_in_place`] takes four).
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn softmax_16(row: &mut [f32]) {
+        assert!(row.len().is_multiple_of(16));
+        let n = row.len();
+        let p = row.as_mut_ptr();
+        // SAFETY: every access is 16 floats at i + 16 <= n (asserted above).
+        unsafe {
+            let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+            for i in (0..n).step_by(16) {
+                max = _mm512_max_ps(max, _mm512_loadu_ps(p.add(i)));
+            }
+            let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+            let mut sum = _mm512_setzero_ps();
+            for i in (0..n).step_by(16) {
+                let e = crate::ops::simd::exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), max));
+                _mm512_storeu_ps(p.add(i), e);
+                sum = _mm512_add_ps(sum, e);
+            }
+            let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+            for i in (0..n).step_by(16) {
+                _mm512_storeu_ps(p.add(i), _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), inv));
+            }
+        }
+    }
+
     /// Writes the transpose of the 16 x 16 block at `src` (rows `src_stride` floats apart) to `dst` (rows
-    /// `dst_stride` apart), in registers: unpack 32-bit, unpack 64-bit, then two 128-bit lane shuffles. This
-    /// replaced a scalar strided loop that took about a quarter of the attention op's time on B@256.
+    /// `dst_stride` apart), in registers ([`crate::ops::simd::transpose16`]). This replaced a scalar strided loop
+    /// that took about a quarter of the attention op's time on B@256.
     ///
     /// # Safety
     /// `src` and `dst` point at 16 rows of 16 readable / writable floats at their strides.
@@ -332,42 +639,8 @@ mod avx512 {
         for (i, x) in r.iter_mut().enumerate() {
             *x = _mm512_loadu_ps(src.add(i * src_stride));
         }
-        // Pairs of rows interleaved per 128-bit lane: t[2i] = (r[2i][0], r[2i+1][0], r[2i][1], r[2i+1][1]) per lane.
-        let mut t = [_mm512_setzero_ps(); 16];
-        for i in 0..8 {
-            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-        }
-        // Four rows per lane: u[4g + c] holds rows 4g..4g+4 of columns c, c+4, c+8, c+12 (one per lane).
-        let mut u = [_mm512_setzero_ps(); 16];
-        for g in 0..4 {
-            let b = 4 * g;
-            let pd = |x: __m512| _mm512_castps_pd(x);
-            u[b] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[b]), pd(t[b + 2])));
-            u[b + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[b]), pd(t[b + 2])));
-            u[b + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[b + 1]), pd(t[b + 3])));
-            u[b + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[b + 1]), pd(t[b + 3])));
-        }
-        // Eight rows: v[8h + 2c] holds rows 8h..8h+8 of columns c and c+8, v[8h + 2c + 1] of c+4 and c+12.
-        let mut v = [_mm512_setzero_ps(); 16];
-        for h in 0..2 {
-            for c in 0..4 {
-                let (a, b) = (u[8 * h + c], u[8 * h + 4 + c]);
-                v[8 * h + 2 * c] = _mm512_shuffle_f32x4::<0x88>(a, b);
-                v[8 * h + 2 * c + 1] = _mm512_shuffle_f32x4::<0xdd>(a, b);
-            }
-        }
-        // All sixteen rows of one column each.
-        for c in 0..4 {
-            for half in 0..2 {
-                let (a, b) = (v[2 * c + half], v[8 + 2 * c + half]);
-                let col = c + 4 * half;
-                _mm512_storeu_ps(dst.add(col * dst_stride), _mm512_shuffle_f32x4::<0x88>(a, b));
-                _mm512_storeu_ps(
-                    dst.add((col + 8) * dst_stride),
-                    _mm512_shuffle_f32x4::<0xdd>(a, b),
-                );
-            }
+        for (i, x) in crate::ops::simd::transpose16(r).iter().enumerate() {
+            _mm512_storeu_ps(dst.add(i * dst_stride), *x);
         }
     }
 

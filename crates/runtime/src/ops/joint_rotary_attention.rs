@@ -141,6 +141,7 @@ fn head(inp: &JointAttentionInputs<'_>, p: &AttentionParams, dh: usize, pair: us
 mod tests {
     use super::*;
     use crate::ops::rotary_attention::{rotary_attention_naive, RotaryAttentionInputs};
+    use crate::ops::MatmulPrecision;
     use rand::{Rng, SeedableRng};
 
     fn random(n: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<f32> {
@@ -161,6 +162,7 @@ mod tests {
             num_heads: heads,
             epsilon: 1e-6,
             scale: 1.0 / (dh as f32).sqrt(),
+            matmul: MatmulPrecision::F32,
         };
         let inp = JointAttentionInputs {
             qkv_txt: &qt,
@@ -225,6 +227,7 @@ mod tests {
             num_heads: 1,
             epsilon: 0.0,
             scale: 0.5,
+            matmul: MatmulPrecision::F32,
         };
         let inp = JointAttentionInputs {
             qkv_txt: &qt,

@@ -45,6 +45,8 @@ pub mod joint_rotary_attention;
 pub(crate) mod ort;
 pub mod pixel_ops;
 pub mod rotary_attention;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 #[cfg(feature = "tract")]
 pub(crate) mod tract;
 
@@ -250,6 +252,30 @@ pub struct AttentionParams {
     pub epsilon: f32,
     /// Softmax scale (usually `1/sqrt(Dh)`).
     pub scale: f32,
+    /// The operands of the two attention products: f32, or rounded to bf16 (f32 accumulation).
+    pub matmul: MatmulPrecision,
+}
+
+/// The operand precision of an attention op's two products (`QK^T` and `PV`), its `matmul_precision` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MatmulPrecision {
+    /// f32 operands (the default).
+    #[default]
+    F32,
+    /// Q, K, the softmax probabilities and V rounded to bf16 (round to nearest even), products summed in f32:
+    /// AVX512-BF16 dot products where the CPU has them, else the same roundings around the f32 kernel.
+    Bf16,
+}
+
+impl MatmulPrecision {
+    /// The attribute value (`"f32"` or `"bf16"`) as a precision; `None` for anything else.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "f32" => Some(MatmulPrecision::F32),
+            "bf16" => Some(MatmulPrecision::Bf16),
+            _ => None,
+        }
+    }
 }
 
 /// The attributes as read from a node, before the defaults that depend on the input shapes are applied.
@@ -261,6 +287,8 @@ pub struct AttentionAttributes {
     pub epsilon: Option<f32>,
     /// `scale`, if given.
     pub scale: Option<f32>,
+    /// `matmul_precision` (`"f32"` when absent).
+    pub matmul: MatmulPrecision,
 }
 
 impl AttentionAttributes {
@@ -271,12 +299,22 @@ impl AttentionAttributes {
         num_heads: Option<i64>,
         epsilon: Option<f32>,
         scale: Option<f32>,
+        matmul_precision: Option<&str>,
     ) -> Result<Self, KernelShapeError> {
+        let matmul = match matmul_precision {
+            None => MatmulPrecision::F32,
+            Some(v) => MatmulPrecision::parse(v).ok_or_else(|| {
+                KernelShapeError(format!(
+                    "{op} node '{node}': matmul_precision '{v}' is not one of \"f32\", \"bf16\""
+                ))
+            })?,
+        };
         if !op.is_attention() {
             return Ok(AttentionAttributes {
                 num_heads: 0,
                 epsilon,
                 scale,
+                matmul,
             });
         }
         let num_heads = num_heads
@@ -286,6 +324,7 @@ impl AttentionAttributes {
             num_heads: num_heads as usize,
             epsilon,
             scale,
+            matmul,
         })
     }
 
@@ -297,6 +336,7 @@ impl AttentionAttributes {
             num_heads: self.num_heads,
             epsilon: self.epsilon.unwrap_or(custom_op::DEFAULT_EPSILON),
             scale: self.scale.unwrap_or_else(|| custom_op::default_scale(dh)),
+            matmul: self.matmul,
         }
     }
 }

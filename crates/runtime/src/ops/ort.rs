@@ -98,6 +98,7 @@ impl Operator for OrtCustomOp {
             k.get::<i64>("num_heads"),
             k.get::<f32>("epsilon"),
             k.get::<f32>("scale"),
+            k.get::<String>("matmul_precision").as_deref(),
         )
         .map_err(|e| ort::Error::new(e.to_string()))?;
         Ok(Box::new(move |ctx: &ComputeContext| {

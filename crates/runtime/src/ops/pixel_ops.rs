@@ -409,31 +409,11 @@ mod avx512 {
             p = _mm512_fmadd_ps(p, t, set(c));
         }
         let arg = _mm512_fnmadd_ps(z, z, p);
-        let erfc = _mm512_mul_ps(t, exp(arg));
+        let erfc = _mm512_mul_ps(t, crate::ops::simd::exp_nonpositive(arg));
         let half = _mm512_mul_ps(set(0.5), erfc);
         let positive = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_setzero_ps());
         let factor = _mm512_mask_blend_ps(positive, half, _mm512_sub_ps(set(1.0), half));
         _mm512_mul_ps(x, factor)
-    }
-
-    /// `exp(x)` on 16 lanes for `x <= 0` as in [`super::exp_poly`] (Cody-Waite reduction, degree-7 polynomial);
-    /// `scalef` applies `2^n` and flushes what underflows to 0.
-    #[target_feature(enable = "avx512f")]
-    fn exp(x: __m512) -> __m512 {
-        let set = _mm512_set1_ps;
-        let x = _mm512_max_ps(x, set(-104.0));
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
-            x,
-            set(std::f32::consts::LOG2_E),
-        ));
-        let r = _mm512_fnmadd_ps(n, set(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, set(-2.121_944_4e-4), r);
-        let mut p = set(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
-            p = _mm512_fmadd_ps(p, r, set(c));
-        }
-        let y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), set(1.0));
-        _mm512_scalef_ps(y, n)
     }
 }
 

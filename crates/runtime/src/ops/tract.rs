@@ -1,7 +1,7 @@
 //! The custom ops for tract: one op generic over [`CustomOp`], registered in `op_register` for every op of the
 //! registry (tract keys ops by op type only).
 
-use super::{AttentionAttributes, CustomOp, Threads};
+use super::{AttentionAttributes, CustomOp, MatmulPrecision, Threads};
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
@@ -32,6 +32,7 @@ fn builder(_ctx: &ParsingContext, node: &pb::NodeProto) -> TractResult<(Box<dyn 
         node.get_attr_opt::<i64>("num_heads")?,
         node.get_attr_opt::<f32>("epsilon")?,
         node.get_attr_opt::<f32>("scale")?,
+        node.get_attr_opt::<&str>("matmul_precision")?,
     )?;
     Ok((
         expand(TractCustomOp {
@@ -39,6 +40,7 @@ fn builder(_ctx: &ParsingContext, node: &pb::NodeProto) -> TractResult<(Box<dyn 
             num_heads: attrs.num_heads,
             epsilon_bits: attrs.epsilon.map(f32::to_bits),
             scale_bits: attrs.scale.map(f32::to_bits),
+            matmul: attrs.matmul,
         }),
         vec![],
     ))
@@ -51,6 +53,7 @@ struct TractCustomOp {
     num_heads: usize,
     epsilon_bits: Option<u32>,
     scale_bits: Option<u32>,
+    matmul: MatmulPrecision,
 }
 
 impl TractCustomOp {
@@ -59,6 +62,7 @@ impl TractCustomOp {
             num_heads: self.num_heads,
             epsilon: self.epsilon_bits.map(f32::from_bits),
             scale: self.scale_bits.map(f32::from_bits),
+            matmul: self.matmul,
         }
     }
 
