@@ -308,6 +308,32 @@ impl<'w> Ctx<'w> {
         Ok(AdaLn::from_chunks(&chunks))
     }
 
+    /// `modulate(rms_norm(x, key), shift, scale)`: one `pixeldit.RmsNormModulate` node (scope `key` without
+    /// `.weight`) with [`PixelOps::Fused`](pixeldit_spec::PixelOps::Fused), else the standard ops.
+    pub fn rms_norm_modulate(&mut self, x: Value, key: &str, shift: Value, scale: Value) -> Result<Value> {
+        if self.pixel_ops != pixeldit_spec::PixelOps::Fused {
+            let h = self.rms_norm(x, key)?;
+            return self.modulate(h, shift, scale);
+        }
+        let features = self.last_dim(x);
+        let w = self.weight(key, &[features], DType::F32)?;
+        let eps = self.eps;
+        let shape = self.g.shape(x).to_vec();
+        let scope = key.strip_suffix(".weight").unwrap_or(key).to_string();
+        self.g
+            .scoped(&scope, |g| {
+                g.set_domain_version(custom_op::DOMAIN, custom_op::VERSION);
+                Ok(g.add_node(
+                    custom_op::RMS_NORM_MODULATE_OP_TYPE,
+                    custom_op::DOMAIN,
+                    &[Some(x), Some(w), Some(shift), Some(scale)],
+                    vec![("epsilon", Attr::Float(eps))],
+                    vec![(DType::F32, shape)],
+                )?[0])
+            })
+            .map_err(Into::into)
+    }
+
     /// `x * (1 + scale) + shift` with broadcasting.
     pub fn modulate(&mut self, x: Value, shift: Value, scale: Value) -> Result<Value> {
         let g = &mut self.g;

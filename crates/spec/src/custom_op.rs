@@ -78,6 +78,14 @@
 //!
 //! Both: all inputs and the output `float32`, output `[N, P, C]` (the shape of `x`), attribute `epsilon`
 //! (float, default [`DEFAULT_EPSILON`]).
+//!
+//! # `pixeldit.RmsNormModulate` (version 1), the patch level's adaLN input (also with `--pixel-ops fused`)
+//!
+//! `RmsNormModulate(x, norm_weight, shift, scale) -> y`: `x [B, L, D]`, `norm_weight [D]`, `shift` and `scale`
+//! `[B, 1, D]` (two adaLN chunks, broadcast over the L tokens);
+//! `y[b, l, d] = x[b,l,d] / sqrt(mean_d(x[b,l,:]^2) + epsilon) * norm_weight[d] * (1 + scale[b,0,d]) + shift[b,0,d]`,
+//! i.e. `modulate(RMSNorm(x), shift, scale)` of a patch block (C2I) or either stream of an MM-DiT block (T2I) in
+//! one pass instead of nine ops. All `float32`, output the shape of `x`, attribute `epsilon`.
 
 /// Domain of the op.
 pub const DOMAIN: &str = crate::CUSTOM_DOMAIN;
@@ -91,6 +99,8 @@ pub const JOINT_OP_TYPE: &str = "JointRotaryAttention";
 pub const PIXEL_MODULATE_OP_TYPE: &str = "PixelModulate";
 /// Op type of the fused gated residual + pixel MLP branch.
 pub const PIXEL_GATED_MLP_OP_TYPE: &str = "PixelGatedMlp";
+/// Op type of the fused RMSNorm + adaLN modulation of the patch level.
+pub const RMS_NORM_MODULATE_OP_TYPE: &str = "RmsNormModulate";
 /// Number of modulation chunks the fused pixel ops read per pixel (pre-modulation PiT blocks).
 pub const PIXEL_MODULATION_CHUNKS: usize = 6;
 /// The attention ops' optional string attribute that rounds the operands of their two products to bfloat16

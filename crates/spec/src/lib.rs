@@ -337,7 +337,8 @@ string_enum!(
         #[default]
         Standard => "standard",
         /// `pixeldit.PixelModulate` and `pixeldit.PixelGatedMlp` (see [`custom_op`]): one pass per pixel, for the
-        /// runtimes with the project's kernels (ORT and tract in `pixeldit-run`).
+        /// runtimes with the project's kernels (ORT and tract in `pixeldit-run`); the patch level's RMSNorm +
+        /// modulation become `pixeldit.RmsNormModulate` too.
         Fused => "fused",
     }
 );

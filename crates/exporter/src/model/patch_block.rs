@@ -25,15 +25,13 @@ pub fn patch_block(
         gate_mlp,
     } = cx.adaln(c, &format!("{pre}.adaLN_modulation"), d)?;
 
-    let h = cx.rms_norm(s, &format!("{pre}.norm1.weight"))?;
-    let h = cx.modulate(h, shift_msa, scale_msa)?;
+    let h = cx.rms_norm_modulate(s, &format!("{pre}.norm1.weight"), shift_msa, scale_msa)?;
     let a = cx.rotary_attention(h, &format!("{pre}.attn"), cfg.num_heads, grid, cfg.rope_theta)?;
     let s = cx.g.scoped(&pre, |g| {
         let ga = g.mul(gate_msa, a)?;
         g.add(s, ga)
     })?;
-    let h = cx.rms_norm(s, &format!("{pre}.norm2.weight"))?;
-    let h = cx.modulate(h, shift_mlp, scale_mlp)?;
+    let h = cx.rms_norm_modulate(s, &format!("{pre}.norm2.weight"), shift_mlp, scale_mlp)?;
     let f = cx.swiglu(h, &format!("{pre}.mlp"), cfg.mlp_hidden())?;
     Ok(cx.g.scoped(&pre, |g| {
         let gf = g.mul(gate_mlp, f)?;

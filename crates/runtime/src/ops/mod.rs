@@ -1,7 +1,8 @@
 //! The custom ops of domain `pixeldit` (contracts: [`pixeldit_spec::custom_op`]), one home each, and the one
 //! registry both backends read ([`CustomOp::ALL`]).
 //!
-//! * [`rotary_attention`], [`joint_rotary_attention`], [`pixel_ops`]: the f32 kernels; they import no backend.
+//! * [`rotary_attention`], [`joint_rotary_attention`], [`pixel_ops`], [`norm_modulate`]: the f32 kernels; they
+//!   import no backend.
 //! * [`attention_core`]: what the two kernels share (work split, gather with QK-RMSNorm and RoPE, softmax attention).
 //! * `ort`, `tract`: one adapter per backend, generic over [`CustomOp`] (attributes, shapes, kernel dispatch).
 
@@ -41,6 +42,7 @@ macro_rules! multiversion {
 
 pub mod attention_core;
 pub mod joint_rotary_attention;
+pub mod norm_modulate;
 #[cfg(feature = "ort")]
 pub(crate) mod ort;
 pub mod pixel_ops;
@@ -64,15 +66,18 @@ pub enum CustomOp {
     PixelModulate,
     /// `pixeldit.PixelGatedMlp(x, branch, mod, bias, norm_weight, fc1_weight, fc1_bias, fc2_weight, fc2_bias)`.
     PixelGatedMlp,
+    /// `pixeldit.RmsNormModulate(x, norm_weight, shift, scale)`.
+    RmsNormModulate,
 }
 
 impl CustomOp {
     /// Every op, in registration order.
-    pub const ALL: [CustomOp; 4] = [
+    pub const ALL: [CustomOp; 5] = [
         CustomOp::RotaryAttention,
         CustomOp::JointRotaryAttention,
         CustomOp::PixelModulate,
         CustomOp::PixelGatedMlp,
+        CustomOp::RmsNormModulate,
     ];
 
     /// The ONNX op type.
@@ -82,6 +87,7 @@ impl CustomOp {
             CustomOp::JointRotaryAttention => custom_op::JOINT_OP_TYPE,
             CustomOp::PixelModulate => custom_op::PIXEL_MODULATE_OP_TYPE,
             CustomOp::PixelGatedMlp => custom_op::PIXEL_GATED_MLP_OP_TYPE,
+            CustomOp::RmsNormModulate => custom_op::RMS_NORM_MODULATE_OP_TYPE,
         }
     }
 
@@ -99,6 +105,7 @@ impl CustomOp {
             CustomOp::JointRotaryAttention => 8,
             CustomOp::PixelModulate => 4,
             CustomOp::PixelGatedMlp => 9,
+            CustomOp::RmsNormModulate => 4,
         }
     }
 
@@ -224,6 +231,21 @@ impl CustomOp {
                     };
                     pixel_ops::pixel_gated_mlp(&modulation, data(0), data(1), &mlp, threads, out)
                 }
+            }
+            CustomOp::RmsNormModulate => {
+                let x = inputs[0].0;
+                norm_modulate::rms_norm_modulate(
+                    &norm_modulate::NormModulateInputs {
+                        x: data(0),
+                        dims: [x[0], x[1], x[2]],
+                        norm_weight: data(1),
+                        shift: data(2),
+                        scale: data(3),
+                        epsilon: params.epsilon,
+                    },
+                    threads,
+                    out,
+                )
             }
         }
     }

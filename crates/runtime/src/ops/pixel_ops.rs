@@ -530,7 +530,7 @@ impl OutPtr {
 
 /// Runs `work(rows, out_rows)` over blocks of `rows` (each `row_len` output elements): on the calling thread when
 /// the output is small, else on the host's pool or on scoped threads, each block writing its own part of `out`.
-fn for_row_blocks(
+pub(crate) fn for_row_blocks(
     rows: usize,
     row_len: usize,
     threads: Threads<'_>,

@@ -34,15 +34,12 @@ pub fn mmdit_block(
     let mx = cx.adaln(c, &format!("{pre}.adaLN_modulation_img"), d)?;
     let my = cx.adaln(c, &format!("{pre}.adaLN_modulation_txt"), d)?;
 
-    let xn = cx.rms_norm(x, &format!("{pre}.norm_x1.weight"))?;
-    let xn = cx.modulate(xn, mx.shift_msa, mx.scale_msa)?;
-    let yn = cx.rms_norm(y, &format!("{pre}.norm_y1.weight"))?;
-    let yn = cx.modulate(yn, my.shift_msa, my.scale_msa)?;
+    let xn = cx.rms_norm_modulate(x, &format!("{pre}.norm_x1.weight"), mx.shift_msa, mx.scale_msa)?;
+    let yn = cx.rms_norm_modulate(y, &format!("{pre}.norm_y1.weight"), my.shift_msa, my.scale_msa)?;
     let (ax, ay) = joint_rotary_attention(cx, cfg, &format!("{pre}.attn"), xn, yn, grid, text_out)?;
 
     let x = gated(cx, &format!("{pre}.x"), x, mx.gate_msa, ax)?;
-    let h = cx.rms_norm(x, &format!("{pre}.norm_x2.weight"))?;
-    let h = cx.modulate(h, mx.shift_mlp, mx.scale_mlp)?;
+    let h = cx.rms_norm_modulate(x, &format!("{pre}.norm_x2.weight"), mx.shift_mlp, mx.scale_mlp)?;
     let h = cx.swiglu(h, &format!("{pre}.mlp_x"), f)?;
     let x = gated(cx, &format!("{pre}.x"), x, mx.gate_mlp, h)?;
 
@@ -62,8 +59,7 @@ pub fn mmdit_block(
         return Ok((x, None));
     };
     let y = gated(cx, &format!("{pre}.y"), y, my.gate_msa, ay)?;
-    let h = cx.rms_norm(y, &format!("{pre}.norm_y2.weight"))?;
-    let h = cx.modulate(h, my.shift_mlp, my.scale_mlp)?;
+    let h = cx.rms_norm_modulate(y, &format!("{pre}.norm_y2.weight"), my.shift_mlp, my.scale_mlp)?;
     let h = cx.swiglu(h, &format!("{pre}.mlp_y"), f)?;
     let y = gated(cx, &format!("{pre}.y"), y, my.gate_mlp, h)?;
     Ok((x, Some(y)))
