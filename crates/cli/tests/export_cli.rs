@@ -244,14 +244,19 @@ fn auto_pixel_ops_fuse_where_the_export_can() {
     use pixeldit_runtime::model::ModelInfo;
     let dir = tempfile::tempdir().unwrap();
     let ck = golden_ckpt();
-    let fused_ops = |path: &Path| -> (String, usize) {
-        let info = ModelInfo::read(path).unwrap();
-        let meta = info.pixeldit_metadata().unwrap();
-        let n = info
+    let count = |path: &Path, ops: &[&str]| {
+        ModelInfo::read(path)
+            .unwrap()
             .custom_nodes()
-            .filter(|n| n.op_type == "PixelModulate" || n.op_type == "PixelGatedMlp")
-            .count();
-        (meta.pixel_ops.to_string(), n)
+            .filter(|n| ops.contains(&n.op_type.as_str()))
+            .count()
+    };
+    let fused_ops = |path: &Path| -> (String, usize) {
+        let meta = ModelInfo::read(path).unwrap().pixeldit_metadata().unwrap();
+        (
+            meta.pixel_ops.to_string(),
+            count(path, &["PixelModulate", "PixelGatedMlp"]),
+        )
     };
     for (extra, want) in [
         (&[][..], "fused"),
@@ -277,6 +282,15 @@ fn auto_pixel_ops_fuse_where_the_export_can() {
             nodes,
             if want == "fused" { 2 } else { 0 },
             "{extra:?}: fused nodes"
+        );
+        // tiny has two patch blocks: two RmsNormModulate and one SwiGlu each.
+        assert_eq!(
+            (
+                count(&out_path, &["RmsNormModulate"]),
+                count(&out_path, &["SwiGlu"])
+            ),
+            if want == "fused" { (4, 2) } else { (0, 0) },
+            "{extra:?}: fused patch-level nodes"
         );
         // The pixel-level graph of the patch-level split is written with the same ops.
         let (pixel_meta, pixel_nodes) = fused_ops(&dir.path().join("m.pixel.onnx"));
@@ -315,6 +329,33 @@ fn fused_pixel_ops_refuse_what_they_cannot_express() {
         dir.path(),
         &["--preset", "tiny", "--random-init", "--pixel-ops", "fastest"],
         &["invalid value 'fastest'", "auto", "standard", "fused"],
+    );
+}
+
+#[test]
+fn attention_matmul_applies_to_quantized_precisions_only() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_fails(
+        dir.path(),
+        &["--preset", "tiny", "--random-init", "--attention-matmul", "bf16"],
+        &[
+            "--attention-matmul",
+            "quantized precisions",
+            "fp32 keeps f32 attention",
+        ],
+    );
+    assert_fails(
+        dir.path(),
+        &[
+            "--preset",
+            "tiny",
+            "--random-init",
+            "--precision",
+            "int8",
+            "--attention-matmul",
+            "f16",
+        ],
+        &["invalid value 'f16'", "bf16", "f32"],
     );
 }
 

@@ -343,12 +343,25 @@ impl<'w> Ctx<'w> {
         Ok(g.add(y, shift)?)
     }
 
-    /// SwiGLU `w2(SiLU(w1 x) * w3 x)` with `hidden` features, no biases.
+    /// SwiGLU `w2(SiLU(w1 x) * w3 x)` with `hidden` features, no biases (the gate as one `pixeldit.SwiGlu` node
+    /// with [`PixelOps::Fused`](pixeldit_spec::PixelOps::Fused)).
     pub fn swiglu(&mut self, x: Value, prefix: &str, hidden: usize) -> Result<Value> {
         let d = self.last_dim(x);
         let a = self.linear(x, &format!("{prefix}.w1"), hidden, false)?;
         let b = self.linear(x, &format!("{prefix}.w3"), hidden, false)?;
+        let fused = self.pixel_ops == pixeldit_spec::PixelOps::Fused;
         let h = self.g.scoped(prefix, |g| {
+            if fused {
+                g.set_domain_version(custom_op::DOMAIN, custom_op::VERSION);
+                let shape = g.shape(a).to_vec();
+                return Ok(g.add_node(
+                    custom_op::SWIGLU_OP_TYPE,
+                    custom_op::DOMAIN,
+                    &[Some(a), Some(b)],
+                    vec![],
+                    vec![(DType::F32, shape)],
+                )?[0]);
+            }
             let a = g.silu(a)?;
             g.mul(a, b)
         })?;

@@ -86,6 +86,11 @@
 //! `y[b, l, d] = x[b,l,d] / sqrt(mean_d(x[b,l,:]^2) + epsilon) * norm_weight[d] * (1 + scale[b,0,d]) + shift[b,0,d]`,
 //! i.e. `modulate(RMSNorm(x), shift, scale)` of a patch block (C2I) or either stream of an MM-DiT block (T2I) in
 //! one pass instead of nine ops. All `float32`, output the shape of `x`, attribute `epsilon`.
+//!
+//! # `pixeldit.SwiGlu` (version 1), the gate of the patch level's SwiGLU MLP (also with `--pixel-ops fused`)
+//!
+//! `SwiGlu(a, b) -> y`: `a`, `b` `[B, L, H]` (the outputs of `mlp.w1` and `mlp.w3`), `y = a * sigmoid(a) * b`
+//! (SiLU of `a` times `b`), the input of `mlp.w2`. All `float32`, output the shape of `a`, no attributes.
 
 /// Domain of the op.
 pub const DOMAIN: &str = crate::CUSTOM_DOMAIN;
@@ -99,6 +104,8 @@ pub const JOINT_OP_TYPE: &str = "JointRotaryAttention";
 pub const PIXEL_MODULATE_OP_TYPE: &str = "PixelModulate";
 /// Op type of the fused gated residual + pixel MLP branch.
 pub const PIXEL_GATED_MLP_OP_TYPE: &str = "PixelGatedMlp";
+/// Op type of the SwiGLU gate of the patch level's MLP.
+pub const SWIGLU_OP_TYPE: &str = "SwiGlu";
 /// Op type of the fused RMSNorm + adaLN modulation of the patch level.
 pub const RMS_NORM_MODULATE_OP_TYPE: &str = "RmsNormModulate";
 /// Number of modulation chunks the fused pixel ops read per pixel (pre-modulation PiT blocks).

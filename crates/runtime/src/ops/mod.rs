@@ -1,7 +1,7 @@
 //! The custom ops of domain `pixeldit` (contracts: [`pixeldit_spec::custom_op`]), one home each, and the one
 //! registry both backends read ([`CustomOp::ALL`]).
 //!
-//! * [`rotary_attention`], [`joint_rotary_attention`], [`pixel_ops`], [`norm_modulate`]: the f32 kernels; they
+//! * [`rotary_attention`], [`joint_rotary_attention`], [`pixel_ops`], [`patch_ops`]: the f32 kernels; they
 //!   import no backend.
 //! * [`attention_core`]: what the two kernels share (work split, gather with QK-RMSNorm and RoPE, softmax attention).
 //! * `ort`, `tract`: one adapter per backend, generic over [`CustomOp`] (attributes, shapes, kernel dispatch).
@@ -42,9 +42,9 @@ macro_rules! multiversion {
 
 pub mod attention_core;
 pub mod joint_rotary_attention;
-pub mod norm_modulate;
 #[cfg(feature = "ort")]
 pub(crate) mod ort;
+pub mod patch_ops;
 pub mod pixel_ops;
 pub mod rotary_attention;
 #[cfg(target_arch = "x86_64")]
@@ -68,16 +68,19 @@ pub enum CustomOp {
     PixelGatedMlp,
     /// `pixeldit.RmsNormModulate(x, norm_weight, shift, scale)`.
     RmsNormModulate,
+    /// `pixeldit.SwiGlu(a, b)`.
+    SwiGlu,
 }
 
 impl CustomOp {
     /// Every op, in registration order.
-    pub const ALL: [CustomOp; 5] = [
+    pub const ALL: [CustomOp; 6] = [
         CustomOp::RotaryAttention,
         CustomOp::JointRotaryAttention,
         CustomOp::PixelModulate,
         CustomOp::PixelGatedMlp,
         CustomOp::RmsNormModulate,
+        CustomOp::SwiGlu,
     ];
 
     /// The ONNX op type.
@@ -88,6 +91,7 @@ impl CustomOp {
             CustomOp::PixelModulate => custom_op::PIXEL_MODULATE_OP_TYPE,
             CustomOp::PixelGatedMlp => custom_op::PIXEL_GATED_MLP_OP_TYPE,
             CustomOp::RmsNormModulate => custom_op::RMS_NORM_MODULATE_OP_TYPE,
+            CustomOp::SwiGlu => custom_op::SWIGLU_OP_TYPE,
         }
     }
 
@@ -106,6 +110,7 @@ impl CustomOp {
             CustomOp::PixelModulate => 4,
             CustomOp::PixelGatedMlp => 9,
             CustomOp::RmsNormModulate => 4,
+            CustomOp::SwiGlu => 2,
         }
     }
 
@@ -234,8 +239,8 @@ impl CustomOp {
             }
             CustomOp::RmsNormModulate => {
                 let x = inputs[0].0;
-                norm_modulate::rms_norm_modulate(
-                    &norm_modulate::NormModulateInputs {
+                patch_ops::rms_norm_modulate(
+                    &patch_ops::NormModulateInputs {
                         x: data(0),
                         dims: [x[0], x[1], x[2]],
                         norm_weight: data(1),
@@ -246,6 +251,15 @@ impl CustomOp {
                     threads,
                     out,
                 )
+            }
+            CustomOp::SwiGlu => {
+                if inputs[1].0 != inputs[0].0 {
+                    return Err(KernelShapeError(format!(
+                        "SwiGlu: a {:?} and b {:?} differ in shape",
+                        inputs[0].0, inputs[1].0
+                    )));
+                }
+                patch_ops::swiglu(data(0), data(1), inputs[0].0[2], threads, out)
             }
         }
     }
