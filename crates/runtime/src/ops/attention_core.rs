@@ -2,7 +2,7 @@
 //! threads), per-worker buffers ([`Scratch`]), the gather with QK-RMSNorm and RoPE ([`gather_and_attend`]) and the
 //! two-GEMM softmax attention ([`attend`]) with a vectorised row softmax ([`softmax_in_place`], [`exp_poly`]).
 
-use super::{AttentionParams, MatmulPrecision, Threads};
+use super::{AttentionParams, MatmulPrecision, OutPtr, Threads};
 
 /// Below this many multiply-adds (`B*H*S*S*Dh`) the kernel stays on the calling thread.
 const PARALLEL_THRESHOLD: usize = 1 << 22;
@@ -170,20 +170,6 @@ unsafe fn scatter_raw(o: &[f32], pair: usize, h: usize, s: usize, dh: usize, out
     for tok in 0..s {
         let dst = (b * s + tok) * h * dh + hh * dh;
         std::ptr::copy_nonoverlapping(o.as_ptr().add(tok * dh), out.add(dst), dh);
-    }
-}
-
-/// The output pointer shared by the pool tasks of one call (each writes only its own pair's column).
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint parts of the buffer, and `run_heads` returns only after all of them are done.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer (a method, so that closures capture the `Sync` wrapper, not its raw field).
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

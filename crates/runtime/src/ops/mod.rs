@@ -153,7 +153,7 @@ impl CustomOp {
                     if self.is_attention() {
                         "[B, S, 3*H*Dh]"
                     } else {
-                        "[N, P, C]"
+                        "[N, P, C] or [B, L, D]"
                     }
                 ))
             })?;
@@ -388,6 +388,21 @@ impl fmt::Display for KernelShapeError {
 }
 
 impl std::error::Error for KernelShapeError {}
+
+/// A raw output pointer shared by the tasks of one kernel call, each of which writes only its own disjoint part of
+/// the buffer (rows of a pixel op, one head's column of an attention).
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: tasks write disjoint parts of the buffer, and the kernels return only after all of them are done.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so that closures capture the `Sync` wrapper, not its raw field).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// A host's parallel-for (ONNX Runtime's intra-op pool through `KernelContext_ParallelFor`): calls `task(i)` once
 /// for every `i < n`, possibly on several threads, and returns when all calls are done. Calls it could not make

@@ -7,7 +7,7 @@
 //! run time (the shapes of every preset, `C = 16` and a hidden width of 64, get loops of fixed length).
 
 use super::attention_core::exp_poly;
-use super::{KernelShapeError, Threads};
+use super::{KernelShapeError, OutPtr, Threads};
 use pixeldit_spec::custom_op::PIXEL_MODULATION_CHUNKS as CHUNKS;
 use std::ops::Range;
 
@@ -511,21 +511,6 @@ pub fn gelu_erf(x: f32) -> f32 {
     // x >= 0: 0.5 x (2 - erfc); x < 0: 0.5 x erfc(|z|).
     let half = 0.5 * erfc;
     x * if x >= 0.0 { 1.0 - half } else { half }
-}
-
-/// Raw output pointer shared by the tasks of one call; each task writes only its own rows.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint ranges of the buffer (one range of rows each), and the call returns only after all
-// of them are done.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer (a method, so that closures capture the `Sync` wrapper, not its raw field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// Runs `work(rows, out_rows)` over blocks of `rows` (each `row_len` output elements): on the calling thread when
