@@ -343,8 +343,8 @@ mod avx512_bf16 {
         let (kb, rest) = rest.split_at_mut(s * half);
         let (ktb, rest) = rest.split_at_mut(s * half);
         let (vb, pb) = rest.split_at_mut(s * half);
-        to_pairs(&sc.q[..s * dh], qb);
-        to_pairs(&sc.k[..s * dh], kb);
+        to_pairs(&sc.q[..s * dh], 1.0, qb);
+        to_pairs(&sc.k[..s * dh], 1.0, kb);
         for j0 in (0..s).step_by(16) {
             for w0 in (0..half).step_by(16) {
                 // SAFETY: rows j0..j0+16 <= s of the [S, Dh/2] kb and rows w0..w0+16 <= Dh/2 of the [Dh/2, S] ktb,
@@ -385,61 +385,25 @@ mod avx512_bf16 {
                 scale,
             );
             for (row, pairs) in logits.chunks_exact_mut(s).zip(pb.chunks_exact_mut(s / 2)) {
-                softmax_to_pairs(row, pairs);
+                // The softmax's normalisation applied on the way to bf16.
+                let sum = super::avx512::exp_minus_max(row);
+                to_pairs(row, 1.0 / sum, pairs);
             }
             let o = &mut sc.o[start * dh..(start + rows) * dh];
             gemm(&pb[..rows * s / 2], vb, o, rows, s / 2, dh, 1.0);
         }
     }
 
-    /// `softmax(row)` (a multiple of 32 floats, the maximum subtracted first) as bf16 pairs into `words`, in two
-    /// passes over `row`: the maximum, then exp and sum (the exps kept in `row`); the normalisation is applied on the
-    /// way to bf16.
+    /// `scale * x` (a multiple of 32 floats) as bf16, two per word in order (the first in the low half).
     #[target_feature(enable = "avx512f,avx512bf16")]
-    fn softmax_to_pairs(row: &mut [f32], words: &mut [u32]) {
-        assert!(row.len().is_multiple_of(32) && words.len() * 2 >= row.len());
-        let n = row.len();
-        let p = row.as_mut_ptr();
-        // SAFETY: every access below is at i + 16 <= n of `row` or 16 words at i / 2 of `words` (asserted above).
-        unsafe {
-            let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
-            for i in (0..n).step_by(16) {
-                max = _mm512_max_ps(max, _mm512_loadu_ps(p.add(i)));
-            }
-            let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
-            let mut sum = [_mm512_setzero_ps(); 2];
-            for i in (0..n).step_by(32) {
-                for (h, acc) in sum.iter_mut().enumerate() {
-                    let e = crate::ops::simd::exp_nonpositive(_mm512_sub_ps(
-                        _mm512_loadu_ps(p.add(i + 16 * h)),
-                        max,
-                    ));
-                    _mm512_storeu_ps(p.add(i + 16 * h), e);
-                    *acc = _mm512_add_ps(*acc, e);
-                }
-            }
-            let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(_mm512_add_ps(sum[0], sum[1])));
-            for i in (0..n).step_by(32) {
-                let lo = _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), inv);
-                let hi = _mm512_mul_ps(_mm512_loadu_ps(p.add(i + 16)), inv);
-                let b = _mm512_cvtne2ps_pbh(hi, lo);
-                _mm512_storeu_si512(
-                    words.as_mut_ptr().add(i / 2).cast(),
-                    std::mem::transmute::<__m512bh, __m512i>(b),
-                );
-            }
-        }
-    }
-
-    /// `x` (a multiple of 32 floats) as bf16, two per word in order (the first in the low half).
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    fn to_pairs(x: &[f32], words: &mut [u32]) {
+    fn to_pairs(x: &[f32], scale: f32, words: &mut [u32]) {
         assert!(x.len().is_multiple_of(32) && words.len() * 2 >= x.len());
+        let scale = _mm512_set1_ps(scale);
         for (i, c) in x.chunks_exact(32).enumerate() {
             // SAFETY: 32 floats at c, 16 words at words[16 i..] (asserted above).
             unsafe {
-                let lo = _mm512_loadu_ps(c.as_ptr());
-                let hi = _mm512_loadu_ps(c.as_ptr().add(16));
+                let lo = _mm512_mul_ps(_mm512_loadu_ps(c.as_ptr()), scale);
+                let hi = _mm512_mul_ps(_mm512_loadu_ps(c.as_ptr().add(16)), scale);
                 let b = _mm512_cvtne2ps_pbh(hi, lo);
                 _mm512_storeu_si512(
                     words.as_mut_ptr().add(16 * i).cast(),
@@ -582,9 +546,20 @@ mod avx512 {
     }
 
     /// `row = softmax(row)` for a multiple of 16 floats, the maximum subtracted first, in three passes: the maximum,
-    /// exp and sum, the normalisation (the portable [`super::softmax_in_place`] takes four).
+    /// exp and sum ([`exp_minus_max`]), the normalisation (the portable [`super::softmax_in_place`] takes four).
     #[target_feature(enable = "avx512f")]
     pub(super) fn softmax_16(row: &mut [f32]) {
+        let inv = _mm512_set1_ps(1.0 / exp_minus_max(row));
+        for c in row.chunks_exact_mut(16) {
+            // SAFETY: 16 floats at c.
+            unsafe { _mm512_storeu_ps(c.as_mut_ptr(), _mm512_mul_ps(_mm512_loadu_ps(c.as_ptr()), inv)) };
+        }
+    }
+
+    /// `row = exp(row - max(row))` for a multiple of 16 floats, in two passes; returns the sum of the exps (the
+    /// softmax's denominator, shared by [`softmax_16`] and the bf16 kernel).
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn exp_minus_max(row: &mut [f32]) -> f32 {
         assert!(row.len().is_multiple_of(16));
         let n = row.len();
         let p = row.as_mut_ptr();
@@ -601,10 +576,7 @@ mod avx512 {
                 _mm512_storeu_ps(p.add(i), e);
                 sum = _mm512_add_ps(sum, e);
             }
-            let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
-            for i in (0..n).step_by(16) {
-                _mm512_storeu_ps(p.add(i), _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), inv));
-            }
+            _mm512_reduce_add_ps(sum)
         }
     }
 
